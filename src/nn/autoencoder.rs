@@ -1,0 +1,661 @@
+//! The sequence autoencoder every stream's detector is built from, and its fast
+//! single-window scorer.
+//!
+//! ```text
+//! encoder  Rnn(d_input → H, n_layers, uni- or bidirectional) over the W steps
+//! latent   z = top encoder layer's final state(s), [fwd | rev]      [B, D·H]
+//! decoder  Rnn(D·H → H, n_layers, unidirectional), input z at every step, h0 = 0
+//! head     Linear(H → d_input) on every decoder step → reconstruction [W, B, d_input]
+//! ```
+//! With `kind = Lstm`, one layer and one direction this is the reference model of
+//! `anomalyd bench model` and of the PyTorch peer script in `benches/`.
+
+use ndarray::{Array2, Array3, ArrayView3, Axis, s};
+use rand::Rng;
+
+use super::{
+    CellKind, CellParams, Linear, Optimizer, Rnn, RnnCache, RnnConfig, Scalar, clip_grad_norm, mse,
+};
+
+/// The shape of an autoencoder.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AutoencoderConfig {
+    /// Cell kind of encoder and decoder.
+    pub kind: CellKind,
+    /// Features per step (`d`).
+    pub d_input: usize,
+    /// Hidden units per direction (`H`).
+    pub d_hidden: usize,
+    /// Layers in encoder and in decoder.
+    pub n_layers: usize,
+    /// Whether the encoder is bidirectional (the decoder never is).
+    pub bidirectional: bool,
+    /// Dropout between stacked layers, training only.
+    pub dropout: f64,
+}
+
+impl AutoencoderConfig {
+    /// One layer, one direction, no dropout.
+    pub fn new(kind: CellKind, d_input: usize, d_hidden: usize) -> Self {
+        AutoencoderConfig {
+            kind,
+            d_input,
+            d_hidden,
+            n_layers: 1,
+            bidirectional: false,
+            dropout: 0.0,
+        }
+    }
+
+    fn encoder(&self) -> RnnConfig {
+        RnnConfig {
+            dropout: self.dropout,
+            ..RnnConfig::new(
+                self.kind,
+                self.d_input,
+                self.d_hidden,
+                self.n_layers,
+                self.bidirectional,
+            )
+        }
+    }
+
+    fn decoder(&self) -> RnnConfig {
+        let d_latent = self.encoder().d_output();
+        RnnConfig {
+            dropout: self.dropout,
+            ..RnnConfig::new(self.kind, d_latent, self.d_hidden, self.n_layers, false)
+        }
+    }
+}
+
+/// Encoder, decoder and head. The same type holds gradients ([`AutoencoderGrads`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Autoencoder<T> {
+    /// Shape.
+    pub config: AutoencoderConfig,
+    /// Reads the window.
+    pub encoder: Rnn<T>,
+    /// Unrolls the latent back into W steps.
+    pub decoder: Rnn<T>,
+    /// Maps each decoder step to the reconstructed features.
+    pub head: Linear<T>,
+}
+
+/// Gradients of every parameter of an [`Autoencoder`].
+pub type AutoencoderGrads<T> = Autoencoder<T>;
+
+/// What a training forward pass keeps for the backward pass.
+#[derive(Clone, Debug)]
+pub struct AutoencoderCache<T> {
+    enc: RnnCache<T>,
+    dec: RnnCache<T>,
+    /// Decoder outputs, flattened `[W·B, H]` (the head's input).
+    dec_out: Array2<T>,
+}
+
+impl<T: Scalar> Autoencoder<T> {
+    /// A freshly initialised model (PyTorch's default initialisation).
+    pub fn new<R: Rng + ?Sized>(config: AutoencoderConfig, rng: &mut R) -> Self {
+        let encoder = Rnn::new(config.encoder(), rng);
+        let decoder = Rnn::new(config.decoder(), rng);
+        let head = Linear::new(config.d_hidden, config.d_input, rng);
+        Autoencoder {
+            config,
+            encoder,
+            decoder,
+            head,
+        }
+    }
+
+    /// All zeros (the shape of a gradient).
+    pub fn zeros(config: AutoencoderConfig) -> Self {
+        Autoencoder {
+            encoder: Rnn::zeros(config.encoder()),
+            decoder: Rnn::zeros(config.decoder()),
+            head: Linear::zeros(config.d_hidden, config.d_input),
+            config,
+        }
+    }
+
+    /// Number of scalar parameters.
+    pub fn n_params(&self) -> usize {
+        self.tensors().iter().map(|t| t.len()).sum()
+    }
+
+    /// Every parameter as a flat slice: encoder, decoder, head, each in PyTorch's order.
+    pub fn tensors(&self) -> Vec<&[T]> {
+        let mut v = self.encoder.tensors();
+        v.extend(self.decoder.tensors());
+        v.extend(self.head.tensors());
+        v
+    }
+
+    /// Mutable flat slices in the order of [`Autoencoder::tensors`].
+    pub fn tensors_mut(&mut self) -> Vec<&mut [T]> {
+        let mut v = self.encoder.tensors_mut();
+        v.extend(self.decoder.tensors_mut());
+        v.extend(self.head.tensors_mut());
+        v
+    }
+
+    /// Reconstructs a batch of windows (inference: no dropout).
+    ///
+    /// # Shapes
+    /// `x: [W, B, d_input]` → `[W, B, d_input]`.
+    pub fn forward(&self, x: ArrayView3<T>) -> Array3<T> {
+        let (w, b, _) = x.dim();
+        let enc = self.encoder.forward(x, None, None, None);
+        let z = self.latent(&enc.h_n);
+        let dec_in = z.broadcast((w, b, z.ncols())).expect("broadcast latent");
+        let dec = self.decoder.forward(dec_in, None, None, None);
+        let dec2 = dec
+            .output
+            .into_shape_with_order((w * b, self.config.d_hidden))
+            .expect("contiguous");
+        let y = self.head.forward(dec2.view());
+        y.into_shape_with_order((w, b, self.config.d_input))
+            .expect("contiguous")
+    }
+
+    /// Forward pass for training (dropout from `rng`); returns the reconstruction and
+    /// the cache for [`Autoencoder::backward`]. Shapes as in [`Autoencoder::forward`].
+    pub fn forward_train<R: Rng + ?Sized>(
+        &self,
+        x: ArrayView3<T>,
+        rng: &mut R,
+    ) -> (Array3<T>, AutoencoderCache<T>) {
+        let (w, b, _) = x.dim();
+        let (enc, enc_cache) = self.encoder.forward_train(x, None, None, None, rng);
+        let z = self.latent(&enc.h_n);
+        let dec_in = z.broadcast((w, b, z.ncols())).expect("broadcast latent");
+        let (dec, dec_cache) = self.decoder.forward_train(dec_in, None, None, None, rng);
+        let dec_out = dec
+            .output
+            .into_shape_with_order((w * b, self.config.d_hidden))
+            .expect("contiguous");
+        let y = self.head.forward(dec_out.view());
+        let y = y
+            .into_shape_with_order((w, b, self.config.d_input))
+            .expect("contiguous");
+        (
+            y,
+            AutoencoderCache {
+                enc: enc_cache,
+                dec: dec_cache,
+                dec_out,
+            },
+        )
+    }
+
+    /// Gradients of every parameter given `d_recon = d loss / d reconstruction`.
+    pub fn backward(
+        &self,
+        cache: &AutoencoderCache<T>,
+        d_recon: ArrayView3<T>,
+    ) -> AutoencoderGrads<T> {
+        let (w, b, d) = d_recon.dim();
+        let h = self.config.d_hidden;
+        let d2 = d_recon.as_standard_layout();
+        let d2 = d2
+            .view()
+            .into_shape_with_order((w * b, d))
+            .expect("contiguous");
+        let (head, d_dec_out) = self.head.backward(cache.dec_out.view(), d2);
+        let d_dec_out = d_dec_out
+            .into_shape_with_order((w, b, h))
+            .expect("contiguous");
+        let dec = self
+            .decoder
+            .backward(&cache.dec, d_dec_out.view(), None, None);
+        let dz = dec.x.sum_axis(Axis(0)); // [B, D·H]
+        let enc_cfg = &self.encoder.config;
+        let dirs = enc_cfg.n_directions();
+        let mut d_h_n = Array3::zeros((enc_cfg.n_layers * dirs, b, h));
+        for dir in 0..dirs {
+            d_h_n
+                .index_axis_mut(Axis(0), (enc_cfg.n_layers - 1) * dirs + dir)
+                .assign(&dz.slice(s![.., dir * h..(dir + 1) * h]));
+        }
+        let d_enc_out = Array3::zeros((w, b, enc_cfg.d_output()));
+        let enc = self
+            .encoder
+            .backward(&cache.enc, d_enc_out.view(), Some(d_h_n.view()), None);
+        Autoencoder {
+            config: self.config.clone(),
+            encoder: Rnn {
+                config: enc_cfg.clone(),
+                cells: enc.cells,
+            },
+            decoder: Rnn {
+                config: self.decoder.config.clone(),
+                cells: dec.cells,
+            },
+            head,
+        }
+    }
+
+    /// One optimisation step on a batch `x: [W, B, d_input]` with MSE loss:
+    /// forward, backward, global-norm clipping (when `max_grad_norm` is given), update.
+    /// Returns the loss before the update.
+    pub fn train_step<R: Rng + ?Sized, O: Optimizer<T>>(
+        &mut self,
+        x: ArrayView3<T>,
+        opt: &mut O,
+        max_grad_norm: Option<T>,
+        rng: &mut R,
+    ) -> T {
+        let (y, cache) = self.forward_train(x, rng);
+        let (loss, dy) = mse(y.view().into_dyn(), x.into_dyn());
+        let dy = dy.into_dimensionality().expect("3-d");
+        let mut grads = self.backward(&cache, dy.view());
+        let mut g = grads.tensors_mut();
+        if let Some(max) = max_grad_norm {
+            clip_grad_norm(&mut g, max);
+        }
+        let g: Vec<&[T]> = g.into_iter().map(|s| &*s).collect();
+        opt.step(&mut self.tensors_mut(), &g);
+        loss
+    }
+
+    /// The top encoder layer's final state(s), `[B, D·H]`.
+    fn latent(&self, h_n: &Array3<T>) -> Array2<T> {
+        let cfg = &self.encoder.config;
+        let dirs = cfg.n_directions();
+        let top = (cfg.n_layers - 1) * dirs;
+        let parts: Vec<_> = (0..dirs)
+            .map(|d| h_n.index_axis(Axis(0), top + d))
+            .collect();
+        ndarray::concatenate(Axis(1), &parts).expect("same batch")
+    }
+
+    /// Converts every parameter to another scalar type.
+    pub fn cast<U: Scalar>(&self) -> Autoencoder<U> {
+        Autoencoder {
+            config: self.config.clone(),
+            encoder: self.encoder.cast(),
+            decoder: self.decoder.cast(),
+            head: Linear {
+                weight: self.head.weight.map(|v| U::lit(v.to_f64_lossy())),
+                bias: self.head.bias.map(|v| U::lit(v.to_f64_lossy())),
+            },
+        }
+    }
+}
+
+/// One cell's weights rearranged for single-sequence inference: transposed so a
+/// matrix-vector product is a run of contiguous AXPYs, and biases folded.
+#[derive(Clone, Debug)]
+struct FastCell {
+    kind: CellKind,
+    d_in: usize,
+    h: usize,
+    /// `W_ihᵀ`, `[d_in, G·H]` row-major.
+    w_ih_t: Vec<f32>,
+    /// `W_hhᵀ`, `[H, G·H]` row-major.
+    w_hh_t: Vec<f32>,
+    /// `b_ih + b_hh`, except GRU's n block which holds `b_in` only.
+    bias: Vec<f32>,
+    /// GRU: `b_hn`, applied inside (or, reset-before, after) the reset product.
+    b_hn: Vec<f32>,
+}
+
+impl FastCell {
+    fn new(kind: CellKind, p: &CellParams<f32>) -> Self {
+        let h = p.d_hidden();
+        let mut bias: Vec<f32> = p.b_ih.iter().zip(&p.b_hh).map(|(a, b)| a + b).collect();
+        let mut b_hn = Vec::new();
+        if matches!(kind, CellKind::Gru | CellKind::GruResetBefore) {
+            bias[2 * h..].copy_from_slice(&p.b_ih.as_slice().unwrap()[2 * h..]);
+            b_hn = p.b_hh.as_slice().unwrap()[2 * h..].to_vec();
+        }
+        FastCell {
+            kind,
+            d_in: p.d_in(),
+            h,
+            w_ih_t: p.w_ih.t().iter().copied().collect(),
+            w_hh_t: p.w_hh.t().iter().copied().collect(),
+            bias,
+            b_hn,
+        }
+    }
+}
+
+/// Scratch space for [`Scorer::reconstruct`], so scoring allocates nothing.
+#[derive(Clone, Debug, Default)]
+pub struct ScoreWorkspace {
+    seq_a: Vec<f32>,
+    seq_b: Vec<f32>,
+    xp: Vec<f32>,
+    ah: Vec<f32>,
+    h: Vec<f32>,
+    c: Vec<f32>,
+    latent: Vec<f32>,
+    out: Vec<f32>,
+}
+
+/// An immutable, inference-only copy of an [`Autoencoder<f32>`], laid out for fast
+/// single-window reconstruction. Build one whenever a model is swapped in.
+#[derive(Clone, Debug)]
+pub struct Scorer {
+    config: AutoencoderConfig,
+    /// `[layer * dirs + dir]`.
+    enc: Vec<FastCell>,
+    dec: Vec<FastCell>,
+    /// Head weight transposed, `[H, d_input]`.
+    head_w_t: Vec<f32>,
+    head_b: Vec<f32>,
+    /// The model itself, for batched scoring through the generic path.
+    model: Autoencoder<f32>,
+}
+
+impl Autoencoder<f32> {
+    /// The fast inference form of this model.
+    pub fn compile(&self) -> Scorer {
+        Scorer {
+            config: self.config.clone(),
+            enc: self
+                .encoder
+                .cells
+                .iter()
+                .map(|p| FastCell::new(self.config.kind, p))
+                .collect(),
+            dec: self
+                .decoder
+                .cells
+                .iter()
+                .map(|p| FastCell::new(self.config.kind, p))
+                .collect(),
+            head_w_t: self.head.weight.t().iter().copied().collect(),
+            head_b: self.head.bias.to_vec(),
+            model: self.clone(),
+        }
+    }
+}
+
+impl Scorer {
+    /// The model's shape.
+    pub fn config(&self) -> &AutoencoderConfig {
+        &self.config
+    }
+
+    /// The model this scorer was compiled from.
+    pub fn model(&self) -> &Autoencoder<f32> {
+        &self.model
+    }
+
+    /// Reconstructs one window. `window` is `[W, d_input]` row-major; the result (same
+    /// layout) lives in `ws` until the next call.
+    ///
+    /// # Panics
+    /// If `window.len()` is not a positive multiple of `d_input`.
+    pub fn reconstruct<'w>(&self, window: &[f32], ws: &'w mut ScoreWorkspace) -> &'w [f32] {
+        let d = self.config.d_input;
+        assert!(
+            !window.is_empty() && window.len() % d == 0,
+            "window of {} values for {d} features",
+            window.len()
+        );
+        #[cfg(target_arch = "x86_64")]
+        if super::scalar::has_avx2_fma() {
+            // SAFETY: the CPU supports avx2 and fma (checked just above).
+            unsafe { self.reconstruct_avx2(window, ws) };
+            return &ws.out;
+        }
+        self.reconstruct_impl::<false>(window, ws);
+        &ws.out
+    }
+
+    /// Reconstructs a batch of windows `[W, B, d_input]` through the batched
+    /// (matrix-matrix) path.
+    pub fn reconstruct_batch(&self, x: ArrayView3<f32>) -> Array3<f32> {
+        self.model.forward(x)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn reconstruct_avx2(&self, window: &[f32], ws: &mut ScoreWorkspace) {
+        self.reconstruct_impl::<true>(window, ws)
+    }
+
+    #[inline(always)]
+    fn reconstruct_impl<const FMA: bool>(&self, window: &[f32], ws: &mut ScoreWorkspace) {
+        let cfg = &self.config;
+        let (d, h) = (cfg.d_input, cfg.d_hidden);
+        let w = window.len() / d;
+        let dirs = if cfg.bidirectional { 2 } else { 1 };
+        let gh = cfg.kind.n_gates() * h;
+        resize(&mut ws.xp, w * gh);
+        resize(&mut ws.ah, gh);
+        resize(&mut ws.h, h);
+        resize(&mut ws.c, h);
+        resize(&mut ws.latent, dirs * h);
+        resize(&mut ws.seq_a, w * dirs * h);
+        resize(&mut ws.seq_b, w * dirs * h);
+
+        // Encoder: layer by layer; the input of layer l ≥ 1 is layer l−1's output.
+        for layer in 0..cfg.n_layers {
+            let (src, dst) = if layer % 2 == 0 {
+                (&ws.seq_b, &mut ws.seq_a)
+            } else {
+                (&ws.seq_a, &mut ws.seq_b)
+            };
+            let input: &[f32] = if layer == 0 { window } else { src };
+            let top = layer + 1 == cfg.n_layers;
+            for dir in 0..dirs {
+                let cell = &self.enc[layer * dirs + dir];
+                input_projection::<FMA>(cell, input, w, &mut ws.xp);
+                ws.h.fill(0.0);
+                ws.c.fill(0.0);
+                // Only the top layer's final state is needed from the top layer.
+                let out = if top {
+                    None
+                } else {
+                    Some((&mut *dst, dirs * h, dir * h))
+                };
+                run_cell::<FMA>(
+                    cell,
+                    &ws.xp,
+                    w,
+                    false,
+                    dir == 1,
+                    &mut ws.h,
+                    &mut ws.c,
+                    &mut ws.ah,
+                    out,
+                );
+                if top {
+                    ws.latent[dir * h..(dir + 1) * h].copy_from_slice(&ws.h);
+                }
+            }
+        }
+
+        // Decoder: the same input at every step, so one input projection serves all.
+        for layer in 0..cfg.n_layers {
+            let cell = &self.dec[layer];
+            let (src, dst) = if layer % 2 == 0 {
+                (&ws.seq_b, &mut ws.seq_a)
+            } else {
+                (&ws.seq_a, &mut ws.seq_b)
+            };
+            if layer == 0 {
+                input_projection::<FMA>(cell, &ws.latent, 1, &mut ws.xp);
+            } else {
+                input_projection::<FMA>(cell, src, w, &mut ws.xp);
+            }
+            ws.h.fill(0.0);
+            ws.c.fill(0.0);
+            run_cell::<FMA>(
+                cell,
+                &ws.xp,
+                w,
+                layer == 0,
+                false,
+                &mut ws.h,
+                &mut ws.c,
+                &mut ws.ah,
+                Some((dst, h, 0)),
+            );
+        }
+        let dec_out = if cfg.n_layers % 2 == 1 {
+            &ws.seq_a
+        } else {
+            &ws.seq_b
+        };
+
+        // Head on every step.
+        resize(&mut ws.out, w * d);
+        for t in 0..w {
+            let o = &mut ws.out[t * d..(t + 1) * d];
+            o.copy_from_slice(&self.head_b);
+            gemv_acc::<FMA>(o, &dec_out[t * h..(t + 1) * h], &self.head_w_t);
+        }
+    }
+}
+
+fn resize(v: &mut Vec<f32>, n: usize) {
+    if v.len() != n {
+        v.resize(n, 0.0);
+    }
+}
+
+/// `xp[t] = bias + x[t] · W_ihᵀ` for `steps` rows of `x` (`[steps, d_in]`).
+#[inline(always)]
+fn input_projection<const FMA: bool>(cell: &FastCell, x: &[f32], steps: usize, xp: &mut [f32]) {
+    let gh = cell.bias.len();
+    for t in 0..steps {
+        let row = &mut xp[t * gh..(t + 1) * gh];
+        row.copy_from_slice(&cell.bias);
+        gemv_acc::<FMA>(row, &x[t * cell.d_in..(t + 1) * cell.d_in], &cell.w_ih_t);
+    }
+}
+
+/// `y += x · M` where `M` is `[x.len(), y.len()]` row-major.
+///
+/// Columns go in blocks of 32 held in registers across the whole reduction, so each
+/// weight is loaded once and each output written once.
+#[inline(always)]
+fn gemv_acc<const FMA: bool>(y: &mut [f32], x: &[f32], m: &[f32]) {
+    const BLOCK: usize = 32;
+    let n = y.len();
+    debug_assert_eq!(m.len(), x.len() * n);
+    let full = n / BLOCK * BLOCK;
+    let mut j0 = 0;
+    while j0 < full {
+        let mut acc = [0.0f32; BLOCK];
+        acc.copy_from_slice(&y[j0..j0 + BLOCK]);
+        for (k, &xk) in x.iter().enumerate() {
+            let row: &[f32; BLOCK] = m[k * n + j0..k * n + j0 + BLOCK].try_into().unwrap();
+            for j in 0..BLOCK {
+                acc[j] = fma::<FMA>(xk, row[j], acc[j]);
+            }
+        }
+        y[j0..j0 + BLOCK].copy_from_slice(&acc);
+        j0 += BLOCK;
+    }
+    if full < n {
+        for (k, &xk) in x.iter().enumerate() {
+            let row = &m[k * n + full..(k + 1) * n];
+            for (yj, &mj) in y[full..].iter_mut().zip(row) {
+                *yj = fma::<FMA>(xk, mj, *yj);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn fma<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA { a.mul_add(b, c) } else { a * b + c }
+}
+
+/// Runs one cell over `steps` steps. `xp` holds the input projections (one row per
+/// step, or a single row used at every step when `const_input`). When `out` is given
+/// as `(buffer, row_stride, column)`, the state after step `t` is written to
+/// `buffer[t * row_stride + column ..][..H]`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn run_cell<const FMA: bool>(
+    cell: &FastCell,
+    xp: &[f32],
+    steps: usize,
+    const_input: bool,
+    reverse: bool,
+    h: &mut [f32],
+    c: &mut [f32],
+    ah: &mut [f32],
+    mut out: Option<(&mut Vec<f32>, usize, usize)>,
+) {
+    let hd = cell.h;
+    let gh = ah.len();
+    for step in 0..steps {
+        let t = if reverse { steps - 1 - step } else { step };
+        let x_row = if const_input {
+            &xp[..gh]
+        } else {
+            &xp[t * gh..(t + 1) * gh]
+        };
+        match cell.kind {
+            CellKind::RnnTanh => {
+                ah.copy_from_slice(x_row);
+                gemv_acc::<FMA>(ah, h, &cell.w_hh_t);
+                for j in 0..hd {
+                    h[j] = super::tanh_f32(ah[j]);
+                }
+            }
+            CellKind::Lstm => {
+                ah.copy_from_slice(x_row);
+                gemv_acc::<FMA>(ah, h, &cell.w_hh_t);
+                for j in 0..hd {
+                    let i = super::sigmoid_f32(ah[j]);
+                    let f = super::sigmoid_f32(ah[hd + j]);
+                    let g = super::tanh_f32(ah[2 * hd + j]);
+                    let o = super::sigmoid_f32(ah[3 * hd + j]);
+                    let cn = f * c[j] + i * g;
+                    c[j] = cn;
+                    h[j] = o * super::tanh_f32(cn);
+                }
+            }
+            CellKind::Gru => {
+                ah.fill(0.0);
+                gemv_acc::<FMA>(ah, h, &cell.w_hh_t);
+                for j in 0..hd {
+                    let r = super::sigmoid_f32(x_row[j] + ah[j]);
+                    let z = super::sigmoid_f32(x_row[hd + j] + ah[hd + j]);
+                    let n =
+                        super::tanh_f32(x_row[2 * hd + j] + r * (ah[2 * hd + j] + cell.b_hn[j]));
+                    h[j] = (1.0 - z) * n + z * h[j];
+                }
+            }
+            CellKind::GruResetBefore => {
+                // r and z first; then W_hn acts on r ⊙ h.
+                let (rz, n_part) = ah.split_at_mut(2 * hd);
+                rz.fill(0.0);
+                for (k, &hk) in h.iter().enumerate() {
+                    let row = &cell.w_hh_t[k * gh..k * gh + 2 * hd];
+                    for j in 0..2 * hd {
+                        rz[j] = fma::<FMA>(hk, row[j], rz[j]);
+                    }
+                }
+                for j in 0..2 * hd {
+                    rz[j] = super::sigmoid_f32(x_row[j] + rz[j]);
+                }
+                n_part.fill(0.0);
+                for k in 0..hd {
+                    let rh = rz[k] * h[k];
+                    let row = &cell.w_hh_t[k * gh + 2 * hd..(k + 1) * gh];
+                    for j in 0..hd {
+                        n_part[j] = fma::<FMA>(rh, row[j], n_part[j]);
+                    }
+                }
+                for j in 0..hd {
+                    let z = rz[hd + j];
+                    let n = super::tanh_f32(x_row[2 * hd + j] + n_part[j] + cell.b_hn[j]);
+                    h[j] = (1.0 - z) * n + z * h[j];
+                }
+            }
+        }
+        if let Some((buf, stride, col)) = out.as_mut() {
+            buf[t * *stride + *col..t * *stride + *col + hd].copy_from_slice(h);
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! The recurrent network core: cells, sequences, layers, loss, optimisers.
+//!
+//! A leaf module: it depends on `ndarray`, `rand` and `gemm` only, and does no I/O,
+//! logging, async or serialisation (the `storage` module turns parameters into
+//! files). The same seed gives the same numbers.
+//!
+//! Conventions follow PyTorch so weights and results can be compared and exchanged:
+//! parameter names and layouts (`weight_ih_l{k}[_reverse]: [G·H, d_in]`, gate order
+//! i,f,g,o for LSTM and r,z,n for GRU, two biases), time-major sequences
+//! `[seq_len, batch, features]`, and `y = x Wᵀ + b` for linear layers.
+//!
+//! Everything is generic over [`Scalar`]: `f32` in production, `f64` for the parity
+//! tests against PyTorch's float64 reference values.
+
+mod autoencoder;
+mod cell;
+pub mod init;
+mod linear;
+mod loss;
+pub mod optim;
+mod rnn;
+mod scalar;
+
+pub use autoencoder::{
+    Autoencoder, AutoencoderCache, AutoencoderConfig, AutoencoderGrads, ScoreWorkspace, Scorer,
+};
+pub use cell::{CellKind, CellParams};
+pub use linear::Linear;
+pub use loss::mse;
+pub use optim::{Adam, AdamParams, Optimizer, Sgd, clip_grad_norm};
+pub use rnn::{Rnn, RnnCache, RnnConfig, RnnGrads, RnnOutput};
+pub use scalar::{Scalar, exp_f32, matmul, sigmoid_f32, tanh_f32};

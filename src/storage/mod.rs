@@ -1,0 +1,49 @@
+//! The only place that turns model state into bytes and back.
+//!
+//! [`safetensors`] reads and writes parameters in the safetensors format under
+//! PyTorch's names, so weights move both ways between anomalyd and
+//! `torch.nn.LSTM` / `GRU` / `RNN` / `Linear` unchanged.
+
+pub mod safetensors;
+
+pub use self::safetensors::{
+    decode_autoencoder, decode_rnn, encode_autoencoder, encode_rnn, load_autoencoder,
+    save_autoencoder,
+};
+
+/// Why model state could not be stored or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// Reading or writing the file failed.
+    #[error("i/o error on {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The bytes are not a valid safetensors file.
+    #[error("not a valid safetensors file: {0}")]
+    Format(String),
+    /// A tensor the model needs is absent.
+    #[error("tensor {0:?} is missing")]
+    Missing(String),
+    /// A tensor has another shape than the model's.
+    #[error("tensor {name:?} has shape {found:?}, the model expects {expected:?}")]
+    Shape {
+        /// Tensor name.
+        name: String,
+        /// The model's shape.
+        expected: Vec<usize>,
+        /// The file's shape.
+        found: Vec<usize>,
+    },
+    /// A tensor's element type cannot be loaded.
+    #[error("tensor {name:?} has dtype {dtype}, expected F32, F64, F16 or BF16")]
+    Dtype {
+        /// Tensor name.
+        name: String,
+        /// The file's dtype.
+        dtype: String,
+    },
+}

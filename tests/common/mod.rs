@@ -1,0 +1,90 @@
+//! Helpers shared by the integration tests: fixture loading and tolerance checks.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use ndarray::{ArrayD, IxDyn};
+use serde_json::Value;
+
+/// `tests/fixtures/<rel>` parsed as JSON.
+pub fn fixture(rel: &str) -> Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel);
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_json::from_str(&text).expect("fixture is JSON")
+}
+
+fn flatten(v: &Value, out: &mut Vec<f64>) {
+    match v {
+        Value::Array(items) => items.iter().for_each(|i| flatten(i, out)),
+        Value::Number(n) => out.push(n.as_f64().expect("number")),
+        other => panic!("not a number: {other}"),
+    }
+}
+
+/// A `{"shape": [...], "data": nested}` tensor, or a flat list, as an array.
+pub fn tensor(v: &Value) -> ArrayD<f64> {
+    let mut data = Vec::new();
+    if let Some(shape) = v.get("shape") {
+        let shape: Vec<usize> = shape
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
+        flatten(&v["data"], &mut data);
+        ArrayD::from_shape_vec(IxDyn(&shape), data).expect("shape matches data")
+    } else {
+        flatten(v, &mut data);
+        let n = data.len();
+        ArrayD::from_shape_vec(IxDyn(&[n]), data).unwrap()
+    }
+}
+
+/// Elementwise `|a − e| ≤ atol + rtol·|e|`; panics naming the worst element.
+pub fn assert_close<'a, 'b>(
+    actual: impl IntoIterator<Item = &'a f64>,
+    expected: impl IntoIterator<Item = &'b f64>,
+    rtol: f64,
+    atol: f64,
+    what: &str,
+) {
+    let a: Vec<f64> = actual.into_iter().copied().collect();
+    let e: Vec<f64> = expected.into_iter().copied().collect();
+    assert_eq!(
+        a.len(),
+        e.len(),
+        "{what}: {} values, expected {}",
+        a.len(),
+        e.len()
+    );
+    let mut worst = (0.0, 0usize);
+    for (i, (x, y)) in a.iter().zip(&e).enumerate() {
+        let excess = (x - y).abs() - (atol + rtol * y.abs());
+        if !(excess <= worst.0) {
+            worst = (excess, i);
+        }
+    }
+    let i = worst.1;
+    assert!(
+        worst.0 <= 0.0,
+        "{what}: element {i} is {} but expected {} (|diff| {:.3e}, rtol {rtol}, atol {atol})",
+        a[i],
+        e[i],
+        (a[i] - e[i]).abs()
+    );
+}
+
+/// Same as [`assert_close`] for f32 values compared to f64 references.
+pub fn assert_close_f32<'a, 'b>(
+    actual: impl IntoIterator<Item = &'a f32>,
+    expected: impl IntoIterator<Item = &'b f64>,
+    rtol: f64,
+    atol: f64,
+    what: &str,
+) {
+    let a: Vec<f64> = actual.into_iter().map(|&v| v as f64).collect();
+    assert_close(a.iter(), expected, rtol, atol, what);
+}
