@@ -3,7 +3,7 @@
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 
-use anomalyd::bench::{ModelBenchConfig, run_model_bench};
+use anomalyd::bench::{Measure, ModelBenchConfig, run_model_bench};
 use anomalyd::nn::CellKind;
 
 /// Streaming anomaly detection with a recurrent autoencoder per stream.
@@ -46,6 +46,9 @@ enum BenchCommand {
         /// Seconds per measurement.
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
+        /// Figures to measure, comma-separated: latency, batch, train (others print 0).
+        #[arg(long, default_value = "latency,batch,train")]
+        measure: String,
         /// Print one JSON line (otherwise a readable summary).
         #[arg(long)]
         json: bool,
@@ -64,6 +67,7 @@ fn main() -> Result<()> {
                     hidden,
                     threads,
                     seconds,
+                    measure,
                     json,
                 },
         } => {
@@ -76,6 +80,13 @@ fn main() -> Result<()> {
             if !(seconds > 0.0 && seconds.is_finite()) {
                 bail!("--seconds must be a positive number");
             }
+            let measure = measure
+                .split(',')
+                .map(|m| {
+                    Measure::parse(m.trim())
+                        .ok_or_else(|| anyhow::anyhow!("unknown measure {m:?}: expected latency, batch or train"))
+                })
+                .collect::<Result<Vec<_>>>()?;
             let report = run_model_bench(&ModelBenchConfig {
                 kind,
                 d_input,
@@ -83,6 +94,7 @@ fn main() -> Result<()> {
                 d_hidden: hidden,
                 threads,
                 seconds,
+                measure,
             });
             if json {
                 println!("{}", serde_json::to_string(&report)?);

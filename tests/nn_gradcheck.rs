@@ -91,12 +91,7 @@ fn check_rnn(case: &Case) {
         lengths,
         &mut StdRng::seed_from_u64(9),
     );
-    let grads = rnn.backward(
-        &cache,
-        g.view(),
-        Some(gh.view()),
-        gc.as_ref().map(|c| c.view()),
-    );
+    let grads = rnn.backward(&cache, g.view(), Some(gh.view()), gc.as_ref().map(|c| c.view()));
 
     let analytic: Vec<Vec<f64>> = grads
         .cells
@@ -124,25 +119,13 @@ fn check_rnn(case: &Case) {
         let xx = Array3::from_shape_vec(x.dim(), v.to_vec()).unwrap();
         loss(&rnn, &xx, &h0, c0.as_ref())
     });
-    assert_close(
-        grads.x.iter(),
-        num_x.iter(),
-        RTOL,
-        ATOL,
-        &format!("{name}: x"),
-    );
+    assert_close(grads.x.iter(), num_x.iter(), RTOL, ATOL, &format!("{name}: x"));
     let mut hv = h0.clone();
     let num_h0 = numeric_grad(hv.as_slice_mut().unwrap(), |v| {
         let hh = Array3::from_shape_vec(h0.dim(), v.to_vec()).unwrap();
         loss(&rnn, &x, &hh, c0.as_ref())
     });
-    assert_close(
-        grads.h0.iter(),
-        num_h0.iter(),
-        RTOL,
-        ATOL,
-        &format!("{name}: h0"),
-    );
+    assert_close(grads.h0.iter(), num_h0.iter(), RTOL, ATOL, &format!("{name}: h0"));
     if let Some(c0) = &c0 {
         let mut cv = c0.clone();
         let num_c0 = numeric_grad(cv.as_slice_mut().unwrap(), |v| {
@@ -273,13 +256,7 @@ fn autoencoder_every_kind_and_shape() {
                     probe.tensors_mut()[ti].copy_from_slice(v);
                     loss(&probe)
                 });
-                assert_close(
-                    expected.iter(),
-                    num.iter(),
-                    RTOL,
-                    ATOL,
-                    &format!("{cfg:?} tensor {ti}"),
-                );
+                assert_close(expected.iter(), num.iter(), RTOL, ATOL, &format!("{cfg:?} tensor {ti}"));
             }
         }
     }
@@ -308,13 +285,7 @@ fn truncated_bptt_equals_detached_chunks() {
         while start < t_len {
             let end = (start + k).min(t_len);
             let xs = x.slice(s![start..end, .., ..]);
-            let (out, cache) = rnn.forward_train(
-                xs,
-                Some(h.view()),
-                c.as_ref().map(|c| c.view()),
-                None,
-                &mut rng,
-            );
+            let (out, cache) = rnn.forward_train(xs, Some(h.view()), c.as_ref().map(|c| c.view()), None, &mut rng);
             let last = end == t_len;
             let zero = Array3::zeros(gh.dim());
             let cg = rnn.backward(
@@ -334,31 +305,13 @@ fn truncated_bptt_equals_detached_chunks() {
             c = out.c_n;
             start = end;
         }
-        let got: Vec<f64> = tg
-            .cells
-            .iter()
-            .flat_map(|c| c.tensors())
-            .flatten()
-            .copied()
-            .collect();
+        let got: Vec<f64> = tg.cells.iter().flat_map(|c| c.tensors()).flatten().copied().collect();
         let want: Vec<f64> = sum.tensors().into_iter().flatten().copied().collect();
-        assert_close(
-            got.iter(),
-            want.iter(),
-            1e-12,
-            1e-13,
-            &format!("{kind:?} tbptt"),
-        );
+        assert_close(got.iter(), want.iter(), 1e-12, 1e-13, &format!("{kind:?} tbptt"));
         // And truncation really changes something compared with full BPTT.
         let (_, cache) = rnn.forward_train(x.view(), None, None, None, &mut rng);
         let fg = rnn.backward(&cache, g.view(), Some(gh.view()), None);
-        let full: Vec<f64> = fg
-            .cells
-            .iter()
-            .flat_map(|c| c.tensors())
-            .flatten()
-            .copied()
-            .collect();
+        let full: Vec<f64> = fg.cells.iter().flat_map(|c| c.tensors()).flatten().copied().collect();
         assert!(
             full.iter().zip(&got).any(|(a, b)| (a - b).abs() > 1e-6),
             "{kind:?}: truncation had no effect"

@@ -34,9 +34,7 @@ const RNN_CASES: [&str; 18] = [
 ];
 
 fn t3<T: Scalar>(a: &ArrayD<f64>) -> Array3<T> {
-    a.map(|&v| T::lit(v))
-        .into_dimensionality::<Ix3>()
-        .expect("3-d tensor")
+    a.map(|&v| T::lit(v)).into_dimensionality::<Ix3>().expect("3-d tensor")
 }
 
 /// Builds the fixture's RNN with its parameters, in `T`.
@@ -99,13 +97,7 @@ fn check_case<T: Scalar>(name: &str, rtol: f64, atol: f64) {
     let cmp = |got: &Array3<T>, key: &str, what: &str| {
         let e = tensor(key.split('.').fold(&f, |v, k| &v[k]));
         assert_eq!(got.shape(), e.shape(), "{name}: {what} shape");
-        assert_close(
-            wide(got).iter(),
-            e.iter(),
-            rtol,
-            atol,
-            &format!("{name}: {what}"),
-        );
+        assert_close(wide(got).iter(), e.iter(), rtol, atol, &format!("{name}: {what}"));
     };
     cmp(&out.output, "outputs.output", "output");
     cmp(&out.h_n, "outputs.h_n", "h_n");
@@ -130,12 +122,7 @@ fn check_case<T: Scalar>(name: &str, rtol: f64, atol: f64) {
         &format!("{name}: loss"),
     );
 
-    let grads = rnn.backward(
-        &cache,
-        g.view(),
-        Some(gh.view()),
-        gc.as_ref().map(|c| c.view()),
-    );
+    let grads = rnn.backward(&cache, g.view(), Some(gh.view()), gc.as_ref().map(|c| c.view()));
     for ((suffix, _), cell) in rnn.named_params().iter().zip(&grads.cells) {
         let (layer, rev) = suffix
             .split_once('_')
@@ -148,13 +135,7 @@ fn check_case<T: Scalar>(name: &str, rtol: f64, atol: f64) {
             let key = format!("{w}_{layer}{rev}");
             let e = tensor(&f["grads"][&key]);
             let got: Vec<f64> = got.iter().map(|v| v.to_f64_lossy()).collect();
-            assert_close(
-                got.iter(),
-                e.iter(),
-                rtol,
-                atol,
-                &format!("{name}: grad {key}"),
-            );
+            assert_close(got.iter(), e.iter(), rtol, atol, &format!("{name}: grad {key}"));
         }
     }
     cmp(&grads.x, "grads.x", "grad x");
@@ -166,18 +147,11 @@ fn check_case<T: Scalar>(name: &str, rtol: f64, atol: f64) {
     for (b, &len) in lengths.iter().enumerate() {
         for t in len..x.dim().0 {
             assert!(
-                out.output
-                    .slice(ndarray::s![t, b, ..])
-                    .iter()
-                    .all(|v| *v == T::zero()),
+                out.output.slice(ndarray::s![t, b, ..]).iter().all(|v| *v == T::zero()),
                 "{name}: padded output"
             );
             assert!(
-                grads
-                    .x
-                    .slice(ndarray::s![t, b, ..])
-                    .iter()
-                    .all(|v| *v == T::zero()),
+                grads.x.slice(ndarray::s![t, b, ..]).iter().all(|v| *v == T::zero()),
                 "{name}: padded grad x"
             );
         }
@@ -209,9 +183,7 @@ fn a_wrong_convention_is_caught() {
         for cell in &mut rnn.cells {
             let g = cell.w_ih.slice(ndarray::s![2 * h..3 * h, ..]).to_owned();
             let o = cell.w_ih.slice(ndarray::s![3 * h.., ..]).to_owned();
-            cell.w_ih
-                .slice_mut(ndarray::s![2 * h..3 * h, ..])
-                .assign(&o);
+            cell.w_ih.slice_mut(ndarray::s![2 * h..3 * h, ..]).assign(&o);
             cell.w_ih.slice_mut(ndarray::s![3 * h.., ..]).assign(&g);
         }
         let x = t3::<f64>(&tensor(&f["inputs"]["x"]));
@@ -239,13 +211,7 @@ fn adam_case(file: &str) {
         let g: Vec<f64> = tensor(g).iter().copied().collect();
         opt.step(&mut [&mut p], &[&g]);
         let e = tensor(&f["params_after_step"][k]);
-        assert_close(
-            p.iter(),
-            e.iter(),
-            1e-12,
-            1e-15,
-            &format!("{file} step {}", k + 1),
-        );
+        assert_close(p.iter(), e.iter(), 1e-12, 1e-15, &format!("{file} step {}", k + 1));
     }
 }
 
@@ -300,8 +266,5 @@ fn f32_parity_tolerance_is_not_trivially_loose() {
     // Sanity of the f32 comparison itself: a 1e-3 perturbation must be rejected.
     let e = [0.5f64, -0.25];
     let a = [0.5f32 + 1e-3, -0.25];
-    assert!(
-        std::panic::catch_unwind(|| assert_close_f32(a.iter(), e.iter(), 1e-4, 1e-5, "perturbed"))
-            .is_err()
-    );
+    assert!(std::panic::catch_unwind(|| assert_close_f32(a.iter(), e.iter(), 1e-4, 1e-5, "perturbed")).is_err());
 }

@@ -118,9 +118,7 @@ fn training_reduces_reconstruction_error() {
     for kind in [CellKind::Lstm, CellKind::Gru, CellKind::RnnTanh] {
         let mut rng = StdRng::seed_from_u64(1);
         let mut model = Autoencoder::<f32>::new(AutoencoderConfig::new(kind, 1, 16), &mut rng);
-        let x = Array3::from_shape_fn((16, 8, 1), |(t, b, _)| {
-            ((t as f32 + b as f32 * 2.0) * 0.4).sin()
-        });
+        let x = Array3::from_shape_fn((16, 8, 1), |(t, b, _)| ((t as f32 + b as f32 * 2.0) * 0.4).sin());
         let mut opt = Adam::new(AdamParams {
             lr: 1e-2,
             ..Default::default()

@@ -27,6 +27,35 @@ pub struct ModelBenchConfig {
     pub threads: usize,
     /// Seconds spent on each measurement (after warm-up).
     pub seconds: f64,
+    /// Which figures to measure (the others are reported as 0): any of
+    /// [`Measure::Latency`], [`Measure::Batch`], [`Measure::Train`].
+    pub measure: Vec<Measure>,
+}
+
+/// One of the timed figures of the model benchmark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Measure {
+    /// `score_latency_us`.
+    Latency,
+    /// `score_windows_per_s`.
+    Batch,
+    /// `train_windows_per_s`.
+    Train,
+}
+
+impl Measure {
+    /// All three.
+    pub const ALL: [Measure; 3] = [Measure::Latency, Measure::Batch, Measure::Train];
+
+    /// Parses `latency`, `batch` or `train`.
+    pub fn parse(s: &str) -> Option<Measure> {
+        match s {
+            "latency" => Some(Measure::Latency),
+            "batch" => Some(Measure::Batch),
+            "train" => Some(Measure::Train),
+            _ => None,
+        }
+    }
 }
 
 /// The result, one JSON object.
@@ -119,35 +148,54 @@ pub fn run_model_bench(cfg: &ModelBenchConfig) -> ModelBenchReport {
     let (w, d) = (cfg.window, cfg.d_input);
 
     let mut rng = StdRng::seed_from_u64(2);
-    let window: Vec<f32> = (0..w * d)
-        .map(|_| rng.random::<f32>() * 2.0 - 1.0)
-        .collect();
+    let window: Vec<f32> = (0..w * d).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
     let mut ws = ScoreWorkspace::default();
-    let latency = median_time(cfg.seconds, || {
-        std::hint::black_box(scorer.reconstruct(std::hint::black_box(&window), &mut ws));
-    });
-
-    let batch_time = parallel_median(cfg.threads, cfg.seconds, |i| {
-        let x = random_windows(&mut StdRng::seed_from_u64(10 + i as u64), w, 256, d);
-        median_time(cfg.seconds, || {
-            std::hint::black_box(scorer.reconstruct_batch(x.view()));
-        })
-    });
-
-    let train_time = parallel_median(cfg.threads, cfg.seconds, |i| {
-        let x = random_windows(&mut StdRng::seed_from_u64(20 + i as u64), w, 32, d);
-        let mut m = model.clone();
-        let mut opt = Adam::new(AdamParams {
-            lr: 1e-3,
-            ..Default::default()
-        });
-        let mut r = StdRng::seed_from_u64(30 + i as u64);
-        median_time(cfg.seconds, || {
-            std::hint::black_box(m.train_step(x.view(), &mut opt, None, &mut r));
-        })
-    });
-
     let threads = cfg.threads.max(1) as f64;
+    let wants = |m| cfg.measure.contains(&m);
+    let zero = Duration::ZERO;
+    let latency = if !wants(Measure::Latency) {
+        zero
+    } else {
+        median_time(cfg.seconds, || {
+            std::hint::black_box(scorer.reconstruct(std::hint::black_box(&window), &mut ws));
+        })
+    };
+
+    let batch_time = if !wants(Measure::Batch) {
+        zero
+    } else {
+        parallel_median(cfg.threads, cfg.seconds, |i| {
+            let x = random_windows(&mut StdRng::seed_from_u64(10 + i as u64), w, 256, d);
+            median_time(cfg.seconds, || {
+                std::hint::black_box(scorer.reconstruct_batch(x.view()));
+            })
+        })
+    };
+
+    let train_time = if !wants(Measure::Train) {
+        zero
+    } else {
+        parallel_median(cfg.threads, cfg.seconds, |i| {
+            let x = random_windows(&mut StdRng::seed_from_u64(20 + i as u64), w, 32, d);
+            let mut m = model.clone();
+            let mut opt = Adam::new(AdamParams {
+                lr: 1e-3,
+                ..Default::default()
+            });
+            let mut r = StdRng::seed_from_u64(30 + i as u64);
+            median_time(cfg.seconds, || {
+                std::hint::black_box(m.train_step(x.view(), &mut opt, None, &mut r));
+            })
+        })
+    };
+    let per_s = |n: f64, t: Duration| {
+        if t.is_zero() {
+            0.0
+        } else {
+            threads * n / t.as_secs_f64()
+        }
+    };
+
     ModelBenchReport {
         implementation: "anomalyd",
         cell: cfg.kind.name(),
@@ -156,8 +204,8 @@ pub fn run_model_bench(cfg: &ModelBenchConfig) -> ModelBenchReport {
         hidden: cfg.d_hidden,
         threads: cfg.threads,
         score_latency_us: latency.as_secs_f64() * 1e6,
-        score_windows_per_s: threads * 256.0 / batch_time.as_secs_f64(),
-        train_windows_per_s: threads * 32.0 / train_time.as_secs_f64(),
+        score_windows_per_s: per_s(256.0, batch_time),
+        train_windows_per_s: per_s(32.0, train_time),
         flops_per_window: flops_per_window(cfg.kind, d, w, cfg.d_hidden),
         peak_rss_mib: peak_rss_mib(),
     }
@@ -168,11 +216,9 @@ pub fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse::<f64>().ok())
-            })
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
         })
         .map(|kib| kib / 1024.0)
         .unwrap_or(0.0)
@@ -198,10 +244,9 @@ mod tests {
             d_hidden: 3,
             threads: 2,
             seconds: 0.01,
+            measure: Measure::ALL.to_vec(),
         });
-        assert!(
-            r.score_latency_us > 0.0 && r.score_windows_per_s > 0.0 && r.train_windows_per_s > 0.0
-        );
+        assert!(r.score_latency_us > 0.0 && r.score_windows_per_s > 0.0 && r.train_windows_per_s > 0.0);
         assert!(r.peak_rss_mib > 0.0);
     }
 }

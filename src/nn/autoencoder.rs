@@ -13,9 +13,7 @@
 use ndarray::{Array2, Array3, ArrayView3, Axis, s};
 use rand::Rng;
 
-use super::{
-    CellKind, CellParams, Linear, Optimizer, Rnn, RnnCache, RnnConfig, Scalar, clip_grad_norm, mse,
-};
+use super::{CellKind, CellParams, Linear, Optimizer, Rnn, RnnCache, RnnConfig, Scalar, clip_grad_norm, mse};
 
 /// The shape of an autoencoder.
 #[derive(Clone, Debug, PartialEq)]
@@ -160,11 +158,7 @@ impl<T: Scalar> Autoencoder<T> {
 
     /// Forward pass for training (dropout from `rng`); returns the reconstruction and
     /// the cache for [`Autoencoder::backward`]. Shapes as in [`Autoencoder::forward`].
-    pub fn forward_train<R: Rng + ?Sized>(
-        &self,
-        x: ArrayView3<T>,
-        rng: &mut R,
-    ) -> (Array3<T>, AutoencoderCache<T>) {
+    pub fn forward_train<R: Rng + ?Sized>(&self, x: ArrayView3<T>, rng: &mut R) -> (Array3<T>, AutoencoderCache<T>) {
         let (w, b, _) = x.dim();
         let (enc, enc_cache) = self.encoder.forward_train(x, None, None, None, rng);
         let z = self.latent(&enc.h_n);
@@ -189,25 +183,14 @@ impl<T: Scalar> Autoencoder<T> {
     }
 
     /// Gradients of every parameter given `d_recon = d loss / d reconstruction`.
-    pub fn backward(
-        &self,
-        cache: &AutoencoderCache<T>,
-        d_recon: ArrayView3<T>,
-    ) -> AutoencoderGrads<T> {
+    pub fn backward(&self, cache: &AutoencoderCache<T>, d_recon: ArrayView3<T>) -> AutoencoderGrads<T> {
         let (w, b, d) = d_recon.dim();
         let h = self.config.d_hidden;
         let d2 = d_recon.as_standard_layout();
-        let d2 = d2
-            .view()
-            .into_shape_with_order((w * b, d))
-            .expect("contiguous");
+        let d2 = d2.view().into_shape_with_order((w * b, d)).expect("contiguous");
         let (head, d_dec_out) = self.head.backward(cache.dec_out.view(), d2);
-        let d_dec_out = d_dec_out
-            .into_shape_with_order((w, b, h))
-            .expect("contiguous");
-        let dec = self
-            .decoder
-            .backward(&cache.dec, d_dec_out.view(), None, None);
+        let d_dec_out = d_dec_out.into_shape_with_order((w, b, h)).expect("contiguous");
+        let dec = self.decoder.backward(&cache.dec, d_dec_out.view(), None, None);
         let dz = dec.x.sum_axis(Axis(0)); // [B, D·H]
         let enc_cfg = &self.encoder.config;
         let dirs = enc_cfg.n_directions();
@@ -263,9 +246,7 @@ impl<T: Scalar> Autoencoder<T> {
         let cfg = &self.encoder.config;
         let dirs = cfg.n_directions();
         let top = (cfg.n_layers - 1) * dirs;
-        let parts: Vec<_> = (0..dirs)
-            .map(|d| h_n.index_axis(Axis(0), top + d))
-            .collect();
+        let parts: Vec<_> = (0..dirs).map(|d| h_n.index_axis(Axis(0), top + d)).collect();
         ndarray::concatenate(Axis(1), &parts).expect("same batch")
     }
 
@@ -342,8 +323,8 @@ pub struct Scorer {
     /// `[layer * dirs + dir]`.
     enc: Vec<FastCell>,
     dec: Vec<FastCell>,
-    /// Head weight transposed, `[H, d_input]`.
-    head_w_t: Vec<f32>,
+    /// Head weight, PyTorch layout `[d_input, H]`: each output is one dot product.
+    head_w: Vec<f32>,
     head_b: Vec<f32>,
     /// The model itself, for batched scoring through the generic path.
     model: Autoencoder<f32>,
@@ -366,7 +347,7 @@ impl Autoencoder<f32> {
                 .iter()
                 .map(|p| FastCell::new(self.config.kind, p))
                 .collect(),
-            head_w_t: self.head.weight.t().iter().copied().collect(),
+            head_w: self.head.weight.iter().copied().collect(),
             head_b: self.head.bias.to_vec(),
             model: self.clone(),
         }
@@ -453,17 +434,7 @@ impl Scorer {
                 } else {
                     Some((&mut *dst, dirs * h, dir * h))
                 };
-                run_cell::<FMA>(
-                    cell,
-                    &ws.xp,
-                    w,
-                    false,
-                    dir == 1,
-                    &mut ws.h,
-                    &mut ws.c,
-                    &mut ws.ah,
-                    out,
-                );
+                run_cell::<FMA>(cell, &ws.xp, w, false, dir == 1, &mut ws.h, &mut ws.c, &mut ws.ah, out);
                 if top {
                     ws.latent[dir * h..(dir + 1) * h].copy_from_slice(&ws.h);
                 }
@@ -497,18 +468,15 @@ impl Scorer {
                 Some((dst, h, 0)),
             );
         }
-        let dec_out = if cfg.n_layers % 2 == 1 {
-            &ws.seq_a
-        } else {
-            &ws.seq_b
-        };
+        let dec_out = if cfg.n_layers % 2 == 1 { &ws.seq_a } else { &ws.seq_b };
 
         // Head on every step.
         resize(&mut ws.out, w * d);
         for t in 0..w {
-            let o = &mut ws.out[t * d..(t + 1) * d];
-            o.copy_from_slice(&self.head_b);
-            gemv_acc::<FMA>(o, &dec_out[t * h..(t + 1) * h], &self.head_w_t);
+            let h_t = &dec_out[t * h..(t + 1) * h];
+            for (j, o) in ws.out[t * d..(t + 1) * d].iter_mut().enumerate() {
+                *o = self.head_b[j] + dot::<FMA>(h_t, &self.head_w[j * h..(j + 1) * h]);
+            }
         }
     }
 }
@@ -532,34 +500,75 @@ fn input_projection<const FMA: bool>(cell: &FastCell, x: &[f32], steps: usize, x
 
 /// `y += x · M` where `M` is `[x.len(), y.len()]` row-major.
 ///
-/// Columns go in blocks of 32 held in registers across the whole reduction, so each
-/// weight is loaded once and each output written once.
+/// Columns go in register-held blocks (64, then 32, then 8 wide) across the whole
+/// reduction, so each weight is loaded once and each output written once; 64 columns
+/// give 8 independent FMA chains per step, enough to hide FMA latency.
 #[inline(always)]
 fn gemv_acc<const FMA: bool>(y: &mut [f32], x: &[f32], m: &[f32]) {
-    const BLOCK: usize = 32;
     let n = y.len();
     debug_assert_eq!(m.len(), x.len() * n);
-    let full = n / BLOCK * BLOCK;
     let mut j0 = 0;
-    while j0 < full {
-        let mut acc = [0.0f32; BLOCK];
-        acc.copy_from_slice(&y[j0..j0 + BLOCK]);
+    j0 = gemv_blocks::<FMA, 64>(y, x, m, j0);
+    j0 = gemv_blocks::<FMA, 32>(y, x, m, j0);
+    j0 = gemv_blocks::<FMA, 8>(y, x, m, j0);
+    for j in j0..n {
+        let mut acc = y[j];
         for (k, &xk) in x.iter().enumerate() {
-            let row: &[f32; BLOCK] = m[k * n + j0..k * n + j0 + BLOCK].try_into().unwrap();
-            for j in 0..BLOCK {
+            acc = fma::<FMA>(xk, m[k * n + j], acc);
+        }
+        y[j] = acc;
+    }
+}
+
+/// Processes as many whole `B`-column blocks as fit from column `j0`; returns the
+/// first column left over.
+#[inline(always)]
+fn gemv_blocks<const FMA: bool, const B: usize>(y: &mut [f32], x: &[f32], m: &[f32], mut j0: usize) -> usize {
+    let n = y.len();
+    while j0 + B <= n {
+        let mut acc: [f32; B] = y[j0..j0 + B].try_into().unwrap();
+        for (k, &xk) in x.iter().enumerate() {
+            let row: &[f32; B] = m[k * n + j0..k * n + j0 + B].try_into().unwrap();
+            for j in 0..B {
                 acc[j] = fma::<FMA>(xk, row[j], acc[j]);
             }
         }
-        y[j0..j0 + BLOCK].copy_from_slice(&acc);
-        j0 += BLOCK;
+        y[j0..j0 + B].copy_from_slice(&acc);
+        j0 += B;
     }
-    if full < n {
-        for (k, &xk) in x.iter().enumerate() {
-            let row = &m[k * n + full..(k + 1) * n];
-            for (yj, &mj) in y[full..].iter_mut().zip(row) {
-                *yj = fma::<FMA>(xk, mj, *yj);
-            }
+    j0
+}
+
+/// `Σ a[i] b[i]` with eight independent partial sums (one vector register), so the
+/// reduction neither serialises on one accumulator nor needs fast-math.
+#[inline(always)]
+fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        for l in 0..8 {
+            acc[l] = fma::<FMA>(x[l], y[l], acc[l]);
         }
+    }
+    let mut sum = acc.iter().sum::<f32>();
+    for (x, y) in ar.iter().zip(br) {
+        sum = fma::<FMA>(*x, *y, sum);
+    }
+    sum
+}
+
+#[inline(always)]
+fn sigmoid_all(xs: &mut [f32]) {
+    for x in xs {
+        *x = super::sigmoid_f32(*x);
+    }
+}
+
+#[inline(always)]
+fn tanh_all(xs: &mut [f32]) {
+    for x in xs {
+        *x = super::tanh_f32(*x);
     }
 }
 
@@ -594,63 +603,73 @@ fn run_cell<const FMA: bool>(
         } else {
             &xp[t * gh..(t + 1) * gh]
         };
+        // Each gate block is activated by a plain loop over one slice, and the state
+        // update zips slices, so every loop here vectorises.
         match cell.kind {
             CellKind::RnnTanh => {
                 ah.copy_from_slice(x_row);
                 gemv_acc::<FMA>(ah, h, &cell.w_hh_t);
-                for j in 0..hd {
-                    h[j] = super::tanh_f32(ah[j]);
-                }
+                tanh_all(ah);
+                h.copy_from_slice(ah);
             }
             CellKind::Lstm => {
                 ah.copy_from_slice(x_row);
                 gemv_acc::<FMA>(ah, h, &cell.w_hh_t);
-                for j in 0..hd {
-                    let i = super::sigmoid_f32(ah[j]);
-                    let f = super::sigmoid_f32(ah[hd + j]);
-                    let g = super::tanh_f32(ah[2 * hd + j]);
-                    let o = super::sigmoid_f32(ah[3 * hd + j]);
-                    let cn = f * c[j] + i * g;
-                    c[j] = cn;
-                    h[j] = o * super::tanh_f32(cn);
+                sigmoid_all(&mut ah[..2 * hd]);
+                tanh_all(&mut ah[2 * hd..3 * hd]);
+                sigmoid_all(&mut ah[3 * hd..]);
+                let (i, rest) = ah.split_at(hd);
+                let (f, rest) = rest.split_at(hd);
+                let (g, o) = rest.split_at(hd);
+                for (((cj, &ij), &fj), &gj) in c.iter_mut().zip(i).zip(f).zip(g) {
+                    *cj = fj * *cj + ij * gj;
+                }
+                for ((hj, &cj), &oj) in h.iter_mut().zip(c.iter()).zip(o) {
+                    *hj = oj * super::tanh_f32(cj);
                 }
             }
             CellKind::Gru => {
                 ah.fill(0.0);
                 gemv_acc::<FMA>(ah, h, &cell.w_hh_t);
-                for j in 0..hd {
-                    let r = super::sigmoid_f32(x_row[j] + ah[j]);
-                    let z = super::sigmoid_f32(x_row[hd + j] + ah[hd + j]);
-                    let n =
-                        super::tanh_f32(x_row[2 * hd + j] + r * (ah[2 * hd + j] + cell.b_hn[j]));
-                    h[j] = (1.0 - z) * n + z * h[j];
+                let (rz, n) = ah.split_at_mut(2 * hd);
+                for (a, &xv) in rz.iter_mut().zip(&x_row[..2 * hd]) {
+                    *a = super::sigmoid_f32(xv + *a);
+                }
+                let (r, z) = rz.split_at(hd);
+                for (((nj, &xn), &rj), &bn) in n.iter_mut().zip(&x_row[2 * hd..]).zip(r).zip(&cell.b_hn) {
+                    *nj = super::tanh_f32(xn + rj * (*nj + bn));
+                }
+                for ((hj, &zj), &nj) in h.iter_mut().zip(z).zip(n.iter()) {
+                    *hj = (1.0 - zj) * nj + zj * *hj;
                 }
             }
             CellKind::GruResetBefore => {
                 // r and z first; then W_hn acts on r ⊙ h.
-                let (rz, n_part) = ah.split_at_mut(2 * hd);
+                let (rz, n) = ah.split_at_mut(2 * hd);
                 rz.fill(0.0);
                 for (k, &hk) in h.iter().enumerate() {
                     let row = &cell.w_hh_t[k * gh..k * gh + 2 * hd];
-                    for j in 0..2 * hd {
-                        rz[j] = fma::<FMA>(hk, row[j], rz[j]);
+                    for (a, &wv) in rz.iter_mut().zip(row) {
+                        *a = fma::<FMA>(hk, wv, *a);
                     }
                 }
-                for j in 0..2 * hd {
-                    rz[j] = super::sigmoid_f32(x_row[j] + rz[j]);
+                for (a, &xv) in rz.iter_mut().zip(&x_row[..2 * hd]) {
+                    *a = super::sigmoid_f32(xv + *a);
                 }
-                n_part.fill(0.0);
-                for k in 0..hd {
-                    let rh = rz[k] * h[k];
+                let (r, z) = rz.split_at(hd);
+                for ((nj, &xn), &bn) in n.iter_mut().zip(&x_row[2 * hd..]).zip(&cell.b_hn) {
+                    *nj = xn + bn;
+                }
+                for (k, (&rk, &hk)) in r.iter().zip(h.iter()).enumerate() {
+                    let rh = rk * hk;
                     let row = &cell.w_hh_t[k * gh + 2 * hd..(k + 1) * gh];
-                    for j in 0..hd {
-                        n_part[j] = fma::<FMA>(rh, row[j], n_part[j]);
+                    for (a, &wv) in n.iter_mut().zip(row) {
+                        *a = fma::<FMA>(rh, wv, *a);
                     }
                 }
-                for j in 0..hd {
-                    let z = rz[hd + j];
-                    let n = super::tanh_f32(x_row[2 * hd + j] + n_part[j] + cell.b_hn[j]);
-                    h[j] = (1.0 - z) * n + z * h[j];
+                tanh_all(n);
+                for ((hj, &zj), &nj) in h.iter_mut().zip(z).zip(n.iter()) {
+                    *hj = (1.0 - zj) * nj + zj * *hj;
                 }
             }
         }

@@ -99,12 +99,7 @@ impl<T: Scalar> CellParams<T> {
     }
 
     /// PyTorch's default initialisation: every entry ~ U(−1/√H, 1/√H).
-    pub fn init_uniform<R: Rng + ?Sized>(
-        kind: CellKind,
-        d_in: usize,
-        d_hidden: usize,
-        rng: &mut R,
-    ) -> Self {
+    pub fn init_uniform<R: Rng + ?Sized>(kind: CellKind, d_in: usize, d_hidden: usize, rng: &mut R) -> Self {
         let mut p = Self::zeros(kind, d_in, d_hidden);
         let bound = 1.0 / (d_hidden as f64).sqrt();
         for t in p.tensors_mut() {
@@ -136,18 +131,10 @@ impl<T: Scalar> CellParams<T> {
     /// Mutable flat slices, in the order of [`CellParams::tensors`].
     pub fn tensors_mut(&mut self) -> [&mut [T]; 4] {
         [
-            self.w_ih
-                .as_slice_mut()
-                .expect("owned arrays are contiguous"),
-            self.w_hh
-                .as_slice_mut()
-                .expect("owned arrays are contiguous"),
-            self.b_ih
-                .as_slice_mut()
-                .expect("owned arrays are contiguous"),
-            self.b_hh
-                .as_slice_mut()
-                .expect("owned arrays are contiguous"),
+            self.w_ih.as_slice_mut().expect("owned arrays are contiguous"),
+            self.w_hh.as_slice_mut().expect("owned arrays are contiguous"),
+            self.b_ih.as_slice_mut().expect("owned arrays are contiguous"),
+            self.b_hh.as_slice_mut().expect("owned arrays are contiguous"),
         ]
     }
 

@@ -15,12 +15,7 @@ pub fn fill_uniform<T: Scalar, R: Rng + ?Sized>(xs: &mut [T], bound: f64, rng: &
 
 /// Fills a weight of fan-in `fan_in` and fan-out `fan_out` with Glorot/Xavier uniform
 /// values: U(−a, a), a = √(6 / (fan_in + fan_out)).
-pub fn fill_xavier<T: Scalar, R: Rng + ?Sized>(
-    xs: &mut [T],
-    fan_in: usize,
-    fan_out: usize,
-    rng: &mut R,
-) {
+pub fn fill_xavier<T: Scalar, R: Rng + ?Sized>(xs: &mut [T], fan_in: usize, fan_out: usize, rng: &mut R) {
     fill_uniform(xs, (6.0 / (fan_in + fan_out) as f64).sqrt(), rng);
 }
 

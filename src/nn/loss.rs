@@ -17,13 +17,10 @@ pub fn mse<T: Scalar>(y: ArrayViewD<T>, target: ArrayViewD<T>) -> (T, ArrayD<T>)
     let n = T::lit(y.len() as f64);
     let mut grad = ArrayD::zeros(y.raw_dim());
     let mut sum = T::zero();
-    Zip::from(&mut grad)
-        .and(&y)
-        .and(&target)
-        .for_each(|g, &a, &b| {
-            let d = a - b;
-            sum += d * d;
-            *g = T::lit(2.0) * d / n;
-        });
+    Zip::from(&mut grad).and(&y).and(&target).for_each(|g, &a, &b| {
+        let d = a - b;
+        sum += d * d;
+        *g = T::lit(2.0) * d / n;
+    });
     (sum / n, grad)
 }

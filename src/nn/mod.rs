@@ -21,9 +21,7 @@ pub mod optim;
 mod rnn;
 mod scalar;
 
-pub use autoencoder::{
-    Autoencoder, AutoencoderCache, AutoencoderConfig, AutoencoderGrads, ScoreWorkspace, Scorer,
-};
+pub use autoencoder::{Autoencoder, AutoencoderCache, AutoencoderConfig, AutoencoderGrads, ScoreWorkspace, Scorer};
 pub use cell::{CellKind, CellParams};
 pub use linear::Linear;
 pub use loss::mse;

@@ -19,11 +19,7 @@ fn check_shapes<T>(state: &mut Vec<Vec<T>>, params: &[&mut [T]], grads: &[&[T]],
 where
     T: Copy,
 {
-    assert_eq!(
-        params.len(),
-        grads.len(),
-        "optimizer: params and grads differ in count"
-    );
+    assert_eq!(params.len(), grads.len(), "optimizer: params and grads differ in count");
     for (p, g) in params.iter().zip(grads) {
         assert_eq!(
             p.len(),
@@ -72,17 +68,8 @@ impl<T: Scalar> Optimizer<T> for Sgd<T> {
         check_shapes(&mut self.velocity, params, grads, T::zero());
         for ((p, g), b) in params.iter_mut().zip(grads).zip(&mut self.velocity) {
             for i in 0..p.len() {
-                b[i] = if first {
-                    g[i]
-                } else {
-                    self.momentum * b[i] + g[i]
-                };
-                p[i] -= self.lr
-                    * if self.momentum == T::zero() {
-                        g[i]
-                    } else {
-                        b[i]
-                    };
+                b[i] = if first { g[i] } else { self.momentum * b[i] + g[i] };
+                p[i] -= self.lr * if self.momentum == T::zero() { g[i] } else { b[i] };
             }
         }
     }
@@ -172,12 +159,7 @@ impl<T: Scalar> Optimizer<T> for Adam<T> {
         let step_size = lr / bc1;
         let eps = T::lit(hp.eps);
         let decay = T::one() - lr * T::lit(hp.weight_decay);
-        for (((p, g), m), v) in params
-            .iter_mut()
-            .zip(grads)
-            .zip(&mut self.m)
-            .zip(&mut self.v)
-        {
+        for (((p, g), m), v) in params.iter_mut().zip(grads).zip(&mut self.m).zip(&mut self.v) {
             for i in 0..p.len() {
                 if hp.weight_decay != 0.0 {
                     p[i] *= decay;
@@ -198,12 +180,7 @@ impl<T: Scalar> Optimizer<T> for Adam<T> {
 /// n = √(Σ g²),   g *= min(max_norm / (n + 1e-6), 1)
 /// ```
 pub fn clip_grad_norm<T: Scalar>(grads: &mut [&mut [T]], max_norm: T) -> T {
-    let total = grads
-        .iter()
-        .flat_map(|g| g.iter())
-        .map(|&x| x * x)
-        .sum::<T>()
-        .sqrt();
+    let total = grads.iter().flat_map(|g| g.iter()).map(|&x| x * x).sum::<T>().sqrt();
     let coef = max_norm / (total + T::lit(1e-6));
     if coef < T::one() {
         for g in grads.iter_mut() {

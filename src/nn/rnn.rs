@@ -7,7 +7,7 @@
 //! writes 0 to the output and gets a zero gradient, and the reverse direction starts at
 //! each sequence's own last step — the semantics of PyTorch's packed sequences.
 
-use ndarray::{Array2, Array3, ArrayView2, ArrayView3, ArrayViewMut2, Axis, Zip, s};
+use ndarray::{Array2, Array3, ArrayView2, ArrayView3, ArrayViewMut2, Axis, s};
 use rand::Rng;
 
 use super::{CellKind, CellParams, Scalar, matmul};
@@ -35,13 +35,7 @@ pub struct RnnConfig {
 
 impl RnnConfig {
     /// A config with no dropout and full BPTT.
-    pub fn new(
-        kind: CellKind,
-        d_input: usize,
-        d_hidden: usize,
-        n_layers: usize,
-        bidirectional: bool,
-    ) -> Self {
+    pub fn new(kind: CellKind, d_input: usize, d_hidden: usize, n_layers: usize, bidirectional: bool) -> Self {
         RnnConfig {
             kind,
             d_input,
@@ -163,10 +157,7 @@ impl<T: Scalar> Rnn<T> {
             config.n_layers >= 1 && config.d_input >= 1 && config.d_hidden >= 1,
             "empty rnn: {config:?}"
         );
-        assert!(
-            (0.0..1.0).contains(&config.dropout),
-            "dropout must be in [0, 1)"
-        );
+        assert!((0.0..1.0).contains(&config.dropout), "dropout must be in [0, 1)");
         assert!(config.tbptt != Some(0), "tbptt must be at least 1");
         let dirs = config.n_directions();
         (0..config.n_layers * dirs).map(move |i| (config.layer_d_in(i / dirs), config.d_hidden))
@@ -192,10 +183,7 @@ impl<T: Scalar> Rnn<T> {
 
     /// Every parameter as a mutable flat slice, in PyTorch's order.
     pub fn tensors_mut(&mut self) -> Vec<&mut [T]> {
-        self.cells
-            .iter_mut()
-            .flat_map(|c| c.tensors_mut())
-            .collect()
+        self.cells.iter_mut().flat_map(|c| c.tensors_mut()).collect()
     }
 
     /// Zero initial states for a batch: `(h0, c0)`.
@@ -221,8 +209,7 @@ impl<T: Scalar> Rnn<T> {
         c0: Option<ArrayView3<T>>,
         lengths: Option<&[usize]>,
     ) -> RnnOutput<T> {
-        self.run(x, h0, c0, lengths, None::<&mut rand::rngs::StdRng>, false)
-            .0
+        self.run(x, h0, c0, lengths, None::<&mut rand::rngs::StdRng>, false).0
     }
 
     /// Forward pass for training: applies dropout (with `rng`) and keeps what
@@ -257,16 +244,8 @@ impl<T: Scalar> Rnn<T> {
         );
         let lengths: Vec<usize> = match lengths {
             Some(l) => {
-                assert_eq!(
-                    l.len(),
-                    batch,
-                    "lengths has {} entries for batch {batch}",
-                    l.len()
-                );
-                assert!(
-                    l.iter().all(|&n| n <= seq_len),
-                    "a length exceeds seq_len {seq_len}"
-                );
+                assert_eq!(l.len(), batch, "lengths has {} entries for batch {batch}", l.len());
+                assert!(l.iter().all(|&n| n <= seq_len), "a length exceeds seq_len {seq_len}");
                 l.to_vec()
             }
             None => vec![seq_len; batch],
@@ -371,11 +350,7 @@ impl<T: Scalar> Rnn<T> {
         let h = cfg.d_hidden;
         let (seq_len, batch, d_out) = d_output.dim();
         assert_eq!(d_out, dirs * h, "d_output has the wrong width");
-        assert_eq!(
-            cache.layers.len(),
-            cfg.n_layers,
-            "cache is from another rnn"
-        );
+        assert_eq!(cache.layers.len(), cfg.n_layers, "cache is from another rnn");
         let n_states = cfg.n_layers * dirs;
         let zeros = Array3::<T>::zeros((n_states, batch, h));
         let d_h_n = d_h_n.map(|v| v.to_owned()).unwrap_or_else(|| zeros.clone());
@@ -452,6 +427,9 @@ impl<T: Scalar> DirCache<T> {
 
 /// Runs one direction of one layer over the sequence, writing its output into
 /// columns `col..col + H` of `out` and returning the final `(h, c)`.
+///
+/// The inner loops work on contiguous row slices (no per-element n-d indexing), so
+/// they vectorise; gate activations go through [`Scalar`]'s slice kernels.
 #[allow(clippy::too_many_arguments)]
 fn direction_forward<T: Scalar>(
     kind: CellKind,
@@ -468,6 +446,7 @@ fn direction_forward<T: Scalar>(
     let (seq_len, batch, d_in) = x.dim();
     let h = p.d_hidden();
     let gh = kind.n_gates() * h;
+    let d_out = out.dim().2;
     let x2 = x
         .into_shape_with_order((seq_len * batch, d_in))
         .expect("layer input is contiguous");
@@ -479,162 +458,170 @@ fn direction_forward<T: Scalar>(
     let mut bias = &p.b_ih + &p.b_hh;
     let is_gru = matches!(kind, CellKind::Gru | CellKind::GruResetBefore);
     if is_gru {
-        bias.slice_mut(s![2 * h..])
-            .assign(&p.b_ih.slice(s![2 * h..]));
+        bias.slice_mut(s![2 * h..]).assign(&p.b_ih.slice(s![2 * h..]));
     }
     xp += &bias;
-    let b_hn = p.b_hh.slice(s![(2 * h).min(gh)..]); // only read for GRU
+    let xp = xp.as_slice().expect("contiguous");
+    let b_hn: Vec<T> = if is_gru {
+        p.b_hh.slice(s![2 * h..]).to_vec()
+    } else {
+        Vec::new()
+    };
 
     let mut hcur = h0.to_owned(); // [B, H]
-    let mut ccur = c0.map(|c| c.to_owned());
+    let mut ccur = c0.map(|c| c.to_owned()).unwrap_or_else(|| Array2::zeros((0, h)));
     let mut ah = Array2::<T>::zeros((batch, gh)); // [B, G*H] hidden-side pre-activations
-    let mut gates = Array2::<T>::zeros((batch, gh));
-    let mut rh = Array2::<T>::zeros((batch, h)); // GruResetBefore: r ⊙ h
-    let mut hn_buf = Array2::<T>::zeros((batch, h)); // Gru: W_hn h + b_hn
-    let mut hnew = Array2::<T>::zeros((batch, h));
+    let mut gates = vec![T::zero(); batch * gh]; // post-activation gates of this step
+    let mut extra = vec![T::zero(); batch * h]; // Gru: W_hn h + b_hn; GruResetBefore: r ⊙ h
+    let mut tanh_c = vec![T::zero(); batch * h];
     let w_hh_rz = p.w_hh.slice(s![..(2 * h).min(gh), ..]);
     let w_hn = p.w_hh.slice(s![(2 * h).min(gh).., ..]);
+    let one = T::one();
 
     for step in 0..seq_len {
         let t = if reverse { seq_len - 1 - step } else { step };
         if let Some(c) = cache.as_deref_mut() {
             c.h_prev.index_axis_mut(Axis(0), t).assign(&hcur);
-            if let (Some(cp), Some(cc)) = (c.c_prev.as_mut(), ccur.as_ref()) {
-                cp.index_axis_mut(Axis(0), t).assign(cc);
+            if let Some(cp) = c.c_prev.as_mut() {
+                cp.index_axis_mut(Axis(0), t).assign(&ccur);
             }
         }
-        let xp_t = xp.slice(s![t * batch..(t + 1) * batch, ..]);
+        let xp_t = &xp[t * batch * gh..(t + 1) * batch * gh];
         match kind {
-            CellKind::GruResetBefore => matmul(
-                ah.slice_mut(s![.., ..2 * h]),
-                hcur.view(),
-                w_hh_rz.t(),
-                false,
-            ),
+            CellKind::GruResetBefore => matmul(ah.slice_mut(s![.., ..2 * h]), hcur.view(), w_hh_rz.t(), false),
             _ => matmul(ah.view_mut(), hcur.view(), p.w_hh.t(), false),
         }
-        match kind {
-            CellKind::RnnTanh | CellKind::Lstm => {
-                Zip::from(&mut gates)
-                    .and(&xp_t)
-                    .and(&ah)
-                    .for_each(|g, &a, &b| *g = a + b);
-                for mut row in gates.rows_mut() {
-                    let row = row.as_slice_mut().expect("contiguous");
-                    if kind == CellKind::RnnTanh {
-                        T::tanh_inplace(row);
-                    } else {
-                        T::sigmoid_inplace(&mut row[..2 * h]);
-                        T::tanh_inplace(&mut row[2 * h..3 * h]);
-                        T::sigmoid_inplace(&mut row[3 * h..]);
-                    }
-                }
+        let ah_s = ah.as_slice_mut().expect("contiguous");
+        let hs = hcur.as_slice_mut().expect("contiguous");
+        let cs = ccur.as_slice_mut().expect("contiguous");
+        if kind == CellKind::GruResetBefore {
+            // r and z for every row, then W_hn (r ⊙ h) as one product.
+            for b in 0..batch {
+                let g = &mut gates[b * gh..(b + 1) * gh];
+                add_into(
+                    &mut g[..2 * h],
+                    &xp_t[b * gh..b * gh + 2 * h],
+                    &ah_s[b * gh..b * gh + 2 * h],
+                );
+                T::sigmoid_inplace(&mut g[..2 * h]);
+                mul_into(&mut extra[b * h..(b + 1) * h], &g[..h], &hs[b * h..(b + 1) * h]);
             }
-            CellKind::Gru => {
-                // r, z from the sum; n's hidden part is kept apart for the reset product.
-                for b in 0..batch {
-                    let (x_row, a_row) = (xp_t.row(b), ah.row(b));
-                    let mut g = gates.row_mut(b);
-                    let g = g.as_slice_mut().expect("contiguous");
-                    for j in 0..2 * h {
-                        g[j] = x_row[j] + a_row[j];
-                    }
-                    T::sigmoid_inplace(&mut g[..2 * h]);
-                    for j in 0..h {
-                        let hn = a_row[2 * h + j] + b_hn[j];
-                        hn_buf[[b, j]] = hn;
-                        g[2 * h + j] = x_row[2 * h + j] + g[j] * hn;
-                    }
-                    T::tanh_inplace(&mut g[2 * h..]);
-                }
-            }
-            CellKind::GruResetBefore => {
-                for b in 0..batch {
-                    let (x_row, a_row) = (xp_t.row(b), ah.row(b));
-                    let mut g = gates.row_mut(b);
-                    let g = g.as_slice_mut().expect("contiguous");
-                    for j in 0..2 * h {
-                        g[j] = x_row[j] + a_row[j];
-                    }
-                    T::sigmoid_inplace(&mut g[..2 * h]);
-                    for j in 0..h {
-                        rh[[b, j]] = g[j] * hcur[[b, j]];
-                    }
-                }
-                matmul(ah.slice_mut(s![.., 2 * h..]), rh.view(), w_hn.t(), false);
-                for b in 0..batch {
-                    for j in 0..h {
-                        gates[[b, 2 * h + j]] = xp_t[[b, 2 * h + j]] + ah[[b, 2 * h + j]] + b_hn[j];
-                    }
-                    let mut g = gates.row_mut(b);
-                    T::tanh_inplace(&mut g.as_slice_mut().expect("contiguous")[2 * h..]);
-                }
-            }
+            let rh = ndarray::ArrayView2::from_shape((batch, h), &extra[..]).expect("shape");
+            matmul(ah.slice_mut(s![.., 2 * h..]), rh, w_hn.t(), false);
         }
-
-        // State update; padded rows keep their state and output 0.
+        let ah_s = ah.as_slice().expect("contiguous");
         for b in 0..batch {
             let valid = t < lengths[b];
-            let g = gates.row(b);
-            let mut o = out.slice_mut(s![t, b, col..col + h]);
-            if !valid {
-                o.fill(T::zero());
-                continue;
-            }
+            let g = &mut gates[b * gh..(b + 1) * gh];
+            let xr = &xp_t[b * gh..(b + 1) * gh];
+            let ar = &ah_s[b * gh..(b + 1) * gh];
+            let hr = &mut hs[b * h..(b + 1) * h];
             match kind {
-                CellKind::RnnTanh => hnew.row_mut(b).assign(&g),
-                CellKind::Lstm => {
-                    let c = ccur.as_mut().expect("lstm has c");
-                    for j in 0..h {
-                        let cn = g[h + j] * c[[b, j]] + g[j] * g[2 * h + j];
-                        c[[b, j]] = cn;
-                        hnew[[b, j]] = cn; // tanh applied below, vectorised
-                    }
-                    let mut row = hnew.row_mut(b);
-                    let row = row.as_slice_mut().expect("contiguous");
-                    T::tanh_inplace(row);
-                    if let Some(tc) = cache.as_deref_mut().and_then(|c| c.tanh_c.as_mut()) {
-                        tc.slice_mut(s![t, b, ..])
-                            .assign(&ndarray::ArrayView1::from(&*row));
-                    }
-                    for j in 0..h {
-                        row[j] *= g[3 * h + j];
+                CellKind::RnnTanh => {
+                    add_into(g, xr, ar);
+                    T::tanh_inplace(g);
+                    if valid {
+                        hr.copy_from_slice(g);
                     }
                 }
-                CellKind::Gru | CellKind::GruResetBefore => {
+                CellKind::Lstm => {
+                    add_into(g, xr, ar);
+                    T::sigmoid_inplace(&mut g[..2 * h]);
+                    T::tanh_inplace(&mut g[2 * h..3 * h]);
+                    T::sigmoid_inplace(&mut g[3 * h..]);
+                    if valid {
+                        let (i, rest) = g.split_at(h);
+                        let (f, rest) = rest.split_at(h);
+                        let (gg, o) = rest.split_at(h);
+                        let cr = &mut cs[b * h..(b + 1) * h];
+                        let tc = &mut tanh_c[b * h..(b + 1) * h];
+                        for j in 0..h {
+                            cr[j] = f[j] * cr[j] + i[j] * gg[j];
+                        }
+                        tc.copy_from_slice(cr);
+                        T::tanh_inplace(tc);
+                        mul_into(hr, o, tc);
+                    }
+                }
+                CellKind::Gru => {
+                    add_into(&mut g[..2 * h], &xr[..2 * h], &ar[..2 * h]);
+                    T::sigmoid_inplace(&mut g[..2 * h]);
+                    let (rz, n) = g.split_at_mut(2 * h);
+                    let hn = &mut extra[b * h..(b + 1) * h];
+                    add_into(hn, &ar[2 * h..], &b_hn);
+                    let (xn, r) = (&xr[2 * h..], &rz[..h]);
                     for j in 0..h {
-                        let z = g[h + j];
-                        hnew[[b, j]] = (T::one() - z) * g[2 * h + j] + z * hcur[[b, j]];
+                        n[j] = xn[j] + r[j] * hn[j];
+                    }
+                    T::tanh_inplace(n);
+                    if valid {
+                        let z = &rz[h..];
+                        for j in 0..h {
+                            hr[j] = (one - z[j]) * n[j] + z[j] * hr[j];
+                        }
+                    }
+                }
+                CellKind::GruResetBefore => {
+                    let (rz, n) = g.split_at_mut(2 * h);
+                    let (xn, an) = (&xr[2 * h..], &ar[2 * h..]);
+                    for j in 0..h {
+                        n[j] = xn[j] + an[j] + b_hn[j];
+                    }
+                    T::tanh_inplace(n);
+                    if valid {
+                        let z = &rz[h..];
+                        for j in 0..h {
+                            hr[j] = (one - z[j]) * n[j] + z[j] * hr[j];
+                        }
                     }
                 }
             }
-            hcur.row_mut(b).assign(&hnew.row(b));
-            o.assign(&hnew.row(b));
+            // Padded rows keep their state and output 0.
+            let o = &mut out.as_slice_mut().expect("contiguous")[(t * batch + b) * d_out + col..][..h];
+            if valid {
+                o.copy_from_slice(hr);
+            } else {
+                o.fill(T::zero());
+            }
         }
         if let Some(c) = cache.as_deref_mut() {
-            c.gates.index_axis_mut(Axis(0), t).assign(&gates);
-            match kind {
-                CellKind::Gru => c
-                    .extra
-                    .as_mut()
-                    .unwrap()
-                    .index_axis_mut(Axis(0), t)
-                    .assign(&hn_buf),
-                CellKind::GruResetBefore => c
-                    .extra
-                    .as_mut()
-                    .unwrap()
-                    .index_axis_mut(Axis(0), t)
-                    .assign(&rh),
-                _ => {}
+            let g3 = c.gates.as_slice_mut().expect("contiguous");
+            g3[t * batch * gh..(t + 1) * batch * gh].copy_from_slice(&gates);
+            if let Some(tc) = c.tanh_c.as_mut() {
+                tc.as_slice_mut().expect("contiguous")[t * batch * h..(t + 1) * batch * h].copy_from_slice(&tanh_c);
+            }
+            if let Some(e) = c.extra.as_mut() {
+                e.as_slice_mut().expect("contiguous")[t * batch * h..(t + 1) * batch * h].copy_from_slice(&extra);
             }
         }
     }
-    (hcur, ccur)
+    (hcur, c0.map(|_| ccur))
+}
+
+/// `dst[j] = a[j] + b[j]`.
+#[inline(always)]
+fn add_into<T: Scalar>(dst: &mut [T], a: &[T], b: &[T]) {
+    for ((d, &x), &y) in dst.iter_mut().zip(a).zip(b) {
+        *d = x + y;
+    }
+}
+
+/// `dst[j] = a[j] * b[j]`.
+#[inline(always)]
+fn mul_into<T: Scalar>(dst: &mut [T], a: &[T], b: &[T]) {
+    for ((d, &x), &y) in dst.iter_mut().zip(a).zip(b) {
+        *d = x * y;
+    }
 }
 
 /// Backward through one direction of one layer. Accumulates parameter gradients into
 /// `g` and input gradients into `d_input`; returns `(d h0, d c0)`.
+///
+/// ```text
+/// LSTM   dc̃ = dc + dh⊙o⊙(1−tanh²c)   di = dc̃⊙g  df = dc̃⊙c_prev  dg = dc̃⊙i  do = dh⊙tanh c
+///        (each times its activation's derivative);  dc_prev = dc̃⊙f
+/// GRU    dn = dh⊙(1−z)  dz = dh⊙(h_prev − n)  dh_prev = dh⊙z + (hidden-side products)
+/// ```
 #[allow(clippy::too_many_arguments)]
 fn direction_backward<T: Scalar>(
     kind: CellKind,
@@ -654,107 +641,142 @@ fn direction_backward<T: Scalar>(
     let h = p.d_hidden();
     let gh = kind.n_gates() * h;
     let one = T::one();
+    let is_gru = matches!(kind, CellKind::Gru | CellKind::GruResetBefore);
     let mut dh = d_hn.to_owned();
-    let mut dc = d_cn.map(|v| v.to_owned());
-    // d pre-activation, input side and hidden side (they differ only in GRU's n block).
+    let mut dc = d_cn.map(|v| v.to_owned()).unwrap_or_else(|| Array2::zeros((0, h)));
+    // d pre-activation, input side (`da`) and hidden side (`dah`): they differ only in
+    // GRU's n block, so the hidden side is kept apart for GRU only.
     let mut da_all = Array2::<T>::zeros((seq_len * batch, gh)); // [T*B, G*H]
-    let mut dah_all = Array2::<T>::zeros((seq_len * batch, gh));
+    let mut dah_all = if is_gru {
+        Array2::<T>::zeros((seq_len * batch, gh))
+    } else {
+        Array2::zeros((0, gh))
+    };
     let mut dh_prev = Array2::<T>::zeros((batch, h));
     let mut d_rh = Array2::<T>::zeros((batch, h));
     let w_hh_rz = p.w_hh.slice(s![..(2 * h).min(gh), ..]);
     let w_hn = p.w_hh.slice(s![(2 * h).min(gh).., ..]);
+    let gates_all = cache.gates.as_slice().expect("contiguous");
+    let hp_all = cache.h_prev.as_slice().expect("contiguous");
+    let tc_all = cache
+        .tanh_c
+        .as_ref()
+        .map(|a| a.as_slice().expect("contiguous"))
+        .unwrap_or(&[]);
+    let cp_all = cache
+        .c_prev
+        .as_ref()
+        .map(|a| a.as_slice().expect("contiguous"))
+        .unwrap_or(&[]);
+    let ex_all = cache
+        .extra
+        .as_ref()
+        .map(|a| a.as_slice().expect("contiguous"))
+        .unwrap_or(&[]);
 
     for step in (0..seq_len).rev() {
         let t = if reverse { seq_len - 1 - step } else { step };
-        let gates = cache.gates.index_axis(Axis(0), t);
-        let hp = cache.h_prev.index_axis(Axis(0), t);
         let rows = t * batch..(t + 1) * batch;
         {
-            let mut da = da_all.slice_mut(s![rows.clone(), ..]);
-            let mut dah = dah_all.slice_mut(s![rows.clone(), ..]);
+            let da_s = da_all.as_slice_mut().expect("contiguous");
+            let dah_s = dah_all.as_slice_mut().expect("contiguous");
+            let dh_s = dh.as_slice_mut().expect("contiguous");
+            let dc_s = dc.as_slice_mut().expect("contiguous");
+            let dhp_s = dh_prev.as_slice_mut().expect("contiguous");
             for b in 0..batch {
+                let dhr = &mut dh_s[b * h..(b + 1) * h];
+                let dhp = &mut dhp_s[b * h..(b + 1) * h];
                 if t >= lengths[b] {
                     // Padded step: the state passed through unchanged.
-                    dh_prev.row_mut(b).assign(&dh.row(b));
+                    dhp.copy_from_slice(dhr);
                     continue;
                 }
-                for j in 0..h {
-                    dh[[b, j]] += d_out[[t, b, j]];
+                let dout = d_out.slice(s![t, b, ..]);
+                for (d, &o) in dhr.iter_mut().zip(dout.iter()) {
+                    *d += o;
                 }
-                let gr = gates.row(b);
+                let r0 = (t * batch + b) * gh;
+                let gr = &gates_all[r0..r0 + gh];
+                let da = &mut da_s[r0..r0 + gh];
+                let s0 = (t * batch + b) * h;
                 match kind {
                     CellKind::RnnTanh => {
                         for j in 0..h {
-                            let y = gr[j];
-                            let v = dh[[b, j]] * (one - y * y);
-                            da[[b, j]] = v;
-                            dah[[b, j]] = v;
-                            dh_prev[[b, j]] = T::zero();
+                            da[j] = dhr[j] * (one - gr[j] * gr[j]);
                         }
+                        dhp.fill(T::zero());
                     }
                     CellKind::Lstm => {
-                        let dc = dc.as_mut().expect("lstm has dc");
-                        let tc = cache.tanh_c.as_ref().unwrap();
-                        let cp = cache.c_prev.as_ref().unwrap();
+                        let (i, f, gg, o) = (&gr[..h], &gr[h..2 * h], &gr[2 * h..3 * h], &gr[3 * h..]);
+                        let tc = &tc_all[s0..s0 + h];
+                        let cp = &cp_all[s0..s0 + h];
+                        let dcr = &mut dc_s[b * h..(b + 1) * h];
+                        let (di, rest) = da.split_at_mut(h);
+                        let (df, rest) = rest.split_at_mut(h);
+                        let (dg, d_o) = rest.split_at_mut(h);
                         for j in 0..h {
-                            let (i, f, gg, o) = (gr[j], gr[h + j], gr[2 * h + j], gr[3 * h + j]);
-                            let tcj = tc[[t, b, j]];
-                            let dhj = dh[[b, j]];
-                            let dct = dc[[b, j]] + dhj * o * (one - tcj * tcj);
-                            let vals = [
-                                dct * gg * i * (one - i),
-                                dct * cp[[t, b, j]] * f * (one - f),
-                                dct * i * (one - gg * gg),
-                                dhj * tcj * o * (one - o),
-                            ];
-                            for (k, v) in vals.into_iter().enumerate() {
-                                da[[b, k * h + j]] = v;
-                                dah[[b, k * h + j]] = v;
-                            }
-                            dc[[b, j]] = dct * f;
-                            dh_prev[[b, j]] = T::zero();
+                            let dct = dcr[j] + dhr[j] * o[j] * (one - tc[j] * tc[j]);
+                            di[j] = dct * gg[j] * i[j] * (one - i[j]);
+                            df[j] = dct * cp[j] * f[j] * (one - f[j]);
+                            dg[j] = dct * i[j] * (one - gg[j] * gg[j]);
+                            d_o[j] = dhr[j] * tc[j] * o[j] * (one - o[j]);
+                            dcr[j] = dct * f[j];
                         }
+                        dhp.fill(T::zero());
                     }
                     CellKind::Gru | CellKind::GruResetBefore => {
-                        let extra = cache.extra.as_ref().unwrap();
+                        let (r, z, n) = (&gr[..h], &gr[h..2 * h], &gr[2 * h..]);
+                        let hp = &hp_all[s0..s0 + h];
+                        let ex = &ex_all[s0..s0 + h];
+                        let dah = &mut dah_s[r0..r0 + gh];
                         for j in 0..h {
-                            let (r, z, n) = (gr[j], gr[h + j], gr[2 * h + j]);
-                            let dhj = dh[[b, j]];
-                            let dn_pre = dhj * (one - z) * (one - n * n);
-                            let dz_pre = dhj * (hp[[b, j]] - n) * z * (one - z);
-                            da[[b, h + j]] = dz_pre;
-                            dah[[b, h + j]] = dz_pre;
-                            da[[b, 2 * h + j]] = dn_pre;
-                            dh_prev[[b, j]] = dhj * z;
+                            let dn_pre = dhr[j] * (one - z[j]) * (one - n[j] * n[j]);
+                            let dz_pre = dhr[j] * (hp[j] - n[j]) * z[j] * (one - z[j]);
+                            da[h + j] = dz_pre;
+                            dah[h + j] = dz_pre;
+                            da[2 * h + j] = dn_pre;
+                            dhp[j] = dhr[j] * z[j];
                             if kind == CellKind::Gru {
-                                let hn = extra[[t, b, j]];
-                                let dr_pre = dn_pre * hn * r * (one - r);
-                                da[[b, j]] = dr_pre;
-                                dah[[b, j]] = dr_pre;
-                                dah[[b, 2 * h + j]] = dn_pre * r;
+                                // ex = W_hn h + b_hn
+                                let dr_pre = dn_pre * ex[j] * r[j] * (one - r[j]);
+                                da[j] = dr_pre;
+                                dah[j] = dr_pre;
+                                dah[2 * h + j] = dn_pre * r[j];
                             } else {
-                                dah[[b, 2 * h + j]] = dn_pre;
+                                dah[2 * h + j] = dn_pre;
                             }
                         }
                     }
                 }
             }
         }
-        let dah = dah_all.slice(s![rows.clone(), ..]);
+        let dah = if is_gru {
+            dah_all.slice(s![rows.clone(), ..])
+        } else {
+            da_all.slice(s![rows.clone(), ..])
+        };
         match kind {
             CellKind::GruResetBefore => {
                 // d(r⊙h) = dn_pre · W_hn, then through r and h.
                 matmul(d_rh.view_mut(), dah.slice(s![.., 2 * h..]), w_hn, false);
+                let da_s = da_all.as_slice_mut().expect("contiguous");
+                let dah_s = dah_all.as_slice_mut().expect("contiguous");
+                let drh = d_rh.as_slice().expect("contiguous");
+                let dhp_s = dh_prev.as_slice_mut().expect("contiguous");
                 for b in 0..batch {
                     if t >= lengths[b] {
                         continue;
                     }
+                    let (r0, s0) = ((t * batch + b) * gh, (t * batch + b) * h);
+                    let r = &gates_all[r0..r0 + h];
+                    let hp = &hp_all[s0..s0 + h];
+                    let drh = &drh[b * h..(b + 1) * h];
+                    let dhp = &mut dhp_s[b * h..(b + 1) * h];
                     for j in 0..h {
-                        let r = gates[[b, j]];
-                        let dr_pre = d_rh[[b, j]] * hp[[b, j]] * r * (one - r);
-                        da_all[[t * batch + b, j]] = dr_pre;
-                        dah_all[[t * batch + b, j]] = dr_pre;
-                        dh_prev[[b, j]] += d_rh[[b, j]] * r;
+                        let dr_pre = drh[j] * hp[j] * r[j] * (one - r[j]);
+                        da_s[r0 + j] = dr_pre;
+                        dah_s[r0 + j] = dr_pre;
+                        dhp[j] += drh[j] * r[j];
                     }
                 }
                 let dah = dah_all.slice(s![rows, ..2 * h]);
@@ -768,16 +790,13 @@ fn direction_backward<T: Scalar>(
         if tbptt.is_some_and(|k| step % k == 0 && step > 0) {
             // Chunk boundary: the state is detached here.
             dh.fill(T::zero());
-            if let Some(dc) = dc.as_mut() {
-                dc.fill(T::zero());
-            }
+            dc.fill(T::zero());
         }
     }
 
     // Parameter and input gradients for all steps at once.
-    let x2 = x
-        .into_shape_with_order((seq_len * batch, d_in))
-        .expect("contiguous");
+    let dah_all = if is_gru { dah_all.view() } else { da_all.view() };
+    let x2 = x.into_shape_with_order((seq_len * batch, d_in)).expect("contiguous");
     matmul(g.w_ih.view_mut(), da_all.t(), x2, true);
     g.b_ih += &da_all.sum_axis(Axis(0));
     g.b_hh += &dah_all.sum_axis(Axis(0));
@@ -814,5 +833,5 @@ fn direction_backward<T: Scalar>(
         .into_shape_with_order((seq_len * batch, d_in))
         .expect("contiguous");
     matmul(dx2.view_mut(), da_all.view(), p.w_ih.view(), true);
-    (dh, dc)
+    (dh, d_cn.map(|_| dc))
 }

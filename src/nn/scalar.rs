@@ -130,7 +130,8 @@ pub fn exp_f32(x: f32) -> f32 {
     // which has no SSE2 instruction and would become a library call.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.3, 88.3);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4_f32;
     p = p * r + 1.398_199_9e-3;
@@ -139,7 +140,10 @@ pub fn exp_f32(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 5.000_000_1e-1;
     let er = p * r * r + r + 1.0;
-    let scale = f32::from_bits((((n as i32) + 127) as u32) << 23);
+    // `shifted`'s low mantissa bits hold n itself: integer arithmetic on the bits gives
+    // 2^n without a float→int cast (Rust's saturating `as` does not vectorise).
+    let n_int = shifted.to_bits().wrapping_sub(ROUND.to_bits());
+    let scale = f32::from_bits(n_int.wrapping_add(127) << 23);
     er * scale
 }
 
@@ -150,10 +154,10 @@ pub fn sigmoid_f32(x: f32) -> f32 {
 }
 
 /// `tanh(x)` for f32 as `1 - 2 / (exp(2x) + 1)`, branch-free. Absolute error ≤ 2e-7;
-/// |x| ≥ 9 gives ±1 exactly as f32 would round it.
+/// |x| ≥ 10 gives ±1 exactly, as f32 rounds tanh there.
 #[inline(always)]
 pub fn tanh_f32(x: f32) -> f32 {
-    let x = x.clamp(-9.0, 9.0);
+    let x = x.clamp(-10.0, 10.0);
     1.0 - 2.0 / (exp_f32(2.0 * x) + 1.0)
 }
 
@@ -168,12 +172,7 @@ pub fn tanh_f32(x: f32) -> f32 {
 ///
 /// # Panics
 /// If the shapes do not agree.
-pub fn matmul<T: Scalar>(
-    mut c: ArrayViewMut2<T>,
-    a: ArrayView2<T>,
-    b: ArrayView2<T>,
-    accumulate: bool,
-) {
+pub fn matmul<T: Scalar>(mut c: ArrayViewMut2<T>, a: ArrayView2<T>, b: ArrayView2<T>, accumulate: bool) {
     let (m, k) = a.dim();
     let (k2, n) = b.dim();
     assert_eq!(k, k2, "matmul: a is {m}x{k}, b is {k2}x{n}");

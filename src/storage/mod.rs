@@ -7,8 +7,7 @@
 pub mod safetensors;
 
 pub use self::safetensors::{
-    decode_autoencoder, decode_rnn, encode_autoencoder, encode_rnn, load_autoencoder,
-    save_autoencoder,
+    decode_autoencoder, decode_rnn, encode_autoencoder, encode_rnn, load_autoencoder, save_autoencoder,
 };
 
 /// Why model state could not be stored or loaded.

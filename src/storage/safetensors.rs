@@ -44,16 +44,8 @@ fn rnn_tensors<T: Scalar>(rnn: &Rnn<T>, prefix: &str) -> Vec<Named<T>> {
             cell.w_hh.shape().to_vec(),
             cell.w_hh.iter().copied().collect(),
         ));
-        out.push((
-            base("bias_ih"),
-            cell.b_ih.shape().to_vec(),
-            cell.b_ih.to_vec(),
-        ));
-        out.push((
-            base("bias_hh"),
-            cell.b_hh.shape().to_vec(),
-            cell.b_hh.to_vec(),
-        ));
+        out.push((base("bias_ih"), cell.b_ih.shape().to_vec(), cell.b_ih.to_vec()));
+        out.push((base("bias_hh"), cell.b_hh.shape().to_vec(), cell.b_hh.to_vec()));
     }
     out
 }
@@ -88,9 +80,7 @@ fn encode<T: Scalar>(
                     .flat_map(|v| (v.to_f64_lossy() as f32).to_le_bytes())
                     .collect()
             } else {
-                vals.iter()
-                    .flat_map(|v| v.to_f64_lossy().to_le_bytes())
-                    .collect()
+                vals.iter().flat_map(|v| v.to_f64_lossy().to_le_bytes()).collect()
             };
             (name, shape, data)
         })
@@ -118,14 +108,8 @@ fn read_into<T: Scalar, D: ndarray::Dimension>(
 }
 
 /// Reads tensor `name` as `T`, checking its shape.
-fn read<T: Scalar>(
-    st: &SafeTensors,
-    name: &str,
-    expected: &[usize],
-) -> Result<ArrayD<T>, StorageError> {
-    let view = st
-        .tensor(name)
-        .map_err(|_| StorageError::Missing(name.to_string()))?;
+fn read<T: Scalar>(st: &SafeTensors, name: &str, expected: &[usize]) -> Result<ArrayD<T>, StorageError> {
+    let view = st.tensor(name).map_err(|_| StorageError::Missing(name.to_string()))?;
     if view.shape() != expected {
         return Err(StorageError::Shape {
             name: name.into(),
@@ -183,11 +167,7 @@ fn parse(bytes: &[u8]) -> Result<SafeTensors<'_>, StorageError> {
     SafeTensors::deserialize(bytes).map_err(|e| StorageError::Format(e.to_string()))
 }
 
-fn read_rnn_into<T: Scalar>(
-    st: &SafeTensors,
-    rnn: &mut Rnn<T>,
-    prefix: &str,
-) -> Result<(), StorageError> {
+fn read_rnn_into<T: Scalar>(st: &SafeTensors, rnn: &mut Rnn<T>, prefix: &str) -> Result<(), StorageError> {
     let names: Vec<String> = rnn.named_params().into_iter().map(|(s, _)| s).collect();
     for (suffix, cell) in names.iter().zip(rnn.cells.iter_mut()) {
         let (l, rev) = suffix
@@ -211,11 +191,7 @@ pub fn encode_rnn<T: Scalar>(rnn: &Rnn<T>, prefix: &str) -> Result<Vec<u8>, Stor
 /// Decodes a recurrent stack of the given shape from safetensors bytes written by
 /// anomalyd or by PyTorch (`safetensors.torch.save_file(lstm.state_dict(), ...)`).
 /// Any of F32, F64, F16 and BF16 is accepted and converted.
-pub fn decode_rnn<T: Scalar>(
-    bytes: &[u8],
-    config: RnnConfig,
-    prefix: &str,
-) -> Result<Rnn<T>, StorageError> {
+pub fn decode_rnn<T: Scalar>(bytes: &[u8], config: RnnConfig, prefix: &str) -> Result<Rnn<T>, StorageError> {
     let st = parse(bytes)?;
     let mut rnn = Rnn::zeros(config);
     read_rnn_into(&st, &mut rnn, prefix)?;
@@ -238,10 +214,7 @@ pub fn encode_autoencoder<T: Scalar>(model: &Autoencoder<T>) -> Result<Vec<u8>, 
 }
 
 /// Decodes an autoencoder of the given shape.
-pub fn decode_autoencoder<T: Scalar>(
-    bytes: &[u8],
-    config: AutoencoderConfig,
-) -> Result<Autoencoder<T>, StorageError> {
+pub fn decode_autoencoder<T: Scalar>(bytes: &[u8], config: AutoencoderConfig) -> Result<Autoencoder<T>, StorageError> {
     let st = parse(bytes)?;
     let mut model = Autoencoder::zeros(config);
     read_rnn_into(&st, &mut model.encoder, "encoder")?;
@@ -253,10 +226,7 @@ pub fn decode_autoencoder<T: Scalar>(
 
 /// Writes an autoencoder to `path` (written to a temporary file, then renamed, so a
 /// crash never leaves half a file under the final name).
-pub fn save_autoencoder<T: Scalar>(
-    model: &Autoencoder<T>,
-    path: &Path,
-) -> Result<(), StorageError> {
+pub fn save_autoencoder<T: Scalar>(model: &Autoencoder<T>, path: &Path) -> Result<(), StorageError> {
     let bytes = encode_autoencoder(model)?;
     let io = |source| StorageError::Io {
         path: path.display().to_string(),
@@ -268,10 +238,7 @@ pub fn save_autoencoder<T: Scalar>(
 }
 
 /// Reads an autoencoder of the given shape from `path`.
-pub fn load_autoencoder<T: Scalar>(
-    path: &Path,
-    config: AutoencoderConfig,
-) -> Result<Autoencoder<T>, StorageError> {
+pub fn load_autoencoder<T: Scalar>(path: &Path, config: AutoencoderConfig) -> Result<Autoencoder<T>, StorageError> {
     let bytes = std::fs::read(path).map_err(|source| StorageError::Io {
         path: path.display().to_string(),
         source,

@@ -11,8 +11,7 @@ pub fn fixture(rel: &str) -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(rel);
-    let text =
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     serde_json::from_str(&text).expect("fixture is JSON")
 }
 
@@ -53,13 +52,7 @@ pub fn assert_close<'a, 'b>(
 ) {
     let a: Vec<f64> = actual.into_iter().copied().collect();
     let e: Vec<f64> = expected.into_iter().copied().collect();
-    assert_eq!(
-        a.len(),
-        e.len(),
-        "{what}: {} values, expected {}",
-        a.len(),
-        e.len()
-    );
+    assert_eq!(a.len(), e.len(), "{what}: {} values, expected {}", a.len(), e.len());
     let mut worst = (0.0, 0usize);
     for (i, (x, y)) in a.iter().zip(&e).enumerate() {
         let excess = (x - y).abs() - (atol + rtol * y.abs());
