@@ -51,6 +51,29 @@ proptest! {
     }
 
     #[test]
+    fn repeated_input_equals_broadcast_sequence(
+        kind in kind_strategy(), d_in in 1usize..4, h in 1usize..5, layers in 1usize..3, bi in any::<bool>(),
+        t_len in 1usize..6, batch in 1usize..3, seed in any::<u64>(),
+    ) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let rnn = Rnn::<f64>::new(RnnConfig::new(kind, d_in, h, layers, bi), &mut rng);
+        let z = Array3::from_shape_fn((1, batch, d_in), |_| rng.random::<f64>() - 0.5);
+        let z2 = z.index_axis(ndarray::Axis(0), 0);
+        let seq = z.broadcast((t_len, batch, d_in)).unwrap().to_owned();
+        let g = rand3(&mut rng, (t_len, batch, rnn.config.d_output()));
+        let (a, ca) = rnn.forward_train(seq.view(), None, None, None, &mut rng);
+        let (b, cb) = rnn.forward_train_repeated(z2, t_len, &mut rng);
+        assert_close(b.output.iter(), a.output.iter(), 1e-12, 1e-14, "output");
+        assert_close(b.h_n.iter(), a.h_n.iter(), 1e-12, 1e-14, "h_n");
+        let ga = rnn.backward(&ca, g.view(), None, None);
+        let gb = rnn.backward(&cb, g.view(), None, None);
+        let pa: Vec<f64> = ga.cells.iter().flat_map(|c| c.tensors()).flatten().copied().collect();
+        let pb: Vec<f64> = gb.cells.iter().flat_map(|c| c.tensors()).flatten().copied().collect();
+        assert_close(pb.iter(), pa.iter(), 1e-11, 1e-13, "param grads");
+        assert_close(gb.x.iter(), ga.x.sum_axis(ndarray::Axis(0)).iter(), 1e-11, 1e-13, "x grad is the sum over steps");
+    }
+
+    #[test]
     fn padded_steps_are_inert(
         kind in kind_strategy(), d_in in 1usize..4, h in 1usize..4, layers in 1usize..3, bi in any::<bool>(),
         lengths in prop::collection::vec(0usize..6, 1..4), seed in any::<u64>(),

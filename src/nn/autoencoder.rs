@@ -145,8 +145,7 @@ impl<T: Scalar> Autoencoder<T> {
         let (w, b, _) = x.dim();
         let enc = self.encoder.forward(x, None, None, None);
         let z = self.latent(&enc.h_n);
-        let dec_in = z.broadcast((w, b, z.ncols())).expect("broadcast latent");
-        let dec = self.decoder.forward(dec_in, None, None, None);
+        let dec = self.decoder.forward_repeated(z.view(), w);
         let dec2 = dec
             .output
             .into_shape_with_order((w * b, self.config.d_hidden))
@@ -162,8 +161,7 @@ impl<T: Scalar> Autoencoder<T> {
         let (w, b, _) = x.dim();
         let (enc, enc_cache) = self.encoder.forward_train(x, None, None, None, rng);
         let z = self.latent(&enc.h_n);
-        let dec_in = z.broadcast((w, b, z.ncols())).expect("broadcast latent");
-        let (dec, dec_cache) = self.decoder.forward_train(dec_in, None, None, None, rng);
+        let (dec, dec_cache) = self.decoder.forward_train_repeated(z.view(), w, rng);
         let dec_out = dec
             .output
             .into_shape_with_order((w * b, self.config.d_hidden))
@@ -191,7 +189,7 @@ impl<T: Scalar> Autoencoder<T> {
         let (head, d_dec_out) = self.head.backward(cache.dec_out.view(), d2);
         let d_dec_out = d_dec_out.into_shape_with_order((w, b, h)).expect("contiguous");
         let dec = self.decoder.backward(&cache.dec, d_dec_out.view(), None, None);
-        let dz = dec.x.sum_axis(Axis(0)); // [B, D·H]
+        let dz = dec.x.index_axis(Axis(0), 0); // [B, D·H], already summed over the steps
         let enc_cfg = &self.encoder.config;
         let dirs = enc_cfg.n_directions();
         let mut d_h_n = Array3::zeros((enc_cfg.n_layers * dirs, b, h));

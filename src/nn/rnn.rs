@@ -105,6 +105,7 @@ pub struct RnnGrads<T> {
 #[derive(Clone, Debug)]
 pub struct RnnCache<T> {
     lengths: Vec<usize>,
+    seq_len: usize,
     layers: Vec<LayerCache<T>>,
 }
 
@@ -209,7 +210,38 @@ impl<T: Scalar> Rnn<T> {
         c0: Option<ArrayView3<T>>,
         lengths: Option<&[usize]>,
     ) -> RnnOutput<T> {
-        self.run(x, h0, c0, lengths, None::<&mut rand::rngs::StdRng>, false).0
+        self.run(x, h0, c0, lengths, None, None::<&mut rand::rngs::StdRng>, false)
+            .0
+    }
+
+    /// Forward pass for inference over a sequence whose every step is the same input
+    /// `x: [batch, d_input]`, repeated `seq_len` times: equal to [`Rnn::forward`] on the
+    /// broadcast sequence, but layer 0's input projection is computed once.
+    pub fn forward_repeated(&self, x: ArrayView2<T>, seq_len: usize) -> RnnOutput<T> {
+        let x3 = x.insert_axis(Axis(0));
+        self.run(
+            x3,
+            None,
+            None,
+            None,
+            Some(seq_len),
+            None::<&mut rand::rngs::StdRng>,
+            false,
+        )
+        .0
+    }
+
+    /// Training form of [`Rnn::forward_repeated`]; [`Rnn::backward`] then returns
+    /// `x` gradients of shape `[1, batch, d_input]` (summed over the steps).
+    pub fn forward_train_repeated<R: Rng + ?Sized>(
+        &self,
+        x: ArrayView2<T>,
+        seq_len: usize,
+        rng: &mut R,
+    ) -> (RnnOutput<T>, RnnCache<T>) {
+        let x3 = x.insert_axis(Axis(0));
+        let (out, cache) = self.run(x3, None, None, None, Some(seq_len), Some(rng), true);
+        (out, cache.expect("cache requested"))
     }
 
     /// Forward pass for training: applies dropout (with `rng`) and keeps what
@@ -222,21 +254,26 @@ impl<T: Scalar> Rnn<T> {
         lengths: Option<&[usize]>,
         rng: &mut R,
     ) -> (RnnOutput<T>, RnnCache<T>) {
-        let (out, cache) = self.run(x, h0, c0, lengths, Some(rng), true);
+        let (out, cache) = self.run(x, h0, c0, lengths, None, Some(rng), true);
         (out, cache.expect("cache requested"))
     }
 
+    /// `repeat = Some(seq_len)`: `x` is `[1, batch, d_input]`, the input at every step.
+    #[allow(clippy::too_many_arguments)]
     fn run<R: Rng + ?Sized>(
         &self,
         x: ArrayView3<T>,
         h0: Option<ArrayView3<T>>,
         c0: Option<ArrayView3<T>>,
         lengths: Option<&[usize]>,
+        repeat: Option<usize>,
         mut rng: Option<&mut R>,
         keep: bool,
     ) -> (RnnOutput<T>, Option<RnnCache<T>>) {
         let cfg = &self.config;
-        let (seq_len, batch, d_in) = x.dim();
+        let (x_len, batch, d_in) = x.dim();
+        let seq_len = repeat.unwrap_or(x_len);
+        debug_assert!(repeat.is_none() || x_len == 1);
         assert_eq!(
             d_in, cfg.d_input,
             "input has {d_in} features, rnn expects {}",
@@ -268,7 +305,9 @@ impl<T: Scalar> Rnn<T> {
         let mut h_n = Array3::zeros((n_states, batch, h));
         let mut c_n = c0.as_ref().map(|_| Array3::zeros((n_states, batch, h)));
         let mut layer_caches = Vec::new();
-        let mut input = x.as_standard_layout().into_owned();
+        // Owned and in standard strides (a view's `to_owned` may keep odd strides on
+        // length-1 axes, which reshaping rejects).
+        let mut input = Array3::from_shape_vec(x.raw_dim(), x.iter().copied().collect()).expect("same size");
         for layer in 0..cfg.n_layers {
             let mut dropout_scale = None;
             if layer > 0 && cfg.dropout > 0.0 {
@@ -294,6 +333,7 @@ impl<T: Scalar> Rnn<T> {
                     cfg.kind,
                     &self.cells[idx],
                     input.view(),
+                    seq_len,
                     h0.index_axis(Axis(0), idx),
                     c0.as_ref().map(|c| c.index_axis(Axis(0), idx)),
                     &lengths,
@@ -319,6 +359,7 @@ impl<T: Scalar> Rnn<T> {
         }
         let cache = keep.then_some(RnnCache {
             lengths,
+            seq_len,
             layers: layer_caches,
         });
         (
@@ -350,6 +391,7 @@ impl<T: Scalar> Rnn<T> {
         let h = cfg.d_hidden;
         let (seq_len, batch, d_out) = d_output.dim();
         assert_eq!(d_out, dirs * h, "d_output has the wrong width");
+        assert_eq!(seq_len, cache.seq_len, "d_output has the wrong length");
         assert_eq!(cache.layers.len(), cfg.n_layers, "cache is from another rnn");
         let n_states = cfg.n_layers * dirs;
         let zeros = Array3::<T>::zeros((n_states, batch, h));
@@ -373,6 +415,7 @@ impl<T: Scalar> Rnn<T> {
                     cfg.kind,
                     &self.cells[idx],
                     lc.input.view(),
+                    seq_len,
                     &lc.dirs[dir],
                     d_layer_out.slice(s![.., .., dir * h..(dir + 1) * h]),
                     d_h_n.index_axis(Axis(0), idx),
@@ -393,7 +436,7 @@ impl<T: Scalar> Rnn<T> {
             }
             d_layer_out = d_input;
         }
-        debug_assert_eq!(d_layer_out.dim(), (seq_len, batch, cfg.d_input));
+        debug_assert_eq!(d_layer_out.dim().2, cfg.d_input);
         RnnGrads {
             cells: grads,
             x: d_layer_out,
@@ -435,6 +478,7 @@ fn direction_forward<T: Scalar>(
     kind: CellKind,
     p: &CellParams<T>,
     x: ArrayView3<T>,
+    seq_len: usize,
     h0: ArrayView2<T>,
     c0: Option<ArrayView2<T>>,
     lengths: &[usize],
@@ -443,17 +487,19 @@ fn direction_forward<T: Scalar>(
     col: usize,
     mut cache: Option<&mut DirCache<T>>,
 ) -> (Array2<T>, Option<Array2<T>>) {
-    let (seq_len, batch, d_in) = x.dim();
+    // `x` is `[seq_len, B, d_in]`, or `[1, B, d_in]` repeated at every step.
+    let (x_len, batch, d_in) = x.dim();
+    let repeated = x_len != seq_len;
     let h = p.d_hidden();
     let gh = kind.n_gates() * h;
     let d_out = out.dim().2;
     let x2 = x
-        .into_shape_with_order((seq_len * batch, d_in))
+        .into_shape_with_order((x_len * batch, d_in))
         .expect("layer input is contiguous");
 
     // Input projections for every step in one product, with the biases that can be
     // folded in: all of b_hh except GRU's n block, which sits inside the reset product.
-    let mut xp = Array2::<T>::zeros((seq_len * batch, gh)); // [T*B, G*H]
+    let mut xp = Array2::<T>::zeros((x_len * batch, gh)); // [T*B, G*H]
     matmul(xp.view_mut(), x2, p.w_ih.t(), false);
     let mut bias = &p.b_ih + &p.b_hh;
     let is_gru = matches!(kind, CellKind::Gru | CellKind::GruResetBefore);
@@ -486,7 +532,8 @@ fn direction_forward<T: Scalar>(
                 cp.index_axis_mut(Axis(0), t).assign(&ccur);
             }
         }
-        let xp_t = &xp[t * batch * gh..(t + 1) * batch * gh];
+        let tx = if repeated { 0 } else { t };
+        let xp_t = &xp[tx * batch * gh..(tx + 1) * batch * gh];
         match kind {
             CellKind::GruResetBefore => matmul(ah.slice_mut(s![.., ..2 * h]), hcur.view(), w_hh_rz.t(), false),
             _ => matmul(ah.view_mut(), hcur.view(), p.w_hh.t(), false),
@@ -627,6 +674,7 @@ fn direction_backward<T: Scalar>(
     kind: CellKind,
     p: &CellParams<T>,
     x: ArrayView3<T>,
+    seq_len: usize,
     cache: &DirCache<T>,
     d_out: ArrayView3<T>,
     d_hn: ArrayView2<T>,
@@ -637,7 +685,7 @@ fn direction_backward<T: Scalar>(
     g: &mut CellParams<T>,
     d_input: &mut Array3<T>,
 ) -> (Array2<T>, Option<Array2<T>>) {
-    let (seq_len, batch, d_in) = x.dim();
+    let (x_len, batch, d_in) = x.dim();
     let h = p.d_hidden();
     let gh = kind.n_gates() * h;
     let one = T::one();
@@ -796,8 +844,6 @@ fn direction_backward<T: Scalar>(
 
     // Parameter and input gradients for all steps at once.
     let dah_all = if is_gru { dah_all.view() } else { da_all.view() };
-    let x2 = x.into_shape_with_order((seq_len * batch, d_in)).expect("contiguous");
-    matmul(g.w_ih.view_mut(), da_all.t(), x2, true);
     g.b_ih += &da_all.sum_axis(Axis(0));
     g.b_hh += &dah_all.sum_axis(Axis(0));
     let hp2 = cache
@@ -806,10 +852,8 @@ fn direction_backward<T: Scalar>(
         .into_shape_with_order((seq_len * batch, h))
         .expect("contiguous");
     if kind == CellKind::GruResetBefore {
-        let rh2 = cache
-            .extra
-            .as_ref()
-            .unwrap()
+        let rh = cache.extra.as_ref().expect("reset-before keeps r⊙h");
+        let rh2 = rh
             .view()
             .into_shape_with_order((seq_len * batch, h))
             .expect("contiguous");
@@ -828,10 +872,24 @@ fn direction_backward<T: Scalar>(
     } else {
         matmul(g.w_hh.view_mut(), dah_all.t(), hp2, true);
     }
+    // A repeated input sees the sum of its steps' gradients: sum first, multiply once.
+    let da_sum;
+    let da_in = if x_len == seq_len {
+        da_all.view()
+    } else {
+        da_sum = da_all
+            .view()
+            .into_shape_with_order((seq_len, batch, gh))
+            .expect("contiguous")
+            .sum_axis(Axis(0));
+        da_sum.view()
+    };
+    let x2 = x.into_shape_with_order((x_len * batch, d_in)).expect("contiguous");
+    matmul(g.w_ih.view_mut(), da_in.t(), x2, true);
     let mut dx2: ArrayViewMut2<T> = d_input
         .view_mut()
-        .into_shape_with_order((seq_len * batch, d_in))
+        .into_shape_with_order((x_len * batch, d_in))
         .expect("contiguous");
-    matmul(dx2.view_mut(), da_all.view(), p.w_ih.view(), true);
+    matmul(dx2.view_mut(), da_in, p.w_ih.view(), true);
     (dh, d_cn.map(|_| dc))
 }
