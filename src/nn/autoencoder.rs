@@ -269,10 +269,12 @@ struct FastCell {
     kind: CellKind,
     d_in: usize,
     h: usize,
-    /// `W_ihᵀ`, `[d_in, G·H]` row-major.
-    w_ih_t: Vec<f32>,
-    /// `W_hhᵀ`, `[H, G·H]` row-major.
-    w_hh_t: Vec<f32>,
+    /// `W_ihᵀ`, `[d_in, G·H]`.
+    w_ih_t: Packed,
+    /// `W_hhᵀ`, `[H, G·H]` (for GruResetBefore only its r and z columns, `[H, 2H]`).
+    w_hh_t: Packed,
+    /// GruResetBefore: the n columns of `W_hhᵀ`, `[H, H]`, applied to `r ⊙ h`.
+    w_hn_t: Packed,
     /// `b_ih + b_hh`, except GRU's n block which holds `b_in` only.
     bias: Vec<f32>,
     /// GRU: `b_hn`, applied inside (or, reset-before, after) the reset product.
@@ -292,8 +294,17 @@ impl FastCell {
             kind,
             d_in: p.d_in(),
             h,
-            w_ih_t: p.w_ih.t().iter().copied().collect(),
-            w_hh_t: p.w_hh.t().iter().copied().collect(),
+            w_ih_t: Packed::new(p.w_ih.t()),
+            w_hh_t: if kind == CellKind::GruResetBefore {
+                Packed::new(p.w_hh.slice(ndarray::s![..2 * h, ..]).t())
+            } else {
+                Packed::new(p.w_hh.t())
+            },
+            w_hn_t: if kind == CellKind::GruResetBefore {
+                Packed::new(p.w_hh.slice(ndarray::s![2 * h.., ..]).t())
+            } else {
+                Packed::new(ndarray::ArrayView2::from_shape((0, 0), &[]).expect("empty"))
+            },
             bias,
             b_hn,
         }
@@ -492,49 +503,79 @@ fn input_projection<const FMA: bool>(cell: &FastCell, x: &[f32], steps: usize, x
     for t in 0..steps {
         let row = &mut xp[t * gh..(t + 1) * gh];
         row.copy_from_slice(&cell.bias);
-        gemv_acc::<FMA>(row, &x[t * cell.d_in..(t + 1) * cell.d_in], &cell.w_ih_t);
+        cell.w_ih_t.gemv_acc::<FMA>(row, &x[t * cell.d_in..(t + 1) * cell.d_in]);
     }
 }
 
-/// `y += x · M` where `M` is `[x.len(), y.len()]` row-major.
-///
-/// Columns go in register-held blocks (64, then 32, then 8 wide) across the whole
-/// reduction, so each weight is loaded once and each output written once; 64 columns
-/// give 8 independent FMA chains per step, enough to hide FMA latency.
-#[inline(always)]
-fn gemv_acc<const FMA: bool>(y: &mut [f32], x: &[f32], m: &[f32]) {
-    let n = y.len();
-    debug_assert_eq!(m.len(), x.len() * n);
-    let mut j0 = 0;
-    j0 = gemv_blocks::<FMA, 64>(y, x, m, j0);
-    j0 = gemv_blocks::<FMA, 32>(y, x, m, j0);
-    j0 = gemv_blocks::<FMA, 8>(y, x, m, j0);
-    for j in j0..n {
-        let mut acc = y[j];
-        for (k, &xk) in x.iter().enumerate() {
-            acc = fma::<FMA>(xk, m[k * n + j], acc);
-        }
-        y[j] = acc;
-    }
+/// A `[k, n]` matrix laid out for [`Packed::gemv_acc`]: the columns are cut into
+/// blocks 64, 32, 8 and 1 wide, and each block's `k` rows are stored one after another,
+/// so the product streams through memory in order (weights that outgrow L1 then come
+/// from L2 at full prefetch speed).
+#[derive(Clone, Debug)]
+struct Packed {
+    k: usize,
+    n: usize,
+    data: Vec<f32>,
 }
 
-/// Processes as many whole `B`-column blocks as fit from column `j0`; returns the
-/// first column left over.
-#[inline(always)]
-fn gemv_blocks<const FMA: bool, const B: usize>(y: &mut [f32], x: &[f32], m: &[f32], mut j0: usize) -> usize {
-    let n = y.len();
-    while j0 + B <= n {
-        let mut acc: [f32; B] = y[j0..j0 + B].try_into().unwrap();
-        for (k, &xk) in x.iter().enumerate() {
-            let row: &[f32; B] = m[k * n + j0..k * n + j0 + B].try_into().unwrap();
-            for j in 0..B {
-                acc[j] = fma::<FMA>(xk, row[j], acc[j]);
+const BLOCK_WIDTHS: [usize; 4] = [64, 32, 8, 1];
+
+impl Packed {
+    /// Packs `m: [k, n]` (any strides, e.g. a transposed weight).
+    fn new(m: ndarray::ArrayView2<f32>) -> Self {
+        let (k, n) = m.dim();
+        let mut data = Vec::with_capacity(k * n);
+        let mut j0 = 0;
+        for width in BLOCK_WIDTHS {
+            while j0 + width <= n {
+                for kk in 0..k {
+                    data.extend((j0..j0 + width).map(|j| m[[kk, j]]));
+                }
+                j0 += width;
             }
         }
-        y[j0..j0 + B].copy_from_slice(&acc);
-        j0 += B;
+        Packed { k, n, data }
     }
-    j0
+
+    /// `y += x · M`.
+    ///
+    /// Each block's outputs stay in registers across the whole reduction, so every
+    /// weight is loaded once and every output written once; 64 columns give 8
+    /// independent FMA chains per step, enough to hide FMA latency.
+    #[inline(always)]
+    fn gemv_acc<const FMA: bool>(&self, y: &mut [f32], x: &[f32]) {
+        debug_assert_eq!((x.len(), y.len()), (self.k, self.n));
+        let (mut j0, mut off) = (0, 0);
+        (j0, off) = self.blocks::<FMA, 64>(y, x, j0, off);
+        (j0, off) = self.blocks::<FMA, 32>(y, x, j0, off);
+        (j0, off) = self.blocks::<FMA, 8>(y, x, j0, off);
+        self.blocks::<FMA, 1>(y, x, j0, off);
+    }
+
+    #[inline(always)]
+    fn blocks<const FMA: bool, const B: usize>(
+        &self,
+        y: &mut [f32],
+        x: &[f32],
+        mut j0: usize,
+        mut off: usize,
+    ) -> (usize, usize) {
+        let k = self.k;
+        while j0 + B <= self.n {
+            let mut acc: [f32; B] = y[j0..j0 + B].try_into().unwrap();
+            let block = &self.data[off..off + k * B];
+            for (row, &xk) in block.chunks_exact(B).zip(x) {
+                let row: &[f32; B] = row.try_into().unwrap();
+                for j in 0..B {
+                    acc[j] = fma::<FMA>(xk, row[j], acc[j]);
+                }
+            }
+            y[j0..j0 + B].copy_from_slice(&acc);
+            j0 += B;
+            off += k * B;
+        }
+        (j0, off)
+    }
 }
 
 /// `Σ a[i] b[i]` with eight independent partial sums (one vector register), so the
@@ -606,13 +647,13 @@ fn run_cell<const FMA: bool>(
         match cell.kind {
             CellKind::RnnTanh => {
                 ah.copy_from_slice(x_row);
-                gemv_acc::<FMA>(ah, h, &cell.w_hh_t);
+                cell.w_hh_t.gemv_acc::<FMA>(ah, h);
                 tanh_all(ah);
                 h.copy_from_slice(ah);
             }
             CellKind::Lstm => {
                 ah.copy_from_slice(x_row);
-                gemv_acc::<FMA>(ah, h, &cell.w_hh_t);
+                cell.w_hh_t.gemv_acc::<FMA>(ah, h);
                 sigmoid_all(&mut ah[..2 * hd]);
                 tanh_all(&mut ah[2 * hd..3 * hd]);
                 sigmoid_all(&mut ah[3 * hd..]);
@@ -628,7 +669,7 @@ fn run_cell<const FMA: bool>(
             }
             CellKind::Gru => {
                 ah.fill(0.0);
-                gemv_acc::<FMA>(ah, h, &cell.w_hh_t);
+                cell.w_hh_t.gemv_acc::<FMA>(ah, h);
                 let (rz, n) = ah.split_at_mut(2 * hd);
                 for (a, &xv) in rz.iter_mut().zip(&x_row[..2 * hd]) {
                     *a = super::sigmoid_f32(xv + *a);
@@ -645,12 +686,7 @@ fn run_cell<const FMA: bool>(
                 // r and z first; then W_hn acts on r ⊙ h.
                 let (rz, n) = ah.split_at_mut(2 * hd);
                 rz.fill(0.0);
-                for (k, &hk) in h.iter().enumerate() {
-                    let row = &cell.w_hh_t[k * gh..k * gh + 2 * hd];
-                    for (a, &wv) in rz.iter_mut().zip(row) {
-                        *a = fma::<FMA>(hk, wv, *a);
-                    }
-                }
+                cell.w_hh_t.gemv_acc::<FMA>(rz, h);
                 for (a, &xv) in rz.iter_mut().zip(&x_row[..2 * hd]) {
                     *a = super::sigmoid_f32(xv + *a);
                 }
@@ -658,13 +694,11 @@ fn run_cell<const FMA: bool>(
                 for ((nj, &xn), &bn) in n.iter_mut().zip(&x_row[2 * hd..]).zip(&cell.b_hn) {
                     *nj = xn + bn;
                 }
-                for (k, (&rk, &hk)) in r.iter().zip(h.iter()).enumerate() {
-                    let rh = rk * hk;
-                    let row = &cell.w_hh_t[k * gh + 2 * hd..(k + 1) * gh];
-                    for (a, &wv) in n.iter_mut().zip(row) {
-                        *a = fma::<FMA>(rh, wv, *a);
-                    }
+                // `c` is unused by GRUs: it holds r ⊙ h here.
+                for ((rh, &rk), &hk) in c.iter_mut().zip(r).zip(h.iter()) {
+                    *rh = rk * hk;
                 }
+                cell.w_hn_t.gemv_acc::<FMA>(n, c);
                 tanh_all(n);
                 for ((hj, &zj), &nj) in h.iter_mut().zip(z).zip(n.iter()) {
                     *hj = (1.0 - zj) * nj + zj * *hj;
