@@ -382,7 +382,7 @@ impl Scorer {
     pub fn reconstruct<'w>(&self, window: &[f32], ws: &'w mut ScoreWorkspace) -> &'w [f32] {
         let d = self.config.d_input;
         assert!(
-            !window.is_empty() && window.len() % d == 0,
+            !window.is_empty() && window.len().is_multiple_of(d),
             "window of {} values for {d} features",
             window.len()
         );

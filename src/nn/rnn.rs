@@ -310,19 +310,20 @@ impl<T: Scalar> Rnn<T> {
         let mut input = Array3::from_shape_vec(x.raw_dim(), x.iter().copied().collect()).expect("same size");
         for layer in 0..cfg.n_layers {
             let mut dropout_scale = None;
-            if layer > 0 && cfg.dropout > 0.0 {
-                if let Some(rng) = rng.as_deref_mut() {
-                    let keep_p = 1.0 - cfg.dropout;
-                    let scale = input.map(|_| {
-                        if rng.random::<f64>() < keep_p {
-                            T::lit(1.0 / keep_p)
-                        } else {
-                            T::zero()
-                        }
-                    });
-                    input *= &scale;
-                    dropout_scale = Some(scale);
-                }
+            if layer > 0
+                && cfg.dropout > 0.0
+                && let Some(rng) = rng.as_deref_mut()
+            {
+                let keep_p = 1.0 - cfg.dropout;
+                let scale = input.map(|_| {
+                    if rng.random::<f64>() < keep_p {
+                        T::lit(1.0 / keep_p)
+                    } else {
+                        T::zero()
+                    }
+                });
+                input *= &scale;
+                dropout_scale = Some(scale);
             }
             let mut out = Array3::zeros((seq_len, batch, dirs * h));
             let mut dir_caches = Vec::new();

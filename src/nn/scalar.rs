@@ -138,7 +138,7 @@ pub fn exp_f32(x: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 0.5; // Cephes writes 5.0000001e-1, which is 0.5 in f32
     let er = p * r * r + r + 1.0;
     // `shifted`'s low mantissa bits hold n itself: integer arithmetic on the bits gives
     // 2^n without a float→int cast (Rust's saturating `as` does not vectorise).

@@ -56,7 +56,9 @@ pub fn assert_close<'a, 'b>(
     let mut worst = (0.0, 0usize);
     for (i, (x, y)) in a.iter().zip(&e).enumerate() {
         let excess = (x - y).abs() - (atol + rtol * y.abs());
-        if !(excess <= worst.0) {
+        // NaN counts as the worst possible mismatch.
+        let excess = if excess.is_nan() { f64::INFINITY } else { excess };
+        if excess > worst.0 {
             worst = (excess, i);
         }
     }
