@@ -10,5 +10,7 @@
 //! See ARCHITECTURE.md for the invariants each module keeps.
 
 pub mod bench;
+pub mod eval;
 pub mod nn;
 pub mod storage;
+pub mod timestamp;
