@@ -10,6 +10,7 @@
 //! See ARCHITECTURE.md for the invariants each module keeps.
 
 pub mod bench;
+pub mod detector;
 pub mod eval;
 pub mod nn;
 pub mod storage;

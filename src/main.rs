@@ -4,7 +4,23 @@ use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 
 use anomalyd::bench::{Measure, ModelBenchConfig, run_model_bench};
+use std::path::{Path, PathBuf};
+
+use anomalyd::detector::DetectorConfig;
+use anomalyd::eval::{nab, replay};
 use anomalyd::nn::CellKind;
+
+fn load_config(path: Option<&Path>) -> Result<DetectorConfig> {
+    let config: DetectorConfig = match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+        }
+        None => DetectorConfig::default(),
+    };
+    config.validate()?;
+    Ok(config)
+}
 
 /// Streaming anomaly detection with a recurrent autoencoder per stream.
 #[derive(Parser, Debug)]
@@ -16,6 +32,57 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Score a CSV file through the detector, one stream, training inline
+    /// (deterministic: the same input and config give the same scores).
+    Replay {
+        /// Input CSV with a header row.
+        file: PathBuf,
+        /// Name of the timestamp column (RFC 3339, `YYYY-MM-DD HH:MM:SS` or Unix seconds).
+        #[arg(long, default_value = "timestamp")]
+        timestamp_column: String,
+        /// Value columns, comma-separated (default: every other column).
+        #[arg(long, value_delimiter = ',')]
+        value_columns: Vec<String>,
+        /// Detector config (TOML); defaults otherwise.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Output CSV: timestamp, values, score, anomaly, phase, model_version.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Run the Numenta Anomaly Benchmark: every <category>/<file>.csv under --data
+    /// through its own detector, NAB result files under --out, and the three NAB
+    /// scores when --windows is given.
+    Nab {
+        /// Corpus root (<category>/<file>.csv, columns timestamp,value).
+        #[arg(long)]
+        data: PathBuf,
+        /// Where result files go (<out>/<category>/<file>.csv: timestamp,anomaly_score).
+        #[arg(long)]
+        out: PathBuf,
+        /// NAB label windows (combined_windows.json) to score against.
+        #[arg(long)]
+        windows: Option<PathBuf>,
+        /// NAB profiles (profiles.json); NAB's three standard ones otherwise.
+        #[arg(long)]
+        profiles: Option<PathBuf>,
+        /// Detector config (TOML); defaults otherwise.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Files processed at once (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Print the scores as one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Do not run the detector: score the result files already under --out.
+        #[arg(long, requires = "windows")]
+        score_only: bool,
+        /// Also print each category's (and with -vv each file's) share under the
+        /// standard profile: raw score, windows detected, false positives.
+        #[arg(short, long, action = clap::ArgAction::Count)]
+        verbose: u8,
+    },
     /// Measure performance.
     Bench {
         #[command(subcommand)]
@@ -58,6 +125,93 @@ enum BenchCommand {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Replay {
+            file,
+            timestamp_column,
+            value_columns,
+            config,
+            out,
+        } => {
+            let config = load_config(config.as_deref())?;
+            let n =
+                replay::replay(&file, &timestamp_column, &value_columns, &config, &out).map_err(anyhow::Error::msg)?;
+            eprintln!("scored {n} rows into {}", out.display());
+        }
+        Command::Nab {
+            data,
+            out,
+            windows,
+            profiles,
+            config,
+            threads,
+            json,
+            score_only,
+            verbose,
+        } => {
+            let config = load_config(config.as_deref())?;
+            let windows = windows
+                .map(|w| nab::read_windows(&w))
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let profiles = match profiles {
+                Some(p) => nab::read_profiles(&p).map_err(anyhow::Error::msg)?,
+                None => nab::standard_profiles(),
+            };
+            let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let start = std::time::Instant::now();
+            let run = match (&windows, score_only) {
+                (Some(w), true) => replay::score_existing(&data, &out, w, &profiles),
+                _ => replay::run_nab(&data, &out, &config, windows.as_ref(), &profiles, threads),
+            }
+            .map_err(anyhow::Error::msg)?;
+            let secs = start.elapsed().as_secs_f64();
+            let rows: usize = run.files.iter().map(|f| f.scores.len()).sum();
+            if json {
+                let scores: serde_json::Map<String, serde_json::Value> = run
+                    .results
+                    .iter()
+                    .map(|r| (r.profile.clone(), serde_json::json!(r.normalized)))
+                    .collect();
+                let obj =
+                    serde_json::json!({"files": run.files.len(), "rows": rows, "seconds": secs, "scores": scores});
+                println!("{obj}");
+            } else {
+                println!(
+                    "{} files, {rows} rows in {secs:.1} s; results in {}",
+                    run.files.len(),
+                    out.display()
+                );
+                for r in &run.results {
+                    println!(
+                        "{:<20} {:7.2}   (threshold {:.4}, TP {} FP {} FN {}, {} windows)",
+                        r.profile, r.normalized, r.best.threshold, r.best.tp, r.best.fp, r.best.fn_, r.windows
+                    );
+                }
+                if let (true, Some(w), Some(std)) = (verbose > 0, windows.as_ref(), run.results.first()) {
+                    let costs = profiles[0].costs;
+                    let rows = nab::breakdown(&run.files, w, costs, std.best.threshold);
+                    let mut by_cat: std::collections::BTreeMap<&str, (f64, usize, usize, usize)> = Default::default();
+                    for b in &rows {
+                        let e = by_cat.entry(b.name.split('/').next().unwrap_or("")).or_default();
+                        *e = (
+                            e.0 + b.score,
+                            e.1 + b.detected,
+                            e.2 + b.windows,
+                            e.3 + b.false_positives,
+                        );
+                        if verbose > 1 {
+                            println!(
+                                "  {:<60} {:7.3}  {}/{} windows  {} FP",
+                                b.name, b.score, b.detected, b.windows, b.false_positives
+                            );
+                        }
+                    }
+                    for (cat, (score, det, win, fp)) in by_cat {
+                        println!("  {cat:<24} raw {score:7.3}  {det}/{win} windows  {fp} FP");
+                    }
+                }
+            }
+        }
         Command::Bench {
             what:
                 BenchCommand::Model {

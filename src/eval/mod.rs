@@ -2,3 +2,4 @@
 //! here is used by the service.
 
 pub mod nab;
+pub mod replay;

@@ -388,3 +388,53 @@ pub fn list_corpus(dir: &Path) -> Result<Vec<String>, String> {
     out.sort();
     Ok(out)
 }
+
+/// One file's share of a corpus result at a given threshold.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FileBreakdown {
+    /// `"<category>/<file>.csv"`.
+    pub name: String,
+    /// Raw score of the file.
+    pub score: f64,
+    /// Windows with a detection.
+    pub detected: usize,
+    /// Windows in the file.
+    pub windows: usize,
+    /// Detections outside windows.
+    pub false_positives: usize,
+}
+
+/// Each file's raw score at `threshold` (detections are scores ≥ threshold).
+pub fn breakdown(files: &[ScoredFile], windows: &Windows, costs: CostMatrix, threshold: f64) -> Vec<FileBreakdown> {
+    files
+        .iter()
+        .map(|f| {
+            let ws = windows.get(&f.name).map(Vec::as_slice).unwrap_or(&[]);
+            let (rows, n) = sweep_file(&f.timestamps, &f.scores, ws, costs, 0);
+            let mut best = vec![None::<f64>; n];
+            let mut fp_score = 0.0;
+            let mut fps = 0;
+            for r in rows.iter().filter(|r| r.score >= threshold) {
+                match r.kind {
+                    RowKind::Window(k) => best[k] = Some(best[k].map_or(r.sweep, |b: f64| b.max(r.sweep))),
+                    RowKind::Outside => {
+                        fp_score += r.sweep;
+                        fps += 1;
+                    }
+                    RowKind::Probationary => {}
+                }
+            }
+            let in_play: Vec<usize> = (0..n)
+                .filter(|k| rows.iter().any(|r| r.kind == RowKind::Window(*k)))
+                .collect();
+            let score = fp_score + in_play.iter().map(|&k| best[k].unwrap_or(-costs.fn_)).sum::<f64>();
+            FileBreakdown {
+                name: f.name.clone(),
+                score,
+                detected: in_play.iter().filter(|&&k| best[k].is_some()).count(),
+                windows: in_play.len(),
+                false_positives: fps,
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,289 @@
+//! Classical per-feature baselines that score from the first readings: a windowed
+//! Gaussian and an autoregressive model fitted online by recursive least squares.
+
+use std::collections::VecDeque;
+
+/// Mean and standard deviation of the last `cap` values.
+#[derive(Clone, Debug)]
+pub struct WindowStats {
+    buf: VecDeque<f64>,
+    cap: usize,
+    sum: f64,
+    sumsq: f64,
+    /// Pushes since the sums were last recomputed (bounds floating-point drift).
+    since_exact: usize,
+}
+
+impl WindowStats {
+    /// An empty window of `cap` values.
+    pub fn new(cap: usize) -> Self {
+        WindowStats {
+            buf: VecDeque::with_capacity(cap),
+            cap: cap.max(1),
+            sum: 0.0,
+            sumsq: 0.0,
+            since_exact: 0,
+        }
+    }
+
+    /// Adds a value, dropping the oldest when full.
+    pub fn push(&mut self, x: f64) {
+        if self.buf.len() == self.cap
+            && let Some(old) = self.buf.pop_front()
+        {
+            self.sum -= old;
+            self.sumsq -= old * old;
+        }
+        self.buf.push_back(x);
+        self.sum += x;
+        self.sumsq += x * x;
+        self.since_exact += 1;
+        if self.since_exact >= self.cap {
+            self.sum = self.buf.iter().sum();
+            self.sumsq = self.buf.iter().map(|v| v * v).sum();
+            self.since_exact = 0;
+        }
+    }
+
+    /// Values held.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether no value is held.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Mean of the values held (0 when empty).
+    pub fn mean(&self) -> f64 {
+        if self.buf.is_empty() {
+            0.0
+        } else {
+            self.sum / self.buf.len() as f64
+        }
+    }
+
+    /// Population standard deviation of the values held.
+    pub fn std(&self) -> f64 {
+        let n = self.buf.len() as f64;
+        if n < 2.0 {
+            return 0.0;
+        }
+        let m = self.sum / n;
+        (self.sumsq / n - m * m).max(0.0).sqrt()
+    }
+}
+
+/// The scale below which a standard deviation is treated as noise-free: relative to
+/// the values' magnitude, so flat series do not divide by zero.
+pub fn std_floor(mean: f64, std: f64) -> f64 {
+    std.max(1e-3 * mean.abs()).max(1e-9)
+}
+
+/// Windowed Gaussian: how many standard deviations a value lies from the mean of the
+/// previous `window` values.
+#[derive(Clone, Debug)]
+pub struct WindowedGaussian {
+    stats: WindowStats,
+}
+
+impl WindowedGaussian {
+    /// A detector over the last `window` values.
+    pub fn new(window: usize) -> Self {
+        WindowedGaussian {
+            stats: WindowStats::new(window),
+        }
+    }
+
+    /// The z-score of `x` against the window (before `x` joins it), then adds `x`.
+    /// Returns `(z, mean)`; `z` is 0 until two values have been seen.
+    pub fn update(&mut self, x: f64) -> (f64, f64) {
+        let (m, s) = (self.stats.mean(), self.stats.std());
+        let z = if self.stats.len() < 2 {
+            0.0
+        } else {
+            (x - m).abs() / std_floor(m, s)
+        };
+        self.stats.push(x);
+        (z, m)
+    }
+}
+
+/// AR(p) with intercept, fitted online by recursive least squares with forgetting.
+///
+/// ```text
+/// x̂_t = θ · [1, x_{t−1}, …, x_{t−p}]
+/// k = P φ / (λ + φᵀ P φ),   θ += k (x_t − x̂_t),   P = (P − k φᵀ P) / λ
+/// ```
+/// Values are scaled by the first readings' spread so RLS is well conditioned for
+/// metrics of any magnitude; the residual's scale is an exponential moving average.
+#[derive(Clone, Debug)]
+pub struct OnlineAr {
+    p: usize,
+    lambda: f64,
+    theta: Vec<f64>,
+    cov: Vec<f64>,
+    lags: VecDeque<f64>,
+    scale: Option<(f64, f64)>,
+    warm: Vec<f64>,
+    resid_var: f64,
+    n_resid: usize,
+}
+
+impl OnlineAr {
+    /// An AR(`p`) model forgetting with factor `lambda` (e.g. 0.999).
+    pub fn new(p: usize, lambda: f64) -> Self {
+        let d = p + 1;
+        let mut cov = vec![0.0; d * d];
+        for i in 0..d {
+            cov[i * d + i] = 100.0;
+        }
+        OnlineAr {
+            p,
+            lambda,
+            theta: vec![0.0; d],
+            cov,
+            lags: VecDeque::with_capacity(p),
+            scale: None,
+            warm: Vec::new(),
+            resid_var: 0.0,
+            n_resid: 0,
+        }
+    }
+
+    /// Scores `x` by its one-step prediction residual, then learns from it. Returns
+    /// `(|residual| / residual scale, prediction)`; 0 and `x` while warming up.
+    pub fn update(&mut self, x: f64) -> (f64, f64) {
+        let Some((center, spread)) = self.scale else {
+            self.warm.push(x);
+            if self.warm.len() >= 2 * self.p.max(4) {
+                let n = self.warm.len() as f64;
+                let m = self.warm.iter().sum::<f64>() / n;
+                let s = (self.warm.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / n).sqrt();
+                self.scale = Some((m, std_floor(m, s)));
+                let warm = std::mem::take(&mut self.warm);
+                for v in warm {
+                    self.learn((v - m) / std_floor(m, s));
+                }
+            }
+            return (0.0, x);
+        };
+        let xs = (x - center) / spread;
+        let pred = self.predict();
+        let (z, pred_x) = match pred {
+            Some(pr) => {
+                let r = xs - pr;
+                let sd = self.resid_var.sqrt().max(1e-3);
+                let z = if self.n_resid >= 8 { r.abs() / sd } else { 0.0 };
+                (z, pr * spread + center)
+            }
+            None => (0.0, x),
+        };
+        self.learn(xs);
+        (z, pred_x)
+    }
+
+    fn phi(&self) -> Option<Vec<f64>> {
+        (self.lags.len() == self.p).then(|| std::iter::once(1.0).chain(self.lags.iter().copied()).collect())
+    }
+
+    fn predict(&self) -> Option<f64> {
+        self.phi()
+            .map(|phi| phi.iter().zip(&self.theta).map(|(a, b)| a * b).sum())
+    }
+
+    fn learn(&mut self, xs: f64) {
+        if let Some(phi) = self.phi() {
+            let d = self.p + 1;
+            let pphi: Vec<f64> = (0..d)
+                .map(|i| (0..d).map(|j| self.cov[i * d + j] * phi[j]).sum())
+                .collect();
+            let denom = self.lambda + phi.iter().zip(&pphi).map(|(a, b)| a * b).sum::<f64>();
+            let err = xs - phi.iter().zip(&self.theta).map(|(a, b)| a * b).sum::<f64>();
+            // Residual scale, from errors made before learning from them.
+            let alpha = if self.n_resid < 50 {
+                1.0 / (self.n_resid as f64 + 1.0)
+            } else {
+                0.02
+            };
+            self.resid_var = (1.0 - alpha) * self.resid_var + alpha * err * err;
+            self.n_resid += 1;
+            if denom.is_finite() && denom > 0.0 {
+                for i in 0..d {
+                    self.theta[i] += pphi[i] / denom * err;
+                }
+                for i in 0..d {
+                    for j in 0..d {
+                        self.cov[i * d + j] = (self.cov[i * d + j] - pphi[i] * pphi[j] / denom) / self.lambda;
+                    }
+                }
+                // Keep P bounded when the input stops exciting it (flat series).
+                for i in 0..d {
+                    if self.cov[i * d + i] > 1e6 || !self.cov[i * d + i].is_finite() {
+                        self.cov.iter_mut().for_each(|c| *c = 0.0);
+                        for k in 0..d {
+                            self.cov[k * d + k] = 100.0;
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        if self.lags.len() == self.p {
+            self.lags.pop_back();
+        }
+        self.lags.push_front(xs);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_stats_match_direct_computation() {
+        let mut w = WindowStats::new(5);
+        for i in 0..23 {
+            w.push((i as f64 * 0.7).sin() * 10.0 + 1e6);
+        }
+        let vals: Vec<f64> = (18..23).map(|i| (i as f64 * 0.7).sin() * 10.0 + 1e6).collect();
+        let m = vals.iter().sum::<f64>() / 5.0;
+        let s = (vals.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / 5.0).sqrt();
+        assert!(
+            (w.mean() - m).abs() < 1e-6 && (w.std() - s).abs() < 1e-4,
+            "{} {}",
+            w.std(),
+            s
+        );
+    }
+
+    #[test]
+    fn gaussian_flags_a_spike_not_noise() {
+        let mut g = WindowedGaussian::new(100);
+        let mut max_quiet: f64 = 0.0;
+        for i in 0..300 {
+            let (z, _) = g.update(((i * 7919) % 13) as f64 / 13.0);
+            if i > 10 {
+                max_quiet = max_quiet.max(z);
+            }
+        }
+        assert!(max_quiet < 2.5, "{max_quiet}");
+        assert!(g.update(5.0).0 > 10.0);
+    }
+
+    #[test]
+    fn ar_learns_a_sine_and_flags_a_break_in_it() {
+        let mut ar = OnlineAr::new(4, 0.999);
+        let mut late = Vec::new();
+        for t in 0..600 {
+            let (z, pred) = ar.update((t as f64 * 0.2).sin() * 50.0 + 1000.0);
+            if t > 500 {
+                late.push((z, (pred - ((t as f64 * 0.2).sin() * 50.0 + 1000.0)).abs()));
+            }
+        }
+        assert!(late.iter().all(|(_, e)| *e < 1.0), "prediction error stays small");
+        let (z, _) = ar.update(1100.0);
+        assert!(z > 10.0, "a jump is many residual sds: {z}");
+    }
+}

@@ -1,0 +1,362 @@
+//! Detector configuration: serde types with defaults, checked into a valid config
+//! before use. Every field has a default, so `{}` is a complete config.
+
+use serde::{Deserialize, Serialize};
+
+use super::likelihood::LikelihoodConfig;
+use crate::nn::CellKind;
+
+/// What scores a stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DetectorKind {
+    /// Recurrent autoencoder, with the baselines covering warm-up (the default).
+    Autoencoder,
+    /// Online AR(p) residuals only.
+    Ar,
+    /// Windowed Gaussian z-score only.
+    Gaussian,
+}
+
+/// Shape of the per-stream model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// `rnn`, `lstm`, `gru` or `gru-reset-before`.
+    pub cell: String,
+    /// Hidden units per direction.
+    pub hidden: usize,
+    /// Layers in encoder and decoder.
+    pub layers: usize,
+    /// Bidirectional encoder.
+    pub bidirectional: bool,
+    /// Dropout between stacked layers while training.
+    pub dropout: f64,
+    /// Independently seeded models whose errors are averaged (robustness to seeds).
+    pub ensemble: usize,
+    /// Steps at the end of the window whose reconstruction error scores a reading
+    /// (0: the whole window). A reading's own step reacts at once; the whole window
+    /// dilutes a one-reading anomaly W-fold.
+    pub score_steps: usize,
+    /// How the model's surprise meets the baselines' once a model exists:
+    /// `model` (the model alone), `max` (the larger surprise) or `separate` (each
+    /// calibrated by its own likelihood, the larger score).
+    pub combine: String,
+    /// How a reconstruction error becomes a surprise: `calibrated` (z against the
+    /// training windows' log-error distribution) or `running` (the newest reading's
+    /// residual against a running residual scale, adapting to local noise).
+    pub error_scale: String,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            cell: "lstm".into(),
+            hidden: 16,
+            layers: 1,
+            bidirectional: false,
+            dropout: 0.0,
+            ensemble: 3,
+            score_steps: 1,
+            combine: "max".into(),
+            error_scale: "calibrated".into(),
+        }
+    }
+}
+
+/// How a model is trained.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Most recent readings kept for training.
+    pub buffer: usize,
+    /// Step between training windows cut from the buffer.
+    pub stride: usize,
+    /// Maximum epochs per job.
+    pub epochs: usize,
+    /// Epochs without held-out improvement before stopping.
+    pub patience: usize,
+    /// Windows per batch.
+    pub batch: usize,
+    /// Adam learning rate.
+    pub learning_rate: f64,
+    /// Global gradient-norm clip.
+    pub max_grad_norm: f64,
+    /// Fraction of windows (the most recent) held out for early stopping and calibration.
+    pub holdout: f64,
+    /// Seed of initialisation and shuffling.
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            buffer: 1024,
+            stride: 2,
+            epochs: 12,
+            patience: 2,
+            batch: 32,
+            learning_rate: 3e-3,
+            max_grad_norm: 1.0,
+            holdout: 0.15,
+            seed: 0,
+        }
+    }
+}
+
+/// When a stream's model is retrained.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrainPolicy {
+    /// Readings before the first model is trained.
+    pub first_after: usize,
+    /// Retrain after this many readings since the last job (0: never).
+    pub every_readings: usize,
+    /// Retrain after this much stream time since the last job (0: never).
+    pub every_seconds: f64,
+    /// Retrain early when the model's recent error drifts far above its held-out error.
+    pub on_drift: bool,
+}
+
+impl Default for RetrainPolicy {
+    fn default() -> Self {
+        RetrainPolicy {
+            first_after: 384,
+            every_readings: 768,
+            every_seconds: 0.0,
+            on_drift: true,
+        }
+    }
+}
+
+/// Classical baselines.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BaselineConfig {
+    /// Readings in the windowed Gaussian.
+    pub gaussian_window: usize,
+    /// AR order.
+    pub ar_order: usize,
+    /// RLS forgetting factor.
+    pub ar_forgetting: f64,
+}
+
+impl Default for BaselineConfig {
+    fn default() -> Self {
+        BaselineConfig {
+            gaussian_window: 512,
+            ar_order: 4,
+            ar_forgetting: 0.999,
+        }
+    }
+}
+
+/// Alert decisions.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertConfig {
+    /// Scores at or above this raise an alert.
+    pub threshold: f64,
+    /// Readings after an alert during which no new alert is raised.
+    pub cooldown: usize,
+}
+
+impl Default for AlertConfig {
+    fn default() -> Self {
+        AlertConfig {
+            threshold: 0.5,
+            cooldown: 100,
+        }
+    }
+}
+
+/// Everything about one stream's detector.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectorConfig {
+    /// What scores the stream.
+    pub detector: DetectorKind,
+    /// Features per reading; `None` takes it from the first reading.
+    pub n_features: Option<usize>,
+    /// Window length W: each reading is scored by the window of W readings ending at it.
+    pub window: usize,
+    /// The model's shape.
+    pub model: ModelConfig,
+    /// How it is trained.
+    pub training: TrainConfig,
+    /// When it is retrained.
+    pub retrain: RetrainPolicy,
+    /// Warm-up baselines.
+    pub baseline: BaselineConfig,
+    /// Surprise (in standard deviations) that maps to raw score 1 − 1/e before the
+    /// likelihood: `raw = 1 − exp(−surprise / raw_scale)`.
+    pub raw_scale: f64,
+    /// Score calibration.
+    pub likelihood: LikelihoodConfig,
+    /// Flag values beyond the range seen so far, widened by this fraction of the range
+    /// (`None`: off).
+    pub range_tolerance: Option<f64>,
+    /// Alerting.
+    pub alert: AlertConfig,
+}
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        DetectorConfig {
+            detector: DetectorKind::Autoencoder,
+            n_features: None,
+            window: 32,
+            model: ModelConfig::default(),
+            training: TrainConfig::default(),
+            retrain: RetrainPolicy::default(),
+            baseline: BaselineConfig::default(),
+            raw_scale: 3.0,
+            likelihood: LikelihoodConfig::default(),
+            range_tolerance: Some(0.05),
+            alert: AlertConfig::default(),
+        }
+    }
+}
+
+/// A config that cannot be used, and why.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("invalid detector config: {0}")]
+pub struct ConfigError(pub String);
+
+impl DetectorConfig {
+    /// Checks every field; the message names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError(m));
+        let m = &self.model;
+        let t = &self.training;
+        if CellKind::parse(&m.cell).is_none() {
+            return bad(format!(
+                "model.cell {:?} is not one of rnn, lstm, gru, gru-reset-before",
+                m.cell
+            ));
+        }
+        if !(1..=512).contains(&m.hidden) {
+            return bad(format!("model.hidden must be 1..=512, got {}", m.hidden));
+        }
+        if !(1..=4).contains(&m.layers) {
+            return bad(format!("model.layers must be 1..=4, got {}", m.layers));
+        }
+        if !(1..=8).contains(&m.ensemble) {
+            return bad(format!("model.ensemble must be 1..=8, got {}", m.ensemble));
+        }
+        if m.score_steps > self.window {
+            return bad(format!(
+                "model.score_steps must be at most window ({}), got {}",
+                self.window, m.score_steps
+            ));
+        }
+        if !["model", "max", "separate", "mean"].contains(&m.combine.as_str()) {
+            return bad(format!(
+                "model.combine must be model, max or separate, got {:?}",
+                m.combine
+            ));
+        }
+        if !["calibrated", "running"].contains(&m.error_scale.as_str()) {
+            return bad(format!(
+                "model.error_scale must be calibrated or running, got {:?}",
+                m.error_scale
+            ));
+        }
+        if !(0.0..0.9).contains(&m.dropout) {
+            return bad(format!("model.dropout must be in [0, 0.9), got {}", m.dropout));
+        }
+        if !(2..=1024).contains(&self.window) {
+            return bad(format!("window must be 2..=1024, got {}", self.window));
+        }
+        if let Some(n) = self.n_features
+            && !(1..=256).contains(&n)
+        {
+            return bad(format!("n_features must be 1..=256, got {n}"));
+        }
+        if t.buffer < 2 * self.window || t.buffer > 100_000 {
+            return bad(format!("training.buffer must be 2×window..=100000, got {}", t.buffer));
+        }
+        if t.stride == 0 || t.epochs == 0 || t.batch == 0 {
+            return bad("training.stride, epochs and batch must be at least 1".into());
+        }
+        if !(t.learning_rate > 0.0 && t.learning_rate < 1.0) {
+            return bad(format!(
+                "training.learning_rate must be in (0, 1), got {}",
+                t.learning_rate
+            ));
+        }
+        if !(t.max_grad_norm > 0.0 && t.max_grad_norm.is_finite()) {
+            return bad(format!(
+                "training.max_grad_norm must be positive, got {}",
+                t.max_grad_norm
+            ));
+        }
+        if !(0.0..0.9).contains(&t.holdout) {
+            return bad(format!("training.holdout must be in [0, 0.9), got {}", t.holdout));
+        }
+        if self.retrain.first_after < self.window + 1 {
+            return bad(format!("retrain.first_after must exceed window ({})", self.window));
+        }
+        if !(self.retrain.every_seconds >= 0.0 && self.retrain.every_seconds.is_finite()) {
+            return bad("retrain.every_seconds must be ≥ 0".into());
+        }
+        let b = &self.baseline;
+        if b.gaussian_window < 2 || !(1..=64).contains(&b.ar_order) || !(0.9..=1.0).contains(&b.ar_forgetting) {
+            return bad("baseline: gaussian_window ≥ 2, ar_order 1..=64, ar_forgetting in [0.9, 1]".into());
+        }
+        let l = &self.likelihood;
+        if l.averaging_window == 0 || l.historic_window < l.estimation_samples.max(2) || l.reestimation_period == 0 {
+            return bad("likelihood: averaging_window ≥ 1, historic_window ≥ estimation_samples".into());
+        }
+        if !(self.raw_scale > 0.0 && self.raw_scale.is_finite()) {
+            return bad(format!("raw_scale must be positive, got {}", self.raw_scale));
+        }
+        if let Some(tol) = self.range_tolerance
+            && !(tol >= 0.0 && tol.is_finite())
+        {
+            return bad(format!("range_tolerance must be ≥ 0, got {tol}"));
+        }
+        if !(0.0..=1.0).contains(&self.alert.threshold) {
+            return bad(format!(
+                "alert.threshold must be in [0, 1], got {}",
+                self.alert.threshold
+            ));
+        }
+        Ok(())
+    }
+
+    /// The cell kind (valid after [`DetectorConfig::validate`]).
+    pub fn cell(&self) -> CellKind {
+        CellKind::parse(&self.model.cell).unwrap_or(CellKind::Lstm)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_empty_toml_gives_defaults() {
+        DetectorConfig::default().validate().unwrap();
+        let c: DetectorConfig = toml::from_str("").unwrap();
+        assert_eq!(c, DetectorConfig::default());
+        let c: DetectorConfig = toml::from_str("window = 16\n[model]\ncell = \"gru\"\n").unwrap();
+        assert_eq!((c.window, c.model.cell.as_str(), c.model.hidden), (16, "gru", 16));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let mut c = DetectorConfig::default();
+        c.model.cell = "transformer".into();
+        assert!(c.validate().unwrap_err().0.contains("model.cell"));
+        let c = DetectorConfig {
+            window: 1,
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().0.contains("window"));
+        assert!(
+            toml::from_str::<DetectorConfig>("windw = 3").is_err(),
+            "unknown fields are rejected"
+        );
+    }
+}

@@ -1,0 +1,508 @@
+//! One stream's detector: synchronous and clock-free. Timestamps arrive with the
+//! readings; training is a pure function ([`train::train`]) the caller runs when
+//! [`Detector::training_due`] says so — inline in replay, on a background pool in the
+//! service — and installs with [`Detector::install`], swapping the model in whole.
+//!
+//! Per reading:
+//! ```text
+//! surprise  model phase:    z of the window's reconstruction error (log-normal fit on
+//!                           held-out windows), ensemble-averaged
+//!           baseline phase: max(windowed-Gaussian z, AR(p) residual z), per feature
+//! raw       1 − exp(−max(surprise, 0) / raw_scale)                       ∈ [0, 1)
+//! score     anomaly likelihood of raw (see likelihood.rs)                ∈ [0, 1]
+//!           1.0 when a value leaves the range seen so far (± tolerance)
+//! alert     score ≥ threshold, at most one per cooldown
+//! ```
+
+pub mod baseline;
+pub mod config;
+pub mod likelihood;
+pub mod train;
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+pub use config::{ConfigError, DetectorConfig, DetectorKind};
+pub use train::{TrainJob, TrainOutcome, TrainReport, TrainedModel};
+
+use baseline::{OnlineAr, WindowedGaussian};
+use likelihood::Likelihood;
+use train::{ErrorStats, Normaliser};
+
+use crate::nn::{ScoreWorkspace, Scorer};
+use crate::timestamp::Micros;
+
+/// Which part of the detector produced a score.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Too few readings to score; the score is 0.
+    Warmup,
+    /// The classical baselines are scoring (no model yet, or the stream uses one).
+    Baseline,
+    /// The recurrent autoencoder is scoring.
+    Model,
+}
+
+impl Phase {
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Warmup => "warmup",
+            Phase::Baseline => "baseline",
+            Phase::Model => "model",
+        }
+    }
+}
+
+/// The outcome for one reading.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// The reading's timestamp.
+    pub timestamp: Micros,
+    /// Calibrated anomaly score in [0, 1].
+    pub score: f64,
+    /// Whether this reading raised an alert.
+    pub anomaly: bool,
+    /// The uncalibrated surprise: the model's window error (normalised units) in the
+    /// model phase, the largest baseline z-score otherwise.
+    pub raw_error: f64,
+    /// What the detector expected for this reading, per feature.
+    pub expected: Vec<f64>,
+    /// Each feature's share of the surprise (sums to 1 when anything is surprising).
+    pub contributions: Vec<f64>,
+    /// Version of the model that scored (0: none yet).
+    pub model_version: u64,
+    /// Which part scored.
+    pub phase: Phase,
+    /// The value left the range seen so far.
+    pub out_of_range: bool,
+}
+
+/// A reading the detector cannot take; the detector is unchanged.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ReadingError {
+    /// Wrong number of values.
+    #[error("reading has {got} values, stream expects {expected}")]
+    WrongWidth {
+        /// Values sent.
+        got: usize,
+        /// Values the stream takes.
+        expected: usize,
+    },
+    /// No values at all.
+    #[error("reading has no values")]
+    Empty,
+    /// NaN or infinite.
+    #[error("value {index} is not a finite number")]
+    NotFinite {
+        /// Position of the value.
+        index: usize,
+    },
+    /// Earlier than the stream's last reading.
+    #[error("timestamp {got} is older than the stream's last reading ({last})")]
+    OutOfOrder {
+        /// Timestamp sent (µs).
+        got: Micros,
+        /// The stream's last timestamp (µs).
+        last: Micros,
+    },
+}
+
+/// The model currently scoring a stream.
+#[derive(Clone, Debug)]
+pub struct ActiveModel {
+    /// Version (1 for the first model).
+    pub version: u64,
+    /// Compiled ensemble members.
+    pub scorers: Vec<Scorer>,
+    /// Normalisation the members were trained with.
+    pub normaliser: Normaliser,
+    /// Held-out error distribution.
+    pub errors: ErrorStats,
+    /// Readings seen when the training data was taken.
+    pub trained_at_reading: u64,
+    /// Timestamp of the last reading in its training data.
+    pub trained_at: Micros,
+    /// How training went.
+    pub report: TrainReport,
+}
+
+/// One stream's detector state.
+#[derive(Clone, Debug)]
+pub struct Detector {
+    config: DetectorConfig,
+    n_features: Option<usize>,
+    seen: u64,
+    last_ts: Option<Micros>,
+    /// The most recent readings, flattened `[n][d]`, oldest first: the current window
+    /// and the training buffer.
+    history: VecDeque<f64>,
+    gaussians: Vec<WindowedGaussian>,
+    ars: Vec<OnlineAr>,
+    /// Per-feature (min, max) seen so far.
+    range: Vec<(f64, f64)>,
+    likelihood: Likelihood,
+    /// The model's own likelihood when `combine = "separate"`.
+    model_likelihood: Likelihood,
+    model: Option<ActiveModel>,
+    workspace: ScoreWorkspace,
+    last_alert: Option<u64>,
+    /// Readings seen / timestamp when the last training job was taken.
+    last_job: Option<(u64, Micros)>,
+    job_in_flight: bool,
+    /// Exponential average of the model's surprise, for drift-triggered retraining.
+    drift: f64,
+    /// Failed (diverged) jobs so far.
+    failed_jobs: u64,
+    /// Per-feature running mean square of the model's last-step residual (normalised
+    /// units), for `error_scale = "running"`.
+    resid_var: Vec<f64>,
+}
+
+impl Detector {
+    /// A detector for a new stream.
+    ///
+    /// # Errors
+    /// If the config is invalid.
+    pub fn new(config: DetectorConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Detector {
+            n_features: config.n_features,
+            likelihood: Likelihood::new(config.likelihood.clone()),
+            model_likelihood: Likelihood::new(config.likelihood.clone()),
+            config,
+            seen: 0,
+            last_ts: None,
+            history: VecDeque::new(),
+            gaussians: Vec::new(),
+            ars: Vec::new(),
+            range: Vec::new(),
+            model: None,
+            workspace: ScoreWorkspace::default(),
+            last_alert: None,
+            last_job: None,
+            job_in_flight: false,
+            drift: 0.0,
+            failed_jobs: 0,
+            resid_var: Vec::new(),
+        })
+    }
+
+    /// The config.
+    pub fn config(&self) -> &DetectorConfig {
+        &self.config
+    }
+
+    /// Features per reading (once known).
+    pub fn n_features(&self) -> Option<usize> {
+        self.n_features
+    }
+
+    /// Readings scored so far.
+    pub fn readings_seen(&self) -> u64 {
+        self.seen
+    }
+
+    /// Timestamp of the last reading.
+    pub fn last_timestamp(&self) -> Option<Micros> {
+        self.last_ts
+    }
+
+    /// The model scoring now, if any.
+    pub fn model(&self) -> Option<&ActiveModel> {
+        self.model.as_ref()
+    }
+
+    /// Training jobs that diverged and were discarded.
+    pub fn failed_jobs(&self) -> u64 {
+        self.failed_jobs
+    }
+
+    /// Checks a reading without changing anything.
+    pub fn check(&self, timestamp: Micros, values: &[f64]) -> Result<(), ReadingError> {
+        if values.is_empty() {
+            return Err(ReadingError::Empty);
+        }
+        if let Some(d) = self.n_features
+            && values.len() != d
+        {
+            return Err(ReadingError::WrongWidth {
+                got: values.len(),
+                expected: d,
+            });
+        }
+        if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+            return Err(ReadingError::NotFinite { index });
+        }
+        if let Some(last) = self.last_ts
+            && timestamp < last
+        {
+            return Err(ReadingError::OutOfOrder { got: timestamp, last });
+        }
+        Ok(())
+    }
+
+    /// Scores one reading and learns from it.
+    ///
+    /// # Errors
+    /// If the reading is invalid (see [`ReadingError`]); the detector is then unchanged.
+    pub fn update(&mut self, timestamp: Micros, values: &[f64]) -> Result<Verdict, ReadingError> {
+        self.check(timestamp, values)?;
+        let d = values.len();
+        if self.n_features.is_none() || self.gaussians.is_empty() {
+            self.n_features = Some(d);
+            let b = &self.config.baseline;
+            self.gaussians = (0..d).map(|_| WindowedGaussian::new(b.gaussian_window)).collect();
+            self.ars = (0..d).map(|_| OnlineAr::new(b.ar_order, b.ar_forgetting)).collect();
+            self.range = values.iter().map(|&v| (v, v)).collect();
+        }
+        self.seen += 1;
+        self.last_ts = Some(timestamp);
+        let cap = self.config.training.buffer.max(self.config.window) * d;
+        while self.history.len() + d > cap {
+            self.history.pop_front();
+        }
+        self.history.extend(values.iter().copied());
+
+        // Baselines (always updated, so they are warm whenever they are needed).
+        let (mut zg_max, mut za_max) = (0.0f64, 0.0f64);
+        let mut base_z = vec![0.0; d];
+        let mut base_expected = vec![0.0; d];
+        for j in 0..d {
+            let (zg, mean) = self.gaussians[j].update(values[j]);
+            let (za, pred) = self.ars[j].update(values[j]);
+            zg_max = zg_max.max(zg);
+            za_max = za_max.max(za);
+            base_z[j] = match self.config.detector {
+                DetectorKind::Gaussian => zg,
+                DetectorKind::Ar => za,
+                DetectorKind::Autoencoder => zg.max(za),
+            };
+            base_expected[j] = if self.config.detector == DetectorKind::Gaussian {
+                mean
+            } else {
+                pred
+            };
+        }
+
+        // Range rule: beyond everything seen so far, widened by a fraction of the range.
+        let mut out_of_range = false;
+        for (j, &v) in values.iter().enumerate() {
+            let (lo, hi) = self.range[j];
+            if let Some(tol) = self.config.range_tolerance
+                && hi > lo
+                && self.seen > self.config.window as u64
+            {
+                let margin = (hi - lo) * tol;
+                out_of_range |= v > hi + margin || v < lo - margin;
+            }
+            self.range[j] = (lo.min(v), hi.max(v));
+        }
+
+        let w = self.config.window;
+        let window_ready = self.history.len() >= w * d;
+        let base_max = base_z.iter().cloned().fold(0.0, f64::max);
+        let raw_scale = self.config.raw_scale;
+        let raw_of = |z: f64| 1.0 - (-z.max(0.0) / raw_scale).exp();
+        let separate = self.config.model.combine == "separate";
+        let (phase, surprise, raw_error, expected, contributions, model_score) = match (&self.model, window_ready) {
+            (Some(_), true) if self.config.detector == DetectorKind::Autoencoder => {
+                let (z, err, expected, contributions) = self.model_surprise();
+                self.drift = 0.98 * self.drift + 0.02 * z;
+                if separate {
+                    let (ms, _) = self.model_likelihood.update(raw_of(z));
+                    (Phase::Model, base_max, err, expected, contributions, ms)
+                } else if self.config.model.combine == "mean" {
+                    // Mean of the three raw scores, mapped back to a surprise.
+                    let raw = (raw_of(z) + raw_of(zg_max) + raw_of(za_max)) / 3.0;
+                    let z = -raw_scale * (1.0 - raw).ln();
+                    (Phase::Model, z, err, expected, contributions, 0.0)
+                } else {
+                    let z = if self.config.model.combine == "max" {
+                        z.max(base_max)
+                    } else {
+                        z
+                    };
+                    (Phase::Model, z, err, expected, contributions, 0.0)
+                }
+            }
+            _ if self.seen <= 2 => (Phase::Warmup, 0.0, 0.0, values.to_vec(), vec![0.0; d], 0.0),
+            _ => {
+                let total: f64 = base_z.iter().sum();
+                let contributions = base_z
+                    .iter()
+                    .map(|v| if total > 0.0 { v / total } else { 0.0 })
+                    .collect();
+                (Phase::Baseline, base_max, base_max, base_expected, contributions, 0.0)
+            }
+        };
+        let (score, _) = self.likelihood.update(raw_of(surprise));
+        let mut score = score.max(model_score);
+        if out_of_range {
+            score = 1.0;
+        }
+        let cooled = self
+            .last_alert
+            .is_none_or(|at| self.seen - at > self.config.alert.cooldown as u64);
+        let anomaly = phase != Phase::Warmup && score >= self.config.alert.threshold && cooled;
+        if anomaly {
+            self.last_alert = Some(self.seen);
+        }
+        Ok(Verdict {
+            timestamp,
+            score,
+            anomaly,
+            raw_error,
+            expected,
+            contributions,
+            model_version: self.model.as_ref().map_or(0, |m| m.version),
+            phase,
+            out_of_range,
+        })
+    }
+
+    /// Reconstructs the window ending at the newest reading with every member.
+    /// Returns (z, mean squared error, expected last values, per-feature shares).
+    fn model_surprise(&mut self) -> (f64, f64, Vec<f64>, Vec<f64>) {
+        let model = self.model.as_ref().expect("model present");
+        let d = self.n_features.unwrap_or(1);
+        let w = self.config.window;
+        let start = self.history.len() - w * d;
+        let window: Vec<f32> = self
+            .history
+            .range(start..)
+            .enumerate()
+            .map(|(i, &x)| model.normaliser.apply(i % d, x))
+            .collect();
+        let steps = train::scored_steps(&self.config);
+        let from = (w - steps) * d;
+        let mut sq = vec![0.0f64; d];
+        let mut last = vec![0.0f64; d];
+        for scorer in &model.scorers {
+            let y = scorer.reconstruct(&window, &mut self.workspace);
+            for (i, (&a, &b)) in y[from..].iter().zip(&window[from..]).enumerate() {
+                sq[i % d] += ((a - b) as f64).powi(2);
+            }
+            for j in 0..d {
+                last[j] += y[(w - 1) * d + j] as f64;
+            }
+        }
+        let m = model.scorers.len() as f64;
+        let err = sq.iter().sum::<f64>() / (m * (steps * d) as f64);
+        let total: f64 = sq.iter().sum();
+        let contributions = sq.iter().map(|s| if total > 0.0 { s / total } else { 0.0 }).collect();
+        let expected: Vec<f64> = last
+            .iter()
+            .enumerate()
+            .map(|(j, &v)| model.normaliser.invert(j, (v / m) as f32))
+            .collect();
+        if self.config.model.error_scale == "running" {
+            // |x − x̂| of the newest reading against a running scale of such residuals.
+            let typical = (model.errors.log_mean).exp();
+            if self.resid_var.len() != d {
+                self.resid_var = vec![typical; d];
+            }
+            let mut z: f64 = 0.0;
+            for j in 0..d {
+                let r = (window[(w - 1) * d + j] as f64) - last[j] / m;
+                let sd = self.resid_var[j].sqrt().max(1e-3);
+                z = z.max(r.abs() / sd);
+                self.resid_var[j] = 0.98 * self.resid_var[j] + 0.02 * r * r;
+            }
+            return (z, err, expected, contributions);
+        }
+        (model.errors.z(err), err, expected, contributions)
+    }
+
+    /// Whether the retrain policy asks for a job now (and none is in flight).
+    pub fn training_due(&self) -> bool {
+        let c = &self.config;
+        if c.detector != DetectorKind::Autoencoder || self.job_in_flight {
+            return false;
+        }
+        let n_rows = self.history.len() / self.n_features.unwrap_or(1).max(1);
+        if n_rows < c.window + 1 {
+            return false;
+        }
+        let Some((at, at_ts)) = self.last_job else {
+            return self.seen >= c.retrain.first_after as u64;
+        };
+        let since = self.seen - at;
+        let p = &c.retrain;
+        (p.every_readings > 0 && since >= p.every_readings as u64)
+            || (p.every_seconds > 0.0
+                && self
+                    .last_ts
+                    .is_some_and(|t| (t - at_ts) as f64 / 1e6 >= p.every_seconds))
+            || (p.on_drift && self.model.is_some() && since >= 2 * c.window as u64 && self.drift > 2.0)
+    }
+
+    /// Takes a training job from the buffered readings and marks one in flight.
+    pub fn training_job(&mut self) -> TrainJob {
+        let d = self.n_features.unwrap_or(1).max(1);
+        let readings: Vec<Vec<f64>> = self
+            .history
+            .iter()
+            .copied()
+            .collect::<Vec<_>>()
+            .chunks(d)
+            .map(<[f64]>::to_vec)
+            .collect();
+        let version = self.model.as_ref().map_or(0, |m| m.version) + 1 + self.failed_jobs;
+        self.last_job = Some((self.seen, self.last_ts.unwrap_or(0)));
+        self.job_in_flight = true;
+        self.drift = 0.0;
+        TrainJob {
+            config: self.config.clone(),
+            readings,
+            warm_start: self
+                .model
+                .as_ref()
+                .map(|m| m.scorers.iter().map(|s| s.model().clone()).collect()),
+            version,
+            seed: self
+                .config
+                .training
+                .seed
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .wrapping_add(version),
+        }
+    }
+
+    /// Installs a job's outcome: a trained model is swapped in whole; a diverged job
+    /// keeps the old model and is counted.
+    pub fn install(&mut self, outcome: TrainOutcome) {
+        self.job_in_flight = false;
+        match outcome {
+            TrainOutcome::Trained(m) => {
+                self.resid_var.clear();
+                let (at, at_ts) = self.last_job.unwrap_or((self.seen, self.last_ts.unwrap_or(0)));
+                self.model = Some(ActiveModel {
+                    version: m.version,
+                    scorers: m.members.iter().map(|a| a.compile()).collect(),
+                    normaliser: m.normaliser,
+                    errors: m.errors,
+                    trained_at_reading: at,
+                    trained_at: at_ts,
+                    report: m.report,
+                });
+            }
+            TrainOutcome::Diverged(_) => self.failed_jobs += 1,
+            TrainOutcome::NotEnoughData => {}
+        }
+    }
+
+    /// Scores a reading and, when due, trains inline before returning (replay mode:
+    /// deterministic, the same input gives the same scores bit for bit).
+    pub fn update_sync(&mut self, timestamp: Micros, values: &[f64]) -> Result<Verdict, ReadingError> {
+        let v = self.update(timestamp, values)?;
+        if self.training_due() {
+            let job = self.training_job();
+            let outcome = train::train(&job, &|| false);
+            self.install(outcome);
+        }
+        Ok(v)
+    }
+}

@@ -1,0 +1,246 @@
+//! Running recorded series through the detector, as the service would score them,
+//! with training inline (deterministic): `anomalyd replay` and `anomalyd nab`.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::detector::{Detector, DetectorConfig, Verdict};
+use crate::eval::nab::{self, Profile, ProfileResult, ScoredFile, Windows};
+use crate::timestamp::{self, Micros};
+
+/// A recorded series: timestamps and rows of values.
+#[derive(Clone, Debug, Default)]
+pub struct Series {
+    /// Names of the value columns.
+    pub columns: Vec<String>,
+    /// One timestamp per row.
+    pub timestamps: Vec<Micros>,
+    /// One row of values per timestamp.
+    pub rows: Vec<Vec<f64>>,
+}
+
+/// Reads a CSV with a header. `value_columns` empty means every column but the
+/// timestamp.
+pub fn read_series(path: &Path, timestamp_column: &str, value_columns: &[String]) -> Result<Series, String> {
+    let ctx = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let mut rdr = csv::Reader::from_path(path).map_err(|e| ctx(&e))?;
+    let headers: Vec<String> = rdr
+        .headers()
+        .map_err(|e| ctx(&e))?
+        .iter()
+        .map(|h| h.trim().to_string())
+        .collect();
+    let find = |name: &str| {
+        headers
+            .iter()
+            .position(|h| h == name)
+            .ok_or_else(|| ctx(&format!("no column {name:?}")))
+    };
+    let ti = find(timestamp_column)?;
+    let columns: Vec<String> = if value_columns.is_empty() {
+        headers.iter().filter(|h| *h != timestamp_column).cloned().collect()
+    } else {
+        value_columns.to_vec()
+    };
+    if columns.is_empty() {
+        return Err(ctx(&"no value columns"));
+    }
+    let idx = columns.iter().map(|c| find(c)).collect::<Result<Vec<_>, _>>()?;
+    let mut s = Series {
+        columns,
+        ..Default::default()
+    };
+    for (line, rec) in rdr.records().enumerate() {
+        let rec = rec.map_err(|e| ctx(&e))?;
+        let row = line + 2;
+        let t = rec.get(ti).unwrap_or("");
+        let t = timestamp::parse(t).ok_or_else(|| ctx(&format!("row {row}: bad timestamp {t:?}")))?;
+        let vals = idx
+            .iter()
+            .zip(&s.columns)
+            .map(|(&i, c)| {
+                let v = rec.get(i).unwrap_or("").trim();
+                v.parse::<f64>()
+                    .ok()
+                    .filter(|x| x.is_finite())
+                    .ok_or_else(|| ctx(&format!("row {row}: bad {c} {v:?}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        s.timestamps.push(t);
+        s.rows.push(vals);
+    }
+    Ok(s)
+}
+
+/// Scores a whole series with one detector, training inline. `progress` is called
+/// with the number of rows done.
+pub fn run_series(series: &Series, config: &DetectorConfig, progress: &dyn Fn(usize)) -> Result<Vec<Verdict>, String> {
+    let mut det = Detector::new(config.clone()).map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(series.rows.len());
+    for (i, (t, row)) in series.timestamps.iter().zip(&series.rows).enumerate() {
+        out.push(det.update_sync(*t, row).map_err(|e| format!("row {}: {e}", i + 2))?);
+        if i % 256 == 0 {
+            progress(i);
+        }
+    }
+    progress(series.rows.len());
+    Ok(out)
+}
+
+/// `anomalyd replay`: writes timestamp, values, score, anomaly, phase, model_version,
+/// raw_error and the expected value of each column.
+pub fn replay(
+    input: &Path,
+    timestamp_column: &str,
+    value_columns: &[String],
+    config: &DetectorConfig,
+    out: &Path,
+) -> Result<usize, String> {
+    let series = read_series(input, timestamp_column, value_columns)?;
+    let tty = std::io::stderr().is_terminal();
+    let n = series.rows.len();
+    let progress = |done: usize| {
+        if tty {
+            let pct = (done * 100).checked_div(n).unwrap_or(100);
+            let bar = "#".repeat(pct / 4);
+            eprint!("\r[{bar:<25}] {pct:3}% {done}/{n} rows");
+            if done == n {
+                eprintln!();
+            }
+        }
+    };
+    let verdicts = run_series(&series, config, &progress)?;
+    let mut w = csv::Writer::from_path(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let mut header = vec!["timestamp".to_string()];
+    header.extend(series.columns.iter().cloned());
+    header.extend(["score", "anomaly", "phase", "model_version", "raw_error"].map(String::from));
+    header.extend(series.columns.iter().map(|c| format!("expected_{c}")));
+    w.write_record(&header).map_err(|e| e.to_string())?;
+    for (v, row) in verdicts.iter().zip(&series.rows) {
+        let mut rec = vec![timestamp::format_rfc3339(v.timestamp)];
+        rec.extend(row.iter().map(|x| x.to_string()));
+        rec.extend([
+            v.score.to_string(),
+            v.anomaly.to_string(),
+            v.phase.name().to_string(),
+            v.model_version.to_string(),
+            v.raw_error.to_string(),
+        ]);
+        rec.extend(v.expected.iter().map(|x| x.to_string()));
+        w.write_record(&rec).map_err(|e| e.to_string())?;
+    }
+    w.flush().map_err(|e| e.to_string())?;
+    Ok(n)
+}
+
+/// The result of `anomalyd nab`.
+#[derive(Clone, Debug)]
+pub struct NabRun {
+    /// Per-file scores, in corpus order.
+    pub files: Vec<ScoredFile>,
+    /// Per-profile results, when windows were given.
+    pub results: Vec<ProfileResult>,
+}
+
+/// Runs every `<category>/<file>.csv` under `data` through its own detector (files in
+/// parallel on `threads` threads), writes NAB result files under `out`, and scores
+/// them when `windows` are given.
+pub fn run_nab(
+    data: &Path,
+    out: &Path,
+    config: &DetectorConfig,
+    windows: Option<&Windows>,
+    profiles: &[Profile],
+    threads: usize,
+) -> Result<NabRun, String> {
+    let names = nab::list_corpus(data)?;
+    if names.is_empty() {
+        return Err(format!("{}: no <category>/<file>.csv files", data.display()));
+    }
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Result<ScoredFile, String>>>> = Mutex::new(vec![None; names.len()]);
+    let tty = std::io::stderr().is_terminal();
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(name) = names.get(i) else { break };
+                    let r = score_file(data, out, name, config);
+                    results.lock().expect("no panics while held")[i] = Some(r);
+                    let d = done.fetch_add(1, Ordering::Relaxed) + 1;
+                    if tty {
+                        eprint!("\r{d}/{} files", names.len());
+                        let _ = std::io::stderr().flush();
+                    }
+                }
+            });
+        }
+    });
+    if tty {
+        eprintln!();
+    }
+    let files = results
+        .into_inner()
+        .expect("threads joined")
+        .into_iter()
+        .map(|r| r.expect("every file ran"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let results = match windows {
+        Some(w) => profiles.iter().map(|p| nab::score_corpus(&files, w, p)).collect(),
+        None => Vec::new(),
+    };
+    Ok(NabRun { files, results })
+}
+
+/// Scores result files already under `out` (from anomalyd or any NAB detector)
+/// without running a detector.
+pub fn score_existing(data: &Path, out: &Path, windows: &Windows, profiles: &[Profile]) -> Result<NabRun, String> {
+    let names = nab::list_corpus(data)?;
+    let files = names
+        .iter()
+        .map(|name| {
+            let (timestamps, _) = nab::read_csv_column(&data.join(name), "value")?;
+            let (_, scores) = nab::read_csv_column(&out.join(name), "anomaly_score")?;
+            if scores.len() != timestamps.len() {
+                return Err(format!(
+                    "{name}: {} result rows for {} data rows",
+                    scores.len(),
+                    timestamps.len()
+                ));
+            }
+            Ok(ScoredFile {
+                name: name.clone(),
+                timestamps,
+                scores,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let results = profiles.iter().map(|p| nab::score_corpus(&files, windows, p)).collect();
+    Ok(NabRun { files, results })
+}
+
+fn score_file(data: &Path, out: &Path, name: &str, config: &DetectorConfig) -> Result<ScoredFile, String> {
+    let series = read_series(&data.join(name), "timestamp", &["value".to_string()])?;
+    let verdicts = run_series(&series, config, &|_| {})?;
+    let path: PathBuf = out.join(name);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let mut w = csv::Writer::from_path(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    w.write_record(["timestamp", "anomaly_score"])
+        .map_err(|e| e.to_string())?;
+    for v in &verdicts {
+        w.write_record([timestamp::format_nab(v.timestamp), v.score.to_string()])
+            .map_err(|e| e.to_string())?;
+    }
+    w.flush().map_err(|e| e.to_string())?;
+    Ok(ScoredFile {
+        name: name.to_string(),
+        timestamps: series.timestamps,
+        scores: verdicts.iter().map(|v| v.score).collect(),
+    })
+}

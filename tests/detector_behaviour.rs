@@ -1,0 +1,287 @@
+//! Behaviour of the streaming detector on synthetic series, through the same code the
+//! service uses (`Detector::update_sync`: scoring plus inline retraining).
+//!
+//! Each scenario is a seasonal series with seeded noise and one anomaly from reading
+//! `ONSET`. The verdicts are rendered as one line per scenario: when the first alert
+//! after warm-up came relative to the onset, and how many alerts fell in the clean
+//! stretch before it. The lines are compared with the expected text as a whole.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use anomalyd::detector::{Detector, DetectorConfig, DetectorKind, Phase, ReadingError, TrainOutcome};
+
+const N: usize = 1600;
+const ONSET: usize = 1300;
+/// Readings before which alerts are not judged: the likelihood learns for 388.
+const WARM: usize = 450;
+/// An anomaly must be flagged within this many readings of its onset.
+const WITHIN: usize = 10;
+
+fn noise(rng: &mut StdRng) -> f64 {
+    // Sum of uniforms: roughly Gaussian with sd 1.
+    (0..12).map(|_| rng.random::<f64>()).sum::<f64>() - 6.0
+}
+
+fn seasonal(t: usize) -> f64 {
+    100.0 + 20.0 * (2.0 * std::f64::consts::PI * t as f64 / 48.0).sin()
+}
+
+/// A series: the value at reading t, drawing noise from the rng.
+type Series = Box<dyn Fn(usize, &mut StdRng) -> f64>;
+
+/// The scenarios: name and series.
+fn scenarios() -> Vec<(&'static str, Series)> {
+    vec![
+        ("clean seasonal", Box::new(|t, r| seasonal(t) + noise(r))),
+        (
+            "spike",
+            Box::new(|t, r| seasonal(t) + noise(r) + if t == ONSET { 60.0 } else { 0.0 }),
+        ),
+        (
+            "level shift",
+            Box::new(|t, r| seasonal(t) + noise(r) + if t >= ONSET { 45.0 } else { 0.0 }),
+        ),
+        (
+            "flatline",
+            Box::new(|t, r| if t >= ONSET { 100.0 } else { seasonal(t) + noise(r) }),
+        ),
+        (
+            "frequency change",
+            Box::new(|t, r| {
+                if t >= ONSET {
+                    100.0 + 20.0 * (2.0 * std::f64::consts::PI * t as f64 / 12.0).sin() + noise(r)
+                } else {
+                    seasonal(t) + noise(r)
+                }
+            }),
+        ),
+        (
+            "noise burst",
+            Box::new(|t, r| seasonal(t) + noise(r) * if (ONSET..ONSET + 60).contains(&t) { 8.0 } else { 1.0 }),
+        ),
+    ]
+}
+
+fn fast_config() -> DetectorConfig {
+    let mut c = DetectorConfig::default();
+    c.model.ensemble = 2;
+    c
+}
+
+fn render(name: &str, alerts: &[usize]) -> String {
+    let clean = alerts.iter().filter(|&&i| (WARM..ONSET).contains(&i)).count();
+    let first = alerts.iter().find(|&&i| i >= ONSET).map(|&i| i - ONSET);
+    let flagged = match first {
+        Some(d) if name == "clean seasonal" => format!("alert {d} after the mark"),
+        Some(d) if d <= WITHIN => "flagged in time".to_string(),
+        Some(d) => format!("flagged late (+{d})"),
+        None if name == "clean seasonal" => "quiet".to_string(),
+        None => "missed".to_string(),
+    };
+    format!("{name}: {flagged}, {clean} clean alerts")
+}
+
+fn run(config: &DetectorConfig, f: &dyn Fn(usize, &mut StdRng) -> f64, seed: u64) -> (Vec<usize>, Vec<Phase>) {
+    let mut det = Detector::new(config.clone()).unwrap();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut alerts = Vec::new();
+    let mut phases = Vec::new();
+    for t in 0..N {
+        let v = det.update_sync(t as i64 * 300_000_000, &[f(t, &mut rng)]).unwrap();
+        if v.anomaly {
+            alerts.push(t);
+        }
+        phases.push(v.phase);
+    }
+    (alerts, phases)
+}
+
+#[test]
+fn autoencoder_flags_each_anomaly_in_time_and_stays_quiet_otherwise() {
+    let config = fast_config();
+    let got: Vec<String> = scenarios()
+        .iter()
+        .map(|(name, f)| {
+            let (alerts, phases) = run(&config, f.as_ref(), 7);
+            assert_eq!(phases[ONSET], Phase::Model, "{name}: the model scores by then");
+            render(name, &alerts)
+        })
+        .collect();
+    let expected = "\
+clean seasonal: quiet, 0 clean alerts
+spike: flagged in time, 0 clean alerts
+level shift: flagged in time, 0 clean alerts
+flatline: flagged in time, 0 clean alerts
+frequency change: flagged in time, 0 clean alerts
+noise burst: flagged in time, 0 clean alerts";
+    assert_eq!(got.join("\n"), expected);
+}
+
+#[test]
+fn baselines_alone_flag_the_simple_anomalies() {
+    for kind in [DetectorKind::Ar, DetectorKind::Gaussian] {
+        let config = DetectorConfig {
+            detector: kind,
+            ..DetectorConfig::default()
+        };
+        let got: Vec<String> = scenarios()
+            .iter()
+            .filter(|(name, _)| ["clean seasonal", "spike", "level shift"].contains(name))
+            .map(|(name, f)| {
+                let (alerts, phases) = run(&config, f.as_ref(), 11);
+                assert!(
+                    phases[WARM..].iter().all(|p| *p == Phase::Baseline),
+                    "{kind:?} never trains a model"
+                );
+                render(name, &alerts)
+            })
+            .collect();
+        let expected = "\
+clean seasonal: quiet, 0 clean alerts
+spike: flagged in time, 0 clean alerts
+level shift: flagged in time, 0 clean alerts";
+        assert_eq!(got.join("\n"), expected, "{kind:?}");
+    }
+}
+
+#[test]
+fn the_same_input_gives_the_same_scores_bit_for_bit() {
+    let config = fast_config();
+    let series = |seed| {
+        let mut det = Detector::new(config.clone()).unwrap();
+        let mut rng = StdRng::seed_from_u64(seed);
+        (0..1250)
+            .map(|t| det.update_sync(t as i64, &[seasonal(t) + noise(&mut rng)]).unwrap())
+            .map(|v| (v.score.to_bits(), v.raw_error.to_bits(), v.model_version))
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = (series(3), series(3));
+    assert!(a.iter().any(|x| x.2 >= 2), "models were trained and retrained");
+    assert_eq!(a, b);
+    assert_ne!(a, series(4), "and the check can fail");
+}
+
+#[test]
+fn multivariate_readings_attribute_the_anomaly_to_its_feature() {
+    let mut det = Detector::new(fast_config()).unwrap();
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut last = None;
+    for t in 0..1000 {
+        let a = seasonal(t) + noise(&mut rng);
+        let b = 50.0 + 5.0 * (t as f64 / 30.0).cos() + noise(&mut rng) * 0.5;
+        let b = if t == 990 { b + 40.0 } else { b };
+        let v = det.update_sync(t as i64, &[a, b]).unwrap();
+        assert_eq!((v.expected.len(), v.contributions.len()), (2, 2));
+        if t == 990 {
+            last = Some(v);
+        }
+    }
+    let v = last.unwrap();
+    assert!(v.anomaly && v.score >= 0.5, "{v:?}");
+    assert!(
+        v.contributions[1] > 0.8,
+        "feature 1 carries the anomaly: {:?}",
+        v.contributions
+    );
+    assert_eq!(
+        det.update(2000, &[1.0]),
+        Err(ReadingError::WrongWidth { got: 1, expected: 2 })
+    );
+}
+
+#[test]
+fn bad_readings_are_rejected_and_change_nothing() {
+    let mut det = Detector::new(fast_config()).unwrap();
+    for t in 0..50 {
+        det.update(t, &[t as f64]).unwrap();
+    }
+    let before = (det.readings_seen(), det.last_timestamp());
+    assert_eq!(det.update(60, &[f64::NAN]), Err(ReadingError::NotFinite { index: 0 }));
+    assert_eq!(
+        det.update(60, &[f64::INFINITY]),
+        Err(ReadingError::NotFinite { index: 0 })
+    );
+    assert_eq!(det.update(60, &[]), Err(ReadingError::Empty));
+    assert_eq!(
+        det.update(60, &[1.0, 2.0]),
+        Err(ReadingError::WrongWidth { got: 2, expected: 1 })
+    );
+    assert_eq!(
+        det.update(10, &[1.0]),
+        Err(ReadingError::OutOfOrder { got: 10, last: 49 })
+    );
+    assert_eq!((det.readings_seen(), det.last_timestamp()), before);
+    // Equal timestamps are allowed (NAB has them).
+    det.update(49, &[3.0]).unwrap();
+}
+
+#[test]
+fn scoring_goes_on_while_a_job_trains_and_the_model_swaps_in_whole() {
+    let mut det = Detector::new(fast_config()).unwrap();
+    let mut rng = StdRng::seed_from_u64(9);
+    let mut t = 0;
+    while !det.training_due() {
+        det.update(t, &[seasonal(t as usize) + noise(&mut rng)]).unwrap();
+        t += 1;
+    }
+    let job = det.training_job();
+    assert!(!det.training_due(), "one job at a time");
+    // The stream keeps scoring with the baselines while the job runs elsewhere.
+    let handle = std::thread::spawn(move || anomalyd::detector::train::train(&job, &|| false));
+    for _ in 0..20 {
+        let v = det.update(t, &[seasonal(t as usize) + noise(&mut rng)]).unwrap();
+        assert_eq!((v.phase, v.model_version), (Phase::Baseline, 0));
+        t += 1;
+    }
+    det.install(handle.join().unwrap());
+    let v = det.update(t, &[seasonal(t as usize) + noise(&mut rng)]).unwrap();
+    assert_eq!((v.phase, v.model_version), (Phase::Model, 1));
+    let m = det.model().unwrap();
+    assert!(m.report.val_loss.is_finite() && m.report.epochs >= 1 && m.scorers.len() == 2);
+}
+
+#[test]
+fn a_diverging_job_keeps_the_old_model() {
+    let mut det = Detector::new(fast_config()).unwrap();
+    let mut rng = StdRng::seed_from_u64(2);
+    for t in 0..500 {
+        det.update_sync(t, &[seasonal(t as usize) + noise(&mut rng)]).unwrap();
+    }
+    let version = det.model().unwrap().version;
+    let mut job = det.training_job();
+    // Poisoned starting weights: the first loss is not finite.
+    for m in job.warm_start.as_mut().unwrap() {
+        for t in m.tensors_mut() {
+            t.iter_mut().for_each(|v| *v = 1e30);
+        }
+    }
+    let outcome = anomalyd::detector::train::train(&job, &|| false);
+    assert!(matches!(outcome, TrainOutcome::Diverged(_)), "{outcome:?}");
+    det.install(outcome);
+    assert_eq!((det.model().unwrap().version, det.failed_jobs()), (version, 1));
+    let v = det.update(600, &[100.0]).unwrap();
+    assert!(v.score.is_finite() && v.model_version == version);
+}
+
+#[test]
+fn a_wall_time_budget_cuts_training_short() {
+    let mut det = Detector::new(fast_config()).unwrap();
+    let mut rng = StdRng::seed_from_u64(4);
+    for t in 0..500 {
+        det.update(t, &[seasonal(t as usize) + noise(&mut rng)]).unwrap();
+    }
+    let job = det.training_job();
+    let calls = std::cell::Cell::new(0);
+    let outcome = anomalyd::detector::train::train(&job, &|| {
+        calls.set(calls.get() + 1);
+        calls.get() >= 3
+    });
+    match outcome {
+        TrainOutcome::Trained(m) => {
+            assert!(m.report.budget_exhausted && m.report.epochs == 1, "{:?}", m.report);
+            assert_eq!(m.members.len(), 1, "the budget ends the job, not just one member");
+        }
+        other => panic!("{other:?}"),
+    }
+}
