@@ -92,6 +92,16 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
+    /// One stream's detector: per-reading scoring time once a model exists, and the
+    /// time of a retraining job, with the given (or default) detector config.
+    Detector {
+        /// Detector config (TOML); defaults otherwise.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Retraining jobs to time.
+        #[arg(long, default_value_t = 5)]
+        jobs: usize,
+    },
     /// The reference autoencoder: encoder RNN(d→H) over W steps, its last state
     /// repeated as the decoder input, decoder RNN(H→H), linear(H→d) on every step.
     Model {
@@ -125,6 +135,11 @@ enum BenchCommand {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Bench { what: BenchCommand::Detector { config, jobs } } => {
+            let config = load_config(config.as_deref())?;
+            let report = anomalyd::bench::run_detector_bench(&config, jobs).map_err(anyhow::Error::msg)?;
+            println!("{}", serde_json::to_string(&report)?);
+        }
         Command::Replay {
             file,
             timestamp_column,
