@@ -135,7 +135,9 @@ enum BenchCommand {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Bench { what: BenchCommand::Detector { config, jobs } } => {
+        Command::Bench {
+            what: BenchCommand::Detector { config, jobs },
+        } => {
             let config = load_config(config.as_deref())?;
             let report = anomalyd::bench::run_detector_bench(&config, jobs).map_err(anyhow::Error::msg)?;
             println!("{}", serde_json::to_string(&report)?);

@@ -270,12 +270,15 @@ pub struct DetectorBenchReport {
     pub retrain_ms_median: f64,
     /// Training windows per job.
     pub retrain_windows: usize,
-    /// Epochs per job (summed over members).
+    /// Epochs of the first (cold) job, summed over members.
     pub retrain_epochs: usize,
 }
 
 /// Measures scoring and retraining of one stream on a seasonal series with noise.
-pub fn run_detector_bench(config: &crate::detector::DetectorConfig, jobs: usize) -> Result<DetectorBenchReport, String> {
+pub fn run_detector_bench(
+    config: &crate::detector::DetectorConfig,
+    jobs: usize,
+) -> Result<DetectorBenchReport, String> {
     use crate::detector::{Detector, TrainOutcome, train};
     let mut det = Detector::new(config.clone()).map_err(|e| e.to_string())?;
     let mut rng = StdRng::seed_from_u64(1);
@@ -287,16 +290,7 @@ pub fn run_detector_bench(config: &crate::detector::DetectorConfig, jobs: usize)
         det.update(t as i64, &[value(t, &mut rng)]).map_err(|e| e.to_string())?;
         t += 1;
     }
-    let job = det.training_job();
-    let mut times = Vec::new();
-    let mut last = None;
-    for _ in 0..jobs.max(1) {
-        let start = Instant::now();
-        let outcome = train::train(&job, &|| false);
-        times.push(start.elapsed());
-        last = Some(outcome);
-    }
-    let outcome = last.expect("at least one job");
+    let outcome = train::train(&det.training_job(), &|| false);
     let (windows, epochs) = match &outcome {
         TrainOutcome::Trained(m) => (m.report.windows, m.report.epochs),
         other => return Err(format!("training failed: {other:?}")),
@@ -321,7 +315,6 @@ pub fn run_detector_bench(config: &crate::detector::DetectorConfig, jobs: usize)
         t += 1;
     }
     score.sort();
-    let _ = times;
     Ok(DetectorBenchReport {
         cell: config.model.cell.clone(),
         hidden: config.model.hidden,
