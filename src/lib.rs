@@ -13,5 +13,6 @@ pub mod bench;
 pub mod detector;
 pub mod eval;
 pub mod nn;
+pub mod protocol;
 pub mod storage;
 pub mod timestamp;

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 
 /// Mean and standard deviation of the last `cap` values.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WindowStats {
     buf: VecDeque<f64>,
     cap: usize,
@@ -83,7 +83,7 @@ pub fn std_floor(mean: f64, std: f64) -> f64 {
 
 /// Windowed Gaussian: how many standard deviations a value lies from the mean of the
 /// previous `window` values.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WindowedGaussian {
     stats: WindowStats,
 }
@@ -118,7 +118,7 @@ impl WindowedGaussian {
 /// ```
 /// Values are scaled by the first readings' spread so RLS is well conditioned for
 /// metrics of any magnitude; the residual's scale is an exponential moving average.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct OnlineAr {
     p: usize,
     lambda: f64,

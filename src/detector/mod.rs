@@ -30,7 +30,7 @@ use baseline::{OnlineAr, WindowedGaussian};
 use likelihood::Likelihood;
 use train::{ErrorStats, Normaliser};
 
-use crate::nn::{ScoreWorkspace, Scorer};
+use crate::nn::{Autoencoder, ScoreWorkspace, Scorer};
 use crate::timestamp::Micros;
 
 /// Which part of the detector produced a score.
@@ -494,6 +494,92 @@ impl Detector {
         }
     }
 
+    /// Everything needed to rebuild this detector exactly: serde state plus the model
+    /// weights (which `storage` writes as safetensors).
+    pub fn snapshot(&self) -> DetectorSnapshot {
+        let model = self.model.as_ref();
+        DetectorSnapshot {
+            state: DetectorState {
+                config: self.config.clone(),
+                n_features: self.n_features,
+                seen: self.seen,
+                last_ts: self.last_ts,
+                history: self.history.iter().copied().collect(),
+                gaussians: self.gaussians.clone(),
+                ars: self.ars.clone(),
+                range: self.range.clone(),
+                likelihood: self.likelihood.clone(),
+                model_likelihood: self.model_likelihood.clone(),
+                last_alert: self.last_alert,
+                last_job: self.last_job,
+                drift: self.drift,
+                failed_jobs: self.failed_jobs,
+                resid_var: self.resid_var.clone(),
+                model: model.map(|m| ModelMeta {
+                    version: m.version,
+                    normaliser: m.normaliser.clone(),
+                    errors: m.errors,
+                    trained_at_reading: m.trained_at_reading,
+                    trained_at: m.trained_at,
+                    report: m.report.clone(),
+                }),
+            },
+            members: model
+                .map(|m| m.scorers.iter().map(|s| s.model().clone()).collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Rebuilds a detector from [`Detector::snapshot`]. A job that was in flight is
+    /// not: the retrain policy schedules a new one.
+    ///
+    /// # Errors
+    /// If the config is invalid or the weights do not fit it.
+    pub fn restore(snapshot: DetectorSnapshot) -> Result<Self, ConfigError> {
+        let s = snapshot.state;
+        s.config.validate()?;
+        let model = match s.model {
+            Some(meta) => {
+                if snapshot.members.is_empty() || snapshot.members.len() > s.config.model.ensemble {
+                    return Err(ConfigError(format!(
+                        "snapshot has {} model members",
+                        snapshot.members.len()
+                    )));
+                }
+                Some(ActiveModel {
+                    version: meta.version,
+                    scorers: snapshot.members.iter().map(|m| m.compile()).collect(),
+                    normaliser: meta.normaliser,
+                    errors: meta.errors,
+                    trained_at_reading: meta.trained_at_reading,
+                    trained_at: meta.trained_at,
+                    report: meta.report,
+                })
+            }
+            None => None,
+        };
+        Ok(Detector {
+            config: s.config,
+            n_features: s.n_features,
+            seen: s.seen,
+            last_ts: s.last_ts,
+            history: s.history.into(),
+            gaussians: s.gaussians,
+            ars: s.ars,
+            range: s.range,
+            likelihood: s.likelihood,
+            model_likelihood: s.model_likelihood,
+            model,
+            workspace: ScoreWorkspace::default(),
+            last_alert: s.last_alert,
+            last_job: s.last_job,
+            job_in_flight: false,
+            drift: s.drift,
+            failed_jobs: s.failed_jobs,
+            resid_var: s.resid_var,
+        })
+    }
+
     /// Scores a reading and, when due, trains inline before returning (replay mode:
     /// deterministic, the same input gives the same scores bit for bit).
     pub fn update_sync(&mut self, timestamp: Micros, values: &[f64]) -> Result<Verdict, ReadingError> {
@@ -504,5 +590,63 @@ impl Detector {
             self.install(outcome);
         }
         Ok(v)
+    }
+}
+
+/// A detector's state without its weights (see [`Detector::snapshot`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DetectorState {
+    config: DetectorConfig,
+    n_features: Option<usize>,
+    seen: u64,
+    last_ts: Option<Micros>,
+    history: Vec<f64>,
+    gaussians: Vec<WindowedGaussian>,
+    ars: Vec<OnlineAr>,
+    range: Vec<(f64, f64)>,
+    likelihood: Likelihood,
+    model_likelihood: Likelihood,
+    last_alert: Option<u64>,
+    last_job: Option<(u64, Micros)>,
+    drift: f64,
+    failed_jobs: u64,
+    resid_var: Vec<f64>,
+    model: Option<ModelMeta>,
+}
+
+/// The model's metadata in a snapshot.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct ModelMeta {
+    version: u64,
+    normaliser: Normaliser,
+    errors: ErrorStats,
+    trained_at_reading: u64,
+    trained_at: Micros,
+    report: TrainReport,
+}
+
+/// A whole detector at one moment: serde state and model weights.
+#[derive(Clone, Debug)]
+pub struct DetectorSnapshot {
+    /// Everything but the weights.
+    pub state: DetectorState,
+    /// Ensemble members (empty before the first model).
+    pub members: Vec<Autoencoder<f32>>,
+}
+
+impl DetectorState {
+    /// The config inside (to rebuild weights of the right shape).
+    pub fn config(&self) -> &DetectorConfig {
+        &self.config
+    }
+
+    /// The feature count inside (to rebuild weights of the right shape).
+    pub fn n_features(&self) -> Option<usize> {
+        self.n_features
+    }
+
+    /// Whether the snapshot carries a model.
+    pub fn has_model(&self) -> bool {
+        self.model.is_some()
     }
 }

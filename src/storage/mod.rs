@@ -5,6 +5,7 @@
 //! `torch.nn.LSTM` / `GRU` / `RNN` / `Linear` unchanged.
 
 pub mod safetensors;
+pub mod snapshot;
 
 pub use self::safetensors::{
     decode_autoencoder, decode_rnn, encode_autoencoder, encode_rnn, load_autoencoder, save_autoencoder,

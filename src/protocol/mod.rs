@@ -1,0 +1,150 @@
+//! Wire types only: the JSON bodies of API v1, the WebSocket messages, and the
+//! protobuf messages generated from `proto/anomalyd/v1/anomalyd.proto`. No behaviour
+//! beyond (de)serialisation lives here; `server` converts to domain types.
+
+use serde::{Deserialize, Serialize};
+
+/// Protobuf messages (prost, generated at build time).
+#[allow(missing_docs, clippy::all)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/anomalyd.v1.rs"));
+}
+
+/// A timestamp as clients send it: an RFC 3339 string or Unix seconds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum WireTime {
+    /// Unix seconds.
+    Seconds(f64),
+    /// RFC 3339 or `YYYY-MM-DD HH:MM:SS`.
+    Text(String),
+}
+
+/// One reading in a JSON request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadingIn {
+    /// Target stream (batch route only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// When it was observed.
+    pub timestamp: WireTime,
+    /// A univariate value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// A multivariate reading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<Vec<f64>>,
+}
+
+/// Body of both ingest routes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestIn {
+    /// The readings, in order.
+    pub readings: Vec<ReadingIn>,
+}
+
+/// The verdict for one reading.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReadingOut {
+    /// The stream.
+    pub stream: String,
+    /// RFC 3339, UTC.
+    pub timestamp: String,
+    /// Calibrated anomaly score in [0, 1].
+    pub score: f64,
+    /// Whether an alert was raised.
+    pub anomaly: bool,
+    /// `warmup`, `baseline` or `model`.
+    pub phase: String,
+    /// Model version (0: none yet).
+    pub model_version: u64,
+    /// Expected values per feature.
+    pub expected: Vec<f64>,
+}
+
+/// Response of both ingest routes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IngestOut {
+    /// One result per reading, in request order.
+    pub results: Vec<ReadingOut>,
+}
+
+/// An error body: `{"error": {"code", "message"}}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ErrorOut {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// Machine-readable code and human message.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// e.g. `invalid_reading`, `not_found`, `overloaded`.
+    pub code: String,
+    /// What went wrong, specifically.
+    pub message: String,
+}
+
+/// One alert as the API and the WebSocket show it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AlertOut {
+    /// Journal sequence number (increasing, never reused).
+    pub seq: u64,
+    /// The stream.
+    pub stream: String,
+    /// RFC 3339, UTC.
+    pub timestamp: String,
+    /// Score that raised it.
+    pub score: f64,
+    /// The reading's values.
+    pub values: Vec<f64>,
+    /// What the detector expected.
+    pub expected: Vec<f64>,
+    /// Each feature's share of the surprise.
+    pub contributions: Vec<f64>,
+    /// Model version that scored.
+    pub model_version: u64,
+}
+
+/// Messages the server sends on `/v1/alerts/ws`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WsServerMessage {
+    /// An alert.
+    Alert(AlertOut),
+    /// Liveness, with the newest journal sequence number.
+    Heartbeat {
+        /// Newest sequence number.
+        seq: u64,
+    },
+    /// This subscriber fell behind and `missed` alerts were dropped for it.
+    Lagged {
+        /// Alerts not delivered.
+        missed: u64,
+    },
+    /// A client message could not be understood.
+    Error {
+        /// Why.
+        message: String,
+    },
+}
+
+/// Messages a client sends on `/v1/alerts/ws`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum WsClientMessage {
+    /// Sets this connection's filter (replacing the previous one).
+    Subscribe {
+        /// Stream globs (`*` matches any run of characters); empty or absent: all.
+        #[serde(default)]
+        streams: Vec<String>,
+        /// Only alerts at or above this score.
+        #[serde(default)]
+        min_score: Option<f64>,
+        /// Replay journal alerts with a greater sequence number first.
+        #[serde(default)]
+        resume_from: Option<u64>,
+    },
+}
