@@ -10,9 +10,13 @@
 //! See ARCHITECTURE.md for the invariants each module keeps.
 
 pub mod bench;
+pub mod config;
 pub mod detector;
 pub mod eval;
+pub mod metrics;
 pub mod nn;
 pub mod protocol;
+pub mod registry;
+pub mod server;
 pub mod storage;
 pub mod timestamp;

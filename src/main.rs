@@ -32,6 +32,11 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the service: HTTP and WebSocket API, Prometheus metrics, snapshots in the
+    /// data directory. Settings come from anomalyd.toml (--config, or ./anomalyd.toml
+    /// when present), ANOMALYD_* environment variables and these flags, in rising
+    /// precedence.
+    Serve(ServeArgs),
     /// Score a CSV file through the detector, one stream, training inline
     /// (deterministic: the same input and config give the same scores).
     Replay {
@@ -90,6 +95,44 @@ enum Command {
     },
 }
 
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Config file (TOML): the keys below plus a [detector] table for new streams.
+    #[arg(long, env = "ANOMALYD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "ANOMALYD_LISTEN")]
+    listen: Option<String>,
+    /// Data directory for snapshots [default: ./data].
+    #[arg(long, env = "ANOMALYD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// File with a bearer token (16+ characters); when set, every /v1 endpoint needs
+    /// `Authorization: Bearer <token>` (or `?access_token=` on the WebSocket).
+    #[arg(long, env = "ANOMALYD_AUTH_TOKEN_FILE")]
+    auth_token_file: Option<PathBuf>,
+    /// Largest request body in bytes [default: 4194304].
+    #[arg(long, env = "ANOMALYD_MAX_BODY_BYTES")]
+    max_body_bytes: Option<usize>,
+    /// Most readings in one request [default: 10000].
+    #[arg(long, env = "ANOMALYD_MAX_READINGS_PER_REQUEST")]
+    max_readings_per_request: Option<usize>,
+    /// Most streams [default: 100000].
+    #[arg(long, env = "ANOMALYD_MAX_STREAMS")]
+    max_streams: Option<usize>,
+    /// Most WebSocket subscribers [default: 1024].
+    #[arg(long, env = "ANOMALYD_MAX_WS_SUBSCRIBERS")]
+    max_ws_subscribers: Option<usize>,
+    /// Seconds between snapshots: the most a crash (kill -9) can lose [default: 10].
+    #[arg(long, env = "ANOMALYD_SNAPSHOT_INTERVAL_SECS")]
+    snapshot_interval_secs: Option<f64>,
+    /// Threads that retrain models [default: half the cores].
+    #[arg(long, env = "ANOMALYD_TRAINING_THREADS")]
+    training_threads: Option<usize>,
+    /// Log format: human or json [default: human]. Level from RUST_LOG (default info).
+    #[arg(long, env = "ANOMALYD_LOG_FORMAT")]
+    log_format: Option<String>,
+}
+
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
     /// One stream's detector: per-reading scoring time once a model exists, and the
@@ -132,9 +175,48 @@ enum BenchCommand {
     },
 }
 
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve(a) => {
+            let overrides = anomalyd::config::ServeOverrides {
+                listen: a.listen,
+                data_dir: a.data_dir,
+                auth_token_file: a.auth_token_file,
+                max_body_bytes: a.max_body_bytes,
+                max_readings_per_request: a.max_readings_per_request,
+                max_streams: a.max_streams,
+                max_ws_subscribers: a.max_ws_subscribers,
+                snapshot_interval_secs: a.snapshot_interval_secs,
+                training_threads: a.training_threads,
+                log_format: a.log_format,
+            };
+            let cfg = anomalyd::config::load(a.config.as_deref(), overrides).map_err(anyhow::Error::msg)?;
+            init_logging(&cfg.log_format);
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async move {
+                let metrics = std::sync::Arc::new(anomalyd::metrics::Metrics::new());
+                let registry = anomalyd::registry::Registry::open(cfg.registry.clone(), metrics).map_err(anyhow::Error::msg)?;
+                let listener = tokio::net::TcpListener::bind(&cfg.listen)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
+                tracing::info!(addr = %listener.local_addr()?, data_dir = ?cfg.registry.data_dir, streams = registry.len(), "anomalyd listening");
+                anomalyd::server::run(listener, registry, cfg.server, cfg.snapshot_interval, std::future::pending()).await?;
+                Ok::<_, anyhow::Error>(())
+            })?;
+        }
         Command::Bench {
             what: BenchCommand::Detector { config, jobs },
         } => {

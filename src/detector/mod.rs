@@ -635,6 +635,13 @@ pub struct DetectorSnapshot {
 }
 
 impl DetectorState {
+    /// The same state under a new config of the same shape (alert, retrain policy,
+    /// calibration settings).
+    pub fn with_config(mut self, config: DetectorConfig) -> Self {
+        self.config = config;
+        self
+    }
+
     /// The config inside (to rebuild weights of the right shape).
     pub fn config(&self) -> &DetectorConfig {
         &self.config

@@ -1,0 +1,131 @@
+//! Prometheus metrics, named `anomalyd_<name>_<unit>[_total]`. No per-stream labels:
+//! stream counts are unbounded, so label cardinality would be too.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+/// Every metric the service exports, registered in one registry.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    /// Readings accepted and scored.
+    pub readings_ingested: IntCounter,
+    /// Readings rejected, by reason.
+    pub readings_rejected: IntCounterVec,
+    /// Time to score one reading (detector update).
+    pub scoring_latency: Histogram,
+    /// Alerts raised.
+    pub alerts: IntCounter,
+    /// Streams by phase (set at scrape time).
+    pub streams: IntGaugeVec,
+    /// Retraining jobs by outcome: completed, diverged, dropped (queue full).
+    pub retrain_jobs: IntCounterVec,
+    /// Duration of retraining jobs.
+    pub retrain_duration: Histogram,
+    /// Jobs waiting for a training thread.
+    pub retrain_queue_depth: IntGauge,
+    /// Connected WebSocket subscribers.
+    pub ws_subscribers: IntGauge,
+    /// Alerts dropped for lagging subscribers.
+    pub ws_lagged: IntCounter,
+    /// HTTP requests by route and status.
+    pub http_requests: IntCounterVec,
+    /// Snapshot files written and failures.
+    pub snapshots: IntCounterVec,
+    /// Snapshot files found damaged at start-up (moved aside, not loaded).
+    pub corrupt_snapshots: IntCounter,
+}
+
+impl Metrics {
+    /// Creates and registers every metric, plus the process collector.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric");
+            registry.register(Box::new(h.clone())).expect("unique metric");
+            h
+        };
+        let streams = IntGaugeVec::new(Opts::new("anomalyd_streams", "Streams by phase."), &["phase"]).expect("valid");
+        registry.register(Box::new(streams.clone())).expect("unique metric");
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("process collector");
+        Metrics {
+            readings_ingested: counter("anomalyd_readings_ingested_total", "Readings accepted and scored."),
+            readings_rejected: counter_vec(
+                "anomalyd_readings_rejected_total",
+                "Readings rejected, by reason.",
+                &["reason"],
+            ),
+            scoring_latency: histogram(
+                "anomalyd_scoring_latency_seconds",
+                "Time to score one reading.",
+                prometheus::exponential_buckets(5e-6, 2.0, 16).expect("buckets"),
+            ),
+            alerts: counter("anomalyd_alerts_total", "Alerts raised."),
+            streams,
+            retrain_jobs: counter_vec(
+                "anomalyd_retrain_jobs_total",
+                "Retraining jobs by outcome (completed, diverged, dropped).",
+                &["outcome"],
+            ),
+            retrain_duration: histogram(
+                "anomalyd_retrain_duration_seconds",
+                "Duration of retraining jobs.",
+                prometheus::exponential_buckets(0.01, 2.0, 14).expect("buckets"),
+            ),
+            retrain_queue_depth: gauge("anomalyd_retrain_queue_depth", "Retraining jobs waiting for a thread."),
+            ws_subscribers: gauge("anomalyd_ws_subscribers", "Connected WebSocket alert subscribers."),
+            ws_lagged: counter(
+                "anomalyd_ws_lagged_messages_total",
+                "Alerts dropped for lagging subscribers.",
+            ),
+            http_requests: counter_vec(
+                "anomalyd_http_requests_total",
+                "HTTP requests by route and status.",
+                &["route", "status"],
+            ),
+            snapshots: counter_vec(
+                "anomalyd_snapshots_total",
+                "Stream snapshots written, by result.",
+                &["result"],
+            ),
+            corrupt_snapshots: counter(
+                "anomalyd_corrupt_snapshots_total",
+                "Damaged snapshot files found at start-up (moved aside, not loaded).",
+            ),
+            registry,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = String::new();
+        prometheus::TextEncoder::new()
+            .encode_utf8(&self.registry.gather(), &mut buf)
+            .expect("utf-8 metrics");
+        buf
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,718 @@
+//! The streams of a running service: each stream's detector behind its own lock, the
+//! bounded pool that retrains models off the async runtime, the alert journal, and
+//! persistence to the data directory. The only module that spawns threads for work.
+//!
+//! Invariants: per-stream order is the order of calls into `ingest` (the stream's
+//! lock is held for a whole batch); a batch is validated in full before any reading
+//! is applied, so a rejected batch changes nothing; training runs on the pool's own
+//! threads and swaps models in whole under the stream's lock.
+
+pub mod journal;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+pub use journal::{Alert, AlertJournal};
+
+use crate::detector::{ConfigError, Detector, DetectorConfig, Phase, ReadingError, TrainJob, TrainOutcome, Verdict};
+use crate::metrics::Metrics;
+use crate::storage::{StorageError, snapshot};
+use crate::timestamp::Micros;
+
+/// Largest stream id in bytes.
+pub const MAX_STREAM_ID_BYTES: usize = 256;
+
+/// Checks a stream id: 1–256 bytes of UTF-8 without control characters.
+pub fn validate_stream_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_STREAM_ID_BYTES {
+        return Err(format!(
+            "stream id must be 1 to {MAX_STREAM_ID_BYTES} bytes, got {}",
+            id.len()
+        ));
+    }
+    if id.chars().any(char::is_control) {
+        return Err("stream id must not contain control characters".into());
+    }
+    Ok(())
+}
+
+/// Settings of the registry.
+#[derive(Clone, Debug)]
+pub struct RegistryConfig {
+    /// Config of streams created by their first reading.
+    pub default_detector: DetectorConfig,
+    /// Most streams at once.
+    pub max_streams: usize,
+    /// Threads that retrain models.
+    pub training_threads: usize,
+    /// Jobs that may wait for a training thread; more are dropped (and retried by
+    /// the stream's policy later).
+    pub training_queue: usize,
+    /// Wall-time budget of one training job.
+    pub training_budget: Duration,
+    /// Alerts kept in the journal.
+    pub journal_capacity: usize,
+    /// Alerts a WebSocket subscriber may fall behind before it is told it lagged.
+    pub subscriber_buffer: usize,
+    /// Where snapshots live (`None`: nothing persists).
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            default_detector: DetectorConfig::default(),
+            max_streams: 100_000,
+            training_threads: 1,
+            training_queue: 1024,
+            training_budget: Duration::from_secs(30),
+            journal_capacity: 10_000,
+            subscriber_buffer: 1024,
+            data_dir: None,
+        }
+    }
+}
+
+/// One reading addressed to a stream.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reading {
+    /// Target stream.
+    pub stream: String,
+    /// When it was observed.
+    pub timestamp: Micros,
+    /// Its values.
+    pub values: Vec<f64>,
+}
+
+/// Why a request to the registry failed. Nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// A reading is invalid.
+    #[error("reading {index} (stream {stream:?}): {source}")]
+    Reading {
+        /// Position in the request.
+        index: usize,
+        /// Its stream.
+        stream: String,
+        /// What is wrong.
+        source: ReadingError,
+    },
+    /// A stream id is invalid.
+    #[error("{0}")]
+    StreamId(String),
+    /// Creating the stream would exceed the limit.
+    #[error("stream limit reached ({0} streams)")]
+    TooManyStreams(usize),
+    /// No such stream.
+    #[error("stream {0:?} not found")]
+    NotFound(String),
+    /// The config is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The training queue is full.
+    #[error("training queue is full")]
+    TrainingBusy,
+}
+
+/// A stream: its id and its detector behind one lock.
+#[derive(Debug)]
+pub struct Stream {
+    id: String,
+    state: Mutex<StreamState>,
+}
+
+#[derive(Debug)]
+struct StreamState {
+    detector: Detector,
+    /// Changed since the last snapshot.
+    dirty: bool,
+    /// Removed from the registry (late training results are discarded).
+    deleted: bool,
+    last_verdict: Option<Verdict>,
+}
+
+/// What `GET /v1/streams/{stream}` shows.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StreamInfo {
+    /// Id.
+    pub stream: String,
+    /// Config.
+    pub config: DetectorConfig,
+    /// `warmup`, `baseline` or `model`.
+    pub phase: Phase,
+    /// Features per reading (once known).
+    pub n_features: Option<usize>,
+    /// Readings scored.
+    pub readings_seen: u64,
+    /// The model, once one exists.
+    pub model: Option<ModelInfo>,
+    /// Alert threshold and cooldown.
+    pub threshold: f64,
+    /// Readings of cooldown after an alert.
+    pub cooldown: usize,
+    /// The newest verdict.
+    pub last_score: Option<f64>,
+    /// Timestamp of the newest reading (RFC 3339).
+    pub last_timestamp: Option<String>,
+    /// Training jobs that diverged.
+    pub failed_training_jobs: u64,
+}
+
+/// The model part of [`StreamInfo`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ModelInfo {
+    /// Cell kind.
+    pub cell: String,
+    /// Hidden units.
+    pub hidden: usize,
+    /// Layers.
+    pub layers: usize,
+    /// Bidirectional encoder.
+    pub bidirectional: bool,
+    /// Ensemble members.
+    pub members: usize,
+    /// Parameters per member.
+    pub parameters: usize,
+    /// Version.
+    pub version: u64,
+    /// Timestamp of the newest reading in its training data (RFC 3339).
+    pub trained_at: String,
+    /// Training loss of the last epoch.
+    pub train_loss: f64,
+    /// Held-out loss.
+    pub val_loss: f64,
+}
+
+/// All streams of the service.
+#[derive(Debug)]
+pub struct Registry {
+    config: RegistryConfig,
+    streams: RwLock<HashMap<String, Arc<Stream>>>,
+    journal: AlertJournal,
+    metrics: Arc<Metrics>,
+    trainer: SyncSender<(Weak<Stream>, TrainJob)>,
+    /// Deleted streams whose snapshot files are still to be removed.
+    tombstones: Mutex<Vec<String>>,
+}
+
+impl Registry {
+    /// Creates the registry, loads the data directory's snapshots (damaged files are
+    /// moved aside and counted, never loaded) and starts the training threads.
+    ///
+    /// # Errors
+    /// If the default detector config is invalid or the data directory is unusable.
+    pub fn open(config: RegistryConfig, metrics: Arc<Metrics>) -> Result<Arc<Self>, String> {
+        config.default_detector.validate().map_err(|e| e.to_string())?;
+        let (tx, rx) = sync_channel::<(Weak<Stream>, TrainJob)>(config.training_queue.max(1));
+        let registry = Arc::new(Registry {
+            journal: AlertJournal::new(config.journal_capacity, config.subscriber_buffer),
+            streams: RwLock::new(HashMap::new()),
+            metrics,
+            trainer: tx,
+            tombstones: Mutex::new(Vec::new()),
+            config,
+        });
+        registry.load()?;
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..registry.config.training_threads.max(1) {
+            let rx = rx.clone();
+            let weak = Arc::downgrade(&registry);
+            std::thread::Builder::new()
+                .name(format!("anomalyd-train-{i}"))
+                .spawn(move || {
+                    loop {
+                        let next = rx.lock().expect("trainer queue").recv();
+                        let Ok((stream, job)) = next else { break };
+                        let Some(reg) = weak.upgrade() else { break };
+                        reg.run_job(stream, job);
+                    }
+                })
+                .map_err(|e| format!("cannot start training thread: {e}"))?;
+        }
+        Ok(registry)
+    }
+
+    fn run_job(&self, stream: Weak<Stream>, job: TrainJob) {
+        self.metrics.retrain_queue_depth.dec();
+        let start = Instant::now();
+        let budget = self.config.training_budget;
+        let outcome = crate::detector::train::train(&job, &|| start.elapsed() > budget);
+        self.metrics.retrain_duration.observe(start.elapsed().as_secs_f64());
+        let label = match outcome {
+            TrainOutcome::Trained(_) => "completed",
+            TrainOutcome::Diverged(_) => "diverged",
+            TrainOutcome::NotEnoughData => "skipped",
+        };
+        self.metrics.retrain_jobs.with_label_values(&[label]).inc();
+        if let Some(stream) = stream.upgrade() {
+            let mut st = stream.state.lock().expect("stream lock");
+            if !st.deleted {
+                st.detector.install(outcome);
+                st.dirty = true;
+            }
+        }
+    }
+
+    /// The alert journal.
+    pub fn journal(&self) -> &AlertJournal {
+        &self.journal
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The registry's settings.
+    pub fn config(&self) -> &RegistryConfig {
+        &self.config
+    }
+
+    fn get(&self, id: &str) -> Option<Arc<Stream>> {
+        self.streams.read().expect("streams lock").get(id).cloned()
+    }
+
+    /// Number of streams.
+    pub fn len(&self) -> usize {
+        self.streams.read().expect("streams lock").len()
+    }
+
+    /// Whether there are no streams.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Scores a batch of readings, in order. The batch is validated first (stream
+    /// ids, widths, finiteness, timestamp order, the stream limit); if anything is
+    /// wrong nothing is applied. New streams are created with the default config.
+    /// Blocking: call it off the async runtime.
+    pub fn ingest(&self, readings: &[Reading]) -> Result<Vec<(String, Verdict)>, RegistryError> {
+        // Streams in first-appearance order, and which readings go to each.
+        let mut order: Vec<&str> = Vec::new();
+        let mut per_stream: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, r) in readings.iter().enumerate() {
+            validate_stream_id(&r.stream).map_err(RegistryError::StreamId)?;
+            per_stream
+                .entry(&r.stream)
+                .or_insert_with(|| {
+                    order.push(&r.stream);
+                    Vec::new()
+                })
+                .push(i);
+            let _ = i;
+        }
+        // Existing streams are locked in id order (no deadlock between batches).
+        let mut ids: Vec<&str> = order.clone();
+        ids.sort_unstable();
+        let existing: Vec<(&str, Option<Arc<Stream>>)> = ids.iter().map(|id| (*id, self.get(id))).collect();
+        let new_count = existing.iter().filter(|(_, s)| s.is_none()).count();
+        if new_count > 0 && self.len() + new_count > self.config.max_streams {
+            self.metrics
+                .readings_rejected
+                .with_label_values(&["stream_limit"])
+                .inc_by(readings.len() as u64);
+            return Err(RegistryError::TooManyStreams(self.config.max_streams));
+        }
+        let mut guards = Vec::with_capacity(existing.len());
+        for (id, s) in &existing {
+            guards.push((*id, s.clone(), s.as_ref().map(|s| s.state.lock().expect("stream lock"))));
+        }
+        // Validate everything against the current state.
+        for (id, _, guard) in &guards {
+            let (mut width, mut last) = match guard {
+                Some(g) if !g.deleted => (g.detector.n_features(), g.detector.last_timestamp()),
+                _ => (self.config.default_detector.n_features, None),
+            };
+            for &i in &per_stream[id] {
+                let r = &readings[i];
+                let probe = ProbeCheck { width, last };
+                if let Err(source) = probe.check(r.timestamp, &r.values) {
+                    let reason = match source {
+                        ReadingError::WrongWidth { .. } | ReadingError::Empty => "wrong_width",
+                        ReadingError::NotFinite { .. } => "not_finite",
+                        ReadingError::OutOfOrder { .. } => "out_of_order",
+                    };
+                    self.metrics
+                        .readings_rejected
+                        .with_label_values(&[reason])
+                        .inc_by(readings.len() as u64);
+                    return Err(RegistryError::Reading {
+                        index: i,
+                        stream: id.to_string(),
+                        source,
+                    });
+                }
+                width = Some(r.values.len());
+                last = Some(r.timestamp);
+            }
+        }
+        // Create the new streams (and any deleted-but-still-locked ones) now.
+        let mut created: HashMap<&str, Arc<Stream>> = HashMap::new();
+        for (id, s, g) in &guards {
+            if s.is_none() || g.as_ref().is_some_and(|g| g.deleted) {
+                let detector = Detector::new(self.config.default_detector.clone())?;
+                let stream = Arc::new(Stream {
+                    id: id.to_string(),
+                    state: Mutex::new(StreamState {
+                        detector,
+                        dirty: true,
+                        deleted: false,
+                        last_verdict: None,
+                    }),
+                });
+                let mut map = self.streams.write().expect("streams lock");
+                let entry = map.entry(id.to_string()).or_insert_with(|| stream.clone());
+                created.insert(id, entry.clone());
+            }
+        }
+        let mut new_guards: Vec<(&str, std::sync::MutexGuard<'_, StreamState>)> = Vec::new();
+        for (id, s) in &created {
+            let _ = s;
+            new_guards.push((id, created[id].state.lock().expect("stream lock")));
+        }
+        let mut results: Vec<Option<(String, Verdict)>> = vec![None; readings.len()];
+        let mut apply = |id: &str, st: &mut StreamState, stream: &Arc<Stream>| {
+            for &i in &per_stream[id] {
+                let r = &readings[i];
+                let start = Instant::now();
+                let v = st.detector.update(r.timestamp, &r.values).expect("validated above");
+                self.metrics.scoring_latency.observe(start.elapsed().as_secs_f64());
+                if v.anomaly {
+                    self.metrics.alerts.inc();
+                    self.journal.push(Alert {
+                        seq: 0,
+                        stream: id.to_string(),
+                        timestamp: v.timestamp,
+                        score: v.score,
+                        values: r.values.clone(),
+                        expected: v.expected.clone(),
+                        contributions: v.contributions.clone(),
+                        model_version: v.model_version,
+                    });
+                }
+                if st.detector.training_due() {
+                    let job = st.detector.training_job();
+                    match self.trainer.try_send((Arc::downgrade(stream), job)) {
+                        Ok(()) => self.metrics.retrain_queue_depth.inc(),
+                        Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                            // Dropped: the policy asks again after its interval.
+                            st.detector.install(TrainOutcome::NotEnoughData);
+                            self.metrics.retrain_jobs.with_label_values(&["dropped"]).inc();
+                        }
+                    }
+                }
+                st.last_verdict = Some(v.clone());
+                results[i] = Some((id.to_string(), v));
+            }
+            st.dirty = true;
+        };
+        for (id, s, g) in guards.iter_mut() {
+            if let (Some(stream), Some(g)) = (s.as_ref(), g.as_mut())
+                && !g.deleted
+            {
+                apply(id, g, stream);
+            }
+        }
+        for (id, g) in new_guards.iter_mut() {
+            let stream = created[id].clone();
+            apply(id, g, &stream);
+        }
+        self.metrics.readings_ingested.inc_by(readings.len() as u64);
+        Ok(results.into_iter().map(|r| r.expect("every reading applied")).collect())
+    }
+
+    /// Creates a stream with `config`, or reconfigures an existing one. A new shape
+    /// (cell, size, window, features) starts the model over; other changes (alert
+    /// threshold, retrain policy) keep it.
+    pub fn put(&self, id: &str, config: DetectorConfig) -> Result<bool, RegistryError> {
+        validate_stream_id(id).map_err(RegistryError::StreamId)?;
+        config.validate()?;
+        if let Some(stream) = self.get(id) {
+            let mut st = stream.state.lock().expect("stream lock");
+            if !st.deleted {
+                let old = st.detector.config().clone();
+                let same_shape = old.model == config.model
+                    && old.window == config.window
+                    && old.n_features == config.n_features
+                    && old.detector == config.detector
+                    && old.training == config.training;
+                let mut snap = st.detector.snapshot();
+                if same_shape {
+                    snap.state = snap.state.with_config(config);
+                    st.detector = Detector::restore(snap)?;
+                } else {
+                    st.detector = Detector::new(config)?;
+                }
+                st.dirty = true;
+                return Ok(false);
+            }
+        }
+        let mut map = self.streams.write().expect("streams lock");
+        if !map.contains_key(id) && map.len() >= self.config.max_streams {
+            return Err(RegistryError::TooManyStreams(self.config.max_streams));
+        }
+        let detector = Detector::new(config)?;
+        map.insert(
+            id.to_string(),
+            Arc::new(Stream {
+                id: id.to_string(),
+                state: Mutex::new(StreamState {
+                    detector,
+                    dirty: true,
+                    deleted: false,
+                    last_verdict: None,
+                }),
+            }),
+        );
+        Ok(true)
+    }
+
+    /// Removes a stream (and, at the next snapshot, its file).
+    pub fn delete(&self, id: &str) -> Result<(), RegistryError> {
+        let stream = self
+            .streams
+            .write()
+            .expect("streams lock")
+            .remove(id)
+            .ok_or_else(|| RegistryError::NotFound(id.into()))?;
+        stream.state.lock().expect("stream lock").deleted = true;
+        self.tombstones.lock().expect("tombstones").push(id.to_string());
+        Ok(())
+    }
+
+    /// Queues a retraining job for a stream now.
+    pub fn retrain(&self, id: &str) -> Result<(), RegistryError> {
+        let stream = self.get(id).ok_or_else(|| RegistryError::NotFound(id.into()))?;
+        let mut st = stream.state.lock().expect("stream lock");
+        if st.detector.readings_seen() <= st.detector.config().window as u64 {
+            return Err(RegistryError::Reading {
+                index: 0,
+                stream: id.into(),
+                source: ReadingError::Empty,
+            });
+        }
+        let job = st.detector.training_job();
+        match self.trainer.try_send((Arc::downgrade(&stream), job)) {
+            Ok(()) => {
+                self.metrics.retrain_queue_depth.inc();
+                Ok(())
+            }
+            Err(_) => {
+                st.detector.install(TrainOutcome::NotEnoughData);
+                Err(RegistryError::TrainingBusy)
+            }
+        }
+    }
+
+    /// Stream ids in sorted order, from after `after`, at most `limit`.
+    pub fn list(&self, after: Option<&str>, limit: usize) -> Vec<String> {
+        let map = self.streams.read().expect("streams lock");
+        let mut ids: Vec<&String> = map.keys().filter(|k| after.is_none_or(|a| k.as_str() > a)).collect();
+        ids.sort_unstable();
+        ids.into_iter().take(limit).cloned().collect()
+    }
+
+    /// What `GET /v1/streams/{stream}` shows.
+    pub fn info(&self, id: &str) -> Result<StreamInfo, RegistryError> {
+        let stream = self.get(id).ok_or_else(|| RegistryError::NotFound(id.into()))?;
+        let st = stream.state.lock().expect("stream lock");
+        let d = &st.detector;
+        let c = d.config().clone();
+        let model = d.model().map(|m| ModelInfo {
+            cell: c.model.cell.clone(),
+            hidden: c.model.hidden,
+            layers: c.model.layers,
+            bidirectional: c.model.bidirectional,
+            members: m.scorers.len(),
+            parameters: m.scorers.first().map_or(0, |s| s.model().n_params()),
+            version: m.version,
+            trained_at: crate::timestamp::format_rfc3339(m.trained_at),
+            train_loss: m.report.train_loss,
+            val_loss: m.report.val_loss,
+        });
+        Ok(StreamInfo {
+            stream: stream.id.clone(),
+            phase: st.last_verdict.as_ref().map_or(Phase::Warmup, |v| v.phase),
+            n_features: d.n_features(),
+            readings_seen: d.readings_seen(),
+            model,
+            threshold: c.alert.threshold,
+            cooldown: c.alert.cooldown,
+            last_score: st.last_verdict.as_ref().map(|v| v.score),
+            last_timestamp: d.last_timestamp().map(crate::timestamp::format_rfc3339),
+            failed_training_jobs: d.failed_jobs(),
+            config: c,
+        })
+    }
+
+    /// Sets the per-phase stream gauges (called at scrape time).
+    pub fn update_phase_gauges(&self) {
+        let streams: Vec<Arc<Stream>> = self.streams.read().expect("streams lock").values().cloned().collect();
+        let mut counts = [0i64; 3];
+        for s in streams {
+            let st = s.state.lock().expect("stream lock");
+            let idx = match st.last_verdict.as_ref().map(|v| v.phase) {
+                None | Some(Phase::Warmup) => 0,
+                Some(Phase::Baseline) => 1,
+                Some(Phase::Model) => 2,
+            };
+            counts[idx] += 1;
+        }
+        for (phase, n) in ["warmup", "baseline", "model"].iter().zip(counts) {
+            self.metrics.streams.with_label_values(&[phase]).set(n);
+        }
+    }
+
+    /// Snapshots every `interval` on the blocking pool until the returned handle is
+    /// aborted. Errors are logged and counted; the next round retries.
+    pub fn spawn_snapshotter(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let registry = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let r = registry.clone();
+                match tokio::task::spawn_blocking(move || r.snapshot()).await {
+                    Ok(Ok(n)) if n > 0 => tracing::debug!(streams = n, "snapshot written"),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "snapshot failed"),
+                    Err(e) => tracing::error!(error = %e, "snapshot task failed"),
+                }
+            }
+        })
+    }
+
+    fn streams_dir(&self) -> Option<PathBuf> {
+        self.config.data_dir.as_ref().map(|d| d.join("streams"))
+    }
+
+    /// Writes a snapshot of every changed stream (and the journal), removes the files
+    /// of deleted streams. Returns the number of streams written. Blocking.
+    pub fn snapshot(&self) -> Result<usize, StorageError> {
+        let Some(dir) = self.streams_dir() else { return Ok(0) };
+        let streams: Vec<Arc<Stream>> = self.streams.read().expect("streams lock").values().cloned().collect();
+        let mut written = 0;
+        for s in streams {
+            let snap = {
+                let mut st = s.state.lock().expect("stream lock");
+                if !st.dirty || st.deleted {
+                    continue;
+                }
+                st.dirty = false;
+                st.detector.snapshot()
+            };
+            let result = snapshot::encode(&s.id, &snap)
+                .and_then(|b| snapshot::write_atomic(&snapshot::stream_file(&dir, &s.id), &b));
+            match result {
+                Ok(()) => {
+                    written += 1;
+                    self.metrics.snapshots.with_label_values(&["ok"]).inc();
+                }
+                Err(e) => {
+                    s.state.lock().expect("stream lock").dirty = true;
+                    self.metrics.snapshots.with_label_values(&["error"]).inc();
+                    return Err(e);
+                }
+            }
+        }
+        let tombstones = std::mem::take(&mut *self.tombstones.lock().expect("tombstones"));
+        for id in tombstones {
+            if self.get(&id).is_none() {
+                let _ = std::fs::remove_file(snapshot::stream_file(&dir, &id));
+            }
+        }
+        let journal = self.journal.to_json();
+        let mut framed = journal.clone();
+        framed.extend_from_slice(&crc32fast::hash(&journal).to_le_bytes());
+        snapshot::write_atomic(&dir.with_file_name("alerts.json.crc"), &framed)?;
+        Ok(written)
+    }
+
+    fn load(&self) -> Result<(), String> {
+        let Some(dir) = self.streams_dir() else { return Ok(()) };
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let journal_path = dir.with_file_name("alerts.json.crc");
+        if let Ok(bytes) = std::fs::read(&journal_path) {
+            let ok = bytes.len() >= 4 && {
+                let (body, crc) = bytes.split_at(bytes.len() - 4);
+                crc32fast::hash(body) == u32::from_le_bytes(crc.try_into().expect("4"))
+                    && self.journal.load_json(body).is_ok()
+            };
+            if !ok {
+                tracing::error!(path = %journal_path.display(), "alert journal is damaged; moved aside, starting empty");
+                let _ = std::fs::rename(&journal_path, journal_path.with_extension("corrupt"));
+                self.metrics.corrupt_snapshots.inc();
+            }
+        }
+        let mut map = self.streams.write().expect("streams lock");
+        for entry in std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))? {
+            let path = entry.map_err(|e| e.to_string())?.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("snap") {
+                continue;
+            }
+            let loaded = std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| snapshot::decode(&b).map_err(|e| e.to_string()))
+                .and_then(|(id, snap)| Detector::restore(snap).map(|d| (id, d)).map_err(|e| e.to_string()));
+            match loaded {
+                Ok((id, detector)) => {
+                    let last_verdict = None;
+                    map.insert(
+                        id.clone(),
+                        Arc::new(Stream {
+                            id,
+                            state: Mutex::new(StreamState {
+                                detector,
+                                dirty: false,
+                                deleted: false,
+                                last_verdict,
+                            }),
+                        }),
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "damaged snapshot moved aside, not loaded");
+                    let _ = std::fs::rename(&path, path.with_extension("corrupt"));
+                    self.metrics.corrupt_snapshots.inc();
+                }
+            }
+        }
+        tracing::info!(streams = map.len(), dir = %dir.display(), "loaded snapshots");
+        Ok(())
+    }
+}
+
+/// Checks one reading against a simulated stream state (width, last timestamp).
+struct ProbeCheck {
+    width: Option<usize>,
+    last: Option<Micros>,
+}
+
+impl ProbeCheck {
+    fn check(&self, timestamp: Micros, values: &[f64]) -> Result<(), ReadingError> {
+        if values.is_empty() {
+            return Err(ReadingError::Empty);
+        }
+        if let Some(d) = self.width
+            && values.len() != d
+        {
+            return Err(ReadingError::WrongWidth {
+                got: values.len(),
+                expected: d,
+            });
+        }
+        if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+            return Err(ReadingError::NotFinite { index });
+        }
+        if let Some(last) = self.last
+            && timestamp < last
+        {
+            return Err(ReadingError::OutOfOrder { got: timestamp, last });
+        }
+        Ok(())
+    }
+}

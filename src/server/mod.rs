@@ -1,0 +1,523 @@
+//! The only module that knows HTTP: the axum router, handlers, WebSocket, metrics
+//! endpoint, auth and limits. It converts wire DTOs to domain types and back, runs
+//! scoring off the async workers (`spawn_blocking`, bounded by a semaphore), and
+//! answers overload with 503 + Retry-After.
+
+pub mod error;
+pub mod ws;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::ws::{Message, WebSocketUpgrade};
+use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::{SinkExt, StreamExt};
+use prost::Message as _;
+use serde::Deserialize;
+use tokio::sync::Semaphore;
+
+pub use error::ApiError;
+
+use crate::detector::{DetectorConfig, Verdict};
+use crate::protocol::{self, IngestIn, IngestOut, ReadingOut, WireTime, pb};
+use crate::registry::{Reading, Registry};
+use crate::timestamp;
+
+/// Limits and settings of the HTTP layer.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Largest request body in bytes.
+    pub max_body_bytes: usize,
+    /// Most readings in one request.
+    pub max_readings_per_request: usize,
+    /// Most WebSocket subscribers at once.
+    pub max_ws_subscribers: usize,
+    /// Scoring batches in flight at once; more wait up to `queue_wait`, then 503.
+    pub max_inflight: usize,
+    /// How long a request may wait for a scoring slot.
+    pub queue_wait: Duration,
+    /// WebSocket heartbeat interval.
+    pub heartbeat: Duration,
+    /// Bearer token required on /v1 (None: no auth).
+    pub auth_token: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_body_bytes: 4 * 1024 * 1024,
+            max_readings_per_request: 10_000,
+            max_ws_subscribers: 1024,
+            max_inflight: 64,
+            queue_wait: Duration::from_millis(200),
+            heartbeat: Duration::from_secs(5),
+            auth_token: None,
+        }
+    }
+}
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    registry: Arc<Registry>,
+    config: Arc<ServerConfig>,
+    inflight: Arc<Semaphore>,
+}
+
+/// The router (separate from `main` so tests drive it with `oneshot` or real TCP).
+pub fn router(registry: Arc<Registry>, config: ServerConfig) -> Router {
+    let state = AppState {
+        inflight: Arc::new(Semaphore::new(config.max_inflight.max(1))),
+        registry,
+        config: Arc::new(config),
+    };
+    let v1 = Router::new()
+        .route("/v1/streams", get(list_streams))
+        .route(
+            "/v1/streams/{stream}",
+            get(get_stream).put(put_stream).delete(delete_stream),
+        )
+        .route("/v1/streams/{stream}/readings", post(ingest_stream))
+        .route("/v1/streams/{stream}/retrain", post(retrain_stream))
+        .route("/v1/readings", post(ingest_batch))
+        .route("/v1/alerts", get(list_alerts))
+        .route("/v1/alerts/ws", get(alerts_ws))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .merge(v1)
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route(
+            "/readyz",
+            get(|| async { Json(serde_json::json!({"status": "ready"})) }),
+        )
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(middleware::from_fn_with_state(state.clone(), count_requests))
+        .with_state(state)
+}
+
+async fn count_requests(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched".to_string(), |p| p.as_str().to_string());
+    let resp = next.run(req).await;
+    st.registry
+        .metrics()
+        .http_requests
+        .with_label_values(&[&route, resp.status().as_str()])
+        .inc();
+    resp
+}
+
+async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(token) = &st.config.auth_token {
+        let header_ok = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
+        // Browsers cannot set headers on WebSockets: `?access_token=` works there.
+        let query_ok = req.uri().query().is_some_and(|q| {
+            q.split('&').any(|kv| {
+                kv.strip_prefix("access_token=")
+                    .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()))
+            })
+        });
+        if !header_ok && !query_ok {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid bearer token is required",
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The body as bytes, within the size limit (413 JSON otherwise).
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body exceeds {limit} bytes"),
+        )
+    })
+}
+
+fn wants_protobuf(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/x-protobuf"))
+}
+
+fn is_protobuf(headers: &HeaderMap) -> Result<bool, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    let ct = ct.split(';').next().unwrap_or("").trim();
+    match ct {
+        // curl -d sends form-urlencoded unless told otherwise: read it as JSON.
+        "application/json" | "" | "application/x-www-form-urlencoded" | "text/plain" => Ok(false),
+        "application/x-protobuf" | "application/protobuf" => Ok(true),
+        other => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("content type {other:?}: use application/json or application/x-protobuf"),
+        )),
+    }
+}
+
+/// Parses an ingest body; `path_stream` is the stream of the per-stream route.
+fn parse_readings(
+    headers: &HeaderMap,
+    body: &[u8],
+    path_stream: Option<&str>,
+    max: usize,
+) -> Result<Vec<Reading>, ApiError> {
+    let mut out = Vec::new();
+    let stream_of = |i: usize, s: Option<String>| -> Result<String, ApiError> {
+        match (path_stream, s.filter(|s| !s.is_empty())) {
+            (Some(p), None) => Ok(p.to_string()),
+            (Some(p), Some(s)) if s == p => Ok(s),
+            (Some(p), Some(s)) => Err(ApiError::bad_request(
+                "invalid_reading",
+                format!("reading {i} names stream {s:?} on the route of stream {p:?}"),
+            )),
+            (None, Some(s)) => Ok(s),
+            (None, None) => Err(ApiError::bad_request(
+                "invalid_reading",
+                format!("reading {i} has no stream"),
+            )),
+        }
+    };
+    if is_protobuf(headers)? {
+        let req = pb::IngestRequest::decode(body)
+            .map_err(|e| ApiError::bad_request("malformed_protobuf", format!("not an IngestRequest: {e}")))?;
+        check_count(req.readings.len(), max)?;
+        for (i, r) in req.readings.into_iter().enumerate() {
+            let ts = if r.timestamp.is_empty() {
+                seconds_to_micros(r.unix_seconds)
+            } else {
+                timestamp::parse(&r.timestamp)
+            };
+            let ts =
+                ts.ok_or_else(|| ApiError::bad_request("invalid_timestamp", format!("reading {i}: bad timestamp")))?;
+            out.push(Reading {
+                stream: stream_of(i, Some(r.stream))?,
+                timestamp: ts,
+                values: r.values,
+            });
+        }
+    } else {
+        let req: IngestIn = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request("malformed_json", format!("invalid request body: {e}")))?;
+        check_count(req.readings.len(), max)?;
+        for (i, r) in req.readings.into_iter().enumerate() {
+            let ts = match &r.timestamp {
+                WireTime::Seconds(s) => seconds_to_micros(*s),
+                WireTime::Text(t) => timestamp::parse(t),
+            }
+            .ok_or_else(|| {
+                let shown = match &r.timestamp {
+                    WireTime::Seconds(s) => s.to_string(),
+                    WireTime::Text(t) => format!("{t:?}"),
+                };
+                ApiError::bad_request(
+                    "invalid_timestamp",
+                    format!("reading {i}: bad timestamp {shown} (RFC 3339 or Unix seconds)"),
+                )
+            })?;
+            let values = match (r.value, r.values) {
+                (Some(v), None) => vec![v],
+                (None, Some(vs)) => vs,
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "invalid_reading",
+                        format!("reading {i} needs exactly one of \"value\" and \"values\""),
+                    ));
+                }
+            };
+            out.push(Reading {
+                stream: stream_of(i, r.stream)?,
+                timestamp: ts,
+                values,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn check_count(n: usize, max: usize) -> Result<(), ApiError> {
+    if n == 0 {
+        return Err(ApiError::bad_request("empty_batch", "the request has no readings"));
+    }
+    if n > max {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_readings",
+            format!("{n} readings in one request, the limit is {max}"),
+        ));
+    }
+    Ok(())
+}
+
+fn seconds_to_micros(s: f64) -> Option<i64> {
+    (s.is_finite() && s.abs() < 1e13).then(|| (s * 1e6).round() as i64)
+}
+
+async fn ingest(
+    st: AppState,
+    headers: HeaderMap,
+    body: Body,
+    path_stream: Option<String>,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(body, st.config.max_body_bytes).await?;
+    let readings = match parse_readings(
+        &headers,
+        &bytes,
+        path_stream.as_deref(),
+        st.config.max_readings_per_request,
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            st.registry
+                .metrics()
+                .readings_rejected
+                .with_label_values(&[e.code])
+                .inc();
+            return Err(e);
+        }
+    };
+    let permit = tokio::time::timeout(st.config.queue_wait, st.inflight.clone().acquire_owned())
+        .await
+        .map_err(|_| ApiError::overloaded("too many requests in flight; retry shortly"))?
+        .map_err(|_| ApiError::overloaded("shutting down"))?;
+    let registry = st.registry.clone();
+    let results = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        registry.ingest(&readings)
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("scoring task failed: {e}"),
+        )
+    })??;
+    let out: Vec<ReadingOut> = results.into_iter().map(|(s, v)| reading_out(s, v)).collect();
+    if wants_protobuf(&headers) {
+        let resp = pb::IngestResponse {
+            results: out
+                .into_iter()
+                .map(|r| pb::ReadingResult {
+                    stream: r.stream,
+                    timestamp: r.timestamp,
+                    score: r.score,
+                    anomaly: r.anomaly,
+                    phase: r.phase,
+                    model_version: r.model_version,
+                    expected: r.expected,
+                })
+                .collect(),
+        };
+        return Ok(([(header::CONTENT_TYPE, "application/x-protobuf")], resp.encode_to_vec()).into_response());
+    }
+    Ok(Json(IngestOut { results: out }).into_response())
+}
+
+fn reading_out(stream: String, v: Verdict) -> ReadingOut {
+    ReadingOut {
+        stream,
+        timestamp: timestamp::format_rfc3339(v.timestamp),
+        score: v.score,
+        anomaly: v.anomaly,
+        phase: v.phase.name().to_string(),
+        model_version: v.model_version,
+        expected: v.expected,
+    }
+}
+
+async fn ingest_stream(
+    State(st): State<AppState>,
+    Path(stream): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    ingest(st, headers, body, Some(stream)).await
+}
+
+async fn ingest_batch(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    ingest(st, headers, body, None).await
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_streams(State(st): State<AppState>, Query(q): Query<ListQuery>) -> Json<serde_json::Value> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let ids = st.registry.list(q.after.as_deref(), limit);
+    let next = (ids.len() == limit).then(|| ids.last().cloned()).flatten();
+    Json(serde_json::json!({"streams": ids, "next_after": next, "total": st.registry.len()}))
+}
+
+async fn get_stream(State(st): State<AppState>, Path(stream): Path<String>) -> Result<Response, ApiError> {
+    Ok(Json(st.registry.info(&stream)?).into_response())
+}
+
+async fn put_stream(State(st): State<AppState>, Path(stream): Path<String>, body: Body) -> Result<Response, ApiError> {
+    let bytes = read_body(body, st.config.max_body_bytes).await?;
+    let config: DetectorConfig = if bytes.iter().all(u8::is_ascii_whitespace) {
+        st.registry.config().default_detector.clone()
+    } else {
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request("invalid_config", format!("invalid config: {e}")))?
+    };
+    let registry = st.registry.clone();
+    let id = stream.clone();
+    let created = tokio::task::spawn_blocking(move || registry.put(&id, config))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(st.registry.info(&stream)?)).into_response())
+}
+
+async fn delete_stream(State(st): State<AppState>, Path(stream): Path<String>) -> Result<StatusCode, ApiError> {
+    st.registry.delete(&stream)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn retrain_stream(State(st): State<AppState>, Path(stream): Path<String>) -> Result<Response, ApiError> {
+    st.registry.retrain(&stream).map_err(|e| match e {
+        crate::registry::RegistryError::Reading { .. } => ApiError::new(
+            StatusCode::CONFLICT,
+            "not_enough_data",
+            "the stream has too few readings to train on",
+        ),
+        other => other.into(),
+    })?;
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"status": "queued"}))).into_response())
+}
+
+#[derive(Deserialize)]
+struct AlertsQuery {
+    stream: Option<String>,
+    since: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn list_alerts(State(st): State<AppState>, Query(q): Query<AlertsQuery>) -> Json<serde_json::Value> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let alerts: Vec<protocol::AlertOut> = st
+        .registry
+        .journal()
+        .query(q.stream.as_deref(), q.since, limit)
+        .iter()
+        .map(|a| ws::alert_out(a))
+        .collect();
+    Json(serde_json::json!({"alerts": alerts, "latest_seq": st.registry.journal().latest_seq()}))
+}
+
+async fn alerts_ws(State(st): State<AppState>, upgrade: WebSocketUpgrade) -> Result<Response, ApiError> {
+    let gauge = st.registry.metrics().ws_subscribers.clone();
+    if gauge.get() >= st.config.max_ws_subscribers as i64 {
+        return Err(ApiError::overloaded(format!(
+            "subscriber limit ({}) reached",
+            st.config.max_ws_subscribers
+        )));
+    }
+    let registry = st.registry.clone();
+    let heartbeat = st.config.heartbeat;
+    Ok(upgrade.on_upgrade(move |socket| async move {
+        gauge.inc();
+        let (sink, stream) = socket.split();
+        let incoming = stream.filter_map(|m| async move {
+            match m {
+                Ok(Message::Text(t)) => Some(Some(t.to_string())),
+                Ok(Message::Close(_)) | Err(_) => Some(None),
+                _ => None,
+            }
+        });
+        let outgoing = sink.with(|s: String| async move { Ok::<_, axum::Error>(Message::Text(s.into())) });
+        ws::run_subscriber(registry, Box::pin(incoming), Box::pin(outgoing), heartbeat).await;
+        gauge.dec();
+    }))
+}
+
+async fn metrics(State(st): State<AppState>) -> Response {
+    st.registry.update_phase_gauges();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        st.registry.metrics().render(),
+    )
+        .into_response()
+}
+
+/// Runs the service on `listener` until SIGINT or SIGTERM (or `shutdown` resolves),
+/// then stops accepting, finishes in-flight requests and writes a final snapshot.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    registry: Arc<Registry>,
+    config: ServerConfig,
+    snapshot_interval: Duration,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let snapshotter = registry.spawn_snapshotter(snapshot_interval);
+    let app = router(registry.clone(), config);
+    let signal = async move {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = shutdown_signal() => {}
+        }
+        tracing::info!("shutting down: finishing requests, writing snapshots");
+    };
+    axum::serve(listener, app).with_graceful_shutdown(signal).await?;
+    snapshotter.abort();
+    let r = registry.clone();
+    match tokio::task::spawn_blocking(move || r.snapshot()).await {
+        Ok(Ok(n)) => tracing::info!(streams = n, "final snapshot written"),
+        Ok(Err(e)) => tracing::error!(error = %e, "final snapshot failed"),
+        Err(e) => tracing::error!(error = %e, "final snapshot task failed"),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
