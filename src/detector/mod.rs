@@ -293,7 +293,7 @@ impl Detector {
             let (lo, hi) = self.range[j];
             if let Some(tol) = self.config.range_tolerance
                 && hi > lo
-                && self.seen > self.config.window as u64
+                && self.seen > self.config.likelihood.learning_period.max(self.config.window) as u64
             {
                 let margin = (hi - lo) * tol;
                 out_of_range |= v > hi + margin || v < lo - margin;

@@ -83,10 +83,10 @@ where
                         filter = Filter { globs: streams, min_score: min_score.unwrap_or(0.0) };
                         if let Some(from) = resume_from {
                             for a in journal.query(None, Some(from.max(last_sent)), usize::MAX) {
-                                if filter.matches(&a) {
-                                    if outgoing.send(send(WsServerMessage::Alert(alert_out(&a)))).await.is_err() {
-                                        return;
-                                    }
+                                if filter.matches(&a)
+                                    && outgoing.send(send(WsServerMessage::Alert(alert_out(&a)))).await.is_err()
+                                {
+                                    return;
                                 }
                                 last_sent = last_sent.max(a.seq);
                             }

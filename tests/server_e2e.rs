@@ -1,0 +1,680 @@
+//! The service end to end over real TCP on 127.0.0.1:0 with a temporary data
+//! directory: ingest and scores, protobuf, alerts on a WebSocket (with resume), the
+//! metrics endpoint, bad input, auth, and restarts (graceful, and kill -9 of a child
+//! process).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use prost::Message as _;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+use anomalyd::detector::DetectorConfig;
+use anomalyd::metrics::Metrics;
+use anomalyd::protocol::pb;
+use anomalyd::registry::{Registry, RegistryConfig};
+use anomalyd::server::{self, ServerConfig};
+
+struct Server {
+    addr: String,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    async fn start(data_dir: &Path, token: Option<&str>) -> Server {
+        let mut det = DetectorConfig::default();
+        det.model.ensemble = 1;
+        let reg = RegistryConfig {
+            default_detector: det,
+            data_dir: Some(data_dir.to_path_buf()),
+            ..Default::default()
+        };
+        let registry = Registry::open(reg, Arc::new(Metrics::new())).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let cfg = ServerConfig {
+            auth_token: token.map(String::from),
+            heartbeat: Duration::from_millis(200),
+            max_readings_per_request: 2000,
+            max_body_bytes: 1 << 20,
+            ..Default::default()
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            server::run(listener, registry, cfg, Duration::from_secs(3600), async move {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        Server {
+            addr,
+            shutdown: Some(tx),
+            task,
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.shutdown.take().unwrap().send(());
+        self.task.await.unwrap();
+    }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("anomalyd-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn seasonal(t: usize) -> f64 {
+    50.0 + 10.0 * (t as f64 / 8.0).sin() + ((t * 7919) % 13) as f64 / 13.0
+}
+
+fn readings(from: usize, to: usize) -> Value {
+    let rs: Vec<Value> = (from..to)
+        .map(|t| json!({"timestamp": 1_700_000_000 + t as i64 * 60, "value": seasonal(t)}))
+        .collect();
+    json!({ "readings": rs })
+}
+
+async fn post(client: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
+    let r = client.post(url).json(body).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> (u16, Value) {
+    let r = client.get(url).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn wait_for_model(client: &reqwest::Client, url: &str, version: u64) -> Value {
+    for _ in 0..300 {
+        let (_, info) = get(client, url).await;
+        if info["model"]["version"].as_u64().unwrap_or(0) >= version {
+            return info;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no model version {version} at {url}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_scores_and_protobuf_round_trip() {
+    let dir = temp_dir("ingest");
+    let s = Server::start(&dir, None).await;
+    let c = reqwest::Client::new();
+    let (status, body) = post(
+        &c,
+        &format!("{}/v1/streams/web%2Flatency%20p99/readings", s.addr),
+        &readings(0, 5),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 5);
+    assert_eq!(results[0]["stream"], "web/latency p99");
+    assert_eq!(results[0]["timestamp"], "2023-11-14T22:13:20Z");
+    for r in results {
+        let score = r["score"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&score));
+        assert_eq!(r["expected"].as_array().unwrap().len(), 1);
+    }
+    // Many streams in one batch, RFC 3339 timestamps, multivariate values.
+    let batch = json!({"readings": [
+        {"stream": "a", "timestamp": "2024-01-01T00:00:00Z", "values": [1.0, 2.0]},
+        {"stream": "b", "timestamp": "2024-01-01T00:00:00Z", "value": 3.0},
+        {"stream": "a", "timestamp": "2024-01-01T00:01:00Z", "values": [1.5, 2.5]},
+    ]});
+    let (status, body) = post(&c, &format!("{}/v1/readings", s.addr), &batch).await;
+    assert_eq!(status, 200, "{body}");
+    let streams: Vec<&str> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["stream"].as_str().unwrap())
+        .collect();
+    assert_eq!(streams, ["a", "b", "a"]);
+
+    // Protobuf in, protobuf out.
+    let req = pb::IngestRequest {
+        readings: (5..8)
+            .map(|t| pb::Reading {
+                stream: String::new(),
+                timestamp: String::new(),
+                unix_seconds: 1_700_000_000.0 + t as f64 * 60.0,
+                values: vec![seasonal(t)],
+            })
+            .collect(),
+    };
+    let r = c
+        .post(format!("{}/v1/streams/web%2Flatency%20p99/readings", s.addr))
+        .header("content-type", "application/x-protobuf")
+        .header("accept", "application/x-protobuf")
+        .body(req.encode_to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/x-protobuf");
+    let resp = pb::IngestResponse::decode(r.bytes().await.unwrap()).unwrap();
+    assert_eq!(resp.results.len(), 3);
+    assert_eq!(resp.results[0].stream, "web/latency p99");
+    assert_eq!(resp.results[2].timestamp, "2023-11-14T22:20:20Z");
+    let (_, info) = get(&c, &format!("{}/v1/streams/web%2Flatency%20p99", s.addr)).await;
+    assert_eq!(info["readings_seen"], 8);
+    // Garbage protobuf is a 400.
+    let r = c
+        .post(format!("{}/v1/readings", s.addr))
+        .header("content-type", "application/x-protobuf")
+        .body(vec![0xff, 0xff, 0xff])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let (_, list) = get(&c, &format!("{}/v1/streams?limit=2", s.addr)).await;
+    assert_eq!(list["streams"], json!(["a", "b"]));
+    assert_eq!(list["next_after"], "b");
+    assert_eq!(list["total"], 3);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_4xx_and_changes_nothing() {
+    let dir = temp_dir("bad");
+    let s = Server::start(&dir, None).await;
+    let c = reqwest::Client::new();
+    let url = format!("{}/v1/streams/s/readings", s.addr);
+    assert_eq!(post(&c, &url, &readings(0, 10)).await.0, 200);
+    let seen = || async { get(&c, &format!("{}/v1/streams/s", s.addr)).await.1["readings_seen"].clone() };
+    assert_eq!(seen().await, 10);
+    let cases: Vec<(Value, u16, &str)> = vec![
+        (
+            json!({"readings": [{"timestamp": 1_800_000_000, "values": [1.0, 2.0]}]}),
+            400,
+            "invalid_reading",
+        ),
+        (
+            json!({"readings": [{"timestamp": 1_600_000_000, "value": 1.0}]}),
+            409,
+            "out_of_order",
+        ),
+        (json!({"readings": []}), 400, "empty_batch"),
+        (
+            json!({"readings": [{"timestamp": "soon", "value": 1.0}]}),
+            400,
+            "invalid_timestamp",
+        ),
+        (
+            json!({"readings": [{"timestamp": 1_800_000_000}]}),
+            400,
+            "invalid_reading",
+        ),
+        (json!({"readngs": []}), 400, "malformed_json"),
+        // A good reading followed by a bad one: the whole batch is refused.
+        (
+            json!({"readings": [{"timestamp": 1_800_000_000, "value": 1.0}, {"timestamp": 1_800_000_060, "values": [1.0, 2.0]}]}),
+            400,
+            "invalid_reading",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let (got, err) = post(&c, &url, &body).await;
+        assert_eq!(
+            (got, err["error"]["code"].as_str().unwrap_or("")),
+            (status, code),
+            "{body} -> {err}"
+        );
+        assert!(!err["error"]["message"].as_str().unwrap().is_empty());
+    }
+    // NaN and infinities cannot be written in JSON at all; raw text with them is malformed.
+    let r = c
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(r#"{"readings":[{"timestamp":1,"value":NaN}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // ... and through protobuf they are checked by value.
+    let req = pb::IngestRequest {
+        readings: vec![pb::Reading {
+            stream: String::new(),
+            timestamp: String::new(),
+            unix_seconds: 1.9e9,
+            values: vec![f64::NAN],
+        }],
+    };
+    let r = c
+        .post(&url)
+        .header("content-type", "application/x-protobuf")
+        .body(req.encode_to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // Oversized body, too many readings, a bad stream id, an unknown content type.
+    let big = "x".repeat(2 << 20);
+    let r = c
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(post(&c, &url, &readings(100, 2101)).await.0, 413);
+    assert_eq!(
+        post(
+            &c,
+            &format!("{}/v1/streams/{}/readings", s.addr, "x".repeat(300)),
+            &readings(0, 1)
+        )
+        .await
+        .0,
+        400
+    );
+    assert_eq!(
+        post(&c, &format!("{}/v1/streams/%07bell/readings", s.addr), &readings(0, 1))
+            .await
+            .0,
+        400
+    );
+    let r = c
+        .post(&url)
+        .header("content-type", "text/csv")
+        .body("a,b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    assert_eq!(seen().await, 10, "nothing was applied");
+    assert_eq!(get(&c, &format!("{}/v1/streams/nope", s.addr)).await.0, 404);
+    let (status, err) = post(
+        &c,
+        &format!("{}/v1/streams/s/readings", s.addr).replace("/readings", "/nothing"),
+        &json!({}),
+    )
+    .await;
+    assert_eq!((status, err["error"]["code"].as_str()), (404, Some("not_found")));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spike_alerts_websocket_subscribers_and_resume_replays() {
+    let dir = temp_dir("ws");
+    let s = Server::start(&dir, None).await;
+    let c = reqwest::Client::new();
+    let ws_url = s.addr.replace("http://", "ws://") + "/v1/alerts/ws";
+    let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url).await.unwrap();
+    ws.send(Message::Text(
+        json!({"type": "subscribe", "streams": ["cpu.*"], "min_score": 0.5})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    // An unrelated stream's alerts are filtered out; ours come through.
+    for stream in ["mem.host", "cpu.host"] {
+        let url = format!("{}/v1/streams/{stream}/readings", s.addr);
+        assert_eq!(post(&c, &url, &readings(0, 600)).await.0, 200);
+        let spike = json!({"readings": [{"timestamp": 1_700_000_000 + 600 * 60, "value": 500.0}]});
+        let (_, r) = post(&c, &url, &spike).await;
+        assert_eq!(r["results"][0]["anomaly"], true, "{r}");
+    }
+    let mut alert = None;
+    let mut heartbeat = false;
+    while alert.is_none() || !heartbeat {
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("message in time")
+            .unwrap()
+            .unwrap();
+        let v: Value = serde_json::from_str(msg.to_text().unwrap()).unwrap();
+        match v["type"].as_str().unwrap() {
+            "alert" => {
+                assert_eq!(v["stream"], "cpu.host", "filter applied");
+                assert!(v["score"].as_f64().unwrap() >= 0.5);
+                assert_eq!(v["values"], json!([500.0]));
+                assert_eq!(v["contributions"].as_array().unwrap().len(), 1);
+                assert!(v["expected"][0].as_f64().unwrap() < 100.0);
+                alert = Some(v);
+            }
+            "heartbeat" => heartbeat = true,
+            other => panic!("unexpected {other}: {v}"),
+        }
+    }
+    let alert = alert.unwrap();
+    // The journal has both alerts; resume_from replays what came after a seq.
+    let (_, journal) = get(&c, &format!("{}/v1/alerts?limit=10", s.addr)).await;
+    let seqs: Vec<u64> = journal["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs.len(), 2);
+    let (_, only_cpu) = get(&c, &format!("{}/v1/alerts?stream=cpu.host", s.addr)).await;
+    assert_eq!(only_cpu["alerts"][0]["seq"], alert["seq"]);
+    let (mut ws2, _) = tokio_tungstenite::connect_async(&ws_url).await.unwrap();
+    ws2.send(Message::Text(
+        json!({"type": "subscribe", "resume_from": seqs[0] - 1})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    let mut replayed = Vec::new();
+    while replayed.len() < 2 {
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws2.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let v: Value = serde_json::from_str(msg.to_text().unwrap()).unwrap();
+        if v["type"] == "alert" {
+            replayed.push(v["seq"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(replayed, seqs);
+    // A malformed client message gets an error message, not a dropped connection.
+    ws2.send(Message::Text("{\"type\":\"dance\"}".into())).await.unwrap();
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws2.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let v: Value = serde_json::from_str(msg.to_text().unwrap()).unwrap();
+        if v["type"] == "error" {
+            break;
+        }
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_and_counters_move() {
+    let dir = temp_dir("metrics");
+    let s = Server::start(&dir, None).await;
+    let c = reqwest::Client::new();
+    let scrape = || async {
+        c.get(format!("{}/metrics", s.addr))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let value = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .map_or(0.0, |v| v.parse().unwrap())
+    };
+    let before = scrape().await;
+    post(&c, &format!("{}/v1/streams/m/readings", s.addr), &readings(0, 50)).await;
+    post(
+        &c,
+        &format!("{}/v1/streams/m/readings", s.addr),
+        &json!({"readings": []}),
+    )
+    .await;
+    let after = scrape().await;
+    assert_eq!(
+        value(&after, "anomalyd_readings_ingested_total") - value(&before, "anomalyd_readings_ingested_total"),
+        50.0
+    );
+    assert_eq!(
+        value(&after, "anomalyd_readings_rejected_total{reason=\"empty_batch\"}"),
+        1.0
+    );
+    assert_eq!(value(&after, "anomalyd_scoring_latency_seconds_count"), 50.0);
+    assert_eq!(value(&after, "anomalyd_streams{phase=\"baseline\"}"), 1.0);
+    assert!(after.contains("anomalyd_http_requests_total{route=\"/v1/streams/{stream}/readings\",status=\"200\"} 1"));
+    assert!(after.contains("process_resident_memory_bytes"));
+    for required in [
+        "anomalyd_alerts_total",
+        "anomalyd_retrain_queue_depth",
+        "anomalyd_ws_subscribers",
+        "anomalyd_ws_lagged_messages_total",
+    ] {
+        assert!(after.contains(required), "{required}");
+    }
+    // Every sample line is `name{labels} value` with a HELP and TYPE for its family.
+    for line in after.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let (name, v) = line.rsplit_once(' ').unwrap();
+        assert!(v.parse::<f64>().is_ok(), "{line}");
+        let family = name.split('{').next().unwrap();
+        let base = family
+            .trim_end_matches("_bucket")
+            .trim_end_matches("_sum")
+            .trim_end_matches("_count");
+        assert!(
+            after.contains(&format!("# TYPE {base} ")) || after.contains(&format!("# TYPE {family} ")),
+            "{line}"
+        );
+    }
+    // promtool, the real peer (.ci/run installs it; in CI its absence is a failure).
+    let has_promtool = std::process::Command::new("promtool").arg("--version").output().is_ok();
+    assert!(
+        has_promtool || std::env::var_os("CI").is_none(),
+        "promtool is required in CI"
+    );
+    if let Ok(out) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(after.as_bytes())?;
+            child.wait_with_output()
+        })
+    {
+        assert!(
+            out.status.success(),
+            "promtool: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_on_and_off() {
+    let dir = temp_dir("auth");
+    let token = "s3cret-token-0123456789";
+    let s = Server::start(&dir, Some(token)).await;
+    let c = reqwest::Client::new();
+    let url = format!("{}/v1/streams/s/readings", s.addr);
+    let r = c.post(&url).json(&readings(0, 1)).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    let r = c
+        .post(&url)
+        .bearer_auth("wrong-token-0123456789")
+        .json(&readings(0, 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c
+        .post(&url)
+        .bearer_auth(token)
+        .json(&readings(0, 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for path in ["/v1/streams", "/v1/streams/s", "/v1/alerts"] {
+        assert_eq!(
+            c.get(format!("{}{path}", s.addr)).send().await.unwrap().status(),
+            401,
+            "{path}"
+        );
+        assert_eq!(
+            c.get(format!("{}{path}", s.addr))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200,
+            "{path}"
+        );
+    }
+    // Health and metrics stay open for probes and scrapers.
+    assert_eq!(c.get(format!("{}/healthz", s.addr)).send().await.unwrap().status(), 200);
+    assert_eq!(c.get(format!("{}/metrics", s.addr)).send().await.unwrap().status(), 200);
+    let ws = s.addr.replace("http://", "ws://") + "/v1/alerts/ws";
+    assert!(
+        tokio_tungstenite::connect_async(&ws).await.is_err(),
+        "WebSocket needs the token too"
+    );
+    assert!(
+        tokio_tungstenite::connect_async(format!("{ws}?access_token={token}"))
+            .await
+            .is_ok()
+    );
+    s.stop().await;
+    // Off: the same requests need nothing.
+    let s = Server::start(&dir, None).await;
+    assert_eq!(
+        c.get(format!("{}/v1/streams", s.addr)).send().await.unwrap().status(),
+        200
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_restart_keeps_streams_models_and_alerts() {
+    let dir = temp_dir("restart");
+    let s = Server::start(&dir, None).await;
+    let c = reqwest::Client::new();
+    let url = format!("{}/v1/streams/svc/readings", s.addr);
+    post(&c, &url, &readings(0, 500)).await;
+    let info = wait_for_model(&c, &format!("{}/v1/streams/svc", s.addr), 1).await;
+    let spike = json!({"readings": [{"timestamp": 1_700_000_000 + 500 * 60, "value": 900.0}]});
+    assert_eq!(post(&c, &url, &spike).await.1["results"][0]["anomaly"], true);
+    s.stop().await;
+
+    let s = Server::start(&dir, None).await;
+    let (status, back) = get(&c, &format!("{}/v1/streams/svc", s.addr)).await;
+    assert_eq!(status, 200);
+    assert_eq!(back["model"]["version"], info["model"]["version"]);
+    assert_eq!(back["readings_seen"], 501);
+    let (_, alerts) = get(&c, &format!("{}/v1/alerts", s.addr)).await;
+    assert_eq!(alerts["alerts"].as_array().unwrap().len(), 1, "the journal survived");
+    // Scoring goes on where it left off: the next reading uses the restored model.
+    let next = json!({"readings": [{"timestamp": 1_700_000_000 + 501 * 60, "value": seasonal(501)}]});
+    let (_, r) = post(&c, &format!("{}/v1/streams/svc/readings", s.addr), &next).await;
+    assert_eq!(r["results"][0]["phase"], "model");
+    assert_eq!(r["results"][0]["model_version"], info["model"]["version"]);
+    // Deleting removes it, also across a restart.
+    assert_eq!(
+        c.delete(format!("{}/v1/streams/svc", s.addr))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    s.stop().await;
+    let s = Server::start(&dir, None).await;
+    assert_eq!(get(&c, &format!("{}/v1/streams/svc", s.addr)).await.0, 404);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_snapshots_are_reported_not_loaded() {
+    let dir = temp_dir("damaged");
+    let s = Server::start(&dir, None).await;
+    let c = reqwest::Client::new();
+    post(&c, &format!("{}/v1/streams/good/readings", s.addr), &readings(0, 20)).await;
+    post(&c, &format!("{}/v1/streams/bad/readings", s.addr), &readings(0, 20)).await;
+    s.stop().await;
+    let bad = anomalyd::storage::snapshot::stream_file(&dir.join("streams"), "bad");
+    let mut bytes = std::fs::read(&bad).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    std::fs::write(&bad, bytes).unwrap();
+    let s = Server::start(&dir, None).await;
+    assert_eq!(get(&c, &format!("{}/v1/streams/good", s.addr)).await.0, 200);
+    assert_eq!(get(&c, &format!("{}/v1/streams/bad", s.addr)).await.0, 404);
+    let metrics = c
+        .get(format!("{}/metrics", s.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("anomalyd_corrupt_snapshots_total 1"), "counted");
+    assert!(bad.with_extension("corrupt").exists(), "moved aside for inspection");
+    s.stop().await;
+}
+
+#[test]
+fn kill_dash_nine_loses_at_most_the_snapshot_interval() {
+    let dir = temp_dir("kill9");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_anomalyd"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+                dir.to_str().unwrap(),
+            ])
+            .args(["--snapshot-interval-secs", "0.2", "--training-threads", "1"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = reqwest::Client::new();
+        let base = format!("http://127.0.0.1:{port}");
+        let up = || async {
+            for _ in 0..100 {
+                if c.get(format!("{base}/healthz")).send().await.is_ok() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("server did not start");
+        };
+        let mut child = spawn();
+        up().await;
+        post(&c, &format!("{base}/v1/streams/k9/readings"), &readings(0, 500)).await;
+        let info = wait_for_model(&c, &format!("{base}/v1/streams/k9"), 1).await;
+        // Wait past one snapshot interval, then kill without warning.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+
+        let mut child = spawn();
+        up().await;
+        let (status, back) = get(&c, &format!("{base}/v1/streams/k9")).await;
+        assert_eq!(status, 200);
+        assert_eq!(back["model"]["version"], info["model"]["version"]);
+        assert_eq!(back["readings_seen"], 500);
+        child.kill().unwrap();
+        child.wait().unwrap();
+    });
+}
