@@ -135,6 +135,19 @@ struct ServeArgs {
 
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
+    /// Resident memory per stream: one stream fed --readings readings (training
+    /// inline), then --streams copies of it held at once.
+    Memory {
+        /// Detector config (TOML); defaults otherwise.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Streams held.
+        #[arg(long, default_value_t = 10_000)]
+        streams: usize,
+        /// Readings fed first (≥ 384 trains a model with the default config).
+        #[arg(long, default_value_t = 1200)]
+        readings: usize,
+    },
     /// One stream's detector: per-reading scoring time once a model exists, and the
     /// time of a retraining job, with the given (or default) detector config.
     Detector {
@@ -216,6 +229,18 @@ fn main() -> Result<()> {
                 anomalyd::server::run(listener, registry, cfg.server, cfg.snapshot_interval, std::future::pending()).await?;
                 Ok::<_, anyhow::Error>(())
             })?;
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Memory {
+                    config,
+                    streams,
+                    readings,
+                },
+        } => {
+            let config = load_config(config.as_deref())?;
+            let report = anomalyd::bench::run_memory_bench(&config, streams, readings).map_err(anyhow::Error::msg)?;
+            println!("{}", serde_json::to_string(&report)?);
         }
         Command::Bench {
             what: BenchCommand::Detector { config, jobs },

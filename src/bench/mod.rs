@@ -327,3 +327,65 @@ pub fn run_detector_bench(
         retrain_epochs: epochs,
     })
 }
+
+/// `anomalyd bench memory`: resident memory per stream, measured by holding many
+/// copies of one stream's detector (cloned after feeding it readings).
+#[derive(Clone, Debug, Serialize)]
+pub struct MemoryBenchReport {
+    /// Streams held.
+    pub streams: usize,
+    /// Readings fed to the template stream.
+    pub readings: usize,
+    /// Whether the template had a trained model.
+    pub has_model: bool,
+    /// Model ensemble members.
+    pub members: usize,
+    /// Resident memory before creating the streams, MiB.
+    pub rss_before_mib: f64,
+    /// Resident memory with them, MiB.
+    pub rss_after_mib: f64,
+    /// (after − before) / streams, KiB.
+    pub kib_per_stream: f64,
+}
+
+/// Current resident set size in MiB (VmRSS); 0 where /proc is absent.
+pub fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// Feeds one detector `readings` readings (training inline), then holds `streams`
+/// clones of it and reports the memory they take.
+pub fn run_memory_bench(
+    config: &crate::detector::DetectorConfig,
+    streams: usize,
+    readings: usize,
+) -> Result<MemoryBenchReport, String> {
+    use crate::detector::Detector;
+    let mut template = Detector::new(config.clone()).map_err(|e| e.to_string())?;
+    let mut rng = StdRng::seed_from_u64(1);
+    for t in 0..readings {
+        let v = 100.0 + 20.0 * (t as f64 / 7.6).sin() + rng.random::<f64>() * 4.0;
+        template.update_sync(t as i64, &[v]).map_err(|e| e.to_string())?;
+    }
+    let before = rss_mib();
+    let held: Vec<Detector> = (0..streams).map(|_| template.clone()).collect();
+    let after = rss_mib();
+    let report = MemoryBenchReport {
+        streams,
+        readings,
+        has_model: template.model().is_some(),
+        members: template.model().map_or(0, |m| m.scorers.len()),
+        rss_before_mib: before,
+        rss_after_mib: after,
+        kib_per_stream: (after - before) * 1024.0 / streams.max(1) as f64,
+    };
+    drop(held);
+    Ok(report)
+}

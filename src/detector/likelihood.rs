@@ -49,14 +49,27 @@ impl Default for LikelihoodConfig {
     }
 }
 
+/// Sum, sum of squares and count of one block of short-term averages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Block {
+    sum: f64,
+    sumsq: f64,
+    n: u32,
+}
+
 /// The likelihood's state for one stream.
+///
+/// The long-term distribution is kept as per-block sums (one block per
+/// `reestimation_period` readings) rather than every average: estimates happen at
+/// block boundaries, so the mean and variance are the same as over the raw
+/// averages, in ~2 KB instead of 8,640 values per stream.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Likelihood {
     config: LikelihoodConfig,
     recent: VecDeque<f64>,
-    averages: VecDeque<f64>,
+    blocks: VecDeque<Block>,
+    current: Block,
     seen: usize,
-    since_estimate: usize,
     mean: f64,
     std: f64,
     estimated: bool,
@@ -73,9 +86,9 @@ impl Likelihood {
     pub fn new(config: LikelihoodConfig) -> Self {
         Likelihood {
             recent: VecDeque::with_capacity(config.averaging_window),
-            averages: VecDeque::new(),
+            blocks: VecDeque::new(),
+            current: Block::default(),
             seen: 0,
-            since_estimate: 0,
             mean: 0.0,
             std: 1.0,
             estimated: false,
@@ -94,15 +107,29 @@ impl Likelihood {
         self.recent.push_back(raw);
         let avg = self.recent.iter().sum::<f64>() / self.recent.len() as f64;
         self.seen += 1;
+        let block_len = c.reestimation_period.max(1);
+        let mut block_done = false;
         if self.seen > c.learning_period {
-            if self.averages.len() == c.historic_window.max(1) {
-                self.averages.pop_front();
+            self.current.sum += avg;
+            self.current.sumsq += avg * avg;
+            self.current.n += 1;
+            if self.current.n as usize >= block_len {
+                let max_blocks = c.historic_window.div_ceil(block_len).max(1);
+                if self.blocks.len() == max_blocks {
+                    self.blocks.pop_front();
+                }
+                self.blocks.push_back(std::mem::take(&mut self.current));
+                block_done = true;
             }
-            self.averages.push_back(avg);
         }
-        self.since_estimate += 1;
-        let ready = self.averages.len() >= c.estimation_samples.max(2);
-        if ready && (!self.estimated || self.since_estimate >= c.reestimation_period) {
+        let collected: usize = self.blocks.iter().map(|b| b.n as usize).sum();
+        if block_done && collected >= c.estimation_samples.max(2) {
+            self.estimate();
+        } else if !self.estimated
+            && collected + self.current.n as usize >= c.estimation_samples.max(2)
+            && self.current.n > 0
+        {
+            // The first estimate may come before a block is complete.
             self.estimate();
         }
         if !self.estimated {
@@ -125,13 +152,13 @@ impl Likelihood {
     }
 
     fn estimate(&mut self) {
-        let n = self.averages.len() as f64;
-        let mean = self.averages.iter().sum::<f64>() / n;
-        let var = self.averages.iter().map(|a| (a - mean) * (a - mean)).sum::<f64>() / n;
+        let all = self.blocks.iter().chain(std::iter::once(&self.current));
+        let (sum, sumsq, n) = all.fold((0.0, 0.0, 0.0), |(s, q, n), b| (s + b.sum, q + b.sumsq, n + b.n as f64));
+        let mean = sum / n;
+        let var = (sumsq / n - mean * mean).max(0.0);
         self.mean = mean.max(self.config.min_mean);
         self.std = var.max(self.config.min_variance).sqrt();
         self.estimated = true;
-        self.since_estimate = 0;
     }
 }
 

@@ -33,6 +33,12 @@ use train::{ErrorStats, Normaliser};
 use crate::nn::{Autoencoder, ScoreWorkspace, Scorer};
 use crate::timestamp::Micros;
 
+thread_local! {
+    /// Scratch space of the scorers, one per thread rather than per stream (streams
+    /// are many, scoring threads few).
+    static WORKSPACE: std::cell::RefCell<ScoreWorkspace> = std::cell::RefCell::new(ScoreWorkspace::default());
+}
+
 /// Which part of the detector produced a score.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -147,7 +153,6 @@ pub struct Detector {
     /// The model's own likelihood when `combine = "separate"`.
     model_likelihood: Likelihood,
     model: Option<ActiveModel>,
-    workspace: ScoreWorkspace,
     last_alert: Option<u64>,
     /// Readings seen / timestamp when the last training job was taken.
     last_job: Option<(u64, Micros)>,
@@ -180,7 +185,6 @@ impl Detector {
             ars: Vec::new(),
             range: Vec::new(),
             model: None,
-            workspace: ScoreWorkspace::default(),
             last_alert: None,
             last_job: None,
             job_in_flight: false,
@@ -380,15 +384,17 @@ impl Detector {
         let from = (w - steps) * d;
         let mut sq = vec![0.0f64; d];
         let mut last = vec![0.0f64; d];
-        for scorer in &model.scorers {
-            let y = scorer.reconstruct(&window, &mut self.workspace);
-            for (i, (&a, &b)) in y[from..].iter().zip(&window[from..]).enumerate() {
-                sq[i % d] += ((a - b) as f64).powi(2);
+        WORKSPACE.with_borrow_mut(|ws| {
+            for scorer in &model.scorers {
+                let y = scorer.reconstruct(&window, ws);
+                for (i, (&a, &b)) in y[from..].iter().zip(&window[from..]).enumerate() {
+                    sq[i % d] += ((a - b) as f64).powi(2);
+                }
+                for j in 0..d {
+                    last[j] += y[(w - 1) * d + j] as f64;
+                }
             }
-            for j in 0..d {
-                last[j] += y[(w - 1) * d + j] as f64;
-            }
-        }
+        });
         let m = model.scorers.len() as f64;
         let err = sq.iter().sum::<f64>() / (m * (steps * d) as f64);
         let total: f64 = sq.iter().sum();
@@ -570,7 +576,6 @@ impl Detector {
             likelihood: s.likelihood,
             model_likelihood: s.model_likelihood,
             model,
-            workspace: ScoreWorkspace::default(),
             last_alert: s.last_alert,
             last_job: s.last_job,
             job_in_flight: false,
