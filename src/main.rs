@@ -135,6 +135,25 @@ struct ServeArgs {
 
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
+    /// The registry without HTTP: readings/s and per-reading latency of ingest calls
+    /// (after every stream has its first model), optionally with continuous retraining.
+    Ingest {
+        /// Detector config (TOML); defaults otherwise.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Streams, written round-robin.
+        #[arg(long, default_value_t = 1)]
+        streams: usize,
+        /// Readings per call.
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        /// Seconds to measure.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Retrain every this many readings per stream (small: retraining never stops).
+        #[arg(long, default_value_t = 768)]
+        retrain_every: usize,
+    },
     /// Resident memory per stream: one stream fed --readings readings (training
     /// inline), then --streams copies of it held at once.
     Memory {
@@ -229,6 +248,24 @@ fn main() -> Result<()> {
                 anomalyd::server::run(listener, registry, cfg.server, cfg.snapshot_interval, std::future::pending()).await?;
                 Ok::<_, anyhow::Error>(())
             })?;
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Ingest {
+                    config,
+                    streams,
+                    batch,
+                    seconds,
+                    retrain_every,
+                },
+        } => {
+            let config = load_config(config.as_deref())?;
+            if streams == 0 || batch == 0 || retrain_every == 0 {
+                bail!("--streams, --batch and --retrain-every must be at least 1");
+            }
+            let report = anomalyd::bench::run_ingest_bench(&config, streams, batch, seconds, retrain_every)
+                .map_err(anyhow::Error::msg)?;
+            println!("{}", serde_json::to_string(&report)?);
         }
         Command::Bench {
             what:

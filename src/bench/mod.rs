@@ -389,3 +389,94 @@ pub fn run_memory_bench(
     drop(held);
     Ok(report)
 }
+
+/// `anomalyd bench ingest`: the registry without HTTP — throughput and per-reading
+/// latency of `Registry::ingest`, the baseline the HTTP figures are compared with.
+#[derive(Clone, Debug, Serialize)]
+pub struct IngestBenchReport {
+    /// Streams written round-robin.
+    pub streams: usize,
+    /// Readings per call.
+    pub batch: usize,
+    /// Retrain policy's `every_readings` (continuous retraining when small).
+    pub retrain_every: usize,
+    /// Readings scored per second (one calling thread).
+    pub readings_per_s: f64,
+    /// Per-reading scoring latency (detector update), median µs.
+    pub score_us_p50: f64,
+    /// Per-reading scoring latency, 99th percentile µs.
+    pub score_us_p99: f64,
+    /// Retraining jobs completed during the run.
+    pub retrain_jobs: u64,
+}
+
+/// Warms `streams` streams up past their first model, then ingests for `seconds`.
+pub fn run_ingest_bench(
+    config: &crate::detector::DetectorConfig,
+    streams: usize,
+    batch: usize,
+    seconds: f64,
+    retrain_every: usize,
+) -> Result<IngestBenchReport, String> {
+    use crate::registry::{Reading, Registry, RegistryConfig};
+    let mut det = config.clone();
+    det.retrain.every_readings = retrain_every;
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    let reg = Registry::open(
+        RegistryConfig {
+            default_detector: det,
+            training_threads: 1,
+            ..Default::default()
+        },
+        metrics.clone(),
+    )?;
+    let mut rng = StdRng::seed_from_u64(1);
+    let mut t = vec![0i64; streams];
+    let mut next = |s: usize, rng: &mut StdRng| {
+        t[s] += 1;
+        let v = 100.0 + 20.0 * (t[s] as f64 / 7.6).sin() + rng.random::<f64>() * 4.0;
+        Reading {
+            stream: format!("s{s}"),
+            timestamp: t[s],
+            values: vec![v],
+        }
+    };
+    // Warm-up: every stream past its first model.
+    let warm = config.retrain.first_after + 20;
+    for s in 0..streams {
+        let rs: Vec<Reading> = (0..warm).map(|_| next(s, &mut rng)).collect();
+        reg.ingest(&rs).map_err(|e| e.to_string())?;
+    }
+    let jobs = || metrics.retrain_jobs.with_label_values(&["completed"]).get();
+    let wait_start = Instant::now();
+    while jobs() < streams as u64 && wait_start.elapsed() < Duration::from_secs(600) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let jobs_before = jobs();
+    let count_before = metrics.scoring_latency.get_sample_count();
+    let start = Instant::now();
+    let mut done = 0usize;
+    let mut s = 0;
+    let mut per_reading = Vec::new();
+    while start.elapsed().as_secs_f64() < seconds {
+        let rs: Vec<Reading> = (0..batch).map(|_| next(s, &mut rng)).collect();
+        let call = Instant::now();
+        reg.ingest(&rs).map_err(|e| e.to_string())?;
+        per_reading.push(call.elapsed() / batch as u32);
+        done += batch;
+        s = (s + 1) % streams;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    debug_assert!(metrics.scoring_latency.get_sample_count() >= count_before);
+    per_reading.sort();
+    let pct = |p: f64| per_reading[((per_reading.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1e6;
+    Ok(IngestBenchReport {
+        streams,
+        batch,
+        retrain_every,
+        readings_per_s: done as f64 / elapsed,
+        score_us_p50: pct(0.5),
+        score_us_p99: pct(0.99),
+        retrain_jobs: jobs() - jobs_before,
+    })
+}
