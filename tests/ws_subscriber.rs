@@ -1,0 +1,93 @@
+//! The WebSocket subscriber loop over channels (no sockets): a subscriber that falls
+//! behind is told how many alerts it missed instead of the server buffering them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use anomalyd::metrics::Metrics;
+use anomalyd::registry::{Alert, Registry, RegistryConfig};
+use anomalyd::server::ws::run_subscriber;
+
+fn alert(stream: &str, score: f64) -> Alert {
+    Alert {
+        seq: 0,
+        stream: stream.into(),
+        timestamp: 0,
+        score,
+        values: vec![1.0],
+        expected: vec![0.0],
+        contributions: vec![1.0],
+        model_version: 0,
+    }
+}
+
+#[tokio::test]
+async fn a_slow_subscriber_is_told_it_lagged() {
+    let reg = Registry::open(
+        RegistryConfig {
+            subscriber_buffer: 4,
+            ..Default::default()
+        },
+        Arc::new(Metrics::new()),
+    )
+    .unwrap();
+    let (in_tx, in_rx) = futures::channel::mpsc::unbounded::<Option<String>>();
+    // A bounded outgoing channel nobody reads yet: the subscriber blocks on it.
+    let (out_tx, mut out_rx) = futures::channel::mpsc::channel::<String>(0);
+    let task = tokio::spawn(run_subscriber(reg.clone(), in_rx, out_tx, Duration::from_secs(3600)));
+    tokio::task::yield_now().await;
+    for i in 0..20 {
+        reg.journal().push(alert("s", 0.9 + i as f64 * 0.001));
+    }
+    let mut alerts = 0;
+    let mut missed = 0;
+    while alerts + missed < 20 {
+        let msg = tokio::time::timeout(Duration::from_secs(5), out_rx.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let v: Value = serde_json::from_str(&msg).unwrap();
+        match v["type"].as_str().unwrap() {
+            "alert" => alerts += 1,
+            "lagged" => missed += v["missed"].as_u64().unwrap(),
+            other => panic!("{other}"),
+        }
+    }
+    assert!(missed > 0, "the subscriber could not keep 20 alerts in a buffer of 4");
+    assert!(alerts <= 6, "{alerts} alerts delivered");
+    assert_eq!(reg.metrics().ws_lagged.get(), missed);
+    in_tx.unbounded_send(None).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn filters_and_min_score_apply() {
+    let reg = Registry::open(RegistryConfig::default(), Arc::new(Metrics::new())).unwrap();
+    let (in_tx, in_rx) = futures::channel::mpsc::unbounded::<Option<String>>();
+    let (out_tx, mut out_rx) = futures::channel::mpsc::channel::<String>(64);
+    let task = tokio::spawn(run_subscriber(reg.clone(), in_rx, out_tx, Duration::from_secs(3600)));
+    in_tx
+        .unbounded_send(Some(
+            r#"{"type":"subscribe","streams":["db.*","*-eu"],"min_score":0.8}"#.into(),
+        ))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for (s, score) in [("db.main", 0.9), ("web-eu", 0.95), ("web-us", 0.99), ("db.main", 0.5)] {
+        reg.journal().push(alert(s, score));
+    }
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let v: Value = serde_json::from_str(&out_rx.next().await.unwrap()).unwrap();
+        got.push((v["stream"].as_str().unwrap().to_string(), v["seq"].as_u64().unwrap()));
+    }
+    assert_eq!(got, [("db.main".to_string(), 1), ("web-eu".to_string(), 2)]);
+    in_tx.unbounded_send(None).unwrap();
+    task.await.unwrap();
+    assert!(out_rx.try_recv().is_err(), "nothing else matched");
+}
