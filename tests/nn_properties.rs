@@ -123,6 +123,9 @@ proptest! {
         let x = Array3::from_shape_fn((w, 1, d_in), |_| rng.random::<f32>() * 4.0 - 2.0);
         let generic = model.forward(x.view());
         let scorer = model.compile();
+        // The scorer keeps only packed weights, yet gives the model back exactly.
+        prop_assert_eq!(&scorer.to_model(), &model);
+        prop_assert_eq!(scorer.n_params(), model.n_params());
         let mut ws = ScoreWorkspace::default();
         let window: Vec<f32> = x.iter().copied().collect();
         let fast: Vec<f64> = scorer.reconstruct(&window, &mut ws).iter().map(|&v| v as f64).collect();

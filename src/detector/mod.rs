@@ -466,7 +466,7 @@ impl Detector {
             warm_start: self
                 .model
                 .as_ref()
-                .map(|m| m.scorers.iter().map(|s| s.model().clone()).collect()),
+                .map(|m| m.scorers.iter().map(|s| s.to_model()).collect()),
             version,
             seed: self
                 .config
@@ -531,7 +531,7 @@ impl Detector {
                 }),
             },
             members: model
-                .map(|m| m.scorers.iter().map(|s| s.model().clone()).collect())
+                .map(|m| m.scorers.iter().map(|s| s.to_model()).collect())
                 .unwrap_or_default(),
         }
     }

@@ -279,6 +279,10 @@ struct FastCell {
     bias: Vec<f32>,
     /// GRU: `b_hn`, applied inside (or, reset-before, after) the reset product.
     b_hn: Vec<f32>,
+    /// The raw biases, so the cell's parameters can be rebuilt exactly.
+    b_ih: Vec<f32>,
+    /// See `b_ih`.
+    b_hh: Vec<f32>,
 }
 
 impl FastCell {
@@ -307,6 +311,28 @@ impl FastCell {
             },
             bias,
             b_hn,
+            b_ih: p.b_ih.to_vec(),
+            b_hh: p.b_hh.to_vec(),
+        }
+    }
+
+    /// The PyTorch-layout parameters this cell was built from, exactly.
+    fn params(&self) -> CellParams<f32> {
+        let h = self.h;
+        let w_ih = self.w_ih_t.unpack().reversed_axes().as_standard_layout().to_owned();
+        let w_hh = if self.kind == CellKind::GruResetBefore {
+            let rz = self.w_hh_t.unpack().reversed_axes();
+            let n = self.w_hn_t.unpack().reversed_axes();
+            ndarray::concatenate(ndarray::Axis(0), &[rz.view(), n.view()]).expect("same width")
+        } else {
+            self.w_hh_t.unpack().reversed_axes().as_standard_layout().to_owned()
+        };
+        debug_assert_eq!(w_hh.ncols(), h);
+        CellParams {
+            w_ih,
+            w_hh: w_hh.as_standard_layout().to_owned(),
+            b_ih: ndarray::Array1::from(self.b_ih.clone()),
+            b_hh: ndarray::Array1::from(self.b_hh.clone()),
         }
     }
 }
@@ -335,8 +361,6 @@ pub struct Scorer {
     /// Head weight, PyTorch layout `[d_input, H]`: each output is one dot product.
     head_w: Vec<f32>,
     head_b: Vec<f32>,
-    /// The model itself, for batched scoring through the generic path.
-    model: Autoencoder<f32>,
 }
 
 impl Autoencoder<f32> {
@@ -358,7 +382,6 @@ impl Autoencoder<f32> {
                 .collect(),
             head_w: self.head.weight.iter().copied().collect(),
             head_b: self.head.bias.to_vec(),
-            model: self.clone(),
         }
     }
 }
@@ -369,9 +392,46 @@ impl Scorer {
         &self.config
     }
 
-    /// The model this scorer was compiled from.
-    pub fn model(&self) -> &Autoencoder<f32> {
-        &self.model
+    /// The model this scorer was compiled from, rebuilt exactly (the scorer keeps
+    /// only its packed weights, so a stream holds one copy of them, not two).
+    pub fn to_model(&self) -> Autoencoder<f32> {
+        let cfg = &self.config;
+        let enc_cfg = RnnConfig {
+            dropout: cfg.dropout,
+            ..RnnConfig::new(cfg.kind, cfg.d_input, cfg.d_hidden, cfg.n_layers, cfg.bidirectional)
+        };
+        let d_latent = enc_cfg.d_output();
+        let dec_cfg = RnnConfig {
+            dropout: cfg.dropout,
+            ..RnnConfig::new(cfg.kind, d_latent, cfg.d_hidden, cfg.n_layers, false)
+        };
+        Autoencoder {
+            config: cfg.clone(),
+            encoder: Rnn {
+                config: enc_cfg,
+                cells: self.enc.iter().map(FastCell::params).collect(),
+            },
+            decoder: Rnn {
+                config: dec_cfg,
+                cells: self.dec.iter().map(FastCell::params).collect(),
+            },
+            head: Linear {
+                weight: ndarray::Array2::from_shape_vec((cfg.d_input, cfg.d_hidden), self.head_w.clone())
+                    .expect("head shape"),
+                bias: ndarray::Array1::from(self.head_b.clone()),
+            },
+        }
+    }
+
+    /// Scalar parameters of the model.
+    pub fn n_params(&self) -> usize {
+        let cells: usize = self
+            .enc
+            .iter()
+            .chain(&self.dec)
+            .map(|c| c.w_ih_t.data.len() + c.w_hh_t.data.len() + c.w_hn_t.data.len() + c.b_ih.len() + c.b_hh.len())
+            .sum();
+        cells + self.head_w.len() + self.head_b.len()
     }
 
     /// Reconstructs one window. `window` is `[W, d_input]` row-major; the result (same
@@ -399,7 +459,7 @@ impl Scorer {
     /// Reconstructs a batch of windows `[W, B, d_input]` through the batched
     /// (matrix-matrix) path.
     pub fn reconstruct_batch(&self, x: ArrayView3<f32>) -> Array3<f32> {
-        self.model.forward(x)
+        self.to_model().forward(x)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -535,6 +595,25 @@ impl Packed {
             }
         }
         Packed { k, n, data }
+    }
+
+    /// The `[k, n]` matrix this was packed from.
+    fn unpack(&self) -> ndarray::Array2<f32> {
+        let (k, n) = (self.k, self.n);
+        let mut m = ndarray::Array2::zeros((k, n));
+        let (mut j0, mut off) = (0, 0);
+        for width in BLOCK_WIDTHS {
+            while j0 + width <= n {
+                for kk in 0..k {
+                    for j in 0..width {
+                        m[[kk, j0 + j]] = self.data[off + kk * width + j];
+                    }
+                }
+                off += k * width;
+                j0 += width;
+            }
+        }
+        m
     }
 
     /// `y += x · M`.

@@ -527,7 +527,7 @@ impl Registry {
             layers: c.model.layers,
             bidirectional: c.model.bidirectional,
             members: m.scorers.len(),
-            parameters: m.scorers.first().map_or(0, |s| s.model().n_params()),
+            parameters: m.scorers.first().map_or(0, |s| s.n_params()),
             version: m.version,
             trained_at: crate::timestamp::format_rfc3339(m.trained_at),
             train_loss: m.report.train_loss,
