@@ -325,6 +325,18 @@ impl DetectorConfig {
         Ok(())
     }
 
+    /// The shape of this config's autoencoder for `d_input` features.
+    pub fn autoencoder(&self, d_input: usize) -> crate::nn::AutoencoderConfig {
+        crate::nn::AutoencoderConfig {
+            kind: self.cell(),
+            d_input,
+            d_hidden: self.model.hidden,
+            n_layers: self.model.layers,
+            bidirectional: self.model.bidirectional,
+            dropout: self.model.dropout,
+        }
+    }
+
     /// The cell kind (valid after [`DetectorConfig::validate`]).
     pub fn cell(&self) -> CellKind {
         CellKind::parse(&self.model.cell).unwrap_or(CellKind::Lstm)

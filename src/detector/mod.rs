@@ -116,6 +116,37 @@ pub enum ReadingError {
     },
 }
 
+/// Checks a reading against a stream that takes `width` values (any, when `None`)
+/// and last saw `last`: values present, finite, of the right count, and not older.
+/// Equal timestamps are accepted.
+pub fn check_reading(
+    width: Option<usize>,
+    last: Option<Micros>,
+    timestamp: Micros,
+    values: &[f64],
+) -> Result<(), ReadingError> {
+    if values.is_empty() {
+        return Err(ReadingError::Empty);
+    }
+    if let Some(d) = width
+        && values.len() != d
+    {
+        return Err(ReadingError::WrongWidth {
+            got: values.len(),
+            expected: d,
+        });
+    }
+    if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+        return Err(ReadingError::NotFinite { index });
+    }
+    if let Some(last) = last
+        && timestamp < last
+    {
+        return Err(ReadingError::OutOfOrder { got: timestamp, last });
+    }
+    Ok(())
+}
+
 /// The model currently scoring a stream.
 #[derive(Clone, Debug)]
 pub struct ActiveModel {
@@ -226,26 +257,7 @@ impl Detector {
 
     /// Checks a reading without changing anything.
     pub fn check(&self, timestamp: Micros, values: &[f64]) -> Result<(), ReadingError> {
-        if values.is_empty() {
-            return Err(ReadingError::Empty);
-        }
-        if let Some(d) = self.n_features
-            && values.len() != d
-        {
-            return Err(ReadingError::WrongWidth {
-                got: values.len(),
-                expected: d,
-            });
-        }
-        if let Some(index) = values.iter().position(|v| !v.is_finite()) {
-            return Err(ReadingError::NotFinite { index });
-        }
-        if let Some(last) = self.last_ts
-            && timestamp < last
-        {
-            return Err(ReadingError::OutOfOrder { got: timestamp, last });
-        }
-        Ok(())
+        check_reading(self.n_features, self.last_ts, timestamp, values)
     }
 
     /// Scores one reading and learns from it.

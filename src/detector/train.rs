@@ -9,7 +9,7 @@ use rand::seq::SliceRandom;
 
 use super::baseline::std_floor;
 use super::config::DetectorConfig;
-use crate::nn::{Adam, AdamParams, Autoencoder, AutoencoderConfig, mse};
+use crate::nn::{Adam, AdamParams, Autoencoder, mse};
 
 /// Per-feature affine normalisation frozen with a model: `(x − center) / scale`.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -178,14 +178,7 @@ pub fn train(job: &TrainJob, should_stop: &dyn Fn() -> bool) -> TrainOutcome {
         Array3::from_shape_fn((w, idx.len(), d), |(t, b, j)| norm[(idx[b] + t) * d + j])
     };
 
-    let ae_cfg = AutoencoderConfig {
-        kind: cfg.cell(),
-        d_input: d,
-        d_hidden: cfg.model.hidden,
-        n_layers: cfg.model.layers,
-        bidirectional: cfg.model.bidirectional,
-        dropout: cfg.model.dropout,
-    };
+    let ae_cfg = cfg.autoencoder(d);
     let mut report = TrainReport {
         windows: starts.len(),
         ..Default::default()

@@ -328,8 +328,7 @@ impl Registry {
             };
             for &i in &per_stream[id] {
                 let r = &readings[i];
-                let probe = ProbeCheck { width, last };
-                if let Err(source) = probe.check(r.timestamp, &r.values) {
+                if let Err(source) = crate::detector::check_reading(width, last, r.timestamp, &r.values) {
                     let reason = match source {
                         ReadingError::WrongWidth { .. } | ReadingError::Empty => "wrong_width",
                         ReadingError::NotFinite { .. } => "not_finite",
@@ -394,15 +393,8 @@ impl Registry {
                     });
                 }
                 if st.detector.training_due() {
-                    let job = st.detector.training_job();
-                    match self.trainer.try_send((Arc::downgrade(stream), job)) {
-                        Ok(()) => self.metrics.retrain_queue_depth.inc(),
-                        Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                            // Dropped: the policy asks again after its interval.
-                            st.detector.install(TrainOutcome::NotEnoughData);
-                            self.metrics.retrain_jobs.with_label_values(&["dropped"]).inc();
-                        }
-                    }
+                    // When the queue is full the job is dropped; the policy asks again later.
+                    self.submit_job(stream, &mut st.detector);
                 }
                 st.last_verdict = Some(v.clone());
                 results[i] = Some((id.to_string(), v));
@@ -494,15 +486,26 @@ impl Registry {
                 source: ReadingError::Empty,
             });
         }
-        let job = st.detector.training_job();
-        match self.trainer.try_send((Arc::downgrade(&stream), job)) {
+        if self.submit_job(&stream, &mut st.detector) {
+            Ok(())
+        } else {
+            Err(RegistryError::TrainingBusy)
+        }
+    }
+
+    /// Takes a job from `detector` and queues it; a full queue drops it (the detector
+    /// is told, so it can ask again later). Returns whether it was queued.
+    fn submit_job(&self, stream: &Arc<Stream>, detector: &mut Detector) -> bool {
+        let job = detector.training_job();
+        match self.trainer.try_send((Arc::downgrade(stream), job)) {
             Ok(()) => {
                 self.metrics.retrain_queue_depth.inc();
-                Ok(())
+                true
             }
-            Err(_) => {
-                st.detector.install(TrainOutcome::NotEnoughData);
-                Err(RegistryError::TrainingBusy)
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                detector.install(TrainOutcome::NotEnoughData);
+                self.metrics.retrain_jobs.with_label_values(&["dropped"]).inc();
+                false
             }
         }
     }
@@ -682,37 +685,6 @@ impl Registry {
             }
         }
         tracing::info!(streams = map.len(), dir = %dir.display(), "loaded snapshots");
-        Ok(())
-    }
-}
-
-/// Checks one reading against a simulated stream state (width, last timestamp).
-struct ProbeCheck {
-    width: Option<usize>,
-    last: Option<Micros>,
-}
-
-impl ProbeCheck {
-    fn check(&self, timestamp: Micros, values: &[f64]) -> Result<(), ReadingError> {
-        if values.is_empty() {
-            return Err(ReadingError::Empty);
-        }
-        if let Some(d) = self.width
-            && values.len() != d
-        {
-            return Err(ReadingError::WrongWidth {
-                got: values.len(),
-                expected: d,
-            });
-        }
-        if let Some(index) = values.iter().position(|v| !v.is_finite()) {
-            return Err(ReadingError::NotFinite { index });
-        }
-        if let Some(last) = self.last
-            && timestamp < last
-        {
-            return Err(ReadingError::OutOfOrder { got: timestamp, last });
-        }
         Ok(())
     }
 }

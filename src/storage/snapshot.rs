@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 
 use super::StorageError;
 use crate::detector::{DetectorSnapshot, DetectorState};
-use crate::nn::AutoencoderConfig;
 
 const MAGIC: &[u8; 8] = b"ANOMSNAP";
 const VERSION: u32 = 1;
@@ -76,14 +75,7 @@ pub fn decode(bytes: &[u8]) -> Result<(String, DetectorSnapshot), StorageError> 
     let n_members = u32::from_le_bytes(take(4)?.try_into().expect("4")) as usize;
     let cfg = header.state.config();
     let d = header.state.n_features().unwrap_or(1);
-    let ae = AutoencoderConfig {
-        kind: cfg.cell(),
-        d_input: d,
-        d_hidden: cfg.model.hidden,
-        n_layers: cfg.model.layers,
-        bidirectional: cfg.model.bidirectional,
-        dropout: cfg.model.dropout,
-    };
+    let ae = cfg.autoencoder(d);
     let mut members = Vec::with_capacity(n_members.min(16));
     for _ in 0..n_members {
         let len = u64::from_le_bytes(take(8)?.try_into().expect("8")) as usize;
