@@ -678,3 +678,94 @@ fn kill_dash_nine_loses_at_most_the_snapshot_interval() {
         child.wait().unwrap();
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_configures_streams_and_retrain_queues_a_job() {
+    let dir = temp_dir("put");
+    let s = Server::start(&dir, None).await;
+    let c = reqwest::Client::new();
+    let url = format!("{}/v1/streams/cfg", s.addr);
+    // Create with a config: every field optional.
+    let r = c
+        .put(&url)
+        .json(&json!({"model": {"cell": "gru", "hidden": 8, "ensemble": 1}, "alert": {"threshold": 0.7}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let info: Value = r.json().await.unwrap();
+    assert_eq!(
+        (info["config"]["model"]["cell"].as_str(), info["threshold"].as_f64()),
+        (Some("gru"), Some(0.7))
+    );
+    // Invalid configs are refused with the field named, and change nothing.
+    for bad in [
+        json!({"model": {"cell": "transformer"}}),
+        json!({"window": 1}),
+        json!({"windw": 3}),
+    ] {
+        let r = c.put(&url).json(&bad).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["code"], "invalid_config");
+    }
+    assert_eq!(get(&c, &url).await.1["config"]["model"]["cell"], "gru");
+    // Train a model, then move the threshold: the model stays (same shape).
+    post(&c, &format!("{url}/readings"), &readings(0, 500)).await;
+    let v1 = wait_for_model(&c, &url, 1).await["model"]["version"].as_u64().unwrap();
+    let r = c
+        .put(&url)
+        .json(&json!({"model": {"cell": "gru", "hidden": 8, "ensemble": 1}, "alert": {"threshold": 0.9}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let info: Value = r.json().await.unwrap();
+    assert_eq!(
+        (info["threshold"].as_f64(), info["model"]["version"].as_u64()),
+        (Some(0.9), Some(v1))
+    );
+    assert_eq!(info["model"]["cell"], "gru");
+    assert_eq!(
+        info["model"]["parameters"],
+        3 * 8 * (1 + 8) + 2 * 24 + 3 * 8 * (8 + 8) + 2 * 24 + 8 + 1
+    );
+    // An explicit retrain produces the next version.
+    let r = c.post(format!("{url}/retrain")).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    wait_for_model(&c, &url, v1 + 1).await;
+    // A new shape starts over.
+    let r = c
+        .put(&url)
+        .json(&json!({"model": {"cell": "lstm", "hidden": 8}}))
+        .send()
+        .await
+        .unwrap();
+    let info: Value = r.json().await.unwrap();
+    assert_eq!(
+        (info["model"].clone(), info["readings_seen"].as_u64()),
+        (Value::Null, Some(0))
+    );
+    assert_eq!(
+        c.post(format!("{url}/retrain")).send().await.unwrap().status(),
+        409,
+        "nothing to train on yet"
+    );
+    assert_eq!(
+        c.post(format!("{}/v1/streams/none/retrain", s.addr))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        c.delete(format!("{}/v1/streams/none", s.addr))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    s.stop().await;
+}
