@@ -302,7 +302,6 @@ impl Registry {
                     Vec::new()
                 })
                 .push(i);
-            let _ = i;
         }
         // Existing streams are locked in id order (no deadlock between batches).
         let mut ids: Vec<&str> = order.clone();
@@ -322,34 +321,15 @@ impl Registry {
         }
         // Validate everything against the current state.
         for (id, _, guard) in &guards {
-            let (mut width, mut last) = match guard {
+            let (width, last) = match guard {
                 Some(g) if !g.deleted => (g.detector.n_features(), g.detector.last_timestamp()),
                 _ => (self.config.default_detector.n_features, None),
             };
-            for &i in &per_stream[id] {
-                let r = &readings[i];
-                if let Err(source) = crate::detector::check_reading(width, last, r.timestamp, &r.values) {
-                    let reason = match source {
-                        ReadingError::WrongWidth { .. } | ReadingError::Empty => "wrong_width",
-                        ReadingError::NotFinite { .. } => "not_finite",
-                        ReadingError::OutOfOrder { .. } => "out_of_order",
-                    };
-                    self.metrics
-                        .readings_rejected
-                        .with_label_values(&[reason])
-                        .inc_by(readings.len() as u64);
-                    return Err(RegistryError::Reading {
-                        index: i,
-                        stream: id.to_string(),
-                        source,
-                    });
-                }
-                width = Some(r.values.len());
-                last = Some(r.timestamp);
-            }
+            self.validate_stream(readings, &per_stream[id], id, width, last)?;
         }
         // Create the new streams (and any deleted-but-still-locked ones) now.
         let mut created: HashMap<&str, Arc<Stream>> = HashMap::new();
+        let mut inserted: Vec<Arc<Stream>> = Vec::new();
         for (id, s, g) in &guards {
             if s.is_none() || g.as_ref().is_some_and(|g| g.deleted) {
                 let detector = Detector::new(self.config.default_detector.clone())?;
@@ -364,20 +344,47 @@ impl Registry {
                 });
                 let mut map = self.streams.write().expect("streams lock");
                 let entry = map.entry(id.to_string()).or_insert_with(|| stream.clone());
+                if Arc::ptr_eq(entry, &stream) {
+                    inserted.push(stream.clone());
+                }
                 created.insert(id, entry.clone());
             }
         }
-        let mut new_guards: Vec<(&str, std::sync::MutexGuard<'_, StreamState>)> = Vec::new();
-        for (id, s) in &created {
-            let _ = s;
-            new_guards.push((id, created[id].state.lock().expect("stream lock")));
+        let mut new_guards: Vec<(&str, std::sync::MutexGuard<'_, StreamState>)> = created
+            .iter()
+            .map(|(id, s)| (*id, s.state.lock().expect("stream lock")))
+            .collect();
+        // Another request may have created one of these streams meanwhile and written
+        // to it: validate again under the lock, and on failure undo our own creations.
+        for (id, g) in &new_guards {
+            let (width, last) = (g.detector.n_features(), g.detector.last_timestamp());
+            if g.detector.readings_seen() > 0
+                && let Err(e) = self.validate_stream(readings, &per_stream[id], id, width, last)
+            {
+                drop(new_guards);
+                let mut map = self.streams.write().expect("streams lock");
+                for s in inserted {
+                    if s.state.lock().expect("stream lock").detector.readings_seen() == 0 {
+                        map.remove(&s.id);
+                    }
+                }
+                return Err(e);
+            }
         }
         let mut results: Vec<Option<(String, Verdict)>> = vec![None; readings.len()];
         let mut apply = |id: &str, st: &mut StreamState, stream: &Arc<Stream>| {
             for &i in &per_stream[id] {
                 let r = &readings[i];
                 let start = Instant::now();
-                let v = st.detector.update(r.timestamp, &r.values).expect("validated above");
+                // Validated above under this lock, so this cannot fail; if it ever did,
+                // the reading is skipped rather than taking the server down.
+                let v = match st.detector.update(r.timestamp, &r.values) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        tracing::error!(stream = id, error = %e, "validated reading refused");
+                        continue;
+                    }
+                };
                 self.metrics.scoring_latency.observe(start.elapsed().as_secs_f64());
                 if v.anomaly {
                     self.metrics.alerts.inc();
@@ -413,7 +420,41 @@ impl Registry {
             apply(id, g, &stream);
         }
         self.metrics.readings_ingested.inc_by(readings.len() as u64);
-        Ok(results.into_iter().map(|r| r.expect("every reading applied")).collect())
+        Ok(results.into_iter().flatten().collect())
+    }
+
+    /// Checks one stream's readings of a batch, in order, against its width and last
+    /// timestamp; counts and reports the first bad one.
+    fn validate_stream(
+        &self,
+        readings: &[Reading],
+        indices: &[usize],
+        id: &str,
+        mut width: Option<usize>,
+        mut last: Option<Micros>,
+    ) -> Result<(), RegistryError> {
+        for &i in indices {
+            let r = &readings[i];
+            if let Err(source) = crate::detector::check_reading(width, last, r.timestamp, &r.values) {
+                let reason = match source {
+                    ReadingError::WrongWidth { .. } | ReadingError::Empty => "wrong_width",
+                    ReadingError::NotFinite { .. } => "not_finite",
+                    ReadingError::OutOfOrder { .. } => "out_of_order",
+                };
+                self.metrics
+                    .readings_rejected
+                    .with_label_values(&[reason])
+                    .inc_by(readings.len() as u64);
+                return Err(RegistryError::Reading {
+                    index: i,
+                    stream: id.to_string(),
+                    source,
+                });
+            }
+            width = Some(r.values.len());
+            last = Some(r.timestamp);
+        }
+        Ok(())
     }
 
     /// Creates a stream with `config`, or reconfigures an existing one. A new shape
