@@ -124,6 +124,21 @@ pub struct Stream {
     state: Mutex<StreamState>,
 }
 
+impl Stream {
+    /// A stream around `detector`; `dirty` when it has no snapshot yet.
+    fn new(id: &str, detector: Detector, dirty: bool) -> Arc<Stream> {
+        Arc::new(Stream {
+            id: id.to_string(),
+            state: Mutex::new(StreamState {
+                detector,
+                dirty,
+                deleted: false,
+                last_verdict: None,
+            }),
+        })
+    }
+}
+
 #[derive(Debug)]
 struct StreamState {
     detector: Detector,
@@ -332,16 +347,7 @@ impl Registry {
         let mut inserted: Vec<Arc<Stream>> = Vec::new();
         for (id, s, g) in &guards {
             if s.is_none() || g.as_ref().is_some_and(|g| g.deleted) {
-                let detector = Detector::new(self.config.default_detector.clone())?;
-                let stream = Arc::new(Stream {
-                    id: id.to_string(),
-                    state: Mutex::new(StreamState {
-                        detector,
-                        dirty: true,
-                        deleted: false,
-                        last_verdict: None,
-                    }),
-                });
+                let stream = Stream::new(id, Detector::new(self.config.default_detector.clone())?, true);
                 let mut map = self.streams.write().expect("streams lock");
                 let entry = map.entry(id.to_string()).or_insert_with(|| stream.clone());
                 if Arc::ptr_eq(entry, &stream) {
@@ -487,19 +493,7 @@ impl Registry {
         if !map.contains_key(id) && map.len() >= self.config.max_streams {
             return Err(RegistryError::TooManyStreams(self.config.max_streams));
         }
-        let detector = Detector::new(config)?;
-        map.insert(
-            id.to_string(),
-            Arc::new(Stream {
-                id: id.to_string(),
-                state: Mutex::new(StreamState {
-                    detector,
-                    dirty: true,
-                    deleted: false,
-                    last_verdict: None,
-                }),
-            }),
-        );
+        map.insert(id.to_string(), Stream::new(id, Detector::new(config)?, true));
         Ok(true)
     }
 
@@ -704,19 +698,8 @@ impl Registry {
                 .and_then(|(id, snap)| Detector::restore(snap).map(|d| (id, d)).map_err(|e| e.to_string()));
             match loaded {
                 Ok((id, detector)) => {
-                    let last_verdict = None;
-                    map.insert(
-                        id.clone(),
-                        Arc::new(Stream {
-                            id,
-                            state: Mutex::new(StreamState {
-                                detector,
-                                dirty: false,
-                                deleted: false,
-                                last_verdict,
-                            }),
-                        }),
-                    );
+                    let stream = Stream::new(&id, detector, false);
+                    map.insert(id, stream);
                 }
                 Err(e) => {
                     tracing::error!(path = %path.display(), error = %e, "damaged snapshot moved aside, not loaded");
