@@ -11,7 +11,8 @@ use crate::detector::DetectorConfig;
 use crate::registry::RegistryConfig;
 use crate::server::ServerConfig;
 
-/// The file's layout (every field optional).
+/// The file's layout (every field optional); flags and environment fill the same
+/// type, and win.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServeFile {
@@ -39,31 +40,6 @@ pub struct ServeFile {
     pub detector: Option<DetectorConfig>,
 }
 
-/// Values from flags and environment (`None`: not given).
-#[derive(Clone, Debug, Default)]
-pub struct ServeOverrides {
-    /// See [`ServeFile`].
-    pub listen: Option<String>,
-    /// See [`ServeFile`].
-    pub data_dir: Option<PathBuf>,
-    /// See [`ServeFile`].
-    pub auth_token_file: Option<PathBuf>,
-    /// See [`ServeFile`].
-    pub max_body_bytes: Option<usize>,
-    /// See [`ServeFile`].
-    pub max_readings_per_request: Option<usize>,
-    /// See [`ServeFile`].
-    pub max_streams: Option<usize>,
-    /// See [`ServeFile`].
-    pub max_ws_subscribers: Option<usize>,
-    /// See [`ServeFile`].
-    pub snapshot_interval_secs: Option<f64>,
-    /// See [`ServeFile`].
-    pub training_threads: Option<usize>,
-    /// See [`ServeFile`].
-    pub log_format: Option<String>,
-}
-
 /// The checked configuration.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
@@ -79,9 +55,9 @@ pub struct ServeConfig {
     pub server: ServerConfig,
 }
 
-/// Reads the file (when given, or `./anomalyd.toml` when present), applies the
-/// overrides and checks the result.
-pub fn load(file: Option<&Path>, o: ServeOverrides) -> Result<ServeConfig, String> {
+/// Reads the file (when given, or `./anomalyd.toml` when present), lets every field
+/// set in `o` (flags and environment) win over it, and checks the result.
+pub fn load(file: Option<&Path>, o: ServeFile) -> Result<ServeConfig, String> {
     let default_path = Path::new("anomalyd.toml");
     let path = file.or_else(|| default_path.exists().then_some(default_path));
     let f: ServeFile = match path {
@@ -120,7 +96,7 @@ pub fn load(file: Option<&Path>, o: ServeOverrides) -> Result<ServeConfig, Strin
     if !["human", "json"].contains(&log_format.as_str()) {
         return Err(format!("log_format must be human or json, got {log_format:?}"));
     }
-    let detector = f.detector.unwrap_or_default();
+    let detector = o.detector.or(f.detector).unwrap_or_default();
     detector.validate().map_err(|e| format!("[detector]: {e}"))?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let registry = RegistryConfig {

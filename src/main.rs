@@ -223,7 +223,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(a) => {
-            let overrides = anomalyd::config::ServeOverrides {
+            let overrides = anomalyd::config::ServeFile {
                 listen: a.listen,
                 data_dir: a.data_dir,
                 auth_token_file: a.auth_token_file,
@@ -234,6 +234,7 @@ fn main() -> Result<()> {
                 snapshot_interval_secs: a.snapshot_interval_secs,
                 training_threads: a.training_threads,
                 log_format: a.log_format,
+                detector: None,
             };
             let cfg = anomalyd::config::load(a.config.as_deref(), overrides).map_err(anyhow::Error::msg)?;
             init_logging(&cfg.log_format);

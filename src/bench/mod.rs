@@ -114,7 +114,7 @@ fn median_time(seconds: f64, mut f: impl FnMut()) -> Duration {
 }
 
 /// Runs `f(thread_idx)` on `threads` threads at once and returns the slowest median.
-fn parallel_median(threads: usize, seconds: f64, f: impl Fn(usize) -> Duration + Sync) -> Duration {
+fn parallel_median(threads: usize, f: impl Fn(usize) -> Duration + Sync) -> Duration {
     if threads <= 1 {
         return f(0);
     }
@@ -133,7 +133,6 @@ fn parallel_median(threads: usize, seconds: f64, f: impl Fn(usize) -> Duration +
             .max()
             .unwrap_or_default()
     })
-    .max(Duration::from_secs_f64(seconds * 0.0))
 }
 
 fn random_windows(rng: &mut StdRng, w: usize, b: usize, d: usize) -> Array3<f32> {
@@ -164,7 +163,7 @@ pub fn run_model_bench(cfg: &ModelBenchConfig) -> ModelBenchReport {
     let batch_time = if !wants(Measure::Batch) {
         zero
     } else {
-        parallel_median(cfg.threads, cfg.seconds, |i| {
+        parallel_median(cfg.threads, |i| {
             let x = random_windows(&mut StdRng::seed_from_u64(10 + i as u64), w, 256, d);
             median_time(cfg.seconds, || {
                 std::hint::black_box(scorer.reconstruct_batch(x.view()));
@@ -175,7 +174,7 @@ pub fn run_model_bench(cfg: &ModelBenchConfig) -> ModelBenchReport {
     let train_time = if !wants(Measure::Train) {
         zero
     } else {
-        parallel_median(cfg.threads, cfg.seconds, |i| {
+        parallel_median(cfg.threads, |i| {
             let x = random_windows(&mut StdRng::seed_from_u64(20 + i as u64), w, 32, d);
             let mut m = model.clone();
             let mut opt = Adam::new(AdamParams {

@@ -112,6 +112,9 @@ pub enum RegistryError {
     /// The config is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The stream has too few readings to train on.
+    #[error("stream {0:?} has too few readings to train on")]
+    NotEnoughData(String),
     /// The training queue is full.
     #[error("training queue is full")]
     TrainingBusy,
@@ -515,11 +518,7 @@ impl Registry {
         let stream = self.get(id).ok_or_else(|| RegistryError::NotFound(id.into()))?;
         let mut st = stream.state.lock().expect("stream lock");
         if st.detector.readings_seen() <= st.detector.config().window as u64 {
-            return Err(RegistryError::Reading {
-                index: 0,
-                stream: id.into(),
-                source: ReadingError::Empty,
-            });
+            return Err(RegistryError::NotEnoughData(id.into()));
         }
         if self.submit_job(&stream, &mut st.detector) {
             Ok(())

@@ -407,14 +407,7 @@ async fn delete_stream(State(st): State<AppState>, Path(stream): Path<String>) -
 }
 
 async fn retrain_stream(State(st): State<AppState>, Path(stream): Path<String>) -> Result<Response, ApiError> {
-    st.registry.retrain(&stream).map_err(|e| match e {
-        crate::registry::RegistryError::Reading { .. } => ApiError::new(
-            StatusCode::CONFLICT,
-            "not_enough_data",
-            "the stream has too few readings to train on",
-        ),
-        other => other.into(),
-    })?;
+    st.registry.retrain(&stream)?;
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"status": "queued"}))).into_response())
 }
 
