@@ -81,8 +81,13 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Do not run the detector: score the result files already under --out.
-        #[arg(long, requires = "windows")]
+        #[arg(long, requires = "windows", conflicts_with = "seeds")]
         score_only: bool,
+        /// Run the corpus once per training seed (comma-separated; results under
+        /// <out>/seed-<n>) and print each run's scores and their mean and spread: a
+        /// score that hinges on one seed's luck shows here.
+        #[arg(long, value_delimiter = ',')]
+        seeds: Vec<u64>,
         /// Also print each category's (and with -vv each file's) share under the
         /// standard profile: raw score, windows detected, false positives.
         #[arg(short, long, action = clap::ArgAction::Count)]
@@ -308,9 +313,81 @@ fn main() -> Result<()> {
             threads,
             json,
             score_only,
+            seeds,
             verbose,
         } => {
             let config = load_config(config.as_deref())?;
+            if seeds.len() > 1 {
+                let Some(w) = windows else {
+                    bail!("--seeds needs --windows to score the runs");
+                };
+                let windows = nab::read_windows(&w).map_err(anyhow::Error::msg)?;
+                let profiles = match profiles {
+                    Some(p) => nab::read_profiles(&p).map_err(anyhow::Error::msg)?,
+                    None => nab::standard_profiles(),
+                };
+                let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+                let mut per_seed = Vec::new();
+                for &seed in &seeds {
+                    let mut config = config.clone();
+                    config.training.seed = seed;
+                    let dir = out.join(format!("seed-{seed}"));
+                    let start = std::time::Instant::now();
+                    let run = replay::run_nab(&data, &dir, &config, Some(&windows), &profiles, threads)
+                        .map_err(anyhow::Error::msg)?;
+                    let scores: Vec<f64> = run.results.iter().map(|r| r.normalized).collect();
+                    if !json {
+                        let cells: Vec<String> = run
+                            .results
+                            .iter()
+                            .map(|r| format!("{} {:.2}", r.profile, r.normalized))
+                            .collect();
+                        println!(
+                            "seed {seed:<4} {}   ({:.1} s)",
+                            cells.join("  "),
+                            start.elapsed().as_secs_f64()
+                        );
+                    }
+                    per_seed.push(scores);
+                }
+                let summary: Vec<(String, f64, f64, f64)> = profiles
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| {
+                        let xs: Vec<f64> = per_seed.iter().map(|s| s[i]).collect();
+                        let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+                        let lo = xs.iter().cloned().fold(f64::INFINITY, f64::min);
+                        let hi = xs.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                        (p.name.clone(), mean, lo, hi)
+                    })
+                    .collect();
+                if json {
+                    let obj: serde_json::Map<String, serde_json::Value> = summary
+                        .iter()
+                        .enumerate()
+                        .map(|(i, (name, mean, lo, hi))| {
+                            let runs: Vec<f64> = per_seed.iter().map(|s| s[i]).collect();
+                            (
+                                name.clone(),
+                                serde_json::json!({"mean": mean, "min": lo, "max": hi, "runs": runs}),
+                            )
+                        })
+                        .collect();
+                    println!("{}", serde_json::json!({"seeds": seeds, "scores": obj}));
+                } else {
+                    for (name, mean, lo, hi) in summary {
+                        println!(
+                            "{name:<20} mean {mean:7.2}   (min {lo:.2}, max {hi:.2}, spread {:.2})",
+                            hi - lo
+                        );
+                    }
+                }
+                return Ok(());
+            }
+            let mut config = config;
+            if let Some(&seed) = seeds.first() {
+                config.training.seed = seed;
+            }
             let windows = windows
                 .map(|w| nab::read_windows(&w))
                 .transpose()

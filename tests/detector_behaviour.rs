@@ -13,8 +13,9 @@ use anomalyd::detector::{Detector, DetectorConfig, DetectorKind, Phase, ReadingE
 
 const N: usize = 1600;
 const ONSET: usize = 1300;
-/// Readings before which alerts are not judged: the likelihood learns for 388.
-const WARM: usize = 450;
+/// Readings before which alerts are not judged: the likelihood learns for 128, the
+/// range rule waits for 288.
+const WARM: usize = 300;
 /// An anomaly must be flagged within this many readings of its onset.
 const WITHIN: usize = 10;
 
@@ -59,6 +60,14 @@ fn scenarios() -> Vec<(&'static str, Series)> {
         (
             "noise burst",
             Box::new(|t, r| seasonal(t) + noise(r) * if (ONSET..ONSET + 60).contains(&t) { 8.0 } else { 1.0 }),
+        ),
+        (
+            // Context only: every value is ordinary, but not at this phase of the cycle.
+            "damped cycle",
+            Box::new(|t, r| {
+                let damp = if (ONSET..ONSET + 48).contains(&t) { 0.5 } else { 1.0 };
+                100.0 + damp * (seasonal(t) - 100.0) + noise(r)
+            }),
         ),
     ]
 }
@@ -114,8 +123,38 @@ spike: flagged in time, 0 clean alerts
 level shift: flagged in time, 0 clean alerts
 flatline: flagged in time, 0 clean alerts
 frequency change: flagged in time, 0 clean alerts
-noise burst: flagged in time, 0 clean alerts";
+noise burst: flagged in time, 0 clean alerts
+damped cycle: flagged in time, 0 clean alerts";
     assert_eq!(got.join("\n"), expected);
+}
+
+#[test]
+fn the_seasonal_baseline_alone_flags_anomalies_of_context() {
+    let config = DetectorConfig {
+        detector: DetectorKind::Seasonal,
+        ..DetectorConfig::default()
+    };
+    let got: Vec<String> = scenarios()
+        .iter()
+        .filter(|(name, _)| ["clean seasonal", "flatline", "damped cycle"].contains(name))
+        .map(|(name, f)| render(name, &run(&config, f.as_ref(), 5).0))
+        .collect();
+    let expected = "\
+clean seasonal: quiet, 0 clean alerts
+flatline: flagged in time, 0 clean alerts
+damped cycle: flagged in time, 0 clean alerts";
+    assert_eq!(got.join("\n"), expected);
+    // Without the seasonal baseline, nothing else sees the damped cycle in time.
+    let mut blind = DetectorConfig {
+        detector: DetectorKind::Gaussian,
+        ..DetectorConfig::default()
+    };
+    blind.baseline.seasonal = false;
+    let damped = scenarios().into_iter().find(|(n, _)| *n == "damped cycle").unwrap().1;
+    assert_eq!(
+        render("damped cycle", &run(&blind, damped.as_ref(), 5).0),
+        "damped cycle: missed, 0 clean alerts"
+    );
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! Classical per-feature baselines that score from the first readings: a windowed
-//! Gaussian and an autoregressive model fitted online by recursive least squares.
+//! Gaussian, an autoregressive model fitted online by recursive least squares, and a
+//! seasonal residual once the stream shows a period.
 
 use std::collections::VecDeque;
 
@@ -237,6 +238,98 @@ impl OnlineAr {
     }
 }
 
+/// The dominant period of `xs` from its autocorrelation, if it has a clear one:
+/// the highest autocorrelation peak after the function first crosses zero, at lags
+/// `min_lag..=xs.len() / 2` (two periods at least), when it reaches `min_acf`.
+/// Trends (no zero crossing) and noise (peaks near 0) have none. Returns
+/// `(period, autocorrelation at it)`.
+pub fn find_period(xs: &[f64], min_lag: usize, min_acf: f64) -> Option<(usize, f64)> {
+    let n = xs.len();
+    let max_lag = n / 2;
+    if max_lag < min_lag.max(2) {
+        return None;
+    }
+    let m = xs.iter().sum::<f64>() / n as f64;
+    let c: Vec<f64> = xs.iter().map(|x| x - m).collect();
+    let var: f64 = c.iter().map(|x| x * x).sum();
+    if var <= 0.0 || !var.is_finite() {
+        return None;
+    }
+    let acf = |k: usize| c[..n - k].iter().zip(&c[k..]).map(|(a, b)| a * b).sum::<f64>() / var;
+    let mut crossed = false;
+    let mut best: Option<(usize, f64)> = None;
+    let (mut prev2, mut prev) = (1.0, acf(1));
+    crossed |= prev < 0.0;
+    for k in 2..=max_lag {
+        let r = acf(k);
+        // `prev` (at k − 1) is a local peak.
+        if crossed && k > min_lag && prev >= prev2 && prev >= r && best.is_none_or(|(_, b)| prev > b) {
+            best = Some((k - 1, prev));
+        }
+        crossed |= r < 0.0;
+        (prev2, prev) = (prev, r);
+    }
+    best.filter(|&(_, r)| r >= min_acf)
+}
+
+/// Seasonal baseline: how far a value lies from the values at the same phase of the
+/// previous periods (their median, robust to one anomalous period), in standard
+/// deviations of such residuals over a recent window. Silent (z = 0) while the
+/// stream has no clear period (see [`find_period`]).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Seasonal {
+    period: Option<usize>,
+    resid: WindowStats,
+}
+
+impl Seasonal {
+    /// A baseline whose residual scale is taken over `window` residuals.
+    pub fn new(window: usize) -> Self {
+        Seasonal {
+            period: None,
+            resid: WindowStats::new(window),
+        }
+    }
+
+    /// The period in use.
+    pub fn period(&self) -> Option<usize> {
+        self.period
+    }
+
+    /// Sets the period (after a re-estimate); a new period starts a new residual scale.
+    pub fn set_period(&mut self, period: Option<usize>) {
+        if period != self.period {
+            self.period = period;
+            self.resid = WindowStats::new(self.resid.cap);
+        }
+    }
+
+    /// Scores `x` given the values at the same phase one, two, … periods ago (newest
+    /// first; empty when there is no period or not enough history) and the smallest
+    /// residual scale that counts (so exactly periodic series do not divide by ~0).
+    /// Returns `(z, expected)`.
+    pub fn update(&mut self, x: f64, past: &[f64], floor: f64) -> (f64, f64) {
+        if past.is_empty() {
+            return (0.0, x);
+        }
+        let mut p = past.to_vec();
+        p.sort_by(f64::total_cmp);
+        let expected = if p.len() % 2 == 1 {
+            p[p.len() / 2]
+        } else {
+            0.5 * (p[p.len() / 2 - 1] + p[p.len() / 2])
+        };
+        let r = x - expected;
+        let z = if self.resid.len() < 16 {
+            0.0
+        } else {
+            (r - self.resid.mean()).abs() / self.resid.std().max(floor).max(1e-12)
+        };
+        self.resid.push(r);
+        (z, expected)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,6 +363,62 @@ mod tests {
         }
         assert!(max_quiet < 2.5, "{max_quiet}");
         assert!(g.update(5.0).0 > 10.0);
+    }
+
+    fn lcg_noise(state: &mut u64) -> f64 {
+        // Deterministic roughly-Gaussian noise (sum of 4 uniforms, sd ≈ 0.58).
+        (0..4)
+            .map(|_| {
+                *state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                (*state >> 11) as f64 / (1u64 << 53) as f64
+            })
+            .sum::<f64>()
+            - 2.0
+    }
+
+    #[test]
+    fn find_period_sees_cycles_but_not_noise_or_trends() {
+        let mut s = 1u64;
+        let cycle: Vec<f64> = (0..1024)
+            .map(|t| (2.0 * std::f64::consts::PI * t as f64 / 48.0).sin() * 3.0 + lcg_noise(&mut s))
+            .collect();
+        let (p, r) = find_period(&cycle, 4, 0.3).expect("a period");
+        assert!((47..=49).contains(&p) && r > 0.5, "{p} {r}");
+        // A square wave with period 288 (a daily on/off pattern at 5-minute readings).
+        let square: Vec<f64> = (0..1024)
+            .map(|t| if t % 288 < 144 { 10.0 } else { 0.0 } + lcg_noise(&mut s))
+            .collect();
+        assert_eq!(find_period(&square, 4, 0.3).map(|(p, _)| p), Some(288));
+        let noise: Vec<f64> = (0..1024).map(|_| lcg_noise(&mut s)).collect();
+        assert_eq!(find_period(&noise, 4, 0.3), None);
+        let trend: Vec<f64> = (0..1024).map(|t| t as f64 * 0.1 + lcg_noise(&mut s)).collect();
+        assert_eq!(find_period(&trend, 4, 0.3), None);
+        assert_eq!(find_period(&[5.0; 100], 4, 0.3), None, "constant");
+        assert_eq!(find_period(&cycle[..60], 4, 0.3), None, "under two periods");
+    }
+
+    #[test]
+    fn seasonal_residual_uses_the_median_of_earlier_periods() {
+        let mut s = Seasonal::new(64);
+        s.set_period(Some(10));
+        let mut st = 7u64;
+        for _ in 0..100 {
+            let (z, _) = s.update(lcg_noise(&mut st), &[0.0, 0.0, 0.0], 1e-6);
+            assert!(z < 5.0, "{z}");
+        }
+        // One anomalous earlier period does not move the expectation.
+        let (z, expected) = s.update(0.1, &[50.0, 0.0, 0.0], 1e-6);
+        assert_eq!(expected, 0.0);
+        assert!(z < 5.0, "{z}");
+        let (z, expected) = s.update(10.0, &[0.0, 0.2, -0.2], 1e-6);
+        assert_eq!(expected, 0.0);
+        assert!(z > 10.0, "{z}");
+        // A new period starts a new residual scale (silent until it has one).
+        s.set_period(Some(20));
+        assert_eq!(s.update(10.0, &[0.0], 1e-6).0, 0.0);
+        assert_eq!(s.update(3.0, &[], 1e-6), (0.0, 3.0), "no history: silent");
     }
 
     #[test]

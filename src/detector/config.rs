@@ -16,6 +16,8 @@ pub enum DetectorKind {
     Ar,
     /// Windowed Gaussian z-score only.
     Gaussian,
+    /// Seasonal residual only (silent until the stream shows a period).
+    Seasonal,
 }
 
 /// Shape of the per-stream model.
@@ -39,10 +41,13 @@ pub struct ModelConfig {
     /// dilutes a one-reading anomaly W-fold.
     pub score_steps: usize,
     /// How the model's surprise meets the baselines' once a model exists:
-    /// `model` (the model alone), `max` (the larger surprise) or `separate` (each
-    /// calibrated by its own likelihood, the larger score).
+    /// `model` (the model alone), `max` (the largest surprise), `separate` (each
+    /// calibrated by its own likelihood, the larger score) or `mean` (the mean of the
+    /// model's, Gaussian's and AR's raw scores).
     pub combine: String,
-    /// How a reconstruction error becomes a surprise: `calibrated` (z against the
+    /// How a reconstruction error becomes a surprise: `rms` (the root of the error
+    /// over the training windows' mean error: for one scored step, the residual in
+    /// standard deviations, on the baselines' scale), `calibrated` (z against the
     /// training windows' log-error distribution) or `running` (the newest reading's
     /// residual against a running residual scale, adapting to local noise).
     pub error_scale: String,
@@ -59,7 +64,7 @@ impl Default for ModelConfig {
             ensemble: 3,
             score_steps: 1,
             combine: "max".into(),
-            error_scale: "calibrated".into(),
+            error_scale: "rms".into(),
         }
     }
 }
@@ -139,6 +144,15 @@ pub struct BaselineConfig {
     pub ar_order: usize,
     /// RLS forgetting factor.
     pub ar_forgetting: f64,
+    /// Score values against the same phase of earlier periods once the stream shows a
+    /// clear period (found from the autocorrelation of the buffered readings).
+    pub seasonal: bool,
+    /// Autocorrelation a period needs to be used.
+    pub seasonal_min_acf: f64,
+    /// Earlier periods whose median is the seasonal expectation.
+    pub seasonal_periods: usize,
+    /// Readings between period re-estimates.
+    pub seasonal_every: usize,
 }
 
 impl Default for BaselineConfig {
@@ -147,6 +161,10 @@ impl Default for BaselineConfig {
             gaussian_window: 512,
             ar_order: 4,
             ar_forgetting: 0.999,
+            seasonal: true,
+            seasonal_min_acf: 0.3,
+            seasonal_periods: 3,
+            seasonal_every: 256,
         }
     }
 }
@@ -196,6 +214,9 @@ pub struct DetectorConfig {
     /// Flag values beyond the range seen so far, widened by this fraction of the range
     /// (`None`: off).
     pub range_tolerance: Option<f64>,
+    /// Readings seen before the range rule applies (the range of the first few
+    /// readings says little).
+    pub range_after: usize,
     /// Alerting.
     pub alert: AlertConfig,
 }
@@ -213,6 +234,7 @@ impl Default for DetectorConfig {
             raw_scale: 3.0,
             likelihood: LikelihoodConfig::default(),
             range_tolerance: Some(0.05),
+            range_after: 288,
             alert: AlertConfig::default(),
         }
     }
@@ -252,13 +274,13 @@ impl DetectorConfig {
         }
         if !["model", "max", "separate", "mean"].contains(&m.combine.as_str()) {
             return bad(format!(
-                "model.combine must be model, max or separate, got {:?}",
+                "model.combine must be model, max, separate or mean, got {:?}",
                 m.combine
             ));
         }
-        if !["calibrated", "running"].contains(&m.error_scale.as_str()) {
+        if !["calibrated", "running", "rms"].contains(&m.error_scale.as_str()) {
             return bad(format!(
-                "model.error_scale must be calibrated or running, got {:?}",
+                "model.error_scale must be rms, calibrated or running, got {:?}",
                 m.error_scale
             ));
         }
@@ -303,6 +325,12 @@ impl DetectorConfig {
         let b = &self.baseline;
         if b.gaussian_window < 2 || !(1..=64).contains(&b.ar_order) || !(0.9..=1.0).contains(&b.ar_forgetting) {
             return bad("baseline: gaussian_window ≥ 2, ar_order 1..=64, ar_forgetting in [0.9, 1]".into());
+        }
+        if !(0.0..=1.0).contains(&b.seasonal_min_acf)
+            || !(1..=16).contains(&b.seasonal_periods)
+            || b.seasonal_every == 0
+        {
+            return bad("baseline: seasonal_min_acf in [0, 1], seasonal_periods 1..=16, seasonal_every ≥ 1".into());
         }
         let l = &self.likelihood;
         if l.averaging_window == 0 || l.historic_window < l.estimation_samples.max(2) || l.reestimation_period == 0 {

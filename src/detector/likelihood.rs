@@ -38,8 +38,8 @@ pub struct LikelihoodConfig {
 impl Default for LikelihoodConfig {
     fn default() -> Self {
         LikelihoodConfig {
-            learning_period: 288,
-            estimation_samples: 100,
+            learning_period: 64,
+            estimation_samples: 64,
             historic_window: 8640,
             reestimation_period: 100,
             averaging_window: 10,

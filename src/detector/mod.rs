@@ -26,9 +26,9 @@ use serde::{Deserialize, Serialize};
 pub use config::{ConfigError, DetectorConfig, DetectorKind};
 pub use train::{TrainJob, TrainOutcome, TrainReport, TrainedModel};
 
-use baseline::{OnlineAr, WindowedGaussian};
+use baseline::{OnlineAr, Seasonal, WindowedGaussian};
 use likelihood::Likelihood;
-use train::{ErrorStats, Normaliser};
+use train::{ERROR_EPS, ErrorStats, Normaliser};
 
 use crate::nn::{Autoencoder, ScoreWorkspace, Scorer};
 use crate::timestamp::Micros;
@@ -178,6 +178,7 @@ pub struct Detector {
     history: VecDeque<f64>,
     gaussians: Vec<WindowedGaussian>,
     ars: Vec<OnlineAr>,
+    seasonals: Vec<Seasonal>,
     /// Per-feature (min, max) seen so far.
     range: Vec<(f64, f64)>,
     likelihood: Likelihood,
@@ -214,6 +215,7 @@ impl Detector {
             history: VecDeque::new(),
             gaussians: Vec::new(),
             ars: Vec::new(),
+            seasonals: Vec::new(),
             range: Vec::new(),
             model: None,
             last_alert: None,
@@ -267,11 +269,17 @@ impl Detector {
     pub fn update(&mut self, timestamp: Micros, values: &[f64]) -> Result<Verdict, ReadingError> {
         self.check(timestamp, values)?;
         let d = values.len();
+        if self.seasonals.len() != self.gaussians.len() {
+            // A snapshot from before the seasonal baseline: start it now.
+            let window = self.config.baseline.gaussian_window;
+            self.seasonals = (0..self.gaussians.len()).map(|_| Seasonal::new(window)).collect();
+        }
         if self.n_features.is_none() || self.gaussians.is_empty() {
             self.n_features = Some(d);
             let b = &self.config.baseline;
             self.gaussians = (0..d).map(|_| WindowedGaussian::new(b.gaussian_window)).collect();
             self.ars = (0..d).map(|_| OnlineAr::new(b.ar_order, b.ar_forgetting)).collect();
+            self.seasonals = (0..d).map(|_| Seasonal::new(b.gaussian_window)).collect();
             self.range = values.iter().map(|&v| (v, v)).collect();
         }
         self.seen += 1;
@@ -283,23 +291,38 @@ impl Detector {
         self.history.extend(values.iter().copied());
 
         // Baselines (always updated, so they are warm whenever they are needed).
+        let b = &self.config.baseline;
+        if b.seasonal && self.seen.is_multiple_of(b.seasonal_every as u64) {
+            self.estimate_periods();
+        }
         let (mut zg_max, mut za_max) = (0.0f64, 0.0f64);
         let mut base_z = vec![0.0; d];
         let mut base_expected = vec![0.0; d];
+        let n_rows = self.history.len() / d;
         for j in 0..d {
             let (zg, mean) = self.gaussians[j].update(values[j]);
             let (za, pred) = self.ars[j].update(values[j]);
+            let past: Vec<f64> = match self.seasonals[j].period() {
+                Some(p) => (1..=self.config.baseline.seasonal_periods)
+                    .take_while(|k| k * p < n_rows)
+                    .map(|k| self.history[(n_rows - 1 - k * p) * d + j])
+                    .collect(),
+                None => Vec::new(),
+            };
+            let (lo, hi) = self.range[j];
+            let (zs, seasonal_expected) = self.seasonals[j].update(values[j], &past, 5e-3 * (hi - lo));
             zg_max = zg_max.max(zg);
             za_max = za_max.max(za);
             base_z[j] = match self.config.detector {
                 DetectorKind::Gaussian => zg,
                 DetectorKind::Ar => za,
-                DetectorKind::Autoencoder => zg.max(za),
+                DetectorKind::Seasonal => zs,
+                DetectorKind::Autoencoder => zg.max(za).max(zs),
             };
-            base_expected[j] = if self.config.detector == DetectorKind::Gaussian {
-                mean
-            } else {
-                pred
+            base_expected[j] = match self.config.detector {
+                DetectorKind::Gaussian => mean,
+                DetectorKind::Seasonal => seasonal_expected,
+                _ => pred,
             };
         }
 
@@ -309,7 +332,7 @@ impl Detector {
             let (lo, hi) = self.range[j];
             if let Some(tol) = self.config.range_tolerance
                 && hi > lo
-                && self.seen > self.config.likelihood.learning_period.max(self.config.window) as u64
+                && self.seen > self.config.range_after.max(self.config.window) as u64
             {
                 let margin = (hi - lo) * tol;
                 out_of_range |= v > hi + margin || v < lo - margin;
@@ -431,7 +454,24 @@ impl Detector {
             }
             return (z, err, expected, contributions);
         }
+        if self.config.model.error_scale == "rms" {
+            // Root of the error over the training windows' mean error: for one scored
+            // step, |x − x̂| in residual standard deviations, like the baselines' z.
+            let z = (err / (model.errors.mean + ERROR_EPS)).sqrt();
+            return (z, err, expected, contributions);
+        }
         (model.errors.z(err), err, expected, contributions)
+    }
+
+    /// Re-estimates each feature's period from the buffered readings.
+    fn estimate_periods(&mut self) {
+        let d = self.n_features.unwrap_or(1).max(1);
+        let min_acf = self.config.baseline.seasonal_min_acf;
+        for j in 0..d {
+            let column: Vec<f64> = self.history.iter().skip(j).step_by(d).copied().collect();
+            let period = baseline::find_period(&column, 4, min_acf).map(|(p, _)| p);
+            self.seasonals[j].set_period(period);
+        }
     }
 
     /// Whether the retrain policy asks for a job now (and none is in flight).
@@ -525,6 +565,7 @@ impl Detector {
                 history: self.history.iter().copied().collect(),
                 gaussians: self.gaussians.clone(),
                 ars: self.ars.clone(),
+                seasonals: self.seasonals.clone(),
                 range: self.range.clone(),
                 likelihood: self.likelihood.clone(),
                 model_likelihood: self.model_likelihood.clone(),
@@ -584,6 +625,7 @@ impl Detector {
             history: s.history.into(),
             gaussians: s.gaussians,
             ars: s.ars,
+            seasonals: s.seasonals,
             range: s.range,
             likelihood: s.likelihood,
             model_likelihood: s.model_likelihood,
@@ -620,6 +662,8 @@ pub struct DetectorState {
     history: Vec<f64>,
     gaussians: Vec<WindowedGaussian>,
     ars: Vec<OnlineAr>,
+    #[serde(default)]
+    seasonals: Vec<Seasonal>,
     range: Vec<(f64, f64)>,
     likelihood: Likelihood,
     model_likelihood: Likelihood,

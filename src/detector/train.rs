@@ -57,6 +57,9 @@ pub struct ErrorStats {
     pub log_mean: f64,
     /// Standard deviation of `ln(error + ε)` (floored).
     pub log_std: f64,
+    /// Mean error (a mean square, in normalised units).
+    #[serde(default)]
+    pub mean: f64,
 }
 
 /// ε in `ln(error + ε)`: errors are in normalised units, so this is 1% of a scale².
@@ -262,6 +265,7 @@ pub fn train(job: &TrainJob, should_stop: &dyn Fn() -> bool) -> TrainOutcome {
     // Calibrate on every buffered window (held-out ones alone may miss rare but
     // normal shapes, e.g. a daily transition): the ensemble's mean scored error.
     let mut logs = Vec::with_capacity(starts.len());
+    let mut sum_err = 0.0;
     for chunk in starts.chunks(256) {
         let x = batch_of(chunk);
         let mut err = vec![0.0f64; chunk.len()];
@@ -277,6 +281,7 @@ pub fn train(job: &TrainJob, should_stop: &dyn Fn() -> bool) -> TrainOutcome {
             }
         }
         logs.extend(err.iter().map(|e| (e + ERROR_EPS).ln()));
+        sum_err += err.iter().sum::<f64>();
     }
     let mean = logs.iter().sum::<f64>() / logs.len() as f64;
     let std = (logs.iter().map(|l| (l - mean) * (l - mean)).sum::<f64>() / logs.len() as f64).sqrt();
@@ -287,6 +292,7 @@ pub fn train(job: &TrainJob, should_stop: &dyn Fn() -> bool) -> TrainOutcome {
         errors: ErrorStats {
             log_mean: mean,
             log_std: std.max(0.25),
+            mean: sum_err / logs.len() as f64,
         },
         report,
     })
