@@ -316,17 +316,20 @@ fn main() -> Result<()> {
             seeds,
             verbose,
         } => {
-            let config = load_config(config.as_deref())?;
+            let mut config = load_config(config.as_deref())?;
+            let windows = windows
+                .map(|w| nab::read_windows(&w))
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let profiles = match profiles {
+                Some(p) => nab::read_profiles(&p).map_err(anyhow::Error::msg)?,
+                None => nab::standard_profiles(),
+            };
+            let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             if seeds.len() > 1 {
-                let Some(w) = windows else {
+                let Some(windows) = windows else {
                     bail!("--seeds needs --windows to score the runs");
                 };
-                let windows = nab::read_windows(&w).map_err(anyhow::Error::msg)?;
-                let profiles = match profiles {
-                    Some(p) => nab::read_profiles(&p).map_err(anyhow::Error::msg)?,
-                    None => nab::standard_profiles(),
-                };
-                let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
                 let mut per_seed = Vec::new();
                 for &seed in &seeds {
                     let mut config = config.clone();
@@ -384,19 +387,9 @@ fn main() -> Result<()> {
                 }
                 return Ok(());
             }
-            let mut config = config;
             if let Some(&seed) = seeds.first() {
                 config.training.seed = seed;
             }
-            let windows = windows
-                .map(|w| nab::read_windows(&w))
-                .transpose()
-                .map_err(anyhow::Error::msg)?;
-            let profiles = match profiles {
-                Some(p) => nab::read_profiles(&p).map_err(anyhow::Error::msg)?,
-                None => nab::standard_profiles(),
-            };
-            let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             let start = std::time::Instant::now();
             let run = match (&windows, score_only) {
                 (Some(w), true) => replay::score_existing(&data, &out, w, &profiles),

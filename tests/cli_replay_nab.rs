@@ -181,4 +181,47 @@ fn nab_smoke_run_writes_results_and_prints_three_scores() {
         .unwrap();
     let w: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
     assert_eq!(w["scores"], v["scores"]);
+
+    // --seeds: one run per training seed, each in its own directory, and the mean.
+    let seeds_out = dir.join("seeds");
+    let run = bin()
+        .args([
+            "nab",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            seeds_out.to_str().unwrap(),
+        ])
+        .args([
+            "--windows",
+            fixtures.join("combined_windows.json").to_str().unwrap(),
+            "--seeds",
+            "0,1",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let s: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let std = &s["scores"]["standard"];
+    let runs: Vec<f64> = std["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(
+        runs[0],
+        v["scores"]["standard"].as_f64().unwrap(),
+        "seed 0 is the default run"
+    );
+    assert!((std["mean"].as_f64().unwrap() - (runs[0] + runs[1]) / 2.0).abs() < 1e-9);
+    assert_eq!(std["min"].as_f64().unwrap(), runs[0].min(runs[1]));
+    for seed in ["seed-0", "seed-1"] {
+        assert!(
+            seeds_out.join(seed).join("artificialNoAnomaly/art_noisy.csv").is_file(),
+            "{seed}"
+        );
+    }
 }

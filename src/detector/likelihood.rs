@@ -15,7 +15,9 @@
 
 use std::collections::VecDeque;
 
-/// Parameters of the likelihood (Numenta's defaults for 5-minute metrics).
+/// Parameters of the likelihood: Numenta's defaults for 5-minute metrics, except that
+/// the first estimate comes after 64 + 64 readings rather than 288 + 100, so a young
+/// stream is scored sooner (anomalies in short streams fell in that blind stretch).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LikelihoodConfig {

@@ -5,12 +5,16 @@
 //!
 //! Per reading:
 //! ```text
-//! surprise  model phase:    z of the window's reconstruction error (log-normal fit on
-//!                           held-out windows), ensemble-averaged
-//!           baseline phase: max(windowed-Gaussian z, AR(p) residual z), per feature
+//! baselines max(windowed-Gaussian z, AR(p) residual z, seasonal residual z) over
+//!           features; the seasonal z is 0 until the stream shows a period
+//! surprise  model phase:    max(√(error / mean training error) of the newest step,
+//!                           ensemble-averaged, baselines)   (`model.error_scale`,
+//!                           `model.combine` choose others)
+//!           baseline phase: baselines
 //! raw       1 − exp(−max(surprise, 0) / raw_scale)                       ∈ [0, 1)
 //! score     anomaly likelihood of raw (see likelihood.rs)                ∈ [0, 1]
-//!           1.0 when a value leaves the range seen so far (± tolerance)
+//!           1.0 when a value leaves the range seen so far (± tolerance), after
+//!           `range_after` readings
 //! alert     score ≥ threshold, at most one per cooldown
 //! ```
 
