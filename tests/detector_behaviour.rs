@@ -324,3 +324,28 @@ fn a_wall_time_budget_cuts_training_short() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_snapshot_from_before_the_seasonal_baseline_still_restores() {
+    let mut det = Detector::new(DetectorConfig {
+        detector: DetectorKind::Gaussian,
+        ..DetectorConfig::default()
+    })
+    .unwrap();
+    let mut rng = StdRng::seed_from_u64(3);
+    for t in 0..400usize {
+        det.update(t as i64, &[seasonal(t) + noise(&mut rng)]).unwrap();
+    }
+    let snap = det.snapshot();
+    let mut state = serde_json::to_value(&snap.state).unwrap();
+    assert!(state.as_object_mut().unwrap().remove("seasonals").is_some());
+    let old = anomalyd::detector::DetectorSnapshot {
+        state: serde_json::from_value(state).unwrap(),
+        members: snap.members,
+    };
+    let mut restored = Detector::restore(old).unwrap();
+    for t in 400..700usize {
+        let v = restored.update(t as i64, &[seasonal(t) + noise(&mut rng)]).unwrap();
+        assert_eq!(v.phase, Phase::Baseline);
+    }
+}

@@ -272,6 +272,9 @@ pub fn find_period(xs: &[f64], min_lag: usize, min_acf: f64) -> Option<(usize, f
     best.filter(|&(_, r)| r >= min_acf)
 }
 
+/// Most earlier periods the seasonal expectation may take (`seasonal_periods`).
+pub const MAX_SEASONAL_PERIODS: usize = 16;
+
 /// Seasonal baseline: how far a value lies from the values at the same phase of the
 /// previous periods (their median, robust to one anomalous period), in standard
 /// deviations of such residuals over a recent window. Silent (z = 0) while the
@@ -304,16 +307,16 @@ impl Seasonal {
         }
     }
 
-    /// Scores `x` given the values at the same phase one, two, … periods ago (newest
-    /// first; empty when there is no period or not enough history) and the smallest
+    /// Scores `x` given the values at the same phase one, two, … periods ago (any
+    /// order, sorted in place; empty when there is no period or not enough history) and the smallest
     /// residual scale that counts (so exactly periodic series do not divide by ~0).
     /// Returns `(z, expected)`.
-    pub fn update(&mut self, x: f64, past: &[f64], floor: f64) -> (f64, f64) {
+    pub fn update(&mut self, x: f64, past: &mut [f64], floor: f64) -> (f64, f64) {
         if past.is_empty() {
             return (0.0, x);
         }
-        let mut p = past.to_vec();
-        p.sort_by(f64::total_cmp);
+        past.sort_by(f64::total_cmp);
+        let p = past;
         let expected = if p.len() % 2 == 1 {
             p[p.len() / 2]
         } else {
@@ -405,20 +408,20 @@ mod tests {
         s.set_period(Some(10));
         let mut st = 7u64;
         for _ in 0..100 {
-            let (z, _) = s.update(lcg_noise(&mut st), &[0.0, 0.0, 0.0], 1e-6);
+            let (z, _) = s.update(lcg_noise(&mut st), &mut [0.0, 0.0, 0.0], 1e-6);
             assert!(z < 5.0, "{z}");
         }
         // One anomalous earlier period does not move the expectation.
-        let (z, expected) = s.update(0.1, &[50.0, 0.0, 0.0], 1e-6);
+        let (z, expected) = s.update(0.1, &mut [50.0, 0.0, 0.0], 1e-6);
         assert_eq!(expected, 0.0);
         assert!(z < 5.0, "{z}");
-        let (z, expected) = s.update(10.0, &[0.0, 0.2, -0.2], 1e-6);
+        let (z, expected) = s.update(10.0, &mut [0.0, 0.2, -0.2], 1e-6);
         assert_eq!(expected, 0.0);
         assert!(z > 10.0, "{z}");
         // A new period starts a new residual scale (silent until it has one).
         s.set_period(Some(20));
-        assert_eq!(s.update(10.0, &[0.0], 1e-6).0, 0.0);
-        assert_eq!(s.update(3.0, &[], 1e-6), (0.0, 3.0), "no history: silent");
+        assert_eq!(s.update(10.0, &mut [0.0], 1e-6).0, 0.0);
+        assert_eq!(s.update(3.0, &mut [], 1e-6), (0.0, 3.0), "no history: silent");
     }
 
     #[test]

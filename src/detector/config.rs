@@ -327,7 +327,7 @@ impl DetectorConfig {
             return bad("baseline: gaussian_window ≥ 2, ar_order 1..=64, ar_forgetting in [0.9, 1]".into());
         }
         if !(0.0..=1.0).contains(&b.seasonal_min_acf)
-            || !(1..=16).contains(&b.seasonal_periods)
+            || !(1..=super::baseline::MAX_SEASONAL_PERIODS).contains(&b.seasonal_periods)
             || b.seasonal_every == 0
         {
             return bad("baseline: seasonal_min_acf in [0, 1], seasonal_periods 1..=16, seasonal_every ≥ 1".into());

@@ -273,11 +273,6 @@ impl Detector {
     pub fn update(&mut self, timestamp: Micros, values: &[f64]) -> Result<Verdict, ReadingError> {
         self.check(timestamp, values)?;
         let d = values.len();
-        if self.seasonals.len() != self.gaussians.len() {
-            // A snapshot from before the seasonal baseline: start it now.
-            let window = self.config.baseline.gaussian_window;
-            self.seasonals = (0..self.gaussians.len()).map(|_| Seasonal::new(window)).collect();
-        }
         if self.n_features.is_none() || self.gaussians.is_empty() {
             self.n_features = Some(d);
             let b = &self.config.baseline;
@@ -306,15 +301,17 @@ impl Detector {
         for j in 0..d {
             let (zg, mean) = self.gaussians[j].update(values[j]);
             let (za, pred) = self.ars[j].update(values[j]);
-            let past: Vec<f64> = match self.seasonals[j].period() {
-                Some(p) => (1..=self.config.baseline.seasonal_periods)
-                    .take_while(|k| k * p < n_rows)
-                    .map(|k| self.history[(n_rows - 1 - k * p) * d + j])
-                    .collect(),
-                None => Vec::new(),
-            };
+            // The same phase in earlier periods (validate() bounds their number).
+            let mut past = [0.0; baseline::MAX_SEASONAL_PERIODS];
+            let mut n_past = 0;
+            if let Some(p) = self.seasonals[j].period() {
+                for k in (1..=self.config.baseline.seasonal_periods).take_while(|k| k * p < n_rows) {
+                    past[n_past] = self.history[(n_rows - 1 - k * p) * d + j];
+                    n_past += 1;
+                }
+            }
             let (lo, hi) = self.range[j];
-            let (zs, seasonal_expected) = self.seasonals[j].update(values[j], &past, 5e-3 * (hi - lo));
+            let (zs, seasonal_expected) = self.seasonals[j].update(values[j], &mut past[..n_past], 5e-3 * (hi - lo));
             zg_max = zg_max.max(zg);
             za_max = za_max.max(za);
             base_z[j] = match self.config.detector {
@@ -621,6 +618,13 @@ impl Detector {
             }
             None => None,
         };
+        // A snapshot from before the seasonal baseline starts it afresh.
+        let seasonals = if s.seasonals.len() == s.gaussians.len() {
+            s.seasonals
+        } else {
+            let window = s.config.baseline.gaussian_window;
+            (0..s.gaussians.len()).map(|_| Seasonal::new(window)).collect()
+        };
         Ok(Detector {
             config: s.config,
             n_features: s.n_features,
@@ -628,8 +632,8 @@ impl Detector {
             last_ts: s.last_ts,
             history: s.history.into(),
             gaussians: s.gaussians,
+            seasonals,
             ars: s.ars,
-            seasonals: s.seasonals,
             range: s.range,
             likelihood: s.likelihood,
             model_likelihood: s.model_likelihood,
