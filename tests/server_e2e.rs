@@ -573,6 +573,27 @@ async fn graceful_restart_keeps_streams_models_and_alerts() {
     assert_eq!(status, 200);
     assert_eq!(back["model"]["version"], info["model"]["version"]);
     assert_eq!(back["readings_seen"], 501);
+    assert_eq!(
+        back["phase"], "model",
+        "the restored model scores, before any new reading"
+    );
+    let metrics = c
+        .get(format!("{}/metrics", s.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("anomalyd_streams{phase=\"model\"} 1"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("anomalyd_streams"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     let (_, alerts) = get(&c, &format!("{}/v1/alerts", s.addr)).await;
     assert_eq!(alerts["alerts"].as_array().unwrap().len(), 1, "the journal survived");
     // Scoring goes on where it left off: the next reading uses the restored model.

@@ -261,6 +261,20 @@ impl Detector {
         self.failed_jobs
     }
 
+    /// Which part scores the stream now: the phase of the newest reading's verdict,
+    /// or, after a model was installed or restored since, of the next one.
+    pub fn phase(&self) -> Phase {
+        let d = self.n_features.unwrap_or(1).max(1);
+        let window_ready = self.history.len() >= self.config.window * d;
+        if self.model.is_some() && window_ready && self.config.detector == DetectorKind::Autoencoder {
+            Phase::Model
+        } else if self.seen <= 2 {
+            Phase::Warmup
+        } else {
+            Phase::Baseline
+        }
+    }
+
     /// Checks a reading without changing anything.
     pub fn check(&self, timestamp: Micros, values: &[f64]) -> Result<(), ReadingError> {
         check_reading(self.n_features, self.last_ts, timestamp, values)
@@ -341,14 +355,12 @@ impl Detector {
             self.range[j] = (lo.min(v), hi.max(v));
         }
 
-        let w = self.config.window;
-        let window_ready = self.history.len() >= w * d;
         let base_max = base_z.iter().cloned().fold(0.0, f64::max);
         let raw_scale = self.config.raw_scale;
         let raw_of = |z: f64| 1.0 - (-z.max(0.0) / raw_scale).exp();
         let separate = self.config.model.combine == "separate";
-        let (phase, surprise, raw_error, expected, contributions, model_score) = match (&self.model, window_ready) {
-            (Some(_), true) if self.config.detector == DetectorKind::Autoencoder => {
+        let (phase, surprise, raw_error, expected, contributions, model_score) = match self.phase() {
+            Phase::Model => {
                 let (z, err, expected, contributions) = self.model_surprise();
                 self.drift = 0.98 * self.drift + 0.02 * z;
                 if separate {
@@ -368,8 +380,8 @@ impl Detector {
                     (Phase::Model, z, err, expected, contributions, 0.0)
                 }
             }
-            _ if self.seen <= 2 => (Phase::Warmup, 0.0, 0.0, values.to_vec(), vec![0.0; d], 0.0),
-            _ => {
+            Phase::Warmup => (Phase::Warmup, 0.0, 0.0, values.to_vec(), vec![0.0; d], 0.0),
+            Phase::Baseline => {
                 let total: f64 = base_z.iter().sum();
                 let contributions = base_z
                     .iter()

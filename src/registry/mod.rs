@@ -572,7 +572,7 @@ impl Registry {
         });
         Ok(StreamInfo {
             stream: stream.id.clone(),
-            phase: st.last_verdict.as_ref().map_or(Phase::Warmup, |v| v.phase),
+            phase: d.phase(),
             n_features: d.n_features(),
             readings_seen: d.readings_seen(),
             model,
@@ -591,10 +591,10 @@ impl Registry {
         let mut counts = [0i64; 3];
         for s in streams {
             let st = s.state.lock().expect("stream lock");
-            let idx = match st.last_verdict.as_ref().map(|v| v.phase) {
-                None | Some(Phase::Warmup) => 0,
-                Some(Phase::Baseline) => 1,
-                Some(Phase::Model) => 2,
+            let idx = match st.detector.phase() {
+                Phase::Warmup => 0,
+                Phase::Baseline => 1,
+                Phase::Model => 2,
             };
             counts[idx] += 1;
         }
