@@ -94,6 +94,12 @@ async fn get(client: &reqwest::Client, url: &str) -> (u16, Value) {
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// The `/metrics` page as text.
+async fn scrape(client: &reqwest::Client, addr: &str) -> String {
+    let r = client.get(format!("{addr}/metrics")).send().await.unwrap();
+    r.text().await.unwrap()
+}
+
 async fn wait_for_model(client: &reqwest::Client, url: &str, version: u64) -> Value {
     for _ in 0..300 {
         let (_, info) = get(client, url).await;
@@ -404,15 +410,7 @@ async fn metrics_parse_and_counters_move() {
     let dir = temp_dir("metrics");
     let s = Server::start(&dir, None).await;
     let c = reqwest::Client::new();
-    let scrape = || async {
-        c.get(format!("{}/metrics", s.addr))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
+    let scrape = || scrape(&c, &s.addr);
     let value = |text: &str, name: &str| -> f64 {
         text.lines()
             .find(|l| l.starts_with(name))
@@ -577,14 +575,7 @@ async fn graceful_restart_keeps_streams_models_and_alerts() {
         back["phase"], "model",
         "the restored model scores, before any new reading"
     );
-    let metrics = c
-        .get(format!("{}/metrics", s.addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape(&c, &s.addr).await;
     assert!(
         metrics.contains("anomalyd_streams{phase=\"model\"} 1"),
         "{}",
@@ -632,14 +623,7 @@ async fn damaged_snapshots_are_reported_not_loaded() {
     let s = Server::start(&dir, None).await;
     assert_eq!(get(&c, &format!("{}/v1/streams/good", s.addr)).await.0, 200);
     assert_eq!(get(&c, &format!("{}/v1/streams/bad", s.addr)).await.0, 404);
-    let metrics = c
-        .get(format!("{}/metrics", s.addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape(&c, &s.addr).await;
     assert!(metrics.contains("anomalyd_corrupt_snapshots_total 1"), "counted");
     assert!(bad.with_extension("corrupt").exists(), "moved aside for inspection");
     s.stop().await;
