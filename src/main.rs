@@ -51,9 +51,36 @@ enum Command {
         /// Detector config (TOML); defaults otherwise.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Output CSV: timestamp, values, score, anomaly, phase, model_version.
+        /// Output CSV: timestamp, values, score, anomaly (the state), event
+        /// (opened/resolved), incident, event_score, phase, model_version, raw_error,
+        /// expected values.
         #[arg(long)]
         out: PathBuf,
+        /// Teach the first N rows as history (known normal: learnt, never flagged)
+        /// and train on them before scoring the rest; they are not written.
+        #[arg(long, default_value_t = 0)]
+        train_rows: usize,
+    },
+    /// Run the Tennessee Eastman benchmark: learn train/normal.csv as history, score
+    /// each test file with a copy of that stream, print detection and false-alarm
+    /// rates per fault.
+    Tep {
+        /// Data root (train/normal.csv, test/normal.csv, test/faultNN.csv).
+        #[arg(long)]
+        data: PathBuf,
+        /// Detector config (TOML); defaults otherwise.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Training seeds (comma-separated); each is a full run, and the mean is
+        /// reported.
+        #[arg(long, value_delimiter = ',', default_value = "0")]
+        seeds: Vec<u64>,
+        /// Test files processed at once (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Print the results as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Run the Numenta Anomaly Benchmark: every <category>/<file>.csv under --data
     /// through its own detector, NAB result files under --out, and the three NAB
@@ -88,6 +115,9 @@ enum Command {
         /// score that hinges on one seed's luck shows here.
         #[arg(long, value_delimiter = ',')]
         seeds: Vec<u64>,
+        /// Which verdict score NAB judges.
+        #[arg(long, value_enum, default_value = "event")]
+        score: replay::NabScore,
         /// Also print each category's (and with -vv each file's) share under the
         /// standard profile: raw score, windows detected, false positives.
         #[arg(short, long, action = clap::ArgAction::Count)]
@@ -298,11 +328,26 @@ fn main() -> Result<()> {
             value_columns,
             config,
             out,
+            train_rows,
         } => {
             let config = load_config(config.as_deref())?;
-            let n =
-                replay::replay(&file, &timestamp_column, &value_columns, &config, &out).map_err(anyhow::Error::msg)?;
+            let (n, backwards) = replay::replay(&file, &timestamp_column, &value_columns, &config, train_rows, &out)
+                .map_err(anyhow::Error::msg)?;
             eprintln!("scored {n} rows into {}", out.display());
+            if backwards > 0 {
+                eprintln!("{backwards} rows had a timestamp older than the row before; scored in file order");
+            }
+        }
+        Command::Tep {
+            data,
+            config,
+            seeds,
+            threads,
+            json,
+        } => {
+            let config = load_config(config.as_deref())?;
+            let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            run_tep_command(&data, &config, &seeds, threads, json)?;
         }
         Command::Nab {
             data,
@@ -314,6 +359,7 @@ fn main() -> Result<()> {
             json,
             score_only,
             seeds,
+            score,
             verbose,
         } => {
             let mut config = load_config(config.as_deref())?;
@@ -336,7 +382,7 @@ fn main() -> Result<()> {
                     config.training.seed = seed;
                     let dir = out.join(format!("seed-{seed}"));
                     let start = std::time::Instant::now();
-                    let run = replay::run_nab(&data, &dir, &config, Some(&windows), &profiles, threads)
+                    let run = replay::run_nab(&data, &dir, &config, Some(&windows), &profiles, threads, score)
                         .map_err(anyhow::Error::msg)?;
                     let scores: Vec<f64> = run.results.iter().map(|r| r.normalized).collect();
                     if !json {
@@ -393,7 +439,7 @@ fn main() -> Result<()> {
             let start = std::time::Instant::now();
             let run = match (&windows, score_only) {
                 (Some(w), true) => replay::score_existing(&data, &out, w, &profiles),
-                _ => replay::run_nab(&data, &out, &config, windows.as_ref(), &profiles, threads),
+                _ => replay::run_nab(&data, &out, &config, windows.as_ref(), &profiles, threads, score),
             }
             .map_err(anyhow::Error::msg)?;
             let secs = start.elapsed().as_secs_f64();
@@ -488,6 +534,69 @@ fn main() -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             }
         }
+    }
+    Ok(())
+}
+
+/// `anomalyd tep`: one run per seed, per-file rows, means over seeds.
+fn run_tep_command(data: &Path, config: &DetectorConfig, seeds: &[u64], threads: usize, json: bool) -> Result<()> {
+    let mut runs = Vec::new();
+    for &seed in seeds {
+        let mut config = config.clone();
+        config.training.seed = seed;
+        let run = anomalyd::eval::tep::run_tep(data, &config, threads).map_err(anyhow::Error::msg)?;
+        if !json {
+            println!("seed {seed}: {:.1} s", run.seconds);
+            println!(
+                "{:<8} {:>9} {:>11} {:>6} {:>9}",
+                "file", "detected", "false_alarm", "delay", "incidents"
+            );
+            for f in &run.files {
+                let delay = f.delay.map_or("-".to_string(), |d| d.to_string());
+                let det = if f.fault == 0 {
+                    "-".to_string()
+                } else {
+                    format!("{:.1}%", 100.0 * f.detection_rate)
+                };
+                println!(
+                    "{:<8} {:>9} {:>10.1}% {:>6} {:>9}",
+                    f.name,
+                    det,
+                    100.0 * f.false_alarm_rate,
+                    delay,
+                    f.incidents
+                );
+            }
+            println!(
+                "mean detection (18 detectable faults) {:.1}%   false alarms: test/normal {:.1}%, pre-onset {:.1}%   median delay {}",
+                100.0 * run.mean_detection_rate,
+                100.0 * run.normal_false_alarm_rate,
+                100.0 * run.pre_onset_false_alarm_rate,
+                run.median_delay.map_or("-".into(), |d| d.to_string())
+            );
+        }
+        runs.push(run);
+    }
+    let mean = |f: &dyn Fn(&anomalyd::eval::tep::TepRun) -> f64| runs.iter().map(f).sum::<f64>() / runs.len() as f64;
+    let (det, fa, pre) = (
+        mean(&|r| r.mean_detection_rate),
+        mean(&|r| r.normal_false_alarm_rate),
+        mean(&|r| r.pre_onset_false_alarm_rate),
+    );
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"seeds": seeds, "mean_detection_rate": det, "normal_false_alarm_rate": fa,
+                "pre_onset_false_alarm_rate": pre, "runs": runs})
+        );
+    } else if runs.len() > 1 {
+        println!(
+            "over {} seeds: mean detection {:.1}%, false alarms test/normal {:.1}%, pre-onset {:.1}%",
+            runs.len(),
+            100.0 * det,
+            100.0 * fa,
+            100.0 * pre
+        );
     }
     Ok(())
 }

@@ -66,6 +66,9 @@ fn replay_scores_a_multivariate_csv() {
             "mem",
             "score",
             "anomaly",
+            "event",
+            "incident",
+            "event_score",
             "phase",
             "model_version",
             "raw_error",
@@ -76,14 +79,54 @@ fn replay_scores_a_multivariate_csv() {
     let rows: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
     assert_eq!(rows.len(), 700);
     assert_eq!(&rows[0][0], "2023-11-14T22:14:20Z");
-    assert_eq!(&rows[0][5], "warmup");
-    assert_eq!(&rows[699][5], "model");
-    assert!(rows[699][6].parse::<u64>().unwrap() >= 1);
-    assert_eq!(&rows[650][4], "true", "the memory jump alerts");
+    assert_eq!(&rows[0][8], "warmup");
+    assert_eq!(&rows[699][8], "model");
+    assert!(rows[699][9].parse::<u64>().unwrap() >= 1);
+    assert_eq!(&rows[650][4], "true", "the memory jump is anomalous");
+    assert_eq!(&rows[650][5], "opened", "and opens an incident");
+    let id = &rows[650][6];
+    assert!(
+        rows[651..].iter().any(|r| &r[5] == "resolved" && &r[6] == id),
+        "the one-reading fault resolves"
+    );
     for r in &rows {
-        let s: f64 = r[3].parse().unwrap();
-        assert!((0.0..=1.0).contains(&s));
+        for col in [3, 7] {
+            let s: f64 = r[col].parse().unwrap();
+            assert!((0.0..=1.0).contains(&s));
+        }
     }
+}
+
+#[test]
+fn replay_teaches_history_rows_and_skips_them() {
+    let dir = temp_dir("replay-history");
+    let input = dir.join("in.csv");
+    let mut text = String::from("timestamp,value\n");
+    for t in 0..400 {
+        let v = 10.0 + (t as f64 / 7.0).sin() + ((t * 7919) % 13) as f64 / 26.0;
+        text += &format!("{},{v}\n", 1_700_000_000 + t * 60);
+    }
+    std::fs::write(&input, text).unwrap();
+    let out = dir.join("scores.csv");
+    let status = bin()
+        .args(["replay", input.to_str().unwrap(), "--train-rows", "300"])
+        .args(["--out", out.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let rows: Vec<csv::StringRecord> = csv::Reader::from_path(&out)
+        .unwrap()
+        .records()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(rows.len(), 100, "history rows are not written");
+    // A model was trained on the history before the first scored row.
+    assert_eq!(&rows[0][7], "model");
+    assert_eq!(&rows[0][8], "1");
+    assert!(
+        rows.iter().all(|r| &r[3] == "false"),
+        "clean data after history raises nothing"
+    );
 }
 
 #[test]

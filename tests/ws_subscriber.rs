@@ -8,14 +8,20 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 use anomalyd::metrics::Metrics;
-use anomalyd::registry::{Alert, Registry, RegistryConfig};
+use anomalyd::registry::{Alert, AlertKind, Registry, RegistryConfig};
 use anomalyd::server::ws::run_subscriber;
 
 fn alert(stream: &str, score: f64) -> Alert {
     Alert {
         seq: 0,
+        kind: AlertKind::Opened,
         stream: stream.into(),
+        incident: 1,
         timestamp: 0,
+        start: 0,
+        end: None,
+        resolution: None,
+        top_features: vec![(0, 1.0)],
         score,
         values: vec![1.0],
         expected: vec![0.0],

@@ -100,14 +100,131 @@ impl WindowedGaussian {
     /// The z-score of `x` against the window (before `x` joins it), then adds `x`.
     /// Returns `(z, mean)`; `z` is 0 until two values have been seen.
     pub fn update(&mut self, x: f64) -> (f64, f64) {
+        let r = self.score(x);
+        self.learn(x);
+        r
+    }
+
+    /// The z-score of `x` against the window and the window's mean, learning nothing.
+    pub fn score(&self, x: f64) -> (f64, f64) {
         let (m, s) = (self.stats.mean(), self.stats.std());
         let z = if self.stats.len() < 2 {
             0.0
         } else {
             (x - m).abs() / std_floor(m, s)
         };
-        self.stats.push(x);
         (z, m)
+    }
+
+    /// Adds `x` to the window.
+    pub fn learn(&mut self, x: f64) {
+        self.stats.push(x);
+    }
+
+    /// Forgets everything (a new normal starts).
+    pub fn clear(&mut self) {
+        self.stats = WindowStats::new(self.stats.cap);
+    }
+}
+
+/// Exponentially weighted mean and variance: a compact "learnt normal" of one
+/// statistic, updated only with the values it is given (the state's baselines give
+/// it normal readings only). Weights are 1/n until `window` values, then 1/window.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EwStats {
+    mean: f64,
+    var: f64,
+    n: u64,
+}
+
+impl EwStats {
+    /// The z-score of `x` (0 until two values are known) and the mean.
+    pub fn score(&self, x: f64) -> (f64, f64) {
+        if self.n < 2 {
+            return (0.0, if self.n == 0 { x } else { self.mean });
+        }
+        ((x - self.mean).abs() / std_floor(self.mean, self.var.sqrt()), self.mean)
+    }
+
+    /// Learns `x` with weight max(1/n, 1/window). Clamped to ±1e150 so the sums stay
+    /// finite whatever finite value arrives.
+    pub fn learn(&mut self, x: f64, window: usize) {
+        let x = x.clamp(-1e150, 1e150);
+        self.n += 1;
+        let a = 1.0 / (self.n as f64).min(window.max(1) as f64);
+        let d = x - self.mean;
+        self.mean += a * d;
+        self.var = (1.0 - a) * (self.var + a * d * d);
+    }
+
+    /// Values learnt.
+    pub fn len(&self) -> u64 {
+        self.n
+    }
+
+    /// Whether nothing was learnt.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+}
+
+/// One feature's baselines for the anomaly state: the level, an AR(p) and the
+/// seasonal residual, learnt from normal readings only (the event path keeps its
+/// own, which learn everything).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StateBaselines {
+    /// Level against the learnt normal level.
+    pub level: EwStats,
+    /// AR residual.
+    pub ar: OnlineAr,
+    /// Residual against the same phase of earlier periods.
+    pub seasonal: EwStats,
+}
+
+impl StateBaselines {
+    /// Fresh baselines.
+    pub fn new(ar_order: usize, ar_forgetting: f64) -> Self {
+        StateBaselines {
+            level: EwStats::default(),
+            ar: OnlineAr::new(ar_order, ar_forgetting),
+            seasonal: EwStats::default(),
+        }
+    }
+
+    /// `(level z, AR z, seasonal z)` of `x`, given its seasonal expectation, if any.
+    /// `floor` is the least seasonal residual scale.
+    pub fn score(&self, x: f64, seasonal_expected: Option<f64>, floor: f64) -> (f64, f64, f64) {
+        let (zl, _) = self.level.score(x);
+        let (za, _) = self.ar.score(x);
+        let zs = match seasonal_expected {
+            Some(e) if self.seasonal.len() >= 16 => {
+                let (_, m) = self.seasonal.score(x - e);
+                let sd = std_floor(0.0, self.seasonal.var.sqrt()).max(floor).max(1e-12);
+                ((x - e - m).abs() / sd).min(1e12)
+            }
+            _ => 0.0,
+        };
+        (zl, za, zs)
+    }
+
+    /// Starts the learnt level afresh (a new normal was accepted: its readings are
+    /// learnt next).
+    pub fn restart_level(&mut self) {
+        self.level = EwStats::default();
+    }
+
+    /// Moves past an `x` that is not learnt.
+    pub fn skip(&mut self) {
+        self.ar.skip();
+    }
+
+    /// Learns a normal `x`.
+    pub fn learn(&mut self, x: f64, seasonal_expected: Option<f64>, window: usize) {
+        self.level.learn(x, window);
+        self.ar.learn_value(x);
+        if let Some(e) = seasonal_expected {
+            self.seasonal.learn(x - e, window);
+        }
     }
 }
 
@@ -156,6 +273,30 @@ impl OnlineAr {
     /// Scores `x` by its one-step prediction residual, then learns from it. Returns
     /// `(|residual| / residual scale, prediction)`; 0 and `x` while warming up.
     pub fn update(&mut self, x: f64) -> (f64, f64) {
+        let r = self.score(x);
+        self.learn_value(x);
+        r
+    }
+
+    /// Scores `x` without learning from it.
+    pub fn score(&self, x: f64) -> (f64, f64) {
+        let Some((center, spread)) = self.scale else {
+            return (0.0, x);
+        };
+        let xs = (x - center) / spread;
+        match self.predict() {
+            Some(pr) => {
+                let r = xs - pr;
+                let sd = self.resid_var.sqrt().max(1e-3);
+                let z = if self.n_resid >= 8 { r.abs() / sd } else { 0.0 };
+                (z, pr * spread + center)
+            }
+            None => (0.0, x),
+        }
+    }
+
+    /// Learns from `x` (the first readings fix the scaling).
+    pub fn learn_value(&mut self, x: f64) {
         let Some((center, spread)) = self.scale else {
             self.warm.push(x);
             if self.warm.len() >= 2 * self.p.max(4) {
@@ -168,21 +309,25 @@ impl OnlineAr {
                     self.learn((v - m) / std_floor(m, s));
                 }
             }
-            return (0.0, x);
+            return;
         };
-        let xs = (x - center) / spread;
-        let pred = self.predict();
-        let (z, pred_x) = match pred {
-            Some(pr) => {
-                let r = xs - pr;
-                let sd = self.resid_var.sqrt().max(1e-3);
-                let z = if self.n_resid >= 8 { r.abs() / sd } else { 0.0 };
-                (z, pr * spread + center)
+        // Clamped so one absurd value cannot push the fit to infinities.
+        self.learn(((x - center) / spread).clamp(-1e6, 1e6));
+    }
+
+    /// Moves past a reading that is not learnt: its lag slot takes the model's own
+    /// prediction (imputed), so later predictions neither learn the fault nor go
+    /// stale.
+    pub fn skip(&mut self) {
+        if self.scale.is_none() {
+            return;
+        }
+        if let Some(pr) = self.predict() {
+            if self.lags.len() == self.p {
+                self.lags.pop_back();
             }
-            None => (0.0, x),
-        };
-        self.learn(xs);
-        (z, pred_x)
+            self.lags.push_front(pr);
+        }
     }
 
     fn phi(&self) -> Option<Vec<f64>> {
@@ -312,6 +457,15 @@ impl Seasonal {
     /// residual scale that counts (so exactly periodic series do not divide by ~0).
     /// Returns `(z, expected)`.
     pub fn update(&mut self, x: f64, past: &mut [f64], floor: f64) -> (f64, f64) {
+        let (z, expected) = self.score(x, past, floor);
+        if !past.is_empty() {
+            self.learn(x - expected);
+        }
+        (z, expected)
+    }
+
+    /// [`Seasonal::update`] without learning: `(z, expected)`.
+    pub fn score(&self, x: f64, past: &mut [f64], floor: f64) -> (f64, f64) {
         if past.is_empty() {
             return (0.0, x);
         }
@@ -328,8 +482,12 @@ impl Seasonal {
         } else {
             (r - self.resid.mean()).abs() / self.resid.std().max(floor).max(1e-12)
         };
-        self.resid.push(r);
         (z, expected)
+    }
+
+    /// Learns a residual (value minus its seasonal expectation).
+    pub fn learn(&mut self, residual: f64) {
+        self.resid.push(residual);
     }
 }
 

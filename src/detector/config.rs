@@ -18,6 +18,8 @@ pub enum DetectorKind {
     Gaussian,
     /// Seasonal residual only (silent until the stream shows a period).
     Seasonal,
+    /// All three baselines, no model (the autoencoder's ablation).
+    Baselines,
 }
 
 /// Shape of the per-stream model.
@@ -169,21 +171,37 @@ impl Default for BaselineConfig {
     }
 }
 
-/// Alert decisions.
+/// The anomaly state and incidents (see `state.rs`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertConfig {
-    /// Scores at or above this raise an alert.
+    /// A reading is anomalous when its score is at or above this. The score is 0.5
+    /// at the stream's calibrated limit, 0.9 at three times it, 0.99 at ten times.
     pub threshold: f64,
-    /// Readings after an alert during which no new alert is raised.
-    pub cooldown: usize,
+    /// Consecutive anomalous readings before an incident opens (1: at once).
+    pub min_duration: usize,
+    /// Consecutive normal readings after which an open incident resolves.
+    pub resolve_after: usize,
+    /// Stream-time seconds after which a lasting anomalous state is accepted as the
+    /// new normal: the incident resolves as `accepted` and its readings are learnt
+    /// (0: never; the operator accepts with `POST /v1/streams/{id}/accept`).
+    pub accept_after: f64,
+    /// Weight λ of the newest reading in the smoothed statistics (EWMA), which see
+    /// sustained shifts too small for any single reading.
+    pub smoothing: f64,
+    /// Normal readings a statistic needs before its limit is used.
+    pub min_normal: usize,
 }
 
 impl Default for AlertConfig {
     fn default() -> Self {
         AlertConfig {
             threshold: 0.5,
-            cooldown: 100,
+            min_duration: 1,
+            resolve_after: 10,
+            accept_after: 7.0 * 86_400.0,
+            smoothing: 0.1,
+            min_normal: 64,
         }
     }
 }
@@ -344,11 +362,24 @@ impl DetectorConfig {
         {
             return bad(format!("range_tolerance must be ≥ 0, got {tol}"));
         }
-        if !(0.0..=1.0).contains(&self.alert.threshold) {
+        let a = &self.alert;
+        if !(a.threshold > 0.0 && a.threshold < 1.0) {
+            return bad(format!("alert.threshold must be in (0, 1), got {}", a.threshold));
+        }
+        if !(1..=100_000).contains(&a.min_duration) || !(1..=100_000).contains(&a.resolve_after) {
+            return bad("alert.min_duration and alert.resolve_after must be 1..=100000".into());
+        }
+        if !(a.accept_after >= 0.0 && a.accept_after <= 3.2e9) {
             return bad(format!(
-                "alert.threshold must be in [0, 1], got {}",
-                self.alert.threshold
+                "alert.accept_after must be 0..=3.2e9 seconds, got {}",
+                a.accept_after
             ));
+        }
+        if !(a.smoothing > 0.0 && a.smoothing <= 1.0) {
+            return bad(format!("alert.smoothing must be in (0, 1], got {}", a.smoothing));
+        }
+        if !(8..=100_000).contains(&a.min_normal) {
+            return bad(format!("alert.min_normal must be 8..=100000, got {}", a.min_normal));
         }
         Ok(())
     }

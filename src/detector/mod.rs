@@ -3,24 +3,27 @@
 //! [`Detector::training_due`] says so — inline in replay, on a background pool in the
 //! service — and installs with [`Detector::install`], swapping the model in whole.
 //!
-//! Per reading:
+//! Per reading, two judgements:
 //! ```text
-//! baselines max(windowed-Gaussian z, AR(p) residual z, seasonal residual z) over
-//!           features; the seasonal z is 0 until the stream shows a period
-//! surprise  model phase:    max(√(error / mean training error) of the newest step,
-//!                           ensemble-averaged, baselines)   (`model.error_scale`,
-//!                           `model.combine` choose others)
-//!           baseline phase: baselines
-//! raw       1 − exp(−max(surprise, 0) / raw_scale)                       ∈ [0, 1)
-//! score     anomaly likelihood of raw (see likelihood.rs)                ∈ [0, 1]
-//!           1.0 when a value leaves the range seen so far (± tolerance), after
-//!           `range_after` readings
-//! alert     score ≥ threshold, at most one per cooldown
+//! state   every component's surprise (windowed-Gaussian level, AR residual,
+//!         seasonal residual; with a model, each feature's residual and their
+//!         joint rms, in held-out residual sds) against limits learnt from
+//!         normal readings only (state.rs)         → score ∈ [0, 1], 0.5 at the limit
+//!         anomaly = score ≥ alert.threshold: true for as long as the fault lasts
+//!         incidents open on the state and resolve after `resolve_after` normal
+//!         readings; readings in an incident are never learnt (baselines, limits,
+//!         training buffer, likelihood) until accepted
+//! event   the surprise max(baselines, model √(error / mean training error))
+//!         → raw = 1 − exp(−surprise / raw_scale) → Numenta-style anomaly
+//!         likelihood (likelihood.rs) → event_score ∈ [0, 1], 1.0 when a value
+//!         leaves the range seen so far: how new this reading is, the onset signal
+//!         NAB rewards
 //! ```
 
 pub mod baseline;
 pub mod config;
 pub mod likelihood;
+pub mod state;
 pub mod train;
 
 use std::collections::VecDeque;
@@ -30,8 +33,10 @@ use serde::{Deserialize, Serialize};
 pub use config::{ConfigError, DetectorConfig, DetectorKind};
 pub use train::{TrainJob, TrainOutcome, TrainReport, TrainedModel};
 
-use baseline::{OnlineAr, Seasonal, WindowedGaussian};
+use baseline::{OnlineAr, Seasonal, StateBaselines, WindowedGaussian};
 use likelihood::Likelihood;
+use state::{Component, Judgement, N_COMPONENTS, StateCalibration, score_of_ratio};
+pub use state::{Incident, IncidentEvent, Resolution};
 use train::{ERROR_EPS, ErrorStats, Normaliser};
 
 use crate::nn::{Autoencoder, ScoreWorkspace, Scorer};
@@ -66,15 +71,29 @@ impl Phase {
     }
 }
 
+/// Why a reading in an anomalous state raised no `opened` event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Suppressed {
+    /// An incident is already open; this reading belongs to it.
+    IncidentOpen,
+    /// The state has not yet lasted `alert.min_duration` readings.
+    MinDuration,
+}
+
 /// The outcome for one reading.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Verdict {
     /// The reading's timestamp.
     pub timestamp: Micros,
-    /// Calibrated anomaly score in [0, 1].
+    /// Anomaly score in [0, 1] against the stream's learnt normal behaviour: 0.5 at
+    /// its calibrated limit, 0.9 at three times it, 0.99 at ten times.
     pub score: f64,
-    /// Whether this reading raised an alert.
+    /// The anomaly state: this reading is abnormal (score ≥ `alert.threshold`).
     pub anomaly: bool,
+    /// How new this reading is against the recent past (anomaly likelihood, 1.0 when
+    /// it leaves the range seen so far): high at the onset of a change, not during.
+    pub event_score: f64,
     /// The uncalibrated surprise: the model's window error (normalised units) in the
     /// model phase, the largest baseline z-score otherwise.
     pub raw_error: f64,
@@ -88,6 +107,61 @@ pub struct Verdict {
     pub phase: Phase,
     /// The value left the range seen so far.
     pub out_of_range: bool,
+    /// The incident open at this reading, if any.
+    pub incident: Option<u64>,
+    /// An incident opened or resolved at this reading.
+    pub event: Option<IncidentEvent>,
+    /// Why an anomalous reading opened no incident.
+    pub suppressed: Option<Suppressed>,
+}
+
+/// What [`Detector::accept`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Accepted {
+    /// Buffered readings that had not been learnt and now were.
+    pub readings: usize,
+    /// The incident this resolved, if one was open.
+    pub event: Option<IncidentEvent>,
+}
+
+/// How a reading is taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Scored live: state, incidents, and learnt only when normal.
+    Live,
+    /// Taught as known-normal history: learnt, never anomalous.
+    History,
+}
+
+/// Per-feature scores of the baselines for one reading: the event path's (learnt
+/// already) and the state's (not learnt yet).
+struct BaselineScores {
+    zg: Vec<f64>,
+    za: Vec<f64>,
+    zs: Vec<f64>,
+    /// The state's level, AR and seasonal z.
+    state_level: Vec<f64>,
+    state_ar: Vec<f64>,
+    state_seasonal: Vec<f64>,
+    /// Seasonal expectation, when the feature has a period and history for it.
+    seasonal_expected: Vec<Option<f64>>,
+    /// The configured baseline's z and expectation per feature.
+    base_z: Vec<f64>,
+    base_expected: Vec<f64>,
+}
+
+/// The model-or-baseline surprise of one reading.
+struct Surprise {
+    phase: Phase,
+    /// For the event score.
+    surprise: f64,
+    raw_error: f64,
+    expected: Vec<f64>,
+    contributions: Vec<f64>,
+    /// The model's own likelihood score (`combine = "separate"`).
+    model_score: f64,
+    /// Each feature's model residual in held-out residual sds (model phase).
+    model_z: Option<Vec<f64>>,
 }
 
 /// A reading the detector cannot take; the detector is unchanged.
@@ -180,19 +254,34 @@ pub struct Detector {
     /// The most recent readings, flattened `[n][d]`, oldest first: the current window
     /// and the training buffer.
     history: VecDeque<f64>,
+    /// Per buffered reading: whether it was learnt as normal (training skips windows
+    /// holding one that was not).
+    learnt: VecDeque<bool>,
     gaussians: Vec<WindowedGaussian>,
     ars: Vec<OnlineAr>,
     seasonals: Vec<Seasonal>,
+    /// Per feature: the state's baselines, learnt from normal readings only (the
+    /// three above serve the event path and learn every reading).
+    state_baselines: Vec<StateBaselines>,
     /// Per-feature (min, max) seen so far.
     range: Vec<(f64, f64)>,
     likelihood: Likelihood,
     /// The model's own likelihood when `combine = "separate"`.
     model_likelihood: Likelihood,
     model: Option<ActiveModel>,
-    last_alert: Option<u64>,
+    /// Limits of the state's statistics, learnt from normal readings.
+    state: StateCalibration,
+    /// The open incident.
+    incident: Option<Incident>,
+    /// Incidents opened so far (the next id is one more).
+    incidents: u64,
+    /// Consecutive anomalous readings (for `alert.min_duration`).
+    anomalous_run: u64,
     /// Readings seen / timestamp when the last training job was taken.
     last_job: Option<(u64, Micros)>,
     job_in_flight: bool,
+    /// A job is wanted now (after history or an accepted change), whatever the policy.
+    retrain_requested: bool,
     /// Exponential average of the model's surprise, for drift-triggered retraining.
     drift: f64,
     /// Failed (diverged) jobs so far.
@@ -217,14 +306,20 @@ impl Detector {
             seen: 0,
             last_ts: None,
             history: VecDeque::new(),
+            learnt: VecDeque::new(),
             gaussians: Vec::new(),
             ars: Vec::new(),
             seasonals: Vec::new(),
+            state_baselines: Vec::new(),
             range: Vec::new(),
             model: None,
-            last_alert: None,
+            state: StateCalibration::default(),
+            incident: None,
+            incidents: 0,
+            anomalous_run: 0,
             last_job: None,
             job_in_flight: false,
+            retrain_requested: false,
             drift: 0.0,
             failed_jobs: 0,
             resid_var: Vec::new(),
@@ -256,6 +351,11 @@ impl Detector {
         self.model.as_ref()
     }
 
+    /// The open incident, if any.
+    pub fn incident(&self) -> Option<&Incident> {
+        self.incident.as_ref()
+    }
+
     /// Training jobs that diverged and were discarded.
     pub fn failed_jobs(&self) -> u64 {
         self.failed_jobs
@@ -280,12 +380,73 @@ impl Detector {
         check_reading(self.n_features, self.last_ts, timestamp, values)
     }
 
-    /// Scores one reading and learns from it.
+    /// Scores one reading and, when it is normal, learns from it.
     ///
     /// # Errors
     /// If the reading is invalid (see [`ReadingError`]); the detector is then unchanged.
     pub fn update(&mut self, timestamp: Micros, values: &[f64]) -> Result<Verdict, ReadingError> {
+        self.take(timestamp, values, Mode::Live)
+    }
+
+    /// Learns one reading known to be normal (history taught before live scoring):
+    /// it is scored, never anomalous, never opens an incident, and always learnt.
+    ///
+    /// # Errors
+    /// As [`Detector::update`].
+    pub fn update_history(&mut self, timestamp: Micros, values: &[f64]) -> Result<Verdict, ReadingError> {
+        self.take(timestamp, values, Mode::History)
+    }
+
+    fn take(&mut self, timestamp: Micros, values: &[f64], mode: Mode) -> Result<Verdict, ReadingError> {
         self.check(timestamp, values)?;
+        self.admit(timestamp, values);
+        let base = self.score_baselines(values);
+        let out_of_range = self.out_of_range(values);
+        for (r, &v) in self.range.iter_mut().zip(values) {
+            *r = (r.0.min(v), r.1.max(v));
+        }
+        let sur = self.surprise(&base, values);
+        let judgement = self.judge(&base, sur.model_z.as_deref(), sur.phase);
+        let score = score_of_ratio(judgement.ratio);
+        let anomalous = mode == Mode::Live && sur.phase != Phase::Warmup && score >= self.config.alert.threshold;
+        let (mut event, suppressed) = self.step_incident(timestamp, anomalous, score, &sur.contributions);
+        let learn = mode == Mode::History || (!anomalous && self.incident.is_none());
+
+        let raw_scale = self.config.raw_scale;
+        let raw_of = |z: f64| 1.0 - (-z.max(0.0) / raw_scale).exp();
+        let (mut event_score, _) = self.likelihood.update(raw_of(sur.surprise));
+        event_score = event_score.max(sur.model_score);
+        if out_of_range {
+            event_score = 1.0;
+        }
+        if learn {
+            self.learn(values, &base, &judgement);
+        } else {
+            self.state_baselines.iter_mut().for_each(StateBaselines::skip);
+        }
+        self.learnt.push_back(learn);
+        if mode == Mode::Live && event.is_none() {
+            event = self.accept_if_lasting(timestamp);
+        }
+        Ok(Verdict {
+            timestamp,
+            score,
+            anomaly: anomalous,
+            event_score,
+            raw_error: sur.raw_error,
+            expected: sur.expected,
+            contributions: sur.contributions,
+            model_version: self.model.as_ref().map_or(0, |m| m.version),
+            phase: sur.phase,
+            out_of_range,
+            incident: self.incident.as_ref().map(|i| i.id),
+            event,
+            suppressed,
+        })
+    }
+
+    /// Sets up per-feature state on the first reading and buffers the reading.
+    fn admit(&mut self, timestamp: Micros, values: &[f64]) {
         let d = values.len();
         if self.n_features.is_none() || self.gaussians.is_empty() {
             self.n_features = Some(d);
@@ -293,29 +454,49 @@ impl Detector {
             self.gaussians = (0..d).map(|_| WindowedGaussian::new(b.gaussian_window)).collect();
             self.ars = (0..d).map(|_| OnlineAr::new(b.ar_order, b.ar_forgetting)).collect();
             self.seasonals = (0..d).map(|_| Seasonal::new(b.gaussian_window)).collect();
+            self.state_baselines = (0..d)
+                .map(|_| StateBaselines::new(b.ar_order, b.ar_forgetting))
+                .collect();
             self.range = values.iter().map(|&v| (v, v)).collect();
         }
         self.seen += 1;
         self.last_ts = Some(timestamp);
         let cap = self.config.training.buffer.max(self.config.window) * d;
         while self.history.len() + d > cap {
-            self.history.pop_front();
+            self.history.drain(..d);
+        }
+        while self.learnt.len() * d > self.history.len() {
+            self.learnt.pop_front();
         }
         self.history.extend(values.iter().copied());
-
-        // Baselines (always updated, so they are warm whenever they are needed).
         let b = &self.config.baseline;
         if b.seasonal && self.seen.is_multiple_of(b.seasonal_every as u64) {
             self.estimate_periods();
         }
-        let (mut zg_max, mut za_max) = (0.0f64, 0.0f64);
-        let mut base_z = vec![0.0; d];
-        let mut base_expected = vec![0.0; d];
+    }
+
+    /// Scores the newest reading with every baseline. The event path's learn it at
+    /// once; the state's only later, if it is normal.
+    fn score_baselines(&mut self, values: &[f64]) -> BaselineScores {
+        let d = values.len();
         let n_rows = self.history.len() / d;
+        let zeros = vec![0.0; d];
+        let mut s = BaselineScores {
+            zg: zeros.clone(),
+            za: zeros.clone(),
+            zs: zeros.clone(),
+            state_level: zeros.clone(),
+            state_ar: zeros.clone(),
+            state_seasonal: zeros.clone(),
+            seasonal_expected: vec![None; d],
+            base_z: zeros.clone(),
+            base_expected: zeros,
+        };
         for j in 0..d {
             let (zg, mean) = self.gaussians[j].update(values[j]);
             let (za, pred) = self.ars[j].update(values[j]);
-            // The same phase in earlier periods (validate() bounds their number).
+            // The same phase in earlier periods (validate() bounds their number); the
+            // newest row is this reading.
             let mut past = [0.0; baseline::MAX_SEASONAL_PERIODS];
             let mut n_past = 0;
             if let Some(p) = self.seasonals[j].period() {
@@ -325,99 +506,264 @@ impl Detector {
                 }
             }
             let (lo, hi) = self.range[j];
-            let (zs, seasonal_expected) = self.seasonals[j].update(values[j], &mut past[..n_past], 5e-3 * (hi - lo));
-            zg_max = zg_max.max(zg);
-            za_max = za_max.max(za);
-            base_z[j] = match self.config.detector {
+            let floor = 5e-3 * (hi - lo);
+            let (zs, seasonal_expected) = self.seasonals[j].update(values[j], &mut past[..n_past], floor);
+            s.seasonal_expected[j] = (n_past > 0).then_some(seasonal_expected);
+            (s.zg[j], s.za[j], s.zs[j]) = (zg, za, zs);
+            (s.state_level[j], s.state_ar[j], s.state_seasonal[j]) =
+                self.state_baselines[j].score(values[j], s.seasonal_expected[j], floor);
+            s.base_z[j] = match self.config.detector {
                 DetectorKind::Gaussian => zg,
                 DetectorKind::Ar => za,
                 DetectorKind::Seasonal => zs,
-                DetectorKind::Autoencoder => zg.max(za).max(zs),
+                DetectorKind::Autoencoder | DetectorKind::Baselines => zg.max(za).max(zs),
             };
-            base_expected[j] = match self.config.detector {
+            s.base_expected[j] = match self.config.detector {
                 DetectorKind::Gaussian => mean,
                 DetectorKind::Seasonal => seasonal_expected,
                 _ => pred,
             };
         }
+        s
+    }
 
-        // Range rule: beyond everything seen so far, widened by a fraction of the range.
-        let mut out_of_range = false;
-        for (j, &v) in values.iter().enumerate() {
-            let (lo, hi) = self.range[j];
-            if let Some(tol) = self.config.range_tolerance
-                && hi > lo
-                && self.seen > self.config.range_after.max(self.config.window) as u64
-            {
-                let margin = (hi - lo) * tol;
-                out_of_range |= v > hi + margin || v < lo - margin;
-            }
-            self.range[j] = (lo.min(v), hi.max(v));
-        }
-
-        let base_max = base_z.iter().cloned().fold(0.0, f64::max);
-        let raw_scale = self.config.raw_scale;
-        let raw_of = |z: f64| 1.0 - (-z.max(0.0) / raw_scale).exp();
-        let separate = self.config.model.combine == "separate";
-        let (phase, surprise, raw_error, expected, contributions, model_score) = match self.phase() {
-            Phase::Model => {
-                let (z, err, expected, contributions) = self.model_surprise();
-                self.drift = 0.98 * self.drift + 0.02 * z;
-                if separate {
-                    let (ms, _) = self.model_likelihood.update(raw_of(z));
-                    (Phase::Model, base_max, err, expected, contributions, ms)
-                } else if self.config.model.combine == "mean" {
-                    // Mean of the three raw scores, mapped back to a surprise.
-                    let raw = (raw_of(z) + raw_of(zg_max) + raw_of(za_max)) / 3.0;
-                    let z = -raw_scale * (1.0 - raw).ln();
-                    (Phase::Model, z, err, expected, contributions, 0.0)
-                } else {
-                    let z = if self.config.model.combine == "max" {
-                        z.max(base_max)
-                    } else {
-                        z
-                    };
-                    (Phase::Model, z, err, expected, contributions, 0.0)
-                }
-            }
-            Phase::Warmup => (Phase::Warmup, 0.0, 0.0, values.to_vec(), vec![0.0; d], 0.0),
-            Phase::Baseline => {
-                let total: f64 = base_z.iter().sum();
-                let contributions = base_z
-                    .iter()
-                    .map(|v| if total > 0.0 { v / total } else { 0.0 })
-                    .collect();
-                (Phase::Baseline, base_max, base_max, base_expected, contributions, 0.0)
-            }
+    /// The range rule: beyond everything seen so far, widened by a fraction of the
+    /// range.
+    fn out_of_range(&self, values: &[f64]) -> bool {
+        let Some(tol) = self.config.range_tolerance else {
+            return false;
         };
-        let (score, _) = self.likelihood.update(raw_of(surprise));
-        let mut score = score.max(model_score);
-        if out_of_range {
-            score = 1.0;
+        if self.seen <= self.config.range_after.max(self.config.window) as u64 {
+            return false;
         }
-        let cooled = self
-            .last_alert
-            .is_none_or(|at| self.seen - at > self.config.alert.cooldown as u64);
-        let anomaly = phase != Phase::Warmup && score >= self.config.alert.threshold && cooled;
-        if anomaly {
-            self.last_alert = Some(self.seen);
-        }
-        Ok(Verdict {
-            timestamp,
-            score,
-            anomaly,
-            raw_error,
-            expected,
-            contributions,
-            model_version: self.model.as_ref().map_or(0, |m| m.version),
-            phase,
-            out_of_range,
+        values.iter().zip(&self.range).any(|(&v, &(lo, hi))| {
+            let margin = (hi - lo) * tol;
+            hi > lo && (v > hi + margin || v < lo - margin)
         })
     }
 
+    /// The event path's surprise: the model's (with the baselines, per
+    /// `model.combine`) once a model scores, the baselines' before.
+    fn surprise(&mut self, base: &BaselineScores, values: &[f64]) -> Surprise {
+        let d = values.len();
+        let base_max = base.base_z.iter().cloned().fold(0.0, f64::max);
+        let raw_scale = self.config.raw_scale;
+        let raw_of = |z: f64| 1.0 - (-z.max(0.0) / raw_scale).exp();
+        match self.phase() {
+            Phase::Model => {
+                let (z, err, expected, contributions, model_z) = self.model_surprise();
+                self.drift = 0.98 * self.drift + 0.02 * z;
+                let zg_max = base.zg.iter().cloned().fold(0.0, f64::max);
+                let za_max = base.za.iter().cloned().fold(0.0, f64::max);
+                let (surprise, model_score) = match self.config.model.combine.as_str() {
+                    // The model's own likelihood.
+                    "separate" => (base_max, self.model_likelihood.update(raw_of(z)).0),
+                    // Mean of the three raw scores, mapped back to a surprise.
+                    "mean" => {
+                        let raw = (raw_of(z) + raw_of(zg_max) + raw_of(za_max)) / 3.0;
+                        (-raw_scale * (1.0 - raw).ln(), 0.0)
+                    }
+                    "max" => (z.max(base_max), 0.0),
+                    _ => (z, 0.0),
+                };
+                Surprise {
+                    phase: Phase::Model,
+                    surprise,
+                    raw_error: err,
+                    expected,
+                    contributions,
+                    model_score,
+                    model_z: Some(model_z),
+                }
+            }
+            Phase::Warmup => Surprise {
+                phase: Phase::Warmup,
+                surprise: 0.0,
+                raw_error: 0.0,
+                expected: values.to_vec(),
+                contributions: vec![0.0; d],
+                model_score: 0.0,
+                model_z: None,
+            },
+            Phase::Baseline => {
+                let total: f64 = base.base_z.iter().sum();
+                let contributions = base
+                    .base_z
+                    .iter()
+                    .map(|v| if total > 0.0 { v / total } else { 0.0 })
+                    .collect();
+                Surprise {
+                    phase: Phase::Baseline,
+                    surprise: base_max,
+                    raw_error: base_max,
+                    expected: base.base_expected.clone(),
+                    contributions,
+                    model_score: 0.0,
+                    model_z: None,
+                }
+            }
+        }
+    }
+
+    /// Judges the reading's statistics against the limits learnt from normal ones.
+    fn judge(&mut self, base: &BaselineScores, model_z: Option<&[f64]>, phase: Phase) -> Judgement {
+        let mut zs: [Option<&[f64]>; N_COMPONENTS] = [None; N_COMPONENTS];
+        let kind = self.config.detector;
+        let all = matches!(kind, DetectorKind::Autoencoder | DetectorKind::Baselines);
+        if all || kind == DetectorKind::Gaussian {
+            zs[Component::Level as usize] = Some(&base.state_level);
+        }
+        if all || kind == DetectorKind::Ar {
+            zs[Component::Ar as usize] = Some(&base.state_ar);
+        }
+        // The seasonal statistic counts only once a period is in use.
+        if (all || kind == DetectorKind::Seasonal) && base.seasonal_expected.iter().any(Option::is_some) {
+            zs[Component::Seasonal as usize] = Some(&base.state_seasonal);
+        }
+        let joint;
+        if let (Some(z), Phase::Model) = (model_z, phase) {
+            zs[Component::Model as usize] = Some(z);
+            if z.len() > 1 {
+                joint = [(z.iter().map(|v| v * v).sum::<f64>() / z.len() as f64).sqrt()];
+                zs[Component::Joint as usize] = Some(&joint);
+            }
+        }
+        let a = &self.config.alert;
+        self.state.judge(&zs, a.smoothing, a.min_normal as u32)
+    }
+
+    /// Advances the incident lifecycle by one reading. Returns the event it raised
+    /// and, for an anomalous reading that opened nothing, why.
+    fn step_incident(
+        &mut self,
+        timestamp: Micros,
+        anomalous: bool,
+        score: f64,
+        contributions: &[f64],
+    ) -> (Option<IncidentEvent>, Option<Suppressed>) {
+        if !anomalous {
+            self.anomalous_run = 0;
+            let Some(inc) = self.incident.as_mut() else {
+                return (None, None);
+            };
+            inc.normal_run += 1;
+            if inc.normal_run < self.config.alert.resolve_after as u64 {
+                return (None, None);
+            }
+            let inc = self.incident.take().expect("open");
+            let end = inc.last_anomalous;
+            return (
+                Some(IncidentEvent::Resolved {
+                    incident: inc,
+                    end,
+                    resolution: Resolution::Normal,
+                }),
+                None,
+            );
+        }
+        self.anomalous_run += 1;
+        if let Some(inc) = self.incident.as_mut() {
+            inc.last_anomalous = timestamp;
+            inc.anomalous_readings += 1;
+            inc.normal_run = 0;
+            if score > inc.peak_score {
+                (inc.peak_score, inc.peak_at) = (score, timestamp);
+            }
+            for (c, &v) in inc.contributions.iter_mut().zip(contributions) {
+                *c += v;
+            }
+            return (None, Some(Suppressed::IncidentOpen));
+        }
+        if self.anomalous_run < self.config.alert.min_duration as u64 {
+            return (None, Some(Suppressed::MinDuration));
+        }
+        self.incidents += 1;
+        let inc = Incident {
+            id: self.incidents,
+            start: timestamp,
+            last_anomalous: timestamp,
+            peak_score: score,
+            peak_at: timestamp,
+            anomalous_readings: 1,
+            normal_run: 0,
+            contributions: contributions.to_vec(),
+            start_reading: self.seen,
+        };
+        self.incident = Some(inc.clone());
+        (Some(IncidentEvent::Opened(inc)), None)
+    }
+
+    /// Learns a reading judged normal: the state's baselines and limits.
+    fn learn(&mut self, values: &[f64], base: &BaselineScores, judgement: &Judgement) {
+        let window = self.config.baseline.gaussian_window;
+        for (j, &x) in values.iter().enumerate() {
+            self.state_baselines[j].learn(x, base.seasonal_expected[j], window);
+        }
+        self.state.learn(judgement);
+    }
+
+    /// The `alert.accept_after` rule: an incident that has lasted that long in
+    /// stream time is the new normal.
+    fn accept_if_lasting(&mut self, now: Micros) -> Option<IncidentEvent> {
+        let after = self.config.alert.accept_after;
+        let inc = self.incident.as_ref()?;
+        if after > 0.0 && (now.saturating_sub(inc.start)) as f64 / 1e6 >= after {
+            self.accept().event
+        } else {
+            None
+        }
+    }
+
+    /// Accepts the stream's recent behaviour as normal: every buffered reading that
+    /// was not learnt (an open incident's, or a past false alarm's) is learnt now,
+    /// in order, by the state's baselines; an open incident resolves as
+    /// `accepted`; the smoothed statistics restart and a retraining job is wanted.
+    pub fn accept(&mut self) -> Accepted {
+        let d = self.n_features.unwrap_or(1).max(1);
+        let n_rows = self.history.len() / d;
+        let offset = n_rows - self.learnt.len().min(n_rows);
+        let mut readings = 0;
+        // The learnt level restarts from the accepted readings: the old level is
+        // what no longer holds.
+        if self.learnt.iter().any(|l| !l) {
+            self.state_baselines.iter_mut().for_each(StateBaselines::restart_level);
+        }
+        for i in 0..self.learnt.len() {
+            if self.learnt[i] {
+                continue;
+            }
+            let row = offset + i;
+            let window = self.config.baseline.gaussian_window;
+            for j in 0..d {
+                // The seasonal residual is not replayed: its expectation for an old
+                // row is not at hand.
+                self.state_baselines[j].learn(self.history[row * d + j], None, window);
+            }
+            self.learnt[i] = true;
+            readings += 1;
+        }
+        self.state.restart_smoothing();
+        self.anomalous_run = 0;
+        if readings > 0 {
+            self.retrain_requested = true;
+        }
+        let event = self.incident.take().map(|incident| IncidentEvent::Resolved {
+            end: self.last_ts.unwrap_or(incident.last_anomalous),
+            incident,
+            resolution: Resolution::Accepted,
+        });
+        Accepted { readings, event }
+    }
+
+    /// Asks for a training job at the next chance (after history was taught).
+    pub fn request_retrain(&mut self) {
+        self.retrain_requested = true;
+    }
+
     /// Reconstructs the window ending at the newest reading with every member.
-    /// Returns (z, mean squared error, expected last values, per-feature shares).
-    fn model_surprise(&mut self) -> (f64, f64, Vec<f64>, Vec<f64>) {
+    /// Returns (z, mean squared error, expected last values, per-feature shares,
+    /// per-feature residual of the newest reading in held-out residual sds).
+    fn model_surprise(&mut self) -> (f64, f64, Vec<f64>, Vec<f64>, Vec<f64>) {
         let model = self.model.as_ref().expect("model present");
         let d = self.n_features.unwrap_or(1);
         let w = self.config.window;
@@ -444,6 +790,9 @@ impl Detector {
             }
         });
         let m = model.scorers.len() as f64;
+        let model_z: Vec<f64> = (0..d)
+            .map(|j| ((window[(w - 1) * d + j] as f64) - last[j] / m).abs() / model.errors.feature_scale(j))
+            .collect();
         let err = sq.iter().sum::<f64>() / (m * (steps * d) as f64);
         let total: f64 = sq.iter().sum();
         let contributions = sq.iter().map(|s| if total > 0.0 { s / total } else { 0.0 }).collect();
@@ -465,15 +814,15 @@ impl Detector {
                 z = z.max(r.abs() / sd);
                 self.resid_var[j] = 0.98 * self.resid_var[j] + 0.02 * r * r;
             }
-            return (z, err, expected, contributions);
+            return (z, err, expected, contributions, model_z);
         }
         if self.config.model.error_scale == "rms" {
             // Root of the error over the training windows' mean error: for one scored
             // step, |x − x̂| in residual standard deviations, like the baselines' z.
             let z = (err / (model.errors.mean + ERROR_EPS)).sqrt();
-            return (z, err, expected, contributions);
+            return (z, err, expected, contributions, model_z);
         }
-        (model.errors.z(err), err, expected, contributions)
+        (model.errors.z(err), err, expected, contributions, model_z)
     }
 
     /// Re-estimates each feature's period from the buffered readings.
@@ -496,6 +845,9 @@ impl Detector {
         let n_rows = self.history.len() / self.n_features.unwrap_or(1).max(1);
         if n_rows < c.window + 1 {
             return false;
+        }
+        if self.retrain_requested {
+            return true;
         }
         let Some((at, at_ts)) = self.last_job else {
             return self.seen >= c.retrain.first_after as u64;
@@ -521,13 +873,20 @@ impl Detector {
             .chunks(d)
             .map(<[f64]>::to_vec)
             .collect();
+        let n_rows = readings.len();
+        let missing = n_rows - self.learnt.len().min(n_rows);
+        let normal: Vec<bool> = std::iter::repeat_n(true, missing)
+            .chain(self.learnt.iter().copied())
+            .collect();
         let version = self.model.as_ref().map_or(0, |m| m.version) + 1 + self.failed_jobs;
         self.last_job = Some((self.seen, self.last_ts.unwrap_or(0)));
         self.job_in_flight = true;
+        self.retrain_requested = false;
         self.drift = 0.0;
         TrainJob {
             config: self.config.clone(),
             readings,
+            normal,
             warm_start: self
                 .model
                 .as_ref()
@@ -549,6 +908,16 @@ impl Detector {
         match outcome {
             TrainOutcome::Trained(m) => {
                 self.resid_var.clear();
+                // The new model's limits come from its own held-out residuals.
+                let lambda = self.config.alert.smoothing;
+                self.state.seed(Component::Model, &m.calibration, lambda);
+                let joint: Vec<Vec<f64>> = m
+                    .calibration
+                    .iter()
+                    .filter(|z| z.len() > 1)
+                    .map(|z| vec![(z.iter().map(|v| v * v).sum::<f64>() / z.len() as f64).sqrt()])
+                    .collect();
+                self.state.seed(Component::Joint, &joint, lambda);
                 let (at, at_ts) = self.last_job.unwrap_or((self.seen, self.last_ts.unwrap_or(0)));
                 self.model = Some(ActiveModel {
                     version: m.version,
@@ -576,13 +945,19 @@ impl Detector {
                 seen: self.seen,
                 last_ts: self.last_ts,
                 history: self.history.iter().copied().collect(),
+                learnt: self.learnt.iter().copied().collect(),
+                state: self.state.clone(),
+                incident: self.incident.clone(),
+                incidents: self.incidents,
+                anomalous_run: self.anomalous_run,
+                retrain_requested: self.retrain_requested,
                 gaussians: self.gaussians.clone(),
                 ars: self.ars.clone(),
                 seasonals: self.seasonals.clone(),
+                state_baselines: self.state_baselines.clone(),
                 range: self.range.clone(),
                 likelihood: self.likelihood.clone(),
                 model_likelihood: self.model_likelihood.clone(),
-                last_alert: self.last_alert,
                 last_job: self.last_job,
                 drift: self.drift,
                 failed_jobs: self.failed_jobs,
@@ -590,7 +965,7 @@ impl Detector {
                 model: model.map(|m| ModelMeta {
                     version: m.version,
                     normaliser: m.normaliser.clone(),
-                    errors: m.errors,
+                    errors: m.errors.clone(),
                     trained_at_reading: m.trained_at_reading,
                     trained_at: m.trained_at,
                     report: m.report.clone(),
@@ -637,12 +1012,28 @@ impl Detector {
             let window = s.config.baseline.gaussian_window;
             (0..s.gaussians.len()).map(|_| Seasonal::new(window)).collect()
         };
+        // A snapshot from before the state starts its baselines afresh.
+        let state_baselines = if s.state_baselines.len() == s.gaussians.len() {
+            s.state_baselines
+        } else {
+            let b = &s.config.baseline;
+            (0..s.gaussians.len())
+                .map(|_| StateBaselines::new(b.ar_order, b.ar_forgetting))
+                .collect()
+        };
         Ok(Detector {
+            state_baselines,
             config: s.config,
             n_features: s.n_features,
             seen: s.seen,
             last_ts: s.last_ts,
             history: s.history.into(),
+            learnt: s.learnt.into(),
+            state: s.state,
+            incident: s.incident,
+            incidents: s.incidents,
+            anomalous_run: s.anomalous_run,
+            retrain_requested: s.retrain_requested,
             gaussians: s.gaussians,
             seasonals,
             ars: s.ars,
@@ -650,7 +1041,6 @@ impl Detector {
             likelihood: s.likelihood,
             model_likelihood: s.model_likelihood,
             model,
-            last_alert: s.last_alert,
             last_job: s.last_job,
             job_in_flight: false,
             drift: s.drift,
@@ -663,12 +1053,17 @@ impl Detector {
     /// deterministic, the same input gives the same scores bit for bit).
     pub fn update_sync(&mut self, timestamp: Micros, values: &[f64]) -> Result<Verdict, ReadingError> {
         let v = self.update(timestamp, values)?;
+        self.train_if_due_sync();
+        Ok(v)
+    }
+
+    /// Trains inline if the policy (or a request) asks for a job.
+    pub fn train_if_due_sync(&mut self) {
         if self.training_due() {
             let job = self.training_job();
             let outcome = train::train(&job, &|| false);
             self.install(outcome);
         }
-        Ok(v)
     }
 }
 
@@ -680,14 +1075,29 @@ pub struct DetectorState {
     seen: u64,
     last_ts: Option<Micros>,
     history: Vec<f64>,
+    /// Per buffered reading, whether it was learnt (absent in snapshots from before
+    /// the state existed: all were).
+    #[serde(default)]
+    learnt: Vec<bool>,
+    #[serde(default)]
+    state: StateCalibration,
+    #[serde(default)]
+    incident: Option<Incident>,
+    #[serde(default)]
+    incidents: u64,
+    #[serde(default)]
+    anomalous_run: u64,
+    #[serde(default)]
+    retrain_requested: bool,
     gaussians: Vec<WindowedGaussian>,
     ars: Vec<OnlineAr>,
     #[serde(default)]
     seasonals: Vec<Seasonal>,
+    #[serde(default)]
+    state_baselines: Vec<StateBaselines>,
     range: Vec<(f64, f64)>,
     likelihood: Likelihood,
     model_likelihood: Likelihood,
-    last_alert: Option<u64>,
     last_job: Option<(u64, Micros)>,
     drift: f64,
     failed_jobs: u64,

@@ -51,7 +51,7 @@ impl Normaliser {
 
 /// Distribution of a model's window errors on held-out windows: `ln(error + ε)` is
 /// taken as Gaussian with this mean and standard deviation.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ErrorStats {
     /// Mean of `ln(error + ε)`.
     pub log_mean: f64,
@@ -60,12 +60,25 @@ pub struct ErrorStats {
     /// Mean error (a mean square, in normalised units).
     #[serde(default)]
     pub mean: f64,
+    /// Per feature: root mean square of the newest step's residual on held-out
+    /// windows (normalised units), the scale of the state's model statistics.
+    #[serde(default)]
+    pub feature_rms: Vec<f64>,
 }
 
 /// ε in `ln(error + ε)`: errors are in normalised units, so this is 1% of a scale².
 pub const ERROR_EPS: f64 = 1e-4;
 
+/// Least per-feature residual scale (normalised units), so a feature the model
+/// reproduces exactly does not divide by ~0.
+pub const MIN_FEATURE_RMS: f64 = 0.02;
+
 impl ErrorStats {
+    /// Feature `j`'s residual scale (1 for models saved before it existed).
+    pub fn feature_scale(&self, j: usize) -> f64 {
+        self.feature_rms.get(j).copied().unwrap_or(1.0).max(MIN_FEATURE_RMS)
+    }
+
     /// How many standard deviations `error` lies above the held-out errors.
     pub fn z(&self, error: f64) -> f64 {
         ((error + ERROR_EPS).ln() - self.log_mean) / self.log_std
@@ -88,6 +101,9 @@ pub struct TrainJob {
     pub config: DetectorConfig,
     /// Buffered raw readings, oldest first, `[n][d]`.
     pub readings: Vec<Vec<f64>>,
+    /// Per reading: whether it was learnt as normal (empty: all were). Windows that
+    /// hold a reading that was not stay out of training and calibration.
+    pub normal: Vec<bool>,
     /// The current members, to start from (warm start); `None` trains from scratch.
     pub warm_start: Option<Vec<Autoencoder<f32>>>,
     /// Version the new model will carry.
@@ -124,6 +140,9 @@ pub struct TrainedModel {
     pub normaliser: Normaliser,
     /// Held-out error distribution, for scoring.
     pub errors: ErrorStats,
+    /// Per held-out reading in time order, each feature's residual in units of
+    /// `errors.feature_rms`: seeds the state's limits for this model.
+    pub calibration: Vec<Vec<f64>>,
     /// How training went.
     pub report: TrainReport,
 }
@@ -139,51 +158,247 @@ pub enum TrainOutcome {
     NotEnoughData,
 }
 
+/// The job's readings normalised and cut into windows.
+struct Windows {
+    w: usize,
+    d: usize,
+    normaliser: Normaliser,
+    /// Normalised readings, flattened `[n][d]`.
+    norm: Vec<f32>,
+    /// Starts of the training windows (before the held-out slice), newest last.
+    train: Vec<usize>,
+    /// Starts of the held-out windows at stride 1: each ends at a reading that no
+    /// training window contains. Empty buffers fall back to the training windows.
+    held_out: Vec<usize>,
+}
+
+/// Least held-out readings worth calibrating on; fewer, and the training windows
+/// calibrate (in-sample) instead.
+const MIN_HELD_OUT: usize = 16;
+
+impl Windows {
+    /// Fits the normaliser on the readings learnt as normal and cuts windows that
+    /// hold only such readings: the newest `holdout` share of them is held out, and
+    /// training windows (every `stride` readings) end before it.
+    fn cut(job: &TrainJob) -> Option<Windows> {
+        let cfg = &job.config;
+        let w = cfg.window;
+        let n = job.readings.len();
+        let d = job.readings.first().map_or(0, Vec::len);
+        if n < w || d == 0 {
+            return None;
+        }
+        let is_normal = |i: usize| job.normal.get(i).copied().unwrap_or(true);
+        let normal_rows: Vec<Vec<f64>> = (0..n)
+            .filter(|&i| is_normal(i))
+            .map(|i| job.readings[i].clone())
+            .collect();
+        if normal_rows.len() < w {
+            return None;
+        }
+        let normaliser = Normaliser::fit(&normal_rows);
+        let norm: Vec<f32> = job
+            .readings
+            .iter()
+            .flat_map(|r| r.iter().enumerate().map(|(j, &x)| normaliser.apply(j, x)))
+            .collect();
+        // bad[i]: readings not learnt as normal among the first i.
+        let mut bad = vec![0usize; n + 1];
+        for i in 0..n {
+            bad[i + 1] = bad[i] + usize::from(!is_normal(i));
+        }
+        let clean = |s: usize| bad[s + w] == bad[s];
+        // The newest `holdout` share of the clean windows is held out (at stride 1);
+        // training windows end before the first held-out window's last reading, so
+        // no held-out reading was ever the target of training.
+        let all: Vec<usize> = (0..=n - w).filter(|&s| clean(s)).collect();
+        let n_hold = (all.len() as f64 * cfg.training.holdout).round() as usize;
+        let held_out: Vec<usize> = all[all.len() - n_hold.min(all.len())..].to_vec();
+        let split = held_out.first().map_or(n, |&s| s + w - 1);
+        let train: Vec<usize> = all
+            .iter()
+            .copied()
+            .filter(|&s| s + w <= split)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .step_by(cfg.training.stride)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        let (train, held_out) = if train.is_empty() {
+            (all.clone(), all)
+        } else if held_out.len() < MIN_HELD_OUT {
+            (train.clone(), train)
+        } else {
+            (train, held_out)
+        };
+        if train.is_empty() {
+            return None;
+        }
+        Some(Windows {
+            w,
+            d,
+            normaliser,
+            norm,
+            train,
+            held_out,
+        })
+    }
+
+    /// The windows starting at `idx`, `[w, idx.len(), d]`.
+    fn batch(&self, idx: &[usize]) -> Array3<f32> {
+        let (w, d) = (self.w, self.d);
+        Array3::from_shape_fn((w, idx.len(), d), |(t, b, j)| self.norm[(idx[b] + t) * d + j])
+    }
+
+    /// Mean loss of `model` over the held-out windows.
+    fn held_out_loss(&self, m: &Autoencoder<f32>) -> f64 {
+        let mut total = 0.0;
+        for chunk in self.held_out.chunks(256) {
+            let x = self.batch(chunk);
+            let y = m.forward(x.view());
+            total += mse(y.view().into_dyn(), x.view().into_dyn()).0 as f64 * chunk.len() as f64;
+        }
+        total / self.held_out.len() as f64
+    }
+}
+
+/// How one member's training ended.
+enum MemberOutcome {
+    Trained {
+        model: Box<Autoencoder<f32>>,
+        train_loss: f64,
+        val_loss: f64,
+    },
+    Diverged,
+}
+
+/// Trains one ensemble member with Adam and clipping, keeping its best held-out
+/// weights; stops after `patience` epochs without improvement or when `should_stop`.
+fn train_member(
+    win: &Windows,
+    cfg: &DetectorConfig,
+    mut model: Autoencoder<f32>,
+    rng: &mut StdRng,
+    report: &mut TrainReport,
+    should_stop: &dyn Fn() -> bool,
+) -> MemberOutcome {
+    let mut opt = Adam::new(AdamParams {
+        lr: cfg.training.learning_rate,
+        ..Default::default()
+    });
+    let mut best = (win.held_out_loss(&model), model.clone());
+    let mut first_loss = None;
+    let mut since_best = 0;
+    let mut order: Vec<usize> = win.train.clone();
+    let mut last_train = f64::NAN;
+    for _epoch in 0..cfg.training.epochs {
+        order.shuffle(rng);
+        let mut sum = 0.0;
+        for chunk in order.chunks(cfg.training.batch) {
+            let x = win.batch(chunk);
+            let loss = model.train_step(x.view(), &mut opt, Some(cfg.training.max_grad_norm as f32), rng) as f64;
+            let first = *first_loss.get_or_insert(loss.max(1e-6));
+            if !loss.is_finite() || loss > 1000.0 * first {
+                report.epochs += 1;
+                return MemberOutcome::Diverged;
+            }
+            sum += loss * chunk.len() as f64;
+            if should_stop() {
+                report.budget_exhausted = true;
+                break;
+            }
+        }
+        report.epochs += 1;
+        last_train = sum / order.len().max(1) as f64;
+        let v = win.held_out_loss(&model);
+        if !v.is_finite() {
+            return MemberOutcome::Diverged;
+        }
+        if v < best.0 {
+            best = (v, model.clone());
+            since_best = 0;
+        } else {
+            since_best += 1;
+            if since_best >= cfg.training.patience {
+                report.stopped_early = true;
+                break;
+            }
+        }
+        if report.budget_exhausted {
+            break;
+        }
+    }
+    MemberOutcome::Trained {
+        model: Box::new(best.1),
+        train_loss: last_train,
+        val_loss: best.0,
+    }
+}
+
+/// The ensemble's scored error over `starts`, per window, and, per window, each
+/// feature's residual at the newest step.
+fn ensemble_errors(
+    win: &Windows,
+    cfg: &DetectorConfig,
+    members: &[Autoencoder<f32>],
+    starts: &[usize],
+) -> (Vec<f64>, Vec<Vec<f64>>) {
+    let (w, d) = (win.w, win.d);
+    let steps = scored_steps(cfg);
+    let m = members.len() as f64;
+    let mut errors = Vec::with_capacity(starts.len());
+    let mut residuals = Vec::with_capacity(starts.len());
+    for chunk in starts.chunks(256) {
+        let x = win.batch(chunk);
+        let mut err = vec![0.0f64; chunk.len()];
+        let mut last = vec![vec![0.0f64; d]; chunk.len()];
+        for member in members {
+            let y = member.forward(x.view());
+            let sq = (&y - &x)
+                .slice(ndarray::s![w - steps.., .., ..])
+                .mapv(|v| (v as f64) * (v as f64));
+            let per_window = sq.sum_axis(Axis(2)).sum_axis(Axis(0)) / (steps * d) as f64;
+            for (e, v) in err.iter_mut().zip(per_window.iter()) {
+                *e += v / m;
+            }
+            for (b, row) in last.iter_mut().enumerate() {
+                for (j, r) in row.iter_mut().enumerate() {
+                    *r += y[[w - 1, b, j]] as f64 / m;
+                }
+            }
+        }
+        for (b, row) in last.iter_mut().enumerate() {
+            for (j, r) in row.iter_mut().enumerate() {
+                *r -= x[[w - 1, b, j]] as f64;
+            }
+        }
+        errors.extend(err);
+        residuals.extend(last);
+    }
+    (errors, residuals)
+}
+
 /// Trains a model on the job's readings.
 ///
-/// Windows of W readings are cut every `stride` readings and normalised with the
-/// buffer's statistics; the most recent `holdout` fraction is held out. Each member
-/// trains with Adam and gradient clipping, keeps its best held-out weights, stops
-/// after `patience` epochs without improvement, and is abandoned (the job reports
-/// [`TrainOutcome::Diverged`]) if a loss becomes non-finite or exceeds 1000× its first.
-/// Deterministic for a given job.
+/// Windows of W readings that hold only readings learnt as normal are cut every
+/// `stride` readings and normalised with those readings' statistics; the newest
+/// `holdout` fraction of readings is held out. Each member trains with Adam and
+/// gradient clipping, keeps its best held-out weights, stops after `patience`
+/// epochs without improvement, and is abandoned (the job reports
+/// [`TrainOutcome::Diverged`]) if a loss becomes non-finite or exceeds 1000× its
+/// first. The held-out windows then calibrate the model: each feature's residual
+/// scale and the sequence that seeds the state's limits. Deterministic for a job.
 pub fn train(job: &TrainJob, should_stop: &dyn Fn() -> bool) -> TrainOutcome {
     let cfg = &job.config;
-    let w = cfg.window;
-    let n = job.readings.len();
-    let d = job.readings.first().map_or(0, Vec::len);
-    let stride = cfg.training.stride;
-    if n < w || d == 0 {
+    let Some(win) = Windows::cut(job) else {
         return TrainOutcome::NotEnoughData;
-    }
-    let normaliser = Normaliser::fit(&job.readings);
-    let norm: Vec<f32> = job
-        .readings
-        .iter()
-        .flat_map(|r| r.iter().enumerate().map(|(j, &x)| normaliser.apply(j, x)))
-        .collect();
-    // Window start positions, newest window last.
-    let starts: Vec<usize> = (0..=n - w)
-        .rev()
-        .step_by(stride)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
-    let n_hold = ((starts.len() as f64 * cfg.training.holdout).round() as usize).min(starts.len().saturating_sub(1));
-    let (train_starts, hold_starts) = starts.split_at(starts.len() - n_hold);
-    let hold_starts = if hold_starts.is_empty() {
-        train_starts
-    } else {
-        hold_starts
     };
-    let batch_of = |idx: &[usize]| -> Array3<f32> {
-        Array3::from_shape_fn((w, idx.len(), d), |(t, b, j)| norm[(idx[b] + t) * d + j])
-    };
-
-    let ae_cfg = cfg.autoencoder(d);
+    let ae_cfg = cfg.autoencoder(win.d);
     let mut report = TrainReport {
-        windows: starts.len(),
+        windows: win.train.len(),
         ..Default::default()
     };
     let mut members = Vec::new();
@@ -194,106 +409,66 @@ pub fn train(job: &TrainJob, should_stop: &dyn Fn() -> bool) -> TrainOutcome {
             .as_ref()
             .and_then(|m| m.get(k))
             .filter(|m| m.config == ae_cfg);
-        let mut model = match start_from {
+        let model = match start_from {
             Some(m) => m.clone(),
             None => Autoencoder::new(ae_cfg.clone(), &mut rng),
         };
-        let mut opt = Adam::new(AdamParams {
-            lr: cfg.training.learning_rate,
-            ..Default::default()
-        });
-        let val = |m: &Autoencoder<f32>| -> f64 {
-            let mut total = 0.0;
-            for chunk in hold_starts.chunks(256) {
-                let x = batch_of(chunk);
-                let y = m.forward(x.view());
-                total += mse(y.view().into_dyn(), x.view().into_dyn()).0 as f64 * chunk.len() as f64;
-            }
-            total / hold_starts.len() as f64
-        };
-        let mut best = (val(&model), model.clone());
-        let mut first_loss = None;
-        let mut since_best = 0;
-        let mut order: Vec<usize> = train_starts.to_vec();
-        let mut last_train = f64::NAN;
-        for _epoch in 0..cfg.training.epochs {
-            order.shuffle(&mut rng);
-            let mut sum = 0.0;
-            for chunk in order.chunks(cfg.training.batch) {
-                let x = batch_of(chunk);
-                let loss =
-                    model.train_step(x.view(), &mut opt, Some(cfg.training.max_grad_norm as f32), &mut rng) as f64;
-                let first = *first_loss.get_or_insert(loss.max(1e-6));
-                if !loss.is_finite() || loss > 1000.0 * first {
-                    report.epochs += 1;
-                    return TrainOutcome::Diverged(report);
-                }
-                sum += loss * chunk.len() as f64;
-                if should_stop() {
-                    report.budget_exhausted = true;
-                    break;
-                }
-            }
-            report.epochs += 1;
-            last_train = sum / order.len().max(1) as f64;
-            let v = val(&model);
-            if !v.is_finite() {
-                return TrainOutcome::Diverged(report);
-            }
-            if v < best.0 {
-                best = (v, model.clone());
-                since_best = 0;
-            } else {
-                since_best += 1;
-                if since_best >= cfg.training.patience {
-                    report.stopped_early = true;
-                    break;
-                }
-            }
-            if report.budget_exhausted {
-                break;
+        match train_member(&win, cfg, model, &mut rng, &mut report, should_stop) {
+            MemberOutcome::Diverged => return TrainOutcome::Diverged(report),
+            MemberOutcome::Trained {
+                model,
+                train_loss,
+                val_loss,
+            } => {
+                report.train_loss += train_loss / cfg.model.ensemble as f64;
+                report.val_loss += val_loss / cfg.model.ensemble as f64;
+                members.push(*model);
             }
         }
-        report.train_loss += last_train / cfg.model.ensemble as f64;
-        report.val_loss += best.0 / cfg.model.ensemble as f64;
-        members.push(best.1);
         if report.budget_exhausted {
             break;
         }
     }
 
-    // Calibrate on every buffered window (held-out ones alone may miss rare but
-    // normal shapes, e.g. a daily transition): the ensemble's mean scored error.
-    let mut logs = Vec::with_capacity(starts.len());
-    let mut sum_err = 0.0;
-    for chunk in starts.chunks(256) {
-        let x = batch_of(chunk);
-        let mut err = vec![0.0f64; chunk.len()];
-        for m in &members {
-            let y = m.forward(x.view());
-            let steps = scored_steps(cfg);
-            let sq = (&y - &x)
-                .slice(ndarray::s![w - steps.., .., ..])
-                .mapv(|v| (v as f64) * (v as f64));
-            let per_window = sq.sum_axis(Axis(2)).sum_axis(Axis(0)) / (steps * d) as f64;
-            for (e, v) in err.iter_mut().zip(per_window.iter()) {
-                *e += v / members.len() as f64;
-            }
-        }
-        logs.extend(err.iter().map(|e| (e + ERROR_EPS).ln()));
-        sum_err += err.iter().sum::<f64>();
-    }
+    // The event path's scale: every clean window (held-out ones alone may miss rare
+    // but normal shapes, e.g. a daily transition).
+    let all: Vec<usize> = {
+        let mut a = win.train.clone();
+        a.extend(win.held_out.iter().copied());
+        a.sort_unstable();
+        a.dedup();
+        a
+    };
+    let (errs, _) = ensemble_errors(&win, cfg, &members, &all);
+    let logs: Vec<f64> = errs.iter().map(|e| (e + ERROR_EPS).ln()).collect();
     let mean = logs.iter().sum::<f64>() / logs.len() as f64;
     let std = (logs.iter().map(|l| (l - mean) * (l - mean)).sum::<f64>() / logs.len() as f64).sqrt();
+    // The state's scale: held-out residuals only.
+    let (_, resid) = ensemble_errors(&win, cfg, &members, &win.held_out);
+    let feature_rms: Vec<f64> = (0..win.d)
+        .map(|j| (resid.iter().map(|r| r[j] * r[j]).sum::<f64>() / resid.len() as f64).sqrt())
+        .collect();
+    let errors = ErrorStats {
+        log_mean: mean,
+        log_std: std.max(0.25),
+        mean: errs.iter().sum::<f64>() / errs.len() as f64,
+        feature_rms,
+    };
+    let calibration = resid
+        .iter()
+        .map(|r| {
+            r.iter()
+                .enumerate()
+                .map(|(j, v)| v.abs() / errors.feature_scale(j))
+                .collect()
+        })
+        .collect();
     TrainOutcome::Trained(TrainedModel {
         version: job.version,
         members,
-        normaliser,
-        errors: ErrorStats {
-            log_mean: mean,
-            log_std: std.max(0.25),
-            mean: sum_err / logs.len() as f64,
-        },
+        normaliser: win.normaliser,
+        errors,
+        calibration,
         report,
     })
 }

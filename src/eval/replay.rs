@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::detector::{Detector, DetectorConfig, Verdict};
+use crate::detector::{Detector, DetectorConfig, IncidentEvent, Verdict};
 use crate::eval::nab::{self, Profile, ProfileResult, ScoredFile, Windows};
 use crate::timestamp::{self, Micros};
 
@@ -74,13 +74,64 @@ pub fn read_series(path: &Path, timestamp_column: &str, value_columns: &[String]
     Ok(s)
 }
 
-/// Scores a whole series with one detector, training inline. `progress` is called
-/// with the number of rows done.
-pub fn run_series(series: &Series, config: &DetectorConfig, progress: &dyn Fn(usize)) -> Result<Vec<Verdict>, String> {
+/// A series scored by one detector.
+#[derive(Clone, Debug, Default)]
+pub struct ScoredSeries {
+    /// One verdict per scored row (history rows excluded).
+    pub verdicts: Vec<Verdict>,
+    /// Rows whose timestamp stepped back; they were scored at the previous row's time,
+    /// in file order (the service refuses such readings with 409).
+    pub backwards: usize,
+}
+
+/// Scores a whole series with one detector, training inline. The first
+/// `train_rows` rows are taught as history (known normal; see
+/// [`Detector::update_history`]) and a model is trained on them before scoring the
+/// rest. `progress` is called with the number of rows done.
+pub fn run_series(
+    series: &Series,
+    config: &DetectorConfig,
+    train_rows: usize,
+    progress: &dyn Fn(usize),
+) -> Result<ScoredSeries, String> {
     let mut det = Detector::new(config.clone()).map_err(|e| e.to_string())?;
-    let mut out = Vec::with_capacity(series.rows.len());
-    for (i, (t, row)) in series.timestamps.iter().zip(&series.rows).enumerate() {
-        out.push(det.update_sync(*t, row).map_err(|e| format!("row {}: {e}", i + 2))?);
+    teach(&mut det, series, train_rows)?;
+    score_rest(&mut det, series, train_rows, progress)
+}
+
+/// Teaches `det` the first `rows` rows as history and trains on them.
+pub fn teach(det: &mut Detector, series: &Series, rows: usize) -> Result<(), String> {
+    let rows = rows.min(series.rows.len());
+    if rows == 0 {
+        return Ok(());
+    }
+    for (i, (t, row)) in series.timestamps[..rows].iter().zip(&series.rows[..rows]).enumerate() {
+        det.update_history(*t, row).map_err(|e| format!("row {}: {e}", i + 2))?;
+        det.train_if_due_sync();
+    }
+    det.request_retrain();
+    det.train_if_due_sync();
+    Ok(())
+}
+
+/// Scores rows `from..` of `series` with `det`, training inline.
+pub fn score_rest(
+    det: &mut Detector,
+    series: &Series,
+    from: usize,
+    progress: &dyn Fn(usize),
+) -> Result<ScoredSeries, String> {
+    let mut out = ScoredSeries::default();
+    for (i, (t, row)) in series.timestamps.iter().zip(&series.rows).enumerate().skip(from) {
+        let t = match det.last_timestamp() {
+            Some(last) if *t < last => {
+                out.backwards += 1;
+                last
+            }
+            _ => *t,
+        };
+        out.verdicts
+            .push(det.update_sync(t, row).map_err(|e| format!("row {}: {e}", i + 2))?);
         if i % 256 == 0 {
             progress(i);
         }
@@ -89,15 +140,18 @@ pub fn run_series(series: &Series, config: &DetectorConfig, progress: &dyn Fn(us
     Ok(out)
 }
 
-/// `anomalyd replay`: writes timestamp, values, score, anomaly, phase, model_version,
-/// raw_error and the expected value of each column.
+/// `anomalyd replay`: writes timestamp, values, score, anomaly (the state), event
+/// (`opened`/`resolved`), incident, event_score, phase, model_version, raw_error and
+/// the expected value of each column, for every row after the first `train_rows`
+/// (taught as history). Returns (rows scored, rows whose timestamp stepped back).
 pub fn replay(
     input: &Path,
     timestamp_column: &str,
     value_columns: &[String],
     config: &DetectorConfig,
+    train_rows: usize,
     out: &Path,
-) -> Result<usize, String> {
+) -> Result<(usize, usize), String> {
     let series = read_series(input, timestamp_column, value_columns)?;
     let tty = std::io::stderr().is_terminal();
     let n = series.rows.len();
@@ -111,19 +165,44 @@ pub fn replay(
             }
         }
     };
-    let verdicts = run_series(&series, config, &progress)?;
+    let scored = run_series(&series, config, train_rows, &progress)?;
     let mut w = csv::Writer::from_path(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let mut header = vec!["timestamp".to_string()];
     header.extend(series.columns.iter().cloned());
-    header.extend(["score", "anomaly", "phase", "model_version", "raw_error"].map(String::from));
+    header.extend(
+        [
+            "score",
+            "anomaly",
+            "event",
+            "incident",
+            "event_score",
+            "phase",
+            "model_version",
+            "raw_error",
+        ]
+        .map(String::from),
+    );
     header.extend(series.columns.iter().map(|c| format!("expected_{c}")));
     w.write_record(&header).map_err(|e| e.to_string())?;
-    for (v, row) in verdicts.iter().zip(&series.rows) {
-        let mut rec = vec![timestamp::format_rfc3339(v.timestamp)];
+    let skip = train_rows.min(n);
+    for ((v, row), t) in scored
+        .verdicts
+        .iter()
+        .zip(&series.rows[skip..])
+        .zip(&series.timestamps[skip..])
+    {
+        let mut rec = vec![timestamp::format_rfc3339(*t)];
         rec.extend(row.iter().map(|x| x.to_string()));
         rec.extend([
             v.score.to_string(),
             v.anomaly.to_string(),
+            match &v.event {
+                Some(IncidentEvent::Opened(_)) => "opened".to_string(),
+                Some(IncidentEvent::Resolved { .. }) => "resolved".to_string(),
+                None => String::new(),
+            },
+            v.incident.map_or(String::new(), |i| i.to_string()),
+            v.event_score.to_string(),
             v.phase.name().to_string(),
             v.model_version.to_string(),
             v.raw_error.to_string(),
@@ -132,7 +211,7 @@ pub fn replay(
         w.write_record(&rec).map_err(|e| e.to_string())?;
     }
     w.flush().map_err(|e| e.to_string())?;
-    Ok(n)
+    Ok((n - skip, scored.backwards))
 }
 
 /// The result of `anomalyd nab`.
@@ -142,6 +221,8 @@ pub struct NabRun {
     pub files: Vec<ScoredFile>,
     /// Per-profile results, when windows were given.
     pub results: Vec<ProfileResult>,
+    /// Rows whose timestamp stepped back (scored in file order at the previous time).
+    pub backwards: usize,
 }
 
 /// Runs every `<category>/<file>.csv` under `data` through its own detector (files in
@@ -154,6 +235,7 @@ pub fn run_nab(
     windows: Option<&Windows>,
     profiles: &[Profile],
     threads: usize,
+    pick: NabScore,
 ) -> Result<NabRun, String> {
     let names = nab::list_corpus(data)?;
     if names.is_empty() {
@@ -161,7 +243,9 @@ pub fn run_nab(
     }
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Result<ScoredFile, String>>>> = Mutex::new(vec![None; names.len()]);
+    // Per file: its scores and rows whose timestamp stepped back, or the error.
+    type FileResult = Result<(ScoredFile, usize), String>;
+    let results: Mutex<Vec<Option<FileResult>>> = Mutex::new(vec![None; names.len()]);
     let tty = std::io::stderr().is_terminal();
     std::thread::scope(|s| {
         for _ in 0..threads.max(1) {
@@ -169,7 +253,7 @@ pub fn run_nab(
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(name) = names.get(i) else { break };
-                    let r = score_file(data, out, name, config);
+                    let r = score_file(data, out, name, config, pick);
                     results.lock().expect("no panics while held")[i] = Some(r);
                     let d = done.fetch_add(1, Ordering::Relaxed) + 1;
                     if tty {
@@ -183,17 +267,23 @@ pub fn run_nab(
     if tty {
         eprintln!();
     }
-    let files = results
+    let scored = results
         .into_inner()
         .expect("threads joined")
         .into_iter()
         .map(|r| r.expect("every file ran"))
         .collect::<Result<Vec<_>, _>>()?;
+    let backwards = scored.iter().map(|(_, b)| b).sum();
+    let files: Vec<ScoredFile> = scored.into_iter().map(|(f, _)| f).collect();
     let results = match windows {
         Some(w) => profiles.iter().map(|p| nab::score_corpus(&files, w, p)).collect(),
         None => Vec::new(),
     };
-    Ok(NabRun { files, results })
+    Ok(NabRun {
+        files,
+        results,
+        backwards,
+    })
 }
 
 /// Scores result files already under `out` (from anomalyd or any NAB detector)
@@ -220,12 +310,51 @@ pub fn score_existing(data: &Path, out: &Path, windows: &Windows, profiles: &[Pr
         })
         .collect::<Result<Vec<_>, String>>()?;
     let results = profiles.iter().map(|p| nab::score_corpus(&files, windows, p)).collect();
-    Ok(NabRun { files, results })
+    Ok(NabRun {
+        files,
+        results,
+        backwards: 0,
+    })
 }
 
-fn score_file(data: &Path, out: &Path, name: &str, config: &DetectorConfig) -> Result<ScoredFile, String> {
+/// Which verdict score NAB judges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum NabScore {
+    /// The state's score (against the learnt normal).
+    State,
+    /// The event score (anomaly likelihood: how new a reading is).
+    Event,
+    /// The larger of the two.
+    Max,
+    /// The alert events: the score of each reading that opens an incident, 0
+    /// elsewhere (one detection per incident, as the service alerts).
+    Incident,
+}
+
+impl NabScore {
+    /// The chosen score of a verdict.
+    pub fn of(self, v: &Verdict) -> f64 {
+        match self {
+            NabScore::State => v.score,
+            NabScore::Event => v.event_score,
+            NabScore::Max => v.score.max(v.event_score),
+            NabScore::Incident => match v.event {
+                Some(IncidentEvent::Opened(_)) => v.score,
+                _ => 0.0,
+            },
+        }
+    }
+}
+
+fn score_file(
+    data: &Path,
+    out: &Path,
+    name: &str,
+    config: &DetectorConfig,
+    pick: NabScore,
+) -> Result<(ScoredFile, usize), String> {
     let series = read_series(&data.join(name), "timestamp", &["value".to_string()])?;
-    let verdicts = run_series(&series, config, &|_| {})?;
+    let scored = run_series(&series, config, 0, &|_| {})?;
     let path: PathBuf = out.join(name);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -233,14 +362,18 @@ fn score_file(data: &Path, out: &Path, name: &str, config: &DetectorConfig) -> R
     let mut w = csv::Writer::from_path(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     w.write_record(["timestamp", "anomaly_score"])
         .map_err(|e| e.to_string())?;
-    for v in &verdicts {
-        w.write_record([timestamp::format_nab(v.timestamp), v.score.to_string()])
+    // The file's own timestamps, also where one stepped back (scored in file order).
+    for (v, t) in scored.verdicts.iter().zip(&series.timestamps) {
+        w.write_record([timestamp::format_nab(*t), pick.of(v).to_string()])
             .map_err(|e| e.to_string())?;
     }
     w.flush().map_err(|e| e.to_string())?;
-    Ok(ScoredFile {
-        name: name.to_string(),
-        timestamps: series.timestamps,
-        scores: verdicts.iter().map(|v| v.score).collect(),
-    })
+    Ok((
+        ScoredFile {
+            name: name.to_string(),
+            timestamps: series.timestamps,
+            scores: scored.verdicts.iter().map(|v| pick.of(v)).collect(),
+        },
+        scored.backwards,
+    ))
 }

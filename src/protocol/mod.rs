@@ -52,16 +52,28 @@ pub struct ReadingOut {
     pub stream: String,
     /// RFC 3339, UTC.
     pub timestamp: String,
-    /// Calibrated anomaly score in [0, 1].
+    /// Anomaly score in [0, 1] against the stream's learnt normal behaviour: 0.5 at
+    /// its calibrated limit, 0.9 at three times it, 0.99 at ten times.
     pub score: f64,
-    /// Whether an alert was raised.
+    /// The anomaly state: this reading is abnormal.
     pub anomaly: bool,
+    /// How new the reading is against the recent past (onset signal), in [0, 1].
+    pub event_score: f64,
     /// `warmup`, `baseline` or `model`.
     pub phase: String,
     /// Model version (0: none yet).
     pub model_version: u64,
     /// Expected values per feature.
     pub expected: Vec<f64>,
+    /// The incident open at this reading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incident: Option<u64>,
+    /// `opened` or `resolved` when an incident changed at this reading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    /// Why an anomalous reading opened no incident: `incident_open`, `min_duration`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suppressed: Option<String>,
 }
 
 /// Response of both ingest routes.
@@ -87,17 +99,31 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
-/// One alert as the API and the WebSocket show it.
+/// One incident event as the API and the WebSocket show it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AlertOut {
     /// Journal sequence number (increasing, never reused).
     pub seq: u64,
+    /// `opened` or `resolved`.
+    pub kind: String,
     /// The stream.
     pub stream: String,
-    /// RFC 3339, UTC.
+    /// The incident's id within the stream.
+    pub incident: u64,
+    /// RFC 3339, UTC: the reading at which this happened.
     pub timestamp: String,
-    /// Score that raised it.
+    /// RFC 3339: the incident's first anomalous reading.
+    pub start: String,
+    /// RFC 3339: its last anomalous reading (resolved only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<String>,
+    /// `normal` (the stream recovered) or `accepted` (resolved only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolution: Option<String>,
+    /// The reading's score (opened) or the incident's peak score (resolved).
     pub score: f64,
+    /// The features that contributed most, `{feature, share}`, largest first.
+    pub top_features: Vec<FeatureShare>,
     /// The reading's values.
     pub values: Vec<f64>,
     /// What the detector expected.
@@ -108,12 +134,21 @@ pub struct AlertOut {
     pub model_version: u64,
 }
 
+/// A feature's share of an incident's surprise.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FeatureShare {
+    /// Position of the feature in the stream's readings.
+    pub feature: usize,
+    /// Its share in [0, 1].
+    pub share: f64,
+}
+
 /// Messages the server sends on `/v1/alerts/ws`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum WsServerMessage {
-    /// An alert.
-    Alert(AlertOut),
+    /// An incident event.
+    Alert(Box<AlertOut>),
     /// Liveness, with the newest journal sequence number.
     Heartbeat {
         /// Newest sequence number.

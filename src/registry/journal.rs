@@ -1,5 +1,5 @@
-//! The alert journal: a bounded, sequence-numbered log of recent alerts, and the
-//! broadcast that feeds WebSocket subscribers.
+//! The alert journal: a bounded, sequence-numbered log of recent incident events
+//! (opened, resolved), and the broadcast that feeds WebSocket subscribers.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -9,25 +9,129 @@ use tokio::sync::broadcast;
 
 use crate::timestamp::Micros;
 
-/// One alert.
+/// What happened to an incident.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    /// The stream's state turned anomalous: an incident opened.
+    #[default]
+    Opened,
+    /// The incident ended.
+    Resolved,
+}
+
+/// One incident event: an incident opened or resolved.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
     /// Sequence number: increasing, never reused (also across restarts).
     pub seq: u64,
+    /// Opened or resolved.
+    #[serde(default)]
+    pub kind: AlertKind,
     /// The stream.
     pub stream: String,
-    /// The reading's timestamp.
+    /// The incident's id within the stream.
+    #[serde(default)]
+    pub incident: u64,
+    /// The timestamp of the reading at which this happened.
     pub timestamp: Micros,
-    /// Score that raised it.
+    /// When the incident started (its first anomalous reading).
+    #[serde(default)]
+    pub start: Micros,
+    /// When it ended (resolved events only).
+    #[serde(default)]
+    pub end: Option<Micros>,
+    /// Why it ended (resolved events only).
+    #[serde(default)]
+    pub resolution: Option<crate::detector::Resolution>,
+    /// The reading's score (opened) or the incident's peak score (resolved).
     pub score: f64,
-    /// The reading's values.
+    /// The reading's values (opened; empty for resolved).
     pub values: Vec<f64>,
-    /// What the detector expected.
+    /// What the detector expected (opened).
     pub expected: Vec<f64>,
-    /// Each feature's share of the surprise.
+    /// Each feature's share of the surprise (opened: this reading; resolved: the
+    /// whole incident).
     pub contributions: Vec<f64>,
+    /// The features that contributed most over the incident, with their shares.
+    #[serde(default)]
+    pub top_features: Vec<(usize, f64)>,
     /// Model version that scored.
     pub model_version: u64,
+}
+
+impl Alert {
+    /// The journal record of an incident event (its `seq` is set by the journal).
+    pub fn of_event(
+        stream: &str,
+        event: &crate::detector::IncidentEvent,
+        verdict: &crate::detector::Verdict,
+        values: &[f64],
+    ) -> Alert {
+        use crate::detector::IncidentEvent;
+        match event {
+            IncidentEvent::Opened(inc) => Alert {
+                seq: 0,
+                kind: AlertKind::Opened,
+                stream: stream.to_string(),
+                incident: inc.id,
+                timestamp: verdict.timestamp,
+                start: inc.start,
+                end: None,
+                resolution: None,
+                score: verdict.score,
+                values: values.to_vec(),
+                expected: verdict.expected.clone(),
+                contributions: verdict.contributions.clone(),
+                top_features: inc.top_features(),
+                model_version: verdict.model_version,
+            },
+            IncidentEvent::Resolved {
+                incident,
+                end,
+                resolution,
+            } => Alert::resolved(
+                stream,
+                incident,
+                *end,
+                *resolution,
+                verdict.timestamp,
+                verdict.model_version,
+            ),
+        }
+    }
+
+    /// The record of an incident's end.
+    pub fn resolved(
+        stream: &str,
+        inc: &crate::detector::Incident,
+        end: Micros,
+        resolution: crate::detector::Resolution,
+        at: Micros,
+        model_version: u64,
+    ) -> Alert {
+        let total: f64 = inc.contributions.iter().sum();
+        Alert {
+            seq: 0,
+            kind: AlertKind::Resolved,
+            stream: stream.to_string(),
+            incident: inc.id,
+            timestamp: at,
+            start: inc.start,
+            end: Some(end),
+            resolution: Some(resolution),
+            score: inc.peak_score,
+            values: Vec::new(),
+            expected: Vec::new(),
+            contributions: inc
+                .contributions
+                .iter()
+                .map(|c| if total > 0.0 { c / total } else { 0.0 })
+                .collect(),
+            top_features: inc.top_features(),
+            model_version,
+        }
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]

@@ -15,7 +15,7 @@ use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-pub use journal::{Alert, AlertJournal};
+pub use journal::{Alert, AlertJournal, AlertKind};
 
 use crate::detector::{ConfigError, Detector, DetectorConfig, Phase, ReadingError, TrainJob, TrainOutcome, Verdict};
 use crate::metrics::Metrics;
@@ -167,16 +167,33 @@ pub struct StreamInfo {
     pub readings_seen: u64,
     /// The model, once one exists.
     pub model: Option<ModelInfo>,
-    /// Alert threshold and cooldown.
+    /// Score at or above which a reading is anomalous.
     pub threshold: f64,
-    /// Readings of cooldown after an alert.
-    pub cooldown: usize,
-    /// The newest verdict.
+    /// The newest verdict's score.
     pub last_score: Option<f64>,
+    /// The newest verdict's anomaly state.
+    pub anomalous: bool,
+    /// The open incident, if any.
+    pub incident: Option<IncidentInfo>,
     /// Timestamp of the newest reading (RFC 3339).
     pub last_timestamp: Option<String>,
     /// Training jobs that diverged.
     pub failed_training_jobs: u64,
+}
+
+/// The open incident in [`StreamInfo`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct IncidentInfo {
+    /// Id within the stream.
+    pub id: u64,
+    /// Its first anomalous reading (RFC 3339).
+    pub start: String,
+    /// Highest score so far.
+    pub peak_score: f64,
+    /// Anomalous readings so far.
+    pub anomalous_readings: u64,
+    /// Features that contributed most, with their shares.
+    pub top_features: Vec<(usize, f64)>,
 }
 
 /// The model part of [`StreamInfo`].
@@ -308,6 +325,17 @@ impl Registry {
     /// wrong nothing is applied. New streams are created with the default config.
     /// Blocking: call it off the async runtime.
     pub fn ingest(&self, readings: &[Reading]) -> Result<Vec<(String, Verdict)>, RegistryError> {
+        self.take(readings, false)
+    }
+
+    /// Teaches streams readings known to be normal (their history), validated and
+    /// applied like [`Registry::ingest`]: they are learnt, never anomalous, raise
+    /// no incident, and each stream then queues a training job. Blocking.
+    pub fn history(&self, readings: &[Reading]) -> Result<Vec<(String, Verdict)>, RegistryError> {
+        self.take(readings, true)
+    }
+
+    fn take(&self, readings: &[Reading], history: bool) -> Result<Vec<(String, Verdict)>, RegistryError> {
         // Streams in first-appearance order, and which readings go to each.
         let mut order: Vec<&str> = Vec::new();
         let mut per_stream: HashMap<&str, Vec<usize>> = HashMap::new();
@@ -387,7 +415,12 @@ impl Registry {
                 let start = Instant::now();
                 // Validated above under this lock, so this cannot fail; if it ever did,
                 // the reading is skipped rather than taking the server down.
-                let v = match st.detector.update(r.timestamp, &r.values) {
+                let taken = if history {
+                    st.detector.update_history(r.timestamp, &r.values)
+                } else {
+                    st.detector.update(r.timestamp, &r.values)
+                };
+                let v = match taken {
                     Ok(v) => v,
                     Err(e) => {
                         tracing::error!(stream = id, error = %e, "validated reading refused");
@@ -395,18 +428,8 @@ impl Registry {
                     }
                 };
                 self.metrics.scoring_latency.observe(start.elapsed().as_secs_f64());
-                if v.anomaly {
-                    self.metrics.alerts.inc();
-                    self.journal.push(Alert {
-                        seq: 0,
-                        stream: id.to_string(),
-                        timestamp: v.timestamp,
-                        score: v.score,
-                        values: r.values.clone(),
-                        expected: v.expected.clone(),
-                        contributions: v.contributions.clone(),
-                        model_version: v.model_version,
-                    });
+                if let Some(event) = &v.event {
+                    self.record_event(Alert::of_event(id, event, &v, &r.values));
                 }
                 if st.detector.training_due() {
                     // When the queue is full the job is dropped; the policy asks again later.
@@ -414,6 +437,12 @@ impl Registry {
                 }
                 st.last_verdict = Some(v.clone());
                 results[i] = Some((id.to_string(), v));
+            }
+            if history {
+                st.detector.request_retrain();
+                if st.detector.training_due() {
+                    self.submit_job(stream, &mut st.detector);
+                }
             }
             st.dirty = true;
         };
@@ -430,6 +459,50 @@ impl Registry {
         }
         self.metrics.readings_ingested.inc_by(readings.len() as u64);
         Ok(results.into_iter().flatten().collect())
+    }
+
+    /// Journals and broadcasts an incident event, and logs it.
+    fn record_event(&self, alert: Alert) {
+        match alert.kind {
+            AlertKind::Opened => {
+                self.metrics.alerts.inc();
+                tracing::info!(stream = %alert.stream, incident = alert.incident, score = alert.score, "incident opened");
+            }
+            AlertKind::Resolved => {
+                tracing::info!(stream = %alert.stream, incident = alert.incident, resolution = ?alert.resolution, "incident resolved");
+            }
+        }
+        self.journal.push(alert);
+    }
+
+    /// Accepts a stream's recent behaviour as normal (see
+    /// [`Detector::accept`]): an open incident resolves as `accepted`, readings not
+    /// learnt are learnt, and the model retrains. Returns (readings learnt, the
+    /// incident resolved).
+    pub fn accept(&self, id: &str) -> Result<(usize, Option<u64>), RegistryError> {
+        let stream = self.get(id).ok_or_else(|| RegistryError::NotFound(id.into()))?;
+        let mut st = stream.state.lock().expect("stream lock");
+        if st.deleted {
+            return Err(RegistryError::NotFound(id.into()));
+        }
+        let accepted = st.detector.accept();
+        let mut resolved = None;
+        if let Some(crate::detector::IncidentEvent::Resolved {
+            incident,
+            end,
+            resolution,
+        }) = &accepted.event
+        {
+            resolved = Some(incident.id);
+            let at = st.detector.last_timestamp().unwrap_or(*end);
+            let version = st.detector.model().map_or(0, |m| m.version);
+            self.record_event(Alert::resolved(id, incident, *end, *resolution, at, version));
+        }
+        if st.detector.training_due() {
+            self.submit_job(&stream, &mut st.detector);
+        }
+        st.dirty = true;
+        Ok((accepted.readings, resolved))
     }
 
     /// Checks one stream's readings of a batch, in order, against its width and last
@@ -577,8 +650,15 @@ impl Registry {
             readings_seen: d.readings_seen(),
             model,
             threshold: c.alert.threshold,
-            cooldown: c.alert.cooldown,
             last_score: st.last_verdict.as_ref().map(|v| v.score),
+            anomalous: st.last_verdict.as_ref().is_some_and(|v| v.anomaly),
+            incident: d.incident().map(|i| IncidentInfo {
+                id: i.id,
+                start: crate::timestamp::format_rfc3339(i.start),
+                peak_score: i.peak_score,
+                anomalous_readings: i.anomalous_readings,
+                top_features: i.top_features(),
+            }),
             last_timestamp: d.last_timestamp().map(crate::timestamp::format_rfc3339),
             failed_training_jobs: d.failed_jobs(),
             config: c,

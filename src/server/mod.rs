@@ -24,7 +24,7 @@ use tokio::sync::Semaphore;
 
 pub use error::ApiError;
 
-use crate::detector::{DetectorConfig, Verdict};
+use crate::detector::{DetectorConfig, IncidentEvent, Suppressed, Verdict};
 use crate::protocol::{self, IngestIn, IngestOut, ReadingOut, WireTime, pb};
 use crate::registry::{Reading, Registry};
 use crate::timestamp;
@@ -85,6 +85,8 @@ pub fn router(registry: Arc<Registry>, config: ServerConfig) -> Router {
         )
         .route("/v1/streams/{stream}/readings", post(ingest_stream))
         .route("/v1/streams/{stream}/retrain", post(retrain_stream))
+        .route("/v1/streams/{stream}/history", post(history_stream))
+        .route("/v1/streams/{stream}/accept", post(accept_stream))
         .route("/v1/readings", post(ingest_batch))
         .route("/v1/alerts", get(list_alerts))
         .route("/v1/alerts/ws", get(alerts_ws))
@@ -286,6 +288,7 @@ async fn ingest(
     headers: HeaderMap,
     body: Body,
     path_stream: Option<String>,
+    history: bool,
 ) -> Result<Response, ApiError> {
     let bytes = read_body(body, st.config.max_body_bytes).await?;
     let readings = match parse_readings(
@@ -311,7 +314,11 @@ async fn ingest(
     let registry = st.registry.clone();
     let results = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        registry.ingest(&readings)
+        if history {
+            registry.history(&readings)
+        } else {
+            registry.ingest(&readings)
+        }
     })
     .await
     .map_err(|e| {
@@ -334,6 +341,10 @@ async fn ingest(
                     phase: r.phase,
                     model_version: r.model_version,
                     expected: r.expected,
+                    event_score: r.event_score,
+                    incident: r.incident.unwrap_or(0),
+                    event: r.event.unwrap_or_default(),
+                    suppressed: r.suppressed.unwrap_or_default(),
                 })
                 .collect(),
         };
@@ -348,9 +359,25 @@ fn reading_out(stream: String, v: Verdict) -> ReadingOut {
         timestamp: timestamp::format_rfc3339(v.timestamp),
         score: v.score,
         anomaly: v.anomaly,
+        event_score: v.event_score,
         phase: v.phase.name().to_string(),
         model_version: v.model_version,
         expected: v.expected,
+        incident: v.incident,
+        event: v.event.map(|e| {
+            match e {
+                IncidentEvent::Opened(_) => "opened",
+                IncidentEvent::Resolved { .. } => "resolved",
+            }
+            .to_string()
+        }),
+        suppressed: v.suppressed.map(|s| {
+            match s {
+                Suppressed::IncidentOpen => "incident_open",
+                Suppressed::MinDuration => "min_duration",
+            }
+            .to_string()
+        }),
     }
 }
 
@@ -360,11 +387,31 @@ async fn ingest_stream(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    ingest(st, headers, body, Some(stream)).await
+    ingest(st, headers, body, Some(stream), false).await
+}
+
+/// `POST /v1/streams/{stream}/history`: readings known to be normal, learnt before
+/// live scoring; the stream then trains.
+async fn history_stream(
+    State(st): State<AppState>,
+    Path(stream): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    ingest(st, headers, body, Some(stream), true).await
+}
+
+/// `POST /v1/streams/{stream}/accept`: the stream's recent behaviour is normal.
+async fn accept_stream(State(st): State<AppState>, Path(stream): Path<String>) -> Result<Response, ApiError> {
+    let registry = st.registry.clone();
+    let (readings, resolved) = tokio::task::spawn_blocking(move || registry.accept(&stream))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    Ok(Json(serde_json::json!({"accepted_readings": readings, "resolved_incident": resolved})).into_response())
 }
 
 async fn ingest_batch(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    ingest(st, headers, body, None).await
+    ingest(st, headers, body, None, false).await
 }
 
 #[derive(Deserialize)]

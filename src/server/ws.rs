@@ -10,8 +10,8 @@ use std::time::Duration;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::protocol::{AlertOut, WsClientMessage, WsServerMessage};
-use crate::registry::{Alert, Registry};
+use crate::protocol::{AlertOut, FeatureShare, WsClientMessage, WsServerMessage};
+use crate::registry::{Alert, AlertKind, Registry};
 
 /// A subscriber's filter.
 #[derive(Clone, Debug, Default)]
@@ -50,9 +50,23 @@ pub fn glob_match(pattern: &str, s: &str) -> bool {
 pub fn alert_out(a: &Alert) -> AlertOut {
     AlertOut {
         seq: a.seq,
+        kind: match a.kind {
+            AlertKind::Opened => "opened",
+            AlertKind::Resolved => "resolved",
+        }
+        .to_string(),
         stream: a.stream.clone(),
+        incident: a.incident,
         timestamp: crate::timestamp::format_rfc3339(a.timestamp),
+        start: crate::timestamp::format_rfc3339(a.start),
+        end: a.end.map(crate::timestamp::format_rfc3339),
+        resolution: a.resolution.map(|r| r.name().to_string()),
         score: a.score,
+        top_features: a
+            .top_features
+            .iter()
+            .map(|&(feature, share)| FeatureShare { feature, share })
+            .collect(),
         values: a.values.clone(),
         expected: a.expected.clone(),
         contributions: a.contributions.clone(),
@@ -84,7 +98,7 @@ where
                         if let Some(from) = resume_from {
                             for a in journal.query(None, Some(from.max(last_sent)), usize::MAX) {
                                 if filter.matches(&a)
-                                    && outgoing.send(send(WsServerMessage::Alert(alert_out(&a)))).await.is_err()
+                                    && outgoing.send(send(WsServerMessage::Alert(Box::new(alert_out(&a))))).await.is_err()
                                 {
                                     return;
                                 }
@@ -104,7 +118,7 @@ where
                 Ok(a) => {
                     if a.seq > last_sent {
                         last_sent = a.seq;
-                        if filter.matches(&a) && outgoing.send(send(WsServerMessage::Alert(alert_out(&a)))).await.is_err() {
+                        if filter.matches(&a) && outgoing.send(send(WsServerMessage::Alert(Box::new(alert_out(&a))))).await.is_err() {
                             return;
                         }
                     }

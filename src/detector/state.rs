@@ -1,0 +1,415 @@
+//! The anomaly *state*: is this reading abnormal against what the stream has learnt
+//! as normal? And the *incidents* built from it: opened when the state turns
+//! anomalous, resolved once the stream has been normal for a while.
+//!
+//! Every surprise the detector computes (per component: windowed Gaussian level, AR
+//! residual, seasonal residual, the model's per-feature and joint residuals) is
+//! judged against a limit learnt from that same statistic on *normal* readings only,
+//! never on readings in an anomalous state:
+//!
+//! ```text
+//! instant   s = max over features of the component's z
+//! smoothed  s̄ = max over features of EWMA_λ(min(z, L))  (sustained small shifts;
+//!             each z capped at the instant limit L, so one spike cannot hold it up)
+//! limit     L = q90 + 3 (q99 − q90)  of the statistic on normal readings
+//!             (an exponential tail through q90 and q99, read at p ≈ 1e-4,
+//!              as in POT/SPOT), floored at `FLOOR_INSTANT` / `FLOOR_SMOOTHED`
+//! ratio     ρ = max over components of s / L
+//! score     ρ² / (1 + ρ²)       0.5 at the limit, 0.9 at 3×, 0.99 at 10×
+//! state     ρ ≥ 1
+//! ```
+//!
+//! The limits come from a decaying log-scale histogram per statistic (a few hundred
+//! bytes), so they follow slow changes of normal behaviour without ever learning a
+//! fault. The model's statistics are seeded at install time from held-out windows
+//! that the model did not train on.
+
+use serde::{Deserialize, Serialize};
+
+/// Bins of a [`TailHistogram`]: four per octave from `LOW` up (0.01 … ~1e4).
+const BINS: usize = 80;
+/// Lower edge of the first bin.
+const LOW: f64 = 0.01;
+/// Normal samples a histogram keeps (older ones decay away by halving).
+const MAX_COUNT: u32 = 4096;
+
+/// A decaying histogram of a non-negative statistic on normal readings, on a log
+/// scale, from which a tail limit is read.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TailHistogram {
+    counts: Vec<u32>,
+    total: u32,
+}
+
+impl Default for TailHistogram {
+    fn default() -> Self {
+        TailHistogram {
+            counts: vec![0; BINS],
+            total: 0,
+        }
+    }
+}
+
+impl TailHistogram {
+    fn bin(x: f64) -> usize {
+        if x.is_nan() || x <= LOW {
+            return 0;
+        }
+        let b = (4.0 * (x / LOW).log2()).floor();
+        if b.is_finite() {
+            (b as usize).min(BINS - 1)
+        } else {
+            BINS - 1
+        }
+    }
+
+    /// Upper edge of bin `b`.
+    fn edge(b: usize) -> f64 {
+        LOW * 2f64.powf((b + 1) as f64 / 4.0)
+    }
+
+    /// Adds one normal value.
+    pub fn push(&mut self, x: f64) {
+        if self.counts.len() != BINS {
+            self.counts = vec![0; BINS];
+            self.total = 0;
+        }
+        self.counts[Self::bin(x)] += 1;
+        self.total += 1;
+        if self.total >= MAX_COUNT {
+            self.total = 0;
+            for c in &mut self.counts {
+                *c /= 2;
+                self.total += *c;
+            }
+        }
+    }
+
+    /// Values held.
+    pub fn len(&self) -> u32 {
+        self.total
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// The `q` quantile (upper edge of its bin, interpolated geometrically).
+    pub fn quantile(&self, q: f64) -> f64 {
+        if self.total == 0 {
+            return 0.0;
+        }
+        let target = q * self.total as f64;
+        let mut acc = 0.0;
+        for (b, &c) in self.counts.iter().enumerate() {
+            let next = acc + c as f64;
+            if next >= target && c > 0 {
+                let lo = if b == 0 { 0.0 } else { Self::edge(b - 1) };
+                let hi = Self::edge(b);
+                let f = ((target - acc) / c as f64).clamp(0.0, 1.0);
+                return lo + (hi - lo) * f;
+            }
+            acc = next;
+        }
+        Self::edge(BINS - 1)
+    }
+
+    /// The limit: an exponential tail through q90 and q99, read at p ≈ 1e-4,
+    /// never below `floor`.
+    pub fn limit(&self, floor: f64) -> f64 {
+        let (q90, q99) = (self.quantile(0.9), self.quantile(0.99));
+        (q90 + 3.0 * (q99 - q90).max(0.0)).max(floor)
+    }
+}
+
+/// Least instant limit, in standard deviations: no stream alarms below 4σ.
+pub const FLOOR_INSTANT: f64 = 4.0;
+/// Least smoothed limit.
+pub const FLOOR_SMOOTHED: f64 = 2.0;
+
+/// The components whose surprises the state judges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Component {
+    /// Windowed Gaussian: the level against the recent normal level.
+    Level = 0,
+    /// AR(p) one-step residual.
+    Ar = 1,
+    /// Seasonal residual.
+    Seasonal = 2,
+    /// The model's per-feature residual (in held-out residual sds).
+    Model = 3,
+    /// The model's joint residual: root mean square over features.
+    Joint = 4,
+}
+
+/// Number of components.
+pub const N_COMPONENTS: usize = 5;
+
+/// The per-component statistics of a stream, their EWMAs and limits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StateCalibration {
+    /// Per component: EWMA of each feature's z.
+    ewma: Vec<Vec<f64>>,
+    /// Per component: histograms of the instant and smoothed statistics.
+    instant: Vec<TailHistogram>,
+    smoothed: Vec<TailHistogram>,
+}
+
+impl Default for StateCalibration {
+    fn default() -> Self {
+        StateCalibration {
+            ewma: vec![Vec::new(); N_COMPONENTS],
+            instant: vec![TailHistogram::default(); N_COMPONENTS],
+            smoothed: vec![TailHistogram::default(); N_COMPONENTS],
+        }
+    }
+}
+
+/// One reading's judgement by [`StateCalibration::judge`].
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Judgement {
+    /// The largest statistic-to-limit ratio over the components (0 while no limit is
+    /// known yet).
+    pub ratio: f64,
+    /// The component with the largest ratio.
+    pub component: Option<usize>,
+    /// Per component: (instant, smoothed) statistics, to learn once the reading is
+    /// known to be normal.
+    stats: [(f64, f64); N_COMPONENTS],
+    present: [bool; N_COMPONENTS],
+}
+
+impl StateCalibration {
+    /// Forgets a component's history (a new model replaces the old one's errors).
+    pub fn reset(&mut self, c: Component) {
+        let i = c as usize;
+        self.ewma[i].clear();
+        self.instant[i] = TailHistogram::default();
+        self.smoothed[i] = TailHistogram::default();
+    }
+
+    /// Restarts every smoothed statistic from the next reading (after a change was
+    /// accepted, the old EWMAs describe the old normal).
+    pub fn restart_smoothing(&mut self) {
+        for e in &mut self.ewma {
+            e.clear();
+        }
+    }
+
+    /// Updates the EWMAs with this reading's per-feature z of each component present
+    /// (`None`: the component does not score now) and judges the result against the
+    /// limits. `min_normal` normal readings must be known before a limit is used.
+    pub fn judge(&mut self, zs: &[Option<&[f64]>; N_COMPONENTS], lambda: f64, min_normal: u32) -> Judgement {
+        let mut j = Judgement::default();
+        for (c, z) in zs.iter().enumerate() {
+            let Some(z) = z else { continue };
+            if z.is_empty() {
+                continue;
+            }
+            // Each reading enters the EWMA capped at the instant limit: one spike
+            // (already judged by the instant statistic) cannot hold the smoothed one
+            // up for many readings; a sustained shift still moves it all the way.
+            let cap = self.instant[c].limit(FLOOR_INSTANT);
+            let ewma = &mut self.ewma[c];
+            if ewma.len() != z.len() {
+                *ewma = z.iter().map(|v| v.min(cap)).collect();
+            } else {
+                for (e, &v) in ewma.iter_mut().zip(z.iter()) {
+                    *e += lambda * (v.min(cap) - *e);
+                }
+            }
+            let inst = z.iter().cloned().fold(0.0, f64::max);
+            let smooth = ewma.iter().cloned().fold(0.0, f64::max);
+            j.stats[c] = (inst, smooth);
+            j.present[c] = true;
+            if self.instant[c].len() >= min_normal {
+                let r =
+                    (inst / self.instant[c].limit(FLOOR_INSTANT)).max(smooth / self.smoothed[c].limit(FLOOR_SMOOTHED));
+                if r > j.ratio {
+                    j.ratio = r;
+                    j.component = Some(c);
+                }
+            }
+        }
+        j
+    }
+
+    /// Learns a reading judged normal.
+    pub fn learn(&mut self, j: &Judgement) {
+        for c in 0..N_COMPONENTS {
+            if j.present[c] {
+                self.instant[c].push(j.stats[c].0);
+                self.smoothed[c].push(j.stats[c].1);
+            }
+        }
+    }
+
+    /// Seeds a component from a sequence of per-feature z vectors of normal
+    /// readings (a new model's held-out residuals), in time order.
+    pub fn seed(&mut self, c: Component, rows: &[Vec<f64>], lambda: f64) {
+        self.reset(c);
+        let i = c as usize;
+        for z in rows {
+            let mut zs: [Option<&[f64]>; N_COMPONENTS] = [None; N_COMPONENTS];
+            zs[i] = Some(z);
+            let j = self.judge(&zs, lambda, u32::MAX);
+            self.learn(&j);
+        }
+    }
+
+    /// Normal readings a component has learnt.
+    pub fn known(&self, c: Component) -> u32 {
+        self.instant[c as usize].len()
+    }
+
+    /// The (instant, smoothed) limits of a component.
+    pub fn limits(&self, c: Component) -> (f64, f64) {
+        let i = c as usize;
+        (
+            self.instant[i].limit(FLOOR_INSTANT),
+            self.smoothed[i].limit(FLOOR_SMOOTHED),
+        )
+    }
+}
+
+/// The score that goes with a ratio to the limit: 0.5 at the limit.
+pub fn score_of_ratio(ratio: f64) -> f64 {
+    if !ratio.is_finite() {
+        return 1.0;
+    }
+    let r2 = ratio * ratio;
+    r2 / (1.0 + r2)
+}
+
+/// Why an incident ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resolution {
+    /// The stream was normal for `incident.resolve_after` readings.
+    Normal,
+    /// The new behaviour was accepted as normal (by the operator or the
+    /// `incident.accept_after` rule).
+    Accepted,
+}
+
+impl Resolution {
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Resolution::Normal => "normal",
+            Resolution::Accepted => "accepted",
+        }
+    }
+}
+
+/// An incident: a stretch of anomalous state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Incident {
+    /// Per-stream id (1, 2, …; never reused by the stream).
+    pub id: u64,
+    /// Timestamp of its first anomalous reading.
+    pub start: crate::timestamp::Micros,
+    /// Timestamp of its last anomalous reading.
+    pub last_anomalous: crate::timestamp::Micros,
+    /// Highest score seen.
+    pub peak_score: f64,
+    /// When the peak was seen.
+    pub peak_at: crate::timestamp::Micros,
+    /// Anomalous readings so far.
+    pub anomalous_readings: u64,
+    /// Normal readings since the last anomalous one.
+    pub normal_run: u64,
+    /// Per feature, the summed share of the surprise over its anomalous readings.
+    pub contributions: Vec<f64>,
+    /// Readings (counted from the stream's start) at which it began.
+    pub start_reading: u64,
+}
+
+impl Incident {
+    /// The features that contributed most, largest first (at most 3, each with its
+    /// share of the total).
+    pub fn top_features(&self) -> Vec<(usize, f64)> {
+        let total: f64 = self.contributions.iter().sum();
+        let mut idx: Vec<(usize, f64)> = self
+            .contributions
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| (i, if total > 0.0 { c / total } else { 0.0 }))
+            .filter(|&(_, s)| s > 0.0)
+            .collect();
+        idx.sort_by(|a, b| b.1.total_cmp(&a.1));
+        idx.truncate(3);
+        idx
+    }
+}
+
+/// What a reading did to the stream's incidents.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum IncidentEvent {
+    /// An incident opened at this reading.
+    Opened(Incident),
+    /// An incident ended at this reading.
+    Resolved {
+        /// The incident as it ended.
+        incident: Incident,
+        /// End timestamp (the last anomalous reading's, or the acceptance time).
+        end: crate::timestamp::Micros,
+        /// Why it ended.
+        resolution: Resolution,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_limit_matches_the_tail_of_a_half_normal() {
+        // |N(0,1)| by inverse CDF over a fine grid: q90 = 1.645, q99 = 2.576.
+        let mut h = TailHistogram::default();
+        let n = 4000;
+        for i in 0..n {
+            let p = (i as f64 + 0.5) / n as f64;
+            // Inverse of the half-normal CDF by bisection on erfc.
+            let (mut lo, mut hi) = (0.0, 10.0);
+            for _ in 0..60 {
+                let mid = 0.5 * (lo + hi);
+                if 1.0 - super::super::likelihood::erfc(mid / std::f64::consts::SQRT_2) < p {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+            h.push(lo);
+        }
+        let (q90, q99) = (h.quantile(0.9), h.quantile(0.99));
+        assert!((q90 - 1.645).abs() < 0.1, "{q90}");
+        assert!((q99 - 2.576).abs() < 0.15, "{q99}");
+        let l = h.limit(0.0);
+        assert!((4.0..5.0).contains(&l), "{l}");
+    }
+
+    #[test]
+    fn judge_waits_for_enough_normal_readings_then_flags_beyond_the_limit() {
+        let mut cal = StateCalibration::default();
+        let mut zs: [Option<&[f64]>; N_COMPONENTS] = [None; N_COMPONENTS];
+        let quiet = [1.0];
+        zs[0] = Some(&quiet);
+        for _ in 0..63 {
+            let j = cal.judge(&zs, 0.1, 64);
+            assert_eq!(j.ratio, 0.0, "no limit before 64 normal readings");
+            cal.learn(&j);
+        }
+        let j = cal.judge(&zs, 0.1, 64);
+        cal.learn(&j);
+        let big = [40.0];
+        zs[0] = Some(&big);
+        let j = cal.judge(&zs, 0.1, 64);
+        assert!(j.ratio >= 1.0 && j.component == Some(0), "{j:?}");
+        assert!(score_of_ratio(j.ratio) > 0.5);
+        assert_eq!(score_of_ratio(1.0), 0.5);
+        assert!((score_of_ratio(3.0) - 0.9).abs() < 1e-12);
+    }
+}
