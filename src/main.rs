@@ -465,6 +465,25 @@ fn main() -> Result<()> {
                         r.profile, r.normalized, r.best.threshold, r.best.tp, r.best.fp, r.best.fn_, r.windows
                     );
                 }
+                if let (Some(w), Some(p)) = (windows.as_ref(), profiles.first()) {
+                    let (loco, parts) = nab::leave_one_category_out(&run.files, w, p);
+                    println!(
+                        "{:<20} {loco:7.2}   (leave one category out: each category at the threshold of the others)",
+                        p.name
+                    );
+                    for h in &parts {
+                        println!(
+                            "  {:<24} threshold {:.4}  raw {:8.3}  {} windows",
+                            h.category, h.threshold, h.score, h.windows
+                        );
+                    }
+                }
+                if run.backwards > 0 {
+                    println!(
+                        "{} rows had a timestamp older than the row before; scored in file order",
+                        run.backwards
+                    );
+                }
                 if let (true, Some(w), Some(std)) = (verbose > 0, windows.as_ref(), run.results.first()) {
                     let costs = profiles[0].costs;
                     let rows = nab::breakdown(&run.files, w, costs, std.best.threshold);

@@ -69,6 +69,7 @@ fn replay_scores_a_multivariate_csv() {
             "event",
             "incident",
             "event_score",
+            "cause",
             "phase",
             "model_version",
             "raw_error",
@@ -79,9 +80,9 @@ fn replay_scores_a_multivariate_csv() {
     let rows: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
     assert_eq!(rows.len(), 700);
     assert_eq!(&rows[0][0], "2023-11-14T22:14:20Z");
-    assert_eq!(&rows[0][8], "warmup");
-    assert_eq!(&rows[699][8], "model");
-    assert!(rows[699][9].parse::<u64>().unwrap() >= 1);
+    assert_eq!(&rows[0][9], "warmup");
+    assert_eq!(&rows[699][9], "model");
+    assert!(rows[699][10].parse::<u64>().unwrap() >= 1);
     assert_eq!(&rows[650][4], "true", "the memory jump is anomalous");
     assert_eq!(&rows[650][5], "opened", "and opens an incident");
     let id = &rows[650][6];
@@ -121,8 +122,8 @@ fn replay_teaches_history_rows_and_skips_them() {
         .collect();
     assert_eq!(rows.len(), 100, "history rows are not written");
     // A model was trained on the history before the first scored row.
-    assert_eq!(&rows[0][7], "model");
-    assert_eq!(&rows[0][8], "1");
+    assert_eq!(&rows[0][8], "model");
+    assert_eq!(&rows[0][9], "1");
     assert!(
         rows.iter().all(|r| &r[3] == "false"),
         "clean data after history raises nothing"

@@ -81,7 +81,6 @@ fn a_spike_of_any_size_on_a_noise_free_cycle_is_flagged() {
 }
 
 #[test]
-#[ignore = "known gap: after a 1e9 spike the incident stays open (the model's window holds the clamped spike)"]
 fn an_absurd_spike_resolves_once_the_cycle_is_back() {
     let cycle = [3.0, 5.0, 4.0, 9.0, 1.0, 2.0, 7.0];
     let mut det = Detector::new(config()).unwrap();
@@ -212,17 +211,31 @@ fn sustained_multivariate_faults_hold_the_state_with_one_incident_each() {
             resolved
         ));
     }
-    // Two of three incidents do not resolve within 300 readings of the fault's end:
-    // the known gap `recovery_after_a_long_fault_resolves_the_incident`.
+    // A sensor stuck inside its own normal range is seen only through the others
+    // (the model): every statistic is an upper tail, none measures a variance
+    // collapse. The known gap `a_sensor_stuck_in_range_holds_one_incident`.
     let expected = "\
-level shift: clean 0, held ≥90%, incidents 1, resolved after false
-stuck sensor: clean 0, held ≥90%, incidents 1, resolved after true
-correlation break: clean 0, held ≥90%, incidents 1, resolved after false";
+level shift: clean 0, held ≥90%, incidents 1, resolved after true
+stuck sensor: clean 0, held 86%, incidents 2, resolved after true
+correlation break: clean 0, held ≥90%, incidents 1, resolved after true";
     assert_eq!(report.join("\n"), expected);
 }
 
 #[test]
-#[ignore = "known gap: after a 400-reading fault in one of three sensors the incident does not resolve within 300 readings"]
+#[ignore = "known gap: a sensor stuck inside its normal range is held 86% with 2 incidents (no variance-collapse statistic)"]
+fn a_sensor_stuck_in_range_holds_one_incident() {
+    let mut det = Detector::new(config()).unwrap();
+    let mut rng = StdRng::seed_from_u64(8);
+    run(&mut det, 1500, &mut |t| plant(t, &mut rng));
+    let during = run(&mut det, 400, &mut |t| {
+        let mut x = plant(t, &mut rng);
+        x[0] = 17.0;
+        x
+    });
+    assert!(held(&during) >= 0.9 && opened(&during) == 1);
+}
+
+#[test]
 fn recovery_after_a_long_fault_resolves_the_incident() {
     let mut det = Detector::new(config()).unwrap();
     let mut rng = StdRng::seed_from_u64(8);
@@ -279,7 +292,6 @@ fn a_fault_is_never_learnt_and_accepting_it_makes_it_normal() {
 }
 
 #[test]
-#[ignore = "known gap: after accepting a shifted cycle the state still flags part of it (the level restarts, the model is not yet retrained)"]
 fn an_accepted_level_is_normal_afterwards() {
     let mut det = Detector::new(config()).unwrap();
     let mut rng = StdRng::seed_from_u64(3);

@@ -247,6 +247,16 @@ pub struct OnlineAr {
     warm: Vec<f64>,
     resid_var: f64,
     n_resid: usize,
+    /// The newest ψ-weights (newest first) since the last learnt value, and the sum
+    /// of their squares: the forecast variance in units of the residual variance.
+    #[serde(default)]
+    psi: VecDeque<f64>,
+    #[serde(default = "one")]
+    psi_sumsq: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 impl OnlineAr {
@@ -267,6 +277,8 @@ impl OnlineAr {
             warm: Vec::new(),
             resid_var: 0.0,
             n_resid: 0,
+            psi: VecDeque::from([1.0]),
+            psi_sumsq: 1.0,
         }
     }
 
@@ -287,7 +299,7 @@ impl OnlineAr {
         match self.predict() {
             Some(pr) => {
                 let r = xs - pr;
-                let sd = self.resid_var.sqrt().max(1e-3);
+                let sd = self.resid_var.sqrt().max(1e-3) * self.psi_sumsq.sqrt();
                 let z = if self.n_resid >= 8 { r.abs() / sd } else { 0.0 };
                 (z, pr * spread + center)
             }
@@ -316,18 +328,25 @@ impl OnlineAr {
     }
 
     /// Moves past a reading that is not learnt: its lag slot takes the model's own
-    /// prediction (imputed), so later predictions neither learn the fault nor go
-    /// stale.
+    /// prediction (imputed), so the next prediction says where the series would be
+    /// had it stayed normal; [`OnlineAr::score`] then widens the residual scale to
+    /// that many steps ahead (σ √Σψᵢ², the ψ-weights of the fit).
     pub fn skip(&mut self) {
         if self.scale.is_none() {
             return;
         }
-        if let Some(pr) = self.predict() {
-            if self.lags.len() == self.p {
-                self.lags.pop_back();
-            }
-            self.lags.push_front(pr);
+        let Some(pr) = self.predict() else { return };
+        // ψ_k = Σ_j φ_j ψ_{k−j}, with ψ_0 = 1 and φ the lag coefficients.
+        let psi_k: f64 = self.psi.iter().zip(&self.theta[1..]).map(|(psi, phi)| psi * phi).sum();
+        if self.psi.len() == self.p {
+            self.psi.pop_back();
         }
+        self.psi.push_front(psi_k);
+        self.psi_sumsq = (self.psi_sumsq + psi_k * psi_k).min(1e12);
+        if self.lags.len() == self.p {
+            self.lags.pop_back();
+        }
+        self.lags.push_front(pr);
     }
 
     fn phi(&self) -> Option<Vec<f64>> {
@@ -340,6 +359,10 @@ impl OnlineAr {
     }
 
     fn learn(&mut self, xs: f64) {
+        if self.psi_sumsq != 1.0 || self.psi.len() != 1 {
+            self.psi = VecDeque::from([1.0]);
+            self.psi_sumsq = 1.0;
+        }
         if let Some(phi) = self.phi() {
             let d = self.p + 1;
             let pphi: Vec<f64> = (0..d)

@@ -107,12 +107,15 @@ pub struct Verdict {
     pub phase: Phase,
     /// The value left the range seen so far.
     pub out_of_range: bool,
-    /// The incident open at this reading, if any.
+    /// The incident open at this reading (or resolved by it), if any.
     pub incident: Option<u64>,
     /// An incident opened or resolved at this reading.
     pub event: Option<IncidentEvent>,
     /// Why an anomalous reading opened no incident.
     pub suppressed: Option<Suppressed>,
+    /// Which statistic decided the score: `level`, `ar`, `seasonal`, `model` or
+    /// `joint`, with `smoothed` when its sustained (EWMA) form did.
+    pub cause: Option<String>,
 }
 
 /// What [`Detector::accept`] did.
@@ -123,6 +126,9 @@ pub struct Accepted {
     /// The incident this resolved, if one was open.
     pub event: Option<IncidentEvent>,
 }
+
+/// Normal readings the state's level needs before its z is judged.
+const WARM_LEVEL: u64 = 32;
 
 /// How a reading is taken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -439,9 +445,21 @@ impl Detector {
             model_version: self.model.as_ref().map_or(0, |m| m.version),
             phase: sur.phase,
             out_of_range,
-            incident: self.incident.as_ref().map(|i| i.id),
+            // The open incident, or the one this reading resolved.
+            incident: match &event {
+                Some(IncidentEvent::Resolved { incident, .. }) => Some(incident.id),
+                _ => self.incident.as_ref().map(|i| i.id),
+            },
             event,
             suppressed,
+            cause: judgement.component.map(|c| {
+                let name = state::component_name(c);
+                if judgement.smoothed {
+                    format!("{name} smoothed")
+                } else {
+                    name.to_string()
+                }
+            }),
         })
     }
 
@@ -610,8 +628,20 @@ impl Detector {
         let mut zs: [Option<&[f64]>; N_COMPONENTS] = [None; N_COMPONENTS];
         let kind = self.config.detector;
         let all = matches!(kind, DetectorKind::Autoencoder | DetectorKind::Baselines);
-        if all || kind == DetectorKind::Gaussian {
+        let joint_level;
+        // A statistic joins (and teaches its limit) only once its baseline is warm:
+        // a z against the mean of three readings would set a limit no fault reaches.
+        let level_warm = self
+            .state_baselines
+            .first()
+            .is_some_and(|b| b.level.len() >= WARM_LEVEL);
+        if (all || kind == DetectorKind::Gaussian) && level_warm {
             zs[Component::Level as usize] = Some(&base.state_level);
+            if base.state_level.len() > 1 {
+                let n = base.state_level.len() as f64;
+                joint_level = [(base.state_level.iter().map(|v| v * v).sum::<f64>() / n).sqrt()];
+                zs[Component::JointLevel as usize] = Some(&joint_level);
+            }
         }
         if all || kind == DetectorKind::Ar {
             zs[Component::Ar as usize] = Some(&base.state_ar);

@@ -2,8 +2,9 @@
 //! as normal? And the *incidents* built from it: opened when the state turns
 //! anomalous, resolved once the stream has been normal for a while.
 //!
-//! Every surprise the detector computes (per component: windowed Gaussian level, AR
-//! residual, seasonal residual, the model's per-feature and joint residuals) is
+//! Every surprise the detector computes (per component: the level, its rms over
+//! features, the AR residual, the seasonal residual, the model's per-feature and
+//! joint residuals) is
 //! judged against a limit learnt from that same statistic on *normal* readings only,
 //! never on readings in an anomalous state:
 //!
@@ -141,10 +142,21 @@ pub enum Component {
     Model = 3,
     /// The model's joint residual: root mean square over features.
     Joint = 4,
+    /// The joint level: root mean square over features of the level z (a diagonal
+    /// Hotelling T²), for shifts spread thinly over many features.
+    JointLevel = 5,
 }
 
 /// Number of components.
-pub const N_COMPONENTS: usize = 5;
+pub const N_COMPONENTS: usize = 6;
+
+/// Lower-case name of component `c` (its index).
+pub fn component_name(c: usize) -> &'static str {
+    ["level", "ar", "seasonal", "model", "joint", "joint_level"]
+        .get(c)
+        .copied()
+        .unwrap_or("unknown")
+}
 
 /// The per-component statistics of a stream, their EWMAs and limits.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -174,6 +186,8 @@ pub struct Judgement {
     pub ratio: f64,
     /// The component with the largest ratio.
     pub component: Option<usize>,
+    /// Whether that ratio came from the smoothed statistic.
+    pub smoothed: bool,
     /// Per component: (instant, smoothed) statistics, to learn once the reading is
     /// known to be normal.
     stats: [(f64, f64); N_COMPONENTS],
