@@ -32,6 +32,8 @@ pub struct ServeFile {
     pub max_ws_subscribers: Option<usize>,
     /// Seconds between snapshots (what a crash can lose).
     pub snapshot_interval_secs: Option<f64>,
+    /// How far ahead of the server's clock a reading's timestamp may be, in seconds.
+    pub max_future_skew_secs: Option<f64>,
     /// Training threads.
     pub training_threads: Option<usize>,
     /// `human` or `json`.
@@ -122,6 +124,13 @@ pub fn load(file: Option<&Path>, o: ServeFile) -> Result<ServeConfig, String> {
             o.max_ws_subscribers.or(f.max_ws_subscribers),
             1024,
         )?,
+        max_future_skew: {
+            let s = o.max_future_skew_secs.or(f.max_future_skew_secs).unwrap_or(86_400.0);
+            if !(s > 0.0 && s <= 3.2e9) {
+                return Err(format!("max_future_skew_secs must be in (0, 3.2e9], got {s}"));
+            }
+            Duration::from_secs_f64(s)
+        },
         auth_token,
         ..ServerConfig::default()
     };

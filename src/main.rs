@@ -160,6 +160,11 @@ struct ServeArgs {
     /// Seconds between snapshots: the most a crash (kill -9) can lose [default: 10].
     #[arg(long, env = "ANOMALYD_SNAPSHOT_INTERVAL_SECS")]
     snapshot_interval_secs: Option<f64>,
+    /// How far ahead of the server's clock a reading's timestamp may be, in seconds
+    /// [default: 86400]; later ones are refused (400), so one wrong timestamp cannot
+    /// lock its stream.
+    #[arg(long, env = "ANOMALYD_MAX_FUTURE_SKEW_SECS")]
+    max_future_skew_secs: Option<f64>,
     /// Threads that retrain models [default: half the cores].
     #[arg(long, env = "ANOMALYD_TRAINING_THREADS")]
     training_threads: Option<usize>,
@@ -267,6 +272,7 @@ fn main() -> Result<()> {
                 max_streams: a.max_streams,
                 max_ws_subscribers: a.max_ws_subscribers,
                 snapshot_interval_secs: a.snapshot_interval_secs,
+                max_future_skew_secs: a.max_future_skew_secs,
                 training_threads: a.training_threads,
                 log_format: a.log_format,
                 detector: None,

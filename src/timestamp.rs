@@ -10,7 +10,7 @@ pub type Micros = i64;
 pub fn parse(s: &str) -> Option<Micros> {
     let s = s.trim();
     if let Ok(secs) = s.parse::<f64>() {
-        return (secs.is_finite() && secs.abs() < 1e13).then(|| (secs * 1e6).round() as i64);
+        return seconds(secs);
     }
     let b = s.as_bytes();
     if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !(b[10] == b' ' || b[10] == b'T' || b[10] == b't') {
@@ -47,7 +47,8 @@ pub fn parse(s: &str) -> Option<Micros> {
     }
     let offset_secs = match rest {
         "" | "Z" | "z" => 0,
-        o if o.len() == 6 && (o.starts_with('+') || o.starts_with('-')) && &o[3..4] == ":" => {
+        // ASCII first: a byte offset inside a multi-byte character must not be sliced.
+        o if o.len() == 6 && o.is_ascii() && (o.starts_with('+') || o.starts_with('-')) && &o[3..4] == ":" => {
             let h: i64 = o[1..3].parse().ok()?;
             let m: i64 = o[4..6].parse().ok()?;
             let v = h * 3600 + m * 60;
@@ -58,6 +59,15 @@ pub fn parse(s: &str) -> Option<Micros> {
     let days = days_from_civil(year, month, day);
     let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs;
     Some(secs * 1_000_000 + micros)
+}
+
+/// Largest Unix time in seconds accepted: the end of year 9999 (µs fit i64 far beyond).
+pub const MAX_UNIX_SECONDS: f64 = 253_402_300_800.0;
+
+/// Unix seconds (fractions allowed) as µs, for |secs| up to [`MAX_UNIX_SECONDS`];
+/// `None` beyond or for non-finite input (never a silent overflow).
+pub fn seconds(secs: f64) -> Option<Micros> {
+    (secs.is_finite() && secs.abs() < MAX_UNIX_SECONDS).then(|| (secs * 1e6).round() as i64)
 }
 
 /// Formats as `YYYY-MM-DDTHH:MM:SS[.ffffff]Z`.

@@ -371,3 +371,50 @@ fn history_teaches_the_normal_before_live_scoring() {
         "{spike:?}"
     );
 }
+
+#[test]
+fn huge_finite_values_keep_the_state_finite_and_are_flagged_not_learnt() {
+    // Hardening finding 6: after one 1e308, `expected` was null forever and the
+    // snapshot no longer loaded; 1e12 in a 10–16 series was learnt.
+    let mut det = Detector::new(config()).unwrap();
+    let mut rng = StdRng::seed_from_u64(12);
+    run(&mut det, 600, &mut |_| vec![13.0 + noise(&mut rng)]);
+    for absurd in [1e12, 1e308, -1e308] {
+        let v = det
+            .update_sync(det.readings_seen() as i64 * 300_000_000, &[absurd])
+            .unwrap();
+        assert!(v.anomaly && v.score.is_finite(), "{absurd}: {v:?}");
+        let after = run(&mut det, 40, &mut |_| vec![13.0 + noise(&mut rng)]);
+        for v in &after {
+            assert!(v.score.is_finite() && v.event_score.is_finite());
+            assert!(
+                v.expected.iter().all(|e| (0.0..30.0).contains(e)),
+                "{absurd}: expected {:?}",
+                v.expected
+            );
+        }
+    }
+    // The snapshot is all numbers and restores.
+    let snap = det.snapshot();
+    let json = serde_json::to_string(&snap.state).unwrap();
+    // serde_json writes a non-finite number as null: none may sit in an array.
+    for sig in ["[null", ",null,", ",null]"] {
+        assert!(!json.contains(sig), "non-finite number in the state ({sig})");
+    }
+    let mut restored = Detector::restore(snap).unwrap();
+    let v = restored
+        .update(det.readings_seen() as i64 * 300_000_000, &[13.0])
+        .unwrap();
+    assert!(v.score.is_finite() && !v.anomaly);
+}
+
+#[test]
+fn a_reading_wider_than_any_stream_allocates_nothing() {
+    let mut det = Detector::new(config()).unwrap();
+    let wide = vec![1.0; anomalyd::detector::MAX_FEATURES + 1];
+    assert_eq!(
+        det.update(0, &wide),
+        Err(anomalyd::detector::ReadingError::TooWide { got: 257 })
+    );
+    assert_eq!((det.readings_seen(), det.n_features()), (0, None));
+}

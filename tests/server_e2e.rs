@@ -202,7 +202,7 @@ async fn bad_input_gets_4xx_and_changes_nothing() {
     assert_eq!(seen().await, 10);
     let cases: Vec<(Value, u16, &str)> = vec![
         (
-            json!({"readings": [{"timestamp": 1_800_000_000, "values": [1.0, 2.0]}]}),
+            json!({"readings": [{"timestamp": 1_750_000_000, "values": [1.0, 2.0]}]}),
             400,
             "invalid_reading",
         ),
@@ -218,14 +218,14 @@ async fn bad_input_gets_4xx_and_changes_nothing() {
             "invalid_timestamp",
         ),
         (
-            json!({"readings": [{"timestamp": 1_800_000_000}]}),
+            json!({"readings": [{"timestamp": 1_750_000_000}]}),
             400,
             "invalid_reading",
         ),
         (json!({"readngs": []}), 400, "malformed_json"),
         // A good reading followed by a bad one: the whole batch is refused.
         (
-            json!({"readings": [{"timestamp": 1_800_000_000, "value": 1.0}, {"timestamp": 1_800_000_060, "values": [1.0, 2.0]}]}),
+            json!({"readings": [{"timestamp": 1_750_000_000, "value": 1.0}, {"timestamp": 1_750_000_060, "values": [1.0, 2.0]}]}),
             400,
             "invalid_reading",
         ),
@@ -772,5 +772,117 @@ async fn put_configures_streams_and_retrain_queues_a_job() {
             .status(),
         404
     );
+    s.stop().await;
+}
+
+/// Hardening findings 1, 2, 5, 13 and 15 over real HTTP: each answered with a JSON
+/// 4xx, and the service (and the stream) go on working afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absurd_requests_get_4xx_and_the_service_goes_on() {
+    let dir = temp_dir("absurd");
+    let s = Server::start(&dir, None).await;
+    let c = reqwest::Client::new();
+    let url = format!("{}/v1/streams/absurd", s.addr);
+    post(&c, &format!("{url}/readings"), &readings(0, 50)).await;
+    let bad = |ts: Value| json!({"readings": [{"timestamp": ts, "value": 1.0}]});
+    for (body, what) in [
+        // A byte offset inside a multi-byte character (panicked the handler).
+        (bad(json!("2014-02-14T14:30:00+0é00")), "non-ASCII offset"),
+        // Milliseconds sent as seconds: year 55,000 would lock the stream.
+        (bad(json!(1_700_000_000_000i64)), "milliseconds"),
+        (bad(json!("9999-12-31T00:00:00Z")), "far future"),
+        // Beyond what µs since the epoch can hold: refused, not saturated.
+        (bad(json!(1e13)), "overflowing seconds"),
+    ] {
+        let (status, e) = post(&c, &format!("{url}/readings"), &body).await;
+        assert_eq!(
+            (status, e["error"]["code"].as_str()),
+            (400, Some("invalid_timestamp")),
+            "{what}: {e}"
+        );
+    }
+    // The stream is not locked: the next ordinary reading is taken.
+    let (status, r) = post(&c, &format!("{url}/readings"), &readings(50, 51)).await;
+    assert_eq!(status, 200, "{r}");
+    // A first reading with 100,000 values allocates nothing: refused.
+    let wide = json!({"readings": [{"timestamp": 1_700_000_000, "values": vec![1.0; 100_000]}]});
+    let (status, e) = post(&c, &format!("{}/v1/streams/wide/readings", s.addr), &wide).await;
+    assert_eq!(status, 400, "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("at most 256"), "{e}");
+    // Config values that overflowed an allocation under the registry's lock.
+    for body in [
+        json!({"likelihood": {"averaging_window": 2305843009213693952u64}}),
+        json!({"baseline": {"gaussian_window": 2305843009213693952u64}}),
+        json!({"baseline": {"seasonal_every": 1}}),
+    ] {
+        let r = c.put(&url).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+    }
+    // Everything still answers.
+    assert_eq!(get(&c, &url).await.0, 200);
+    assert!(scrape(&c, &s.addr).await.contains("anomalyd_readings_ingested_total"));
+    let (status, _) = post(&c, &format!("{url}/readings"), &readings(51, 52)).await;
+    assert_eq!(status, 200);
+    s.stop().await;
+}
+
+/// History, incidents and acceptance over HTTP: a stream taught its history scores
+/// with a model at once; a spike opens an incident in the journal; accepting it
+/// resolves it as `accepted`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_then_an_incident_opens_and_is_accepted() {
+    let dir = temp_dir("incident");
+    let s = Server::start(&dir, None).await;
+    let c = reqwest::Client::new();
+    let url = format!("{}/v1/streams/pump", s.addr);
+    let (status, r) = post(&c, &format!("{url}/history"), &readings(0, 600)).await;
+    assert_eq!(status, 200, "{r}");
+    assert!(r["results"].as_array().unwrap().iter().all(|v| v["anomaly"] == false));
+    wait_for_model(&c, &url, 1).await;
+    let (_, r) = post(&c, &format!("{url}/readings"), &readings(600, 650)).await;
+    assert!(
+        r["results"].as_array().unwrap().iter().all(|v| v["anomaly"] == false),
+        "{r}"
+    );
+    // A lasting fault: every reading anomalous, one incident.
+    let fault: Vec<Value> = (650..700)
+        .map(|t| json!({"timestamp": 1_700_000_000 + t as i64 * 60, "value": seasonal(t) + 200.0}))
+        .collect();
+    let (_, r) = post(&c, &format!("{url}/readings"), &json!({ "readings": fault })).await;
+    let res = r["results"].as_array().unwrap();
+    assert_eq!(
+        (res[0]["anomaly"].as_bool(), res[0]["event"].as_str()),
+        (Some(true), Some("opened")),
+        "{}",
+        res[0]
+    );
+    assert!(
+        res[1..]
+            .iter()
+            .all(|v| v["anomaly"] == true && v["suppressed"] == "incident_open")
+    );
+    let (_, info) = get(&c, &url).await;
+    assert_eq!(info["incident"]["id"], 1, "{info}");
+    let (_, alerts) = get(&c, &format!("{}/v1/alerts?stream=pump", s.addr)).await;
+    let a = &alerts["alerts"][0];
+    assert_eq!(
+        (a["kind"].as_str(), a["incident"].as_u64()),
+        (Some("opened"), Some(1)),
+        "{alerts}"
+    );
+    assert_eq!(a["top_features"][0]["feature"], 0);
+    // The operator accepts the new level.
+    let (status, r) = post(&c, &format!("{url}/accept"), &json!({})).await;
+    assert_eq!((status, r["resolved_incident"].as_u64()), (200, Some(1)), "{r}");
+    assert!(r["accepted_readings"].as_u64().unwrap() >= 50);
+    let (_, alerts) = get(&c, &format!("{}/v1/alerts?stream=pump", s.addr)).await;
+    let a = &alerts["alerts"][1];
+    assert_eq!(
+        (a["kind"].as_str(), a["resolution"].as_str()),
+        (Some("resolved"), Some("accepted")),
+        "{alerts}"
+    );
+    let (status, _) = post(&c, &format!("{}/v1/streams/nope/accept", s.addr), &json!({})).await;
+    assert_eq!(status, 404);
     s.stop().await;
 }

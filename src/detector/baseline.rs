@@ -207,6 +207,16 @@ impl StateBaselines {
         (zl, za, zs)
     }
 
+    /// What the state expects for `x`'s reading: the AR's one-step prediction, or
+    /// the learnt level before the AR has one.
+    pub fn forecast(&self, x: f64) -> f64 {
+        match self.ar.score(x) {
+            (_, pred) if pred != x => pred,
+            _ if self.level.is_empty() => x,
+            _ => self.level.score(x).1,
+        }
+    }
+
     /// Starts the learnt level afresh (a new normal was accepted: its readings are
     /// learnt next).
     pub fn restart_level(&mut self) {

@@ -316,8 +316,11 @@ impl DetectorConfig {
         if t.buffer < 2 * self.window || t.buffer > 100_000 {
             return bad(format!("training.buffer must be 2×window..=100000, got {}", t.buffer));
         }
-        if t.stride == 0 || t.epochs == 0 || t.batch == 0 {
-            return bad("training.stride, epochs and batch must be at least 1".into());
+        if !(1..=t.buffer).contains(&t.stride) || !(1..=1000).contains(&t.epochs) || !(1..=4096).contains(&t.batch) {
+            return bad("training.stride must be 1..=buffer, epochs 1..=1000, batch 1..=4096".into());
+        }
+        if t.patience > 1000 {
+            return bad(format!("training.patience must be at most 1000, got {}", t.patience));
         }
         if !(t.learning_rate > 0.0 && t.learning_rate < 1.0) {
             return bad(format!(
@@ -334,33 +337,61 @@ impl DetectorConfig {
         if !(0.0..0.9).contains(&t.holdout) {
             return bad(format!("training.holdout must be in [0, 0.9), got {}", t.holdout));
         }
-        if self.retrain.first_after < self.window + 1 {
-            return bad(format!("retrain.first_after must exceed window ({})", self.window));
+        if self.retrain.first_after < self.window + 1 || self.retrain.first_after > 10_000_000 {
+            return bad(format!(
+                "retrain.first_after must exceed window ({}) and be at most 10000000",
+                self.window
+            ));
         }
-        if !(self.retrain.every_seconds >= 0.0 && self.retrain.every_seconds.is_finite()) {
-            return bad("retrain.every_seconds must be ≥ 0".into());
+        if self.retrain.every_readings > 10_000_000 {
+            return bad("retrain.every_readings must be at most 10000000".into());
+        }
+        if !(self.retrain.every_seconds >= 0.0 && self.retrain.every_seconds <= 3.2e9) {
+            return bad("retrain.every_seconds must be 0..=3.2e9".into());
         }
         let b = &self.baseline;
-        if b.gaussian_window < 2 || !(1..=64).contains(&b.ar_order) || !(0.9..=1.0).contains(&b.ar_forgetting) {
-            return bad("baseline: gaussian_window ≥ 2, ar_order 1..=64, ar_forgetting in [0.9, 1]".into());
+        if !(2..=100_000).contains(&b.gaussian_window)
+            || !(1..=64).contains(&b.ar_order)
+            || !(0.9..=1.0).contains(&b.ar_forgetting)
+        {
+            return bad("baseline: gaussian_window 2..=100000, ar_order 1..=64, ar_forgetting in [0.9, 1]".into());
         }
+        // Each period estimate costs O(n²) in the buffered readings (at most
+        // PERIOD_SEARCH of them): it may run at most every 64 readings.
         if !(0.0..=1.0).contains(&b.seasonal_min_acf)
             || !(1..=super::baseline::MAX_SEASONAL_PERIODS).contains(&b.seasonal_periods)
-            || b.seasonal_every == 0
+            || !(64..=1_000_000).contains(&b.seasonal_every)
         {
-            return bad("baseline: seasonal_min_acf in [0, 1], seasonal_periods 1..=16, seasonal_every ≥ 1".into());
+            return bad(
+                "baseline: seasonal_min_acf in [0, 1], seasonal_periods 1..=16, seasonal_every 64..=1000000".into(),
+            );
         }
         let l = &self.likelihood;
-        if l.averaging_window == 0 || l.historic_window < l.estimation_samples.max(2) || l.reestimation_period == 0 {
-            return bad("likelihood: averaging_window ≥ 1, historic_window ≥ estimation_samples".into());
+        if !(1..=10_000).contains(&l.averaging_window)
+            || !(1..=100_000).contains(&l.reestimation_period)
+            || l.historic_window > 1_000_000
+            || l.historic_window < l.estimation_samples.max(2)
+            || l.learning_period > 1_000_000
+        {
+            return bad(
+                "likelihood: averaging_window 1..=10000, reestimation_period 1..=100000, \
+                 estimation_samples ≤ historic_window ≤ 1000000, learning_period ≤ 1000000"
+                    .into(),
+            );
         }
-        if !(self.raw_scale > 0.0 && self.raw_scale.is_finite()) {
+        if !(0.0..=1.0).contains(&l.min_mean) || !(0.0..=1.0).contains(&l.min_variance) {
+            return bad("likelihood: min_mean and min_variance in [0, 1]".into());
+        }
+        if self.range_after > 10_000_000 {
+            return bad("range_after must be at most 10000000".into());
+        }
+        if !(self.raw_scale > 0.0 && self.raw_scale <= 1e6) {
             return bad(format!("raw_scale must be positive, got {}", self.raw_scale));
         }
         if let Some(tol) = self.range_tolerance
-            && !(tol >= 0.0 && tol.is_finite())
+            && !(0.0..=1e6).contains(&tol)
         {
-            return bad(format!("range_tolerance must be ≥ 0, got {tol}"));
+            return bad(format!("range_tolerance must be 0..=1e6, got {tol}"));
         }
         let a = &self.alert;
         if !(a.threshold > 0.0 && a.threshold < 1.0) {

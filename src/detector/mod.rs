@@ -127,6 +127,9 @@ pub struct Accepted {
     pub event: Option<IncidentEvent>,
 }
 
+/// Most recent readings a period is searched in (the search is O(n²)).
+pub const PERIOD_SEARCH: usize = 2048;
+
 /// Normal readings the state's level needs before its z is judged.
 const WARM_LEVEL: u64 = 32;
 
@@ -184,6 +187,12 @@ pub enum ReadingError {
     /// No values at all.
     #[error("reading has no values")]
     Empty,
+    /// More values than any stream takes.
+    #[error("reading has {got} values, at most {MAX_FEATURES} are allowed")]
+    TooWide {
+        /// Values sent.
+        got: usize,
+    },
     /// NaN or infinite.
     #[error("value {index} is not a finite number")]
     NotFinite {
@@ -200,6 +209,15 @@ pub enum ReadingError {
     },
 }
 
+/// Most values in one reading (the bound of `n_features`): per-feature state is
+/// allocated for each, so a stream's first reading cannot ask for unbounded memory.
+pub const MAX_FEATURES: usize = 256;
+
+/// Largest magnitude the detector's state takes in: values beyond are clamped for
+/// scoring and learning (the reading itself is kept as sent), so sums of squares over
+/// any window stay finite whatever finite value arrives.
+pub const MAX_MAGNITUDE: f64 = 1e150;
+
 /// Checks a reading against a stream that takes `width` values (any, when `None`)
 /// and last saw `last`: values present, finite, of the right count, and not older.
 /// Equal timestamps are accepted.
@@ -211,6 +229,9 @@ pub fn check_reading(
 ) -> Result<(), ReadingError> {
     if values.is_empty() {
         return Err(ReadingError::Empty);
+    }
+    if values.len() > MAX_FEATURES {
+        return Err(ReadingError::TooWide { got: values.len() });
     }
     if let Some(d) = width
         && values.len() != d
@@ -405,6 +426,13 @@ impl Detector {
 
     fn take(&mut self, timestamp: Micros, values: &[f64], mode: Mode) -> Result<Verdict, ReadingError> {
         self.check(timestamp, values)?;
+        let clamped: Vec<f64>;
+        let values = if values.iter().any(|v| v.abs() > MAX_MAGNITUDE) {
+            clamped = values.iter().map(|v| v.clamp(-MAX_MAGNITUDE, MAX_MAGNITUDE)).collect();
+            &clamped[..]
+        } else {
+            values
+        };
         self.admit(timestamp, values);
         let base = self.score_baselines(values);
         let out_of_range = self.out_of_range(values);
@@ -511,8 +539,8 @@ impl Detector {
             base_expected: zeros,
         };
         for j in 0..d {
-            let (zg, mean) = self.gaussians[j].update(values[j]);
-            let (za, pred) = self.ars[j].update(values[j]);
+            let (zg, _) = self.gaussians[j].update(values[j]);
+            let (za, _) = self.ars[j].update(values[j]);
             // The same phase in earlier periods (validate() bounds their number); the
             // newest row is this reading.
             let mut past = [0.0; baseline::MAX_SEASONAL_PERIODS];
@@ -536,10 +564,11 @@ impl Detector {
                 DetectorKind::Seasonal => zs,
                 DetectorKind::Autoencoder | DetectorKind::Baselines => zg.max(za).max(zs),
             };
+            // What is expected comes from the state's side, which never learnt an
+            // anomalous value (the event path's baselines learn every reading).
             s.base_expected[j] = match self.config.detector {
-                DetectorKind::Gaussian => mean,
-                DetectorKind::Seasonal => seasonal_expected,
-                _ => pred,
+                DetectorKind::Seasonal if n_past > 0 => seasonal_expected,
+                _ => self.state_baselines[j].forecast(values[j]),
             };
         }
         s
@@ -859,8 +888,10 @@ impl Detector {
     fn estimate_periods(&mut self) {
         let d = self.n_features.unwrap_or(1).max(1);
         let min_acf = self.config.baseline.seasonal_min_acf;
+        let n_rows = self.history.len() / d;
+        let from = n_rows.saturating_sub(PERIOD_SEARCH) * d;
         for j in 0..d {
-            let column: Vec<f64> = self.history.iter().skip(j).step_by(d).copied().collect();
+            let column: Vec<f64> = self.history.range(from..).skip(j).step_by(d).copied().collect();
             let period = baseline::find_period(&column, 4, min_acf).map(|(p, _)| p);
             self.seasonals[j].set_period(period);
         }

@@ -519,7 +519,9 @@ impl Registry {
             let r = &readings[i];
             if let Err(source) = crate::detector::check_reading(width, last, r.timestamp, &r.values) {
                 let reason = match source {
-                    ReadingError::WrongWidth { .. } | ReadingError::Empty => "wrong_width",
+                    ReadingError::WrongWidth { .. } | ReadingError::Empty | ReadingError::TooWide { .. } => {
+                        "wrong_width"
+                    }
                     ReadingError::NotFinite { .. } => "not_finite",
                     ReadingError::OutOfOrder { .. } => "out_of_order",
                 };

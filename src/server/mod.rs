@@ -46,6 +46,10 @@ pub struct ServerConfig {
     pub heartbeat: Duration,
     /// Bearer token required on /v1 (None: no auth).
     pub auth_token: Option<String>,
+    /// How far ahead of this server's clock a timestamp may be. A stream's readings
+    /// must not go back in time, so one reading from the far future (milliseconds
+    /// sent as seconds, a `9999-12-31`) would lock its stream until it is deleted.
+    pub max_future_skew: Duration,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +62,7 @@ impl Default for ServerConfig {
             queue_wait: Duration::from_millis(200),
             heartbeat: Duration::from_secs(5),
             auth_token: None,
+            max_future_skew: Duration::from_secs(86_400),
         }
     }
 }
@@ -265,6 +270,26 @@ fn parse_readings(
     Ok(out)
 }
 
+/// Refuses readings whose timestamp is more than `skew` ahead of this server's clock.
+fn check_not_future(readings: Vec<Reading>, skew: Duration) -> Result<Vec<Reading>, ApiError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    let latest = now.saturating_add(skew.as_micros() as i64);
+    if let Some((i, r)) = readings.iter().enumerate().find(|(_, r)| r.timestamp > latest) {
+        return Err(ApiError::bad_request(
+            "invalid_timestamp",
+            format!(
+                "reading {i}: timestamp {} is more than {} s ahead of the server's clock \
+                 (Unix time goes in seconds, not milliseconds)",
+                timestamp::format_rfc3339(r.timestamp),
+                skew.as_secs()
+            ),
+        ));
+    }
+    Ok(readings)
+}
+
 fn check_count(n: usize, max: usize) -> Result<(), ApiError> {
     if n == 0 {
         return Err(ApiError::bad_request("empty_batch", "the request has no readings"));
@@ -280,7 +305,7 @@ fn check_count(n: usize, max: usize) -> Result<(), ApiError> {
 }
 
 fn seconds_to_micros(s: f64) -> Option<i64> {
-    (s.is_finite() && s.abs() < 1e13).then(|| (s * 1e6).round() as i64)
+    timestamp::seconds(s)
 }
 
 async fn ingest(
@@ -296,7 +321,9 @@ async fn ingest(
         &bytes,
         path_stream.as_deref(),
         st.config.max_readings_per_request,
-    ) {
+    )
+    .and_then(|r| check_not_future(r, st.config.max_future_skew))
+    {
         Ok(r) => r,
         Err(e) => {
             st.registry
