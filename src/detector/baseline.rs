@@ -19,7 +19,8 @@ impl WindowStats {
     /// An empty window of `cap` values.
     pub fn new(cap: usize) -> Self {
         WindowStats {
-            buf: VecDeque::with_capacity(cap),
+            // Grows as it fills: a seasonal window stays empty while there is no period.
+            buf: VecDeque::new(),
             cap: cap.max(1),
             sum: 0.0,
             sumsq: 0.0,
@@ -287,7 +288,7 @@ impl OnlineAr {
             warm: Vec::new(),
             resid_var: 0.0,
             n_resid: 0,
-            psi: VecDeque::from([1.0]),
+            psi: VecDeque::new(),
             psi_sumsq: 1.0,
         }
     }
@@ -346,7 +347,11 @@ impl OnlineAr {
             return;
         }
         let Some(pr) = self.predict() else { return };
-        // ψ_k = Σ_j φ_j ψ_{k−j}, with ψ_0 = 1 and φ the lag coefficients.
+        // ψ_k = Σ_j φ_j ψ_{k−j}, with ψ_0 = 1 and φ the lag coefficients (the list
+        // is empty while nothing is skipped).
+        if self.psi.is_empty() {
+            self.psi.push_front(1.0);
+        }
         let psi_k: f64 = self.psi.iter().zip(&self.theta[1..]).map(|(psi, phi)| psi * phi).sum();
         if self.psi.len() == self.p {
             self.psi.pop_back();
@@ -369,8 +374,8 @@ impl OnlineAr {
     }
 
     fn learn(&mut self, xs: f64) {
-        if self.psi_sumsq != 1.0 || self.psi.len() != 1 {
-            self.psi = VecDeque::from([1.0]);
+        if !self.psi.is_empty() {
+            self.psi = VecDeque::new();
             self.psi_sumsq = 1.0;
         }
         if let Some(phi) = self.phi() {

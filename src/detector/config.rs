@@ -415,6 +415,17 @@ impl DetectorConfig {
         Ok(())
     }
 
+    /// Whether a model trained under `other` fits this config: the same model,
+    /// window, features, detector and training settings. Other fields (alert,
+    /// retrain policy, calibration) can change under a live model.
+    pub fn same_shape(&self, other: &DetectorConfig) -> bool {
+        self.model == other.model
+            && self.window == other.window
+            && self.n_features == other.n_features
+            && self.detector == other.detector
+            && self.training == other.training
+    }
+
     /// The shape of this config's autoencoder for `d_input` features.
     pub fn autoencoder(&self, d_input: usize) -> crate::nn::AutoencoderConfig {
         crate::nn::AutoencoderConfig {

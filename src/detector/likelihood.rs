@@ -87,7 +87,7 @@ impl Likelihood {
     /// A fresh state.
     pub fn new(config: LikelihoodConfig) -> Self {
         Likelihood {
-            recent: VecDeque::with_capacity(config.averaging_window),
+            recent: VecDeque::new(),
             blocks: VecDeque::new(),
             current: Block::default(),
             seen: 0,

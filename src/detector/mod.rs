@@ -281,9 +281,10 @@ pub struct Detector {
     /// The most recent readings, flattened `[n][d]`, oldest first: the current window
     /// and the training buffer.
     history: VecDeque<f64>,
-    /// Per buffered reading: whether it was learnt as normal (training skips windows
-    /// holding one that was not).
-    learnt: VecDeque<bool>,
+    /// Buffered readings that were not learnt (reading numbers, ascending; empty
+    /// while the stream is normal): training skips windows that hold one, and
+    /// `accept` learns them.
+    unlearnt: VecDeque<u64>,
     gaussians: Vec<WindowedGaussian>,
     ars: Vec<OnlineAr>,
     seasonals: Vec<Seasonal>,
@@ -298,8 +299,8 @@ pub struct Detector {
     model: Option<ActiveModel>,
     /// Limits of the state's statistics, learnt from normal readings.
     state: StateCalibration,
-    /// The open incident.
-    incident: Option<Incident>,
+    /// The open incident (boxed: most streams have none).
+    incident: Option<Box<Incident>>,
     /// Incidents opened so far (the next id is one more).
     incidents: u64,
     /// Consecutive anomalous readings (for `alert.min_duration`).
@@ -333,7 +334,7 @@ impl Detector {
             seen: 0,
             last_ts: None,
             history: VecDeque::new(),
-            learnt: VecDeque::new(),
+            unlearnt: VecDeque::new(),
             gaussians: Vec::new(),
             ars: Vec::new(),
             seasonals: Vec::new(),
@@ -380,7 +381,7 @@ impl Detector {
 
     /// The open incident, if any.
     pub fn incident(&self) -> Option<&Incident> {
-        self.incident.as_ref()
+        self.incident.as_deref()
     }
 
     /// Training jobs that diverged and were discarded.
@@ -458,7 +459,9 @@ impl Detector {
         } else {
             self.state_baselines.iter_mut().for_each(StateBaselines::skip);
         }
-        self.learnt.push_back(learn);
+        if !learn {
+            self.unlearnt.push_back(self.seen);
+        }
         if mode == Mode::Live && event.is_none() {
             event = self.accept_if_lasting(timestamp);
         }
@@ -511,10 +514,14 @@ impl Detector {
         while self.history.len() + d > cap {
             self.history.drain(..d);
         }
-        while self.learnt.len() * d > self.history.len() {
-            self.learnt.pop_front();
-        }
         self.history.extend(values.iter().copied());
+        let oldest = self.seen + 1 - (self.history.len() / d) as u64;
+        while self.unlearnt.front().is_some_and(|&n| n < oldest) {
+            self.unlearnt.pop_front();
+        }
+        if self.unlearnt.is_empty() && self.unlearnt.capacity() > 0 {
+            self.unlearnt = VecDeque::new();
+        }
         let b = &self.config.baseline;
         if b.seasonal && self.seen.is_multiple_of(b.seasonal_every as u64) {
             self.estimate_periods();
@@ -713,7 +720,7 @@ impl Detector {
             let end = inc.last_anomalous;
             return (
                 Some(IncidentEvent::Resolved {
-                    incident: inc,
+                    incident: *inc,
                     end,
                     resolution: Resolution::Normal,
                 }),
@@ -748,7 +755,7 @@ impl Detector {
             contributions: contributions.to_vec(),
             start_reading: self.seen,
         };
-        self.incident = Some(inc.clone());
+        self.incident = Some(Box::new(inc.clone()));
         (Some(IncidentEvent::Opened(inc)), None)
     }
 
@@ -779,27 +786,21 @@ impl Detector {
     /// `accepted`; the smoothed statistics restart and a retraining job is wanted.
     pub fn accept(&mut self) -> Accepted {
         let d = self.n_features.unwrap_or(1).max(1);
-        let n_rows = self.history.len() / d;
-        let offset = n_rows - self.learnt.len().min(n_rows);
-        let mut readings = 0;
+        let first = self.seen + 1 - (self.history.len() / d) as u64;
+        let readings = self.unlearnt.len();
         // The learnt level restarts from the accepted readings: the old level is
         // what no longer holds.
-        if self.learnt.iter().any(|l| !l) {
+        if readings > 0 {
             self.state_baselines.iter_mut().for_each(StateBaselines::restart_level);
         }
-        for i in 0..self.learnt.len() {
-            if self.learnt[i] {
-                continue;
-            }
-            let row = offset + i;
-            let window = self.config.baseline.gaussian_window;
+        let window = self.config.baseline.gaussian_window;
+        for n in std::mem::take(&mut self.unlearnt) {
+            let row = (n - first) as usize;
             for j in 0..d {
                 // The seasonal residual is not replayed: its expectation for an old
                 // row is not at hand.
                 self.state_baselines[j].learn(self.history[row * d + j], None, window);
             }
-            self.learnt[i] = true;
-            readings += 1;
         }
         self.state.restart_smoothing();
         self.anomalous_run = 0;
@@ -808,7 +809,7 @@ impl Detector {
         }
         let event = self.incident.take().map(|incident| IncidentEvent::Resolved {
             end: self.last_ts.unwrap_or(incident.last_anomalous),
-            incident,
+            incident: *incident,
             resolution: Resolution::Accepted,
         });
         Accepted { readings, event }
@@ -935,10 +936,13 @@ impl Detector {
             .map(<[f64]>::to_vec)
             .collect();
         let n_rows = readings.len();
-        let missing = n_rows - self.learnt.len().min(n_rows);
-        let normal: Vec<bool> = std::iter::repeat_n(true, missing)
-            .chain(self.learnt.iter().copied())
-            .collect();
+        let first = self.seen + 1 - n_rows as u64;
+        let mut normal = vec![true; n_rows];
+        for &n in &self.unlearnt {
+            if let Some(flag) = n.checked_sub(first).and_then(|i| normal.get_mut(i as usize)) {
+                *flag = false;
+            }
+        }
         let version = self.model.as_ref().map_or(0, |m| m.version) + 1 + self.failed_jobs;
         self.last_job = Some((self.seen, self.last_ts.unwrap_or(0)));
         self.job_in_flight = true;
@@ -960,6 +964,22 @@ impl Detector {
                 .wrapping_mul(0x9E37_79B9_7F4A_7C15)
                 .wrapping_add(version),
         }
+    }
+
+    /// Installs the outcome of a job taken under `job_config`, unless the stream was
+    /// reshaped since (a model of another shape would score wrongly and its snapshot
+    /// would not decode). Returns whether it was installed.
+    pub fn install_job(&mut self, job_config: &DetectorConfig, outcome: TrainOutcome) -> bool {
+        if !self.config.same_shape(job_config) {
+            return false;
+        }
+        self.install(outcome);
+        true
+    }
+
+    /// Whether a training job is out.
+    pub fn job_in_flight(&self) -> bool {
+        self.job_in_flight
     }
 
     /// Installs a job's outcome: a trained model is swapped in whole; a diverged job
@@ -1006,9 +1026,9 @@ impl Detector {
                 seen: self.seen,
                 last_ts: self.last_ts,
                 history: self.history.iter().copied().collect(),
-                learnt: self.learnt.iter().copied().collect(),
+                unlearnt: self.unlearnt.iter().copied().collect(),
                 state: self.state.clone(),
-                incident: self.incident.clone(),
+                incident: self.incident.as_deref().cloned(),
                 incidents: self.incidents,
                 anomalous_run: self.anomalous_run,
                 retrain_requested: self.retrain_requested,
@@ -1089,9 +1109,9 @@ impl Detector {
             seen: s.seen,
             last_ts: s.last_ts,
             history: s.history.into(),
-            learnt: s.learnt.into(),
+            unlearnt: s.unlearnt.into(),
             state: s.state,
-            incident: s.incident,
+            incident: s.incident.map(Box::new),
             incidents: s.incidents,
             anomalous_run: s.anomalous_run,
             retrain_requested: s.retrain_requested,
@@ -1136,10 +1156,10 @@ pub struct DetectorState {
     seen: u64,
     last_ts: Option<Micros>,
     history: Vec<f64>,
-    /// Per buffered reading, whether it was learnt (absent in snapshots from before
-    /// the state existed: all were).
+    /// Buffered readings not learnt (absent in snapshots from before the state
+    /// existed: all were).
     #[serde(default)]
-    learnt: Vec<bool>,
+    unlearnt: Vec<u64>,
     #[serde(default)]
     state: StateCalibration,
     #[serde(default)]

@@ -27,28 +27,22 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Bins of a [`TailHistogram`]: four per octave from `LOW` up (0.01 … ~1e4).
-const BINS: usize = 80;
-/// Lower edge of the first bin.
-const LOW: f64 = 0.01;
-/// Normal samples a histogram keeps (older ones decay away by halving).
-const MAX_COUNT: u32 = 4096;
+/// Bins of a [`TailHistogram`]: four per octave from `LOW` up (0.05 … ~200; larger
+/// values share the top bin, smaller ones the first: limits are never under 2).
+const BINS: usize = 48;
+/// Lower edge of the second bin.
+const LOW: f64 = 0.05;
+/// A bin's largest count: when one bin reaches it, every count halves (older values
+/// decay away; about the last 1,000–2,000 normal values are kept, enough for a q99).
+const MAX_BIN: u8 = u8::MAX;
 
 /// A decaying histogram of a non-negative statistic on normal readings, on a log
-/// scale, from which a tail limit is read.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// scale, from which a tail limit is read. Allocated on its first value (streams
+/// never use some components).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TailHistogram {
-    counts: Vec<u32>,
+    counts: Vec<u8>,
     total: u32,
-}
-
-impl Default for TailHistogram {
-    fn default() -> Self {
-        TailHistogram {
-            counts: vec![0; BINS],
-            total: 0,
-        }
-    }
 }
 
 impl TailHistogram {
@@ -75,15 +69,16 @@ impl TailHistogram {
             self.counts = vec![0; BINS];
             self.total = 0;
         }
-        self.counts[Self::bin(x)] += 1;
-        self.total += 1;
-        if self.total >= MAX_COUNT {
+        let b = Self::bin(x);
+        if self.counts[b] == MAX_BIN {
             self.total = 0;
             for c in &mut self.counts {
                 *c /= 2;
-                self.total += *c;
+                self.total += u32::from(*c);
             }
         }
+        self.counts[b] += 1;
+        self.total += 1;
     }
 
     /// Values held.
@@ -104,11 +99,11 @@ impl TailHistogram {
         let target = q * self.total as f64;
         let mut acc = 0.0;
         for (b, &c) in self.counts.iter().enumerate() {
-            let next = acc + c as f64;
+            let next = acc + f64::from(c);
             if next >= target && c > 0 {
                 let lo = if b == 0 { 0.0 } else { Self::edge(b - 1) };
                 let hi = Self::edge(b);
-                let f = ((target - acc) / c as f64).clamp(0.0, 1.0);
+                let f = ((target - acc) / f64::from(c)).clamp(0.0, 1.0);
                 return lo + (hi - lo) * f;
             }
             acc = next;
@@ -162,7 +157,7 @@ pub fn component_name(c: usize) -> &'static str {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StateCalibration {
     /// Per component: EWMA of each feature's z.
-    ewma: Vec<Vec<f64>>,
+    ewma: [Vec<f64>; N_COMPONENTS],
     /// Per component: histograms of the instant and smoothed statistics.
     instant: Vec<TailHistogram>,
     smoothed: Vec<TailHistogram>,
@@ -171,7 +166,7 @@ pub struct StateCalibration {
 impl Default for StateCalibration {
     fn default() -> Self {
         StateCalibration {
-            ewma: vec![Vec::new(); N_COMPONENTS],
+            ewma: Default::default(),
             instant: vec![TailHistogram::default(); N_COMPONENTS],
             smoothed: vec![TailHistogram::default(); N_COMPONENTS],
         }
@@ -384,7 +379,10 @@ mod tests {
         // |N(0,1)| by inverse CDF over a fine grid: q90 = 1.645, q99 = 2.576.
         let mut h = TailHistogram::default();
         let n = 4000;
-        for i in 0..n {
+        for k in 0..n {
+            // Every grid point once, in a scrambled order (1237 is coprime to n):
+            // the histogram decays, so sorted input would bias it.
+            let i = k * 1237 % n;
             let p = (i as f64 + 0.5) / n as f64;
             // Inverse of the half-normal CDF by bisection on erfc.
             let (mut lo, mut hi) = (0.0, 10.0);

@@ -270,23 +270,48 @@ impl Registry {
         Ok(registry)
     }
 
+    /// Runs one job and installs its outcome. A panic inside training is caught
+    /// and counted (`outcome="panicked"`): the thread goes on serving the queue and
+    /// the stream may ask again.
     fn run_job(&self, stream: Weak<Stream>, job: TrainJob) {
         self.metrics.retrain_queue_depth.dec();
         let start = Instant::now();
         let budget = self.config.training_budget;
-        let outcome = crate::detector::train::train(&job, &|| start.elapsed() > budget);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            crate::detector::train::train(&job, &|| start.elapsed() > budget)
+        }));
         self.metrics.retrain_duration.observe(start.elapsed().as_secs_f64());
-        let label = match outcome {
-            TrainOutcome::Trained(_) => "completed",
-            TrainOutcome::Diverged(_) => "diverged",
-            TrainOutcome::NotEnoughData => "skipped",
+        let (outcome, label) = match caught {
+            Ok(outcome) => {
+                let label = match &outcome {
+                    TrainOutcome::Trained(m) => {
+                        tracing::info!(
+                            version = m.version,
+                            val_loss = m.report.val_loss,
+                            seconds = start.elapsed().as_secs_f64(),
+                            "model trained"
+                        );
+                        "completed"
+                    }
+                    TrainOutcome::Diverged(_) => "diverged",
+                    TrainOutcome::NotEnoughData => "skipped",
+                };
+                (outcome, label)
+            }
+            Err(_) => {
+                tracing::error!(version = job.version, "training job panicked");
+                (TrainOutcome::NotEnoughData, "panicked")
+            }
         };
         self.metrics.retrain_jobs.with_label_values(&[label]).inc();
         if let Some(stream) = stream.upgrade() {
             let mut st = stream.state.lock().expect("stream lock");
             if !st.deleted {
-                st.detector.install(outcome);
-                st.dirty = true;
+                if st.detector.install_job(&job.config, outcome) {
+                    st.dirty = true;
+                } else {
+                    self.metrics.retrain_jobs.with_label_values(&["stale"]).inc();
+                }
             }
         }
     }
@@ -550,12 +575,7 @@ impl Registry {
         if let Some(stream) = self.get(id) {
             let mut st = stream.state.lock().expect("stream lock");
             if !st.deleted {
-                let old = st.detector.config().clone();
-                let same_shape = old.model == config.model
-                    && old.window == config.window
-                    && old.n_features == config.n_features
-                    && old.detector == config.detector
-                    && old.training == config.training;
+                let same_shape = st.detector.config().same_shape(&config);
                 let mut snap = st.detector.snapshot();
                 if same_shape {
                     snap.state = snap.state.with_config(config);
@@ -594,6 +614,10 @@ impl Registry {
         let mut st = stream.state.lock().expect("stream lock");
         if st.detector.readings_seen() <= st.detector.config().window as u64 {
             return Err(RegistryError::NotEnoughData(id.into()));
+        }
+        // One job per stream: a second request while one is out queues nothing more.
+        if st.detector.job_in_flight() {
+            return Ok(());
         }
         if self.submit_job(&stream, &mut st.detector) {
             Ok(())
