@@ -115,3 +115,86 @@ fn retrain_queues_one_job_per_stream() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(metrics.retrain_jobs.with_label_values(&["completed"]).get(), 1);
 }
+
+#[test]
+fn overlapping_batches_and_deletes_never_deadlock() {
+    // Hardening finding 3: new streams were locked after existing ones in hash
+    // order, and the undo path took stream locks under the map's write lock, so
+    // {A new, B} and {A, B} could lock in opposite orders. Two streams, every batch
+    // holds both, one thread keeps deleting them so they keep being re-created.
+    let reg = Registry::open(RegistryConfig::default(), Arc::new(Metrics::new())).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let mut handles = Vec::new();
+    for k in 0..6usize {
+        let (reg, done_tx, stop) = (reg.clone(), done_tx.clone(), stop.clone());
+        handles.push(std::thread::spawn(move || {
+            for round in 0..4000i64 {
+                if k == 0 {
+                    let _ = reg.delete(["a", "b"][round as usize % 2]);
+                    continue;
+                }
+                let (x, y) = if (round as usize + k) % 2 == 0 {
+                    ("a", "b")
+                } else {
+                    ("b", "a")
+                };
+                // Every other batch fails validation (an old timestamp), taking the
+                // undo path; a hang is the only wrong outcome.
+                let ts = if round % 2 == 0 { round } else { -1 };
+                let batch = [x, y].map(|s| Reading {
+                    stream: s.into(),
+                    timestamp: ts,
+                    values: vec![1.0],
+                });
+                let _ = reg.ingest(&batch);
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            done_tx.send(()).unwrap();
+        }));
+    }
+    for _ in 0..6 {
+        done_rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("a batch deadlocked");
+    }
+    for h in handles {
+        h.join().unwrap();
+    }
+    for id in reg.list(None, 10) {
+        reg.info(&id).unwrap();
+    }
+}
+
+#[test]
+fn the_stream_limit_holds_under_racing_creations() {
+    // Hardening finding 12: max_streams was checked outside the lock that inserts.
+    let reg = Registry::open(
+        RegistryConfig {
+            max_streams: 10,
+            ..Default::default()
+        },
+        Arc::new(Metrics::new()),
+    )
+    .unwrap();
+    let barrier = Arc::new(std::sync::Barrier::new(8));
+    let handles: Vec<_> = (0..8)
+        .map(|k| {
+            let (reg, barrier) = (reg.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                for j in 0..5 {
+                    let _ = reg.ingest(&[Reading {
+                        stream: format!("s{k}-{j}"),
+                        timestamp: 0,
+                        values: vec![1.0],
+                    }]);
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(reg.len(), 10);
+}

@@ -39,6 +39,19 @@ pub fn validate_stream_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The batch's stream ids, sorted (the lock order), and which readings go to each.
+#[allow(clippy::type_complexity)]
+fn group_by_stream(readings: &[Reading]) -> Result<(Vec<&str>, HashMap<&str, Vec<usize>>), RegistryError> {
+    let mut per_stream: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, r) in readings.iter().enumerate() {
+        validate_stream_id(&r.stream).map_err(RegistryError::StreamId)?;
+        per_stream.entry(&r.stream).or_default().push(i);
+    }
+    let mut ids: Vec<&str> = per_stream.keys().copied().collect();
+    ids.sort_unstable();
+    Ok((ids, per_stream))
+}
+
 /// Settings of the registry.
 #[derive(Clone, Debug)]
 pub struct RegistryConfig {
@@ -118,6 +131,9 @@ pub enum RegistryError {
     /// The training queue is full.
     #[error("training queue is full")]
     TrainingBusy,
+    /// The batch's streams kept being deleted under it; retry.
+    #[error("streams of this batch were deleted while it ran; retry")]
+    Contended,
 }
 
 /// A stream: its id and its detector behind one lock.
@@ -361,129 +377,148 @@ impl Registry {
     }
 
     fn take(&self, readings: &[Reading], history: bool) -> Result<Vec<(String, Verdict)>, RegistryError> {
-        // Streams in first-appearance order, and which readings go to each.
-        let mut order: Vec<&str> = Vec::new();
-        let mut per_stream: HashMap<&str, Vec<usize>> = HashMap::new();
-        for (i, r) in readings.iter().enumerate() {
-            validate_stream_id(&r.stream).map_err(RegistryError::StreamId)?;
-            per_stream
-                .entry(&r.stream)
-                .or_insert_with(|| {
-                    order.push(&r.stream);
-                    Vec::new()
-                })
-                .push(i);
+        let (ids, per_stream) = group_by_stream(readings)?;
+        // A stream deleted between resolving and locking it is resolved again.
+        for _ in 0..3 {
+            let (streams, created) = self.resolve(&ids, readings.len())?;
+            // One global lock order: stream id. The map lock is never taken while a
+            // stream lock is held.
+            let mut guards: Vec<_> = streams.iter().map(|s| s.state.lock().expect("stream lock")).collect();
+            if guards.iter().any(|g| g.deleted) {
+                drop(guards);
+                self.remove_unused(&created);
+                continue;
+            }
+            let checked = ids.iter().zip(&guards).try_for_each(|(id, g)| {
+                let (width, last) = (g.detector.n_features(), g.detector.last_timestamp());
+                self.validate_stream(readings, &per_stream[id], id, width, last)
+            });
+            if let Err(e) = checked {
+                drop(guards);
+                self.remove_unused(&created);
+                return Err(e);
+            }
+            let mut results: Vec<Option<(String, Verdict)>> = vec![None; readings.len()];
+            for ((id, stream), g) in ids.iter().zip(&streams).zip(guards.iter_mut()) {
+                self.apply(readings, &per_stream[id], id, stream, g, history, &mut results);
+            }
+            self.metrics.readings_ingested.inc_by(readings.len() as u64);
+            return Ok(results.into_iter().flatten().collect());
         }
-        // Existing streams are locked in id order (no deadlock between batches).
-        let mut ids: Vec<&str> = order.clone();
-        ids.sort_unstable();
-        let existing: Vec<(&str, Option<Arc<Stream>>)> = ids.iter().map(|id| (*id, self.get(id))).collect();
-        let new_count = existing.iter().filter(|(_, s)| s.is_none()).count();
-        if new_count > 0 && self.len() + new_count > self.config.max_streams {
+        Err(RegistryError::Contended)
+    }
+
+    /// The streams of `ids` (sorted), creating the missing ones with the default
+    /// config; the stream limit is checked under the lock that inserts them.
+    /// Returns them in `ids` order, and the ones this call created.
+    fn resolve(&self, ids: &[&str], n_readings: usize) -> Result<(Vec<Arc<Stream>>, Vec<Arc<Stream>>), RegistryError> {
+        let found: Vec<Option<Arc<Stream>>> = ids.iter().map(|id| self.get(id)).collect();
+        if found.iter().all(Option::is_some) {
+            return Ok((found.into_iter().flatten().collect(), Vec::new()));
+        }
+        let mut fresh: Vec<Arc<Stream>> = Vec::new();
+        for (id, f) in ids.iter().zip(&found) {
+            if f.is_none() {
+                fresh.push(Stream::new(
+                    id,
+                    Detector::new(self.config.default_detector.clone())?,
+                    true,
+                ));
+            }
+        }
+        let mut map = self.streams.write().expect("streams lock");
+        let need = ids.iter().filter(|id| !map.contains_key(**id)).count();
+        if map.len() + need > self.config.max_streams {
             self.metrics
                 .readings_rejected
                 .with_label_values(&["stream_limit"])
-                .inc_by(readings.len() as u64);
+                .inc_by(n_readings as u64);
             return Err(RegistryError::TooManyStreams(self.config.max_streams));
         }
-        let mut guards = Vec::with_capacity(existing.len());
-        for (id, s) in &existing {
-            guards.push((*id, s.clone(), s.as_ref().map(|s| s.state.lock().expect("stream lock"))));
-        }
-        // Validate everything against the current state.
-        for (id, _, guard) in &guards {
-            let (width, last) = match guard {
-                Some(g) if !g.deleted => (g.detector.n_features(), g.detector.last_timestamp()),
-                _ => (self.config.default_detector.n_features, None),
-            };
-            self.validate_stream(readings, &per_stream[id], id, width, last)?;
-        }
-        // Create the new streams (and any deleted-but-still-locked ones) now.
-        let mut created: HashMap<&str, Arc<Stream>> = HashMap::new();
-        let mut inserted: Vec<Arc<Stream>> = Vec::new();
-        for (id, s, g) in &guards {
-            if s.is_none() || g.as_ref().is_some_and(|g| g.deleted) {
-                let stream = Stream::new(id, Detector::new(self.config.default_detector.clone())?, true);
-                let mut map = self.streams.write().expect("streams lock");
-                let entry = map.entry(id.to_string()).or_insert_with(|| stream.clone());
-                if Arc::ptr_eq(entry, &stream) {
-                    inserted.push(stream.clone());
-                }
-                created.insert(id, entry.clone());
-            }
-        }
-        let mut new_guards: Vec<(&str, std::sync::MutexGuard<'_, StreamState>)> = created
+        let mut created = Vec::new();
+        let mut fresh = fresh.into_iter();
+        let streams = ids
             .iter()
-            .map(|(id, s)| (*id, s.state.lock().expect("stream lock")))
+            .zip(found)
+            .map(|(id, f)| match f {
+                Some(s) => s,
+                None => {
+                    let stream = fresh.next().expect("one fresh stream per missing id");
+                    let entry = map.entry(id.to_string()).or_insert_with(|| stream.clone());
+                    if Arc::ptr_eq(entry, &stream) {
+                        created.push(stream);
+                    }
+                    entry.clone()
+                }
+            })
             .collect();
-        // Another request may have created one of these streams meanwhile and written
-        // to it: validate again under the lock, and on failure undo our own creations.
-        for (id, g) in &new_guards {
-            let (width, last) = (g.detector.n_features(), g.detector.last_timestamp());
-            if g.detector.readings_seen() > 0
-                && let Err(e) = self.validate_stream(readings, &per_stream[id], id, width, last)
-            {
-                drop(new_guards);
-                let mut map = self.streams.write().expect("streams lock");
-                for s in inserted {
-                    if s.state.lock().expect("stream lock").detector.readings_seen() == 0 {
-                        map.remove(&s.id);
-                    }
-                }
-                return Err(e);
+        Ok((streams, created))
+    }
+
+    /// Removes streams this call created that took no reading (a failed batch
+    /// leaves nothing behind). Map lock, then stream lock: the only nesting.
+    fn remove_unused(&self, created: &[Arc<Stream>]) {
+        if created.is_empty() {
+            return;
+        }
+        let mut map = self.streams.write().expect("streams lock");
+        for s in created {
+            let mut st = s.state.lock().expect("stream lock");
+            if st.detector.readings_seen() == 0 && map.get(&s.id).is_some_and(|m| Arc::ptr_eq(m, s)) {
+                map.remove(&s.id);
+                // A batch that resolved it meanwhile sees this and resolves again.
+                st.deleted = true;
             }
         }
-        let mut results: Vec<Option<(String, Verdict)>> = vec![None; readings.len()];
-        let mut apply = |id: &str, st: &mut StreamState, stream: &Arc<Stream>| {
-            for &i in &per_stream[id] {
-                let r = &readings[i];
-                let start = Instant::now();
-                // Validated above under this lock, so this cannot fail; if it ever did,
-                // the reading is skipped rather than taking the server down.
-                let taken = if history {
-                    st.detector.update_history(r.timestamp, &r.values)
-                } else {
-                    st.detector.update(r.timestamp, &r.values)
-                };
-                let v = match taken {
-                    Ok(v) => v,
-                    Err(e) => {
-                        tracing::error!(stream = id, error = %e, "validated reading refused");
-                        continue;
-                    }
-                };
-                self.metrics.scoring_latency.observe(start.elapsed().as_secs_f64());
-                if let Some(event) = &v.event {
-                    self.record_event(Alert::of_event(id, event, &v, &r.values));
+    }
+
+    /// Scores one stream's readings of a batch, in order, under its lock.
+    #[allow(clippy::too_many_arguments)]
+    fn apply(
+        &self,
+        readings: &[Reading],
+        indices: &[usize],
+        id: &str,
+        stream: &Arc<Stream>,
+        st: &mut StreamState,
+        history: bool,
+        results: &mut [Option<(String, Verdict)>],
+    ) {
+        for &i in indices {
+            let r = &readings[i];
+            let start = Instant::now();
+            // Validated above under this lock, so this cannot fail; if it ever did,
+            // the reading is skipped rather than taking the server down.
+            let taken = if history {
+                st.detector.update_history(r.timestamp, &r.values)
+            } else {
+                st.detector.update(r.timestamp, &r.values)
+            };
+            let v = match taken {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::error!(stream = id, error = %e, "validated reading refused");
+                    continue;
                 }
-                if st.detector.training_due() {
-                    // When the queue is full the job is dropped; the policy asks again later.
-                    self.submit_job(stream, &mut st.detector);
-                }
-                st.last_verdict = Some(v.clone());
-                results[i] = Some((id.to_string(), v));
+            };
+            self.metrics.scoring_latency.observe(start.elapsed().as_secs_f64());
+            if let Some(event) = &v.event {
+                self.record_event(Alert::of_event(id, event, &v, &r.values));
             }
-            if history {
-                st.detector.request_retrain();
-                if st.detector.training_due() {
-                    self.submit_job(stream, &mut st.detector);
-                }
+            if st.detector.training_due() {
+                // When the queue is full the job is dropped; the policy asks again later.
+                self.submit_job(stream, &mut st.detector);
             }
-            st.dirty = true;
-        };
-        for (id, s, g) in guards.iter_mut() {
-            if let (Some(stream), Some(g)) = (s.as_ref(), g.as_mut())
-                && !g.deleted
-            {
-                apply(id, g, stream);
+            st.last_verdict = Some(v.clone());
+            results[i] = Some((id.to_string(), v));
+        }
+        if history {
+            st.detector.request_retrain();
+            if st.detector.training_due() {
+                self.submit_job(stream, &mut st.detector);
             }
         }
-        for (id, g) in new_guards.iter_mut() {
-            let stream = created[id].clone();
-            apply(id, g, &stream);
-        }
-        self.metrics.readings_ingested.inc_by(readings.len() as u64);
-        Ok(results.into_iter().flatten().collect())
+        st.dirty = true;
     }
 
     /// Journals and broadcasts an incident event, and logs it.

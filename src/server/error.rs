@@ -79,7 +79,7 @@ impl From<RegistryError> for ApiError {
             RegistryError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", msg),
             RegistryError::Config(_) => ApiError::bad_request("invalid_config", msg),
             RegistryError::NotEnoughData(_) => ApiError::new(StatusCode::CONFLICT, "not_enough_data", msg),
-            RegistryError::TrainingBusy => ApiError::overloaded(msg),
+            RegistryError::TrainingBusy | RegistryError::Contended => ApiError::overloaded(msg),
         }
     }
 }
