@@ -134,7 +134,7 @@ fn overlapping_batches_and_deletes_never_deadlock() {
                     let _ = reg.delete(["a", "b"][round as usize % 2]);
                     continue;
                 }
-                let (x, y) = if (round as usize + k) % 2 == 0 {
+                let (x, y) = if (round as usize + k).is_multiple_of(2) {
                     ("a", "b")
                 } else {
                     ("b", "a")

@@ -39,6 +39,9 @@ pub fn validate_stream_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A batch's streams in id order, and those the batch created.
+type Resolved = (Vec<Arc<Stream>>, Vec<Arc<Stream>>);
+
 /// The batch's stream ids, sorted (the lock order), and which readings go to each.
 #[allow(clippy::type_complexity)]
 fn group_by_stream(readings: &[Reading]) -> Result<(Vec<&str>, HashMap<&str, Vec<usize>>), RegistryError> {
@@ -411,7 +414,7 @@ impl Registry {
     /// The streams of `ids` (sorted), creating the missing ones with the default
     /// config; the stream limit is checked under the lock that inserts them.
     /// Returns them in `ids` order, and the ones this call created.
-    fn resolve(&self, ids: &[&str], n_readings: usize) -> Result<(Vec<Arc<Stream>>, Vec<Arc<Stream>>), RegistryError> {
+    fn resolve(&self, ids: &[&str], n_readings: usize) -> Result<Resolved, RegistryError> {
         let found: Vec<Option<Arc<Stream>>> = ids.iter().map(|id| self.get(id)).collect();
         if found.iter().all(Option::is_some) {
             return Ok((found.into_iter().flatten().collect(), Vec::new()));
