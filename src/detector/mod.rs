@@ -127,11 +127,15 @@ pub struct Accepted {
     pub event: Option<IncidentEvent>,
 }
 
+/// Anomalous readings an incident may have and still teach its statistics to the
+/// limits when it resolves by itself.
+pub const SHORT_INCIDENT: usize = 32;
+
 /// Most recent readings a period is searched in (the search is O(n²)).
 pub const PERIOD_SEARCH: usize = 2048;
 
 /// Normal readings the state's level needs before its z is judged.
-const WARM_LEVEL: u64 = 32;
+const WARM_LEVEL: u64 = 128;
 
 /// How a reading is taken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -301,6 +305,11 @@ pub struct Detector {
     state: StateCalibration,
     /// The open incident (boxed: most streams have none).
     incident: Option<Box<Incident>>,
+    /// The statistics of the current anomalous stretch (at most `SHORT_INCIDENT`):
+    /// a short incident that resolves by itself teaches them to the limits, so a
+    /// kind of blip the stream shows again and again stops opening incidents (the
+    /// baselines and the model still never learn it).
+    stretch: Vec<Judgement>,
     /// Incidents opened so far (the next id is one more).
     incidents: u64,
     /// Consecutive anomalous readings (for `alert.min_duration`).
@@ -343,6 +352,7 @@ impl Detector {
             model: None,
             state: StateCalibration::default(),
             incident: None,
+            stretch: Vec::new(),
             incidents: 0,
             anomalous_run: 0,
             last_job: None,
@@ -445,6 +455,7 @@ impl Detector {
         let score = score_of_ratio(judgement.ratio);
         let anomalous = mode == Mode::Live && sur.phase != Phase::Warmup && score >= self.config.alert.threshold;
         let (mut event, suppressed) = self.step_incident(timestamp, anomalous, score, &sur.contributions);
+        self.track_stretch(anomalous, &judgement, &event);
         let learn = mode == Mode::History || (!anomalous && self.incident.is_none());
 
         let raw_scale = self.config.raw_scale;
@@ -768,6 +779,40 @@ impl Detector {
         self.state.learn(judgement);
     }
 
+    /// Keeps the statistics of the current anomalous stretch; when it ends as a
+    /// short incident that resolved by itself (or a blip that opened none), they
+    /// join the limits: a kind of blip the stream shows again and again stops
+    /// opening incidents, while a long fault teaches them nothing.
+    fn track_stretch(&mut self, anomalous: bool, judgement: &Judgement, event: &Option<IncidentEvent>) {
+        if anomalous {
+            if self.stretch.len() < SHORT_INCIDENT {
+                self.stretch.push(*judgement);
+            }
+            return;
+        }
+        match event {
+            Some(IncidentEvent::Resolved { incident, .. }) => {
+                if incident.anomalous_readings as usize <= SHORT_INCIDENT {
+                    self.end_stretch();
+                } else {
+                    self.stretch = Vec::new();
+                }
+            }
+            // A blip that never became an incident (alert.min_duration).
+            _ if self.incident.is_none() && !self.stretch.is_empty() => self.end_stretch(),
+            _ => {}
+        }
+    }
+
+    /// Teaches the limits what the last short stretch looked like (it resolved by
+    /// itself, or it was accepted).
+    fn end_stretch(&mut self) {
+        for j in &self.stretch {
+            self.state.learn(j);
+        }
+        self.stretch = Vec::new();
+    }
+
     /// The `alert.accept_after` rule: an incident that has lasted that long in
     /// stream time is the new normal.
     fn accept_if_lasting(&mut self, now: Micros) -> Option<IncidentEvent> {
@@ -802,6 +847,8 @@ impl Detector {
                 self.state_baselines[j].learn(self.history[row * d + j], None, window);
             }
         }
+        // Accepted (or a false alarm): what the stretch looked like is normal.
+        self.end_stretch();
         self.state.restart_smoothing();
         self.anomalous_run = 0;
         if readings > 0 {
@@ -1122,6 +1169,7 @@ impl Detector {
             likelihood: s.likelihood,
             model_likelihood: s.model_likelihood,
             model,
+            stretch: Vec::new(),
             last_job: s.last_job,
             job_in_flight: false,
             drift: s.drift,

@@ -27,21 +27,21 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Bins of a [`TailHistogram`]: four per octave from `LOW` up (0.05 … ~200; larger
+/// Bins of a [`TailHistogram`]: four per octave from `LOW` up (0.05 … ~51; larger
 /// values share the top bin, smaller ones the first: limits are never under 2).
-const BINS: usize = 48;
+const BINS: usize = 40;
 /// Lower edge of the second bin.
 const LOW: f64 = 0.05;
 /// A bin's largest count: when one bin reaches it, every count halves (older values
-/// decay away; about the last 1,000–2,000 normal values are kept, enough for a q99).
-const MAX_BIN: u8 = u8::MAX;
+/// decay away; thousands of normal values are kept, enough for a q99).
+const MAX_BIN: u16 = 4096;
 
 /// A decaying histogram of a non-negative statistic on normal readings, on a log
 /// scale, from which a tail limit is read. Allocated on its first value (streams
 /// never use some components).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TailHistogram {
-    counts: Vec<u8>,
+    counts: Vec<u16>,
     total: u32,
 }
 
