@@ -319,6 +319,9 @@ pub struct Detector {
     job_in_flight: bool,
     /// A job is wanted now (after history or an accepted change), whatever the policy.
     retrain_requested: bool,
+    /// A change was accepted and the model, which knows only the old normal, is not
+    /// yet retrained: its statistics do not judge the state until it is.
+    model_stale: bool,
     /// Exponential average of the model's surprise, for drift-triggered retraining.
     drift: f64,
     /// Failed (diverged) jobs so far.
@@ -358,6 +361,7 @@ impl Detector {
             last_job: None,
             job_in_flight: false,
             retrain_requested: false,
+            model_stale: false,
             drift: 0.0,
             failed_jobs: 0,
             resid_var: Vec::new(),
@@ -698,7 +702,7 @@ impl Detector {
             zs[Component::Seasonal as usize] = Some(&base.state_seasonal);
         }
         let joint;
-        if let (Some(z), Phase::Model) = (model_z, phase) {
+        if let (Some(z), Phase::Model, false) = (model_z, phase, self.model_stale) {
             zs[Component::Model as usize] = Some(z);
             if z.len() > 1 {
                 joint = [(z.iter().map(|v| v * v).sum::<f64>() / z.len() as f64).sqrt()];
@@ -853,6 +857,7 @@ impl Detector {
         self.anomalous_run = 0;
         if readings > 0 {
             self.retrain_requested = true;
+            self.model_stale = self.model.is_some();
         }
         let event = self.incident.take().map(|incident| IncidentEvent::Resolved {
             end: self.last_ts.unwrap_or(incident.last_anomalous),
@@ -1036,6 +1041,7 @@ impl Detector {
         match outcome {
             TrainOutcome::Trained(m) => {
                 self.resid_var.clear();
+                self.model_stale = false;
                 // The new model's limits come from its own held-out residuals.
                 let lambda = self.config.alert.smoothing;
                 self.state.seed(Component::Model, &m.calibration, lambda);
@@ -1079,6 +1085,7 @@ impl Detector {
                 incidents: self.incidents,
                 anomalous_run: self.anomalous_run,
                 retrain_requested: self.retrain_requested,
+                model_stale: self.model_stale,
                 gaussians: self.gaussians.clone(),
                 ars: self.ars.clone(),
                 seasonals: self.seasonals.clone(),
@@ -1162,6 +1169,7 @@ impl Detector {
             incidents: s.incidents,
             anomalous_run: s.anomalous_run,
             retrain_requested: s.retrain_requested,
+            model_stale: s.model_stale,
             gaussians: s.gaussians,
             seasonals,
             ars: s.ars,
@@ -1218,6 +1226,8 @@ pub struct DetectorState {
     anomalous_run: u64,
     #[serde(default)]
     retrain_requested: bool,
+    #[serde(default)]
+    model_stale: bool,
     gaussians: Vec<WindowedGaussian>,
     ars: Vec<OnlineAr>,
     #[serde(default)]

@@ -211,8 +211,8 @@ pub struct IncidentInfo {
     pub peak_score: f64,
     /// Anomalous readings so far.
     pub anomalous_readings: u64,
-    /// Features that contributed most, with their shares.
-    pub top_features: Vec<(usize, f64)>,
+    /// Features that contributed most, `{feature, share}`, largest first.
+    pub top_features: Vec<crate::protocol::FeatureShare>,
 }
 
 /// The model part of [`StreamInfo`].
@@ -721,7 +721,11 @@ impl Registry {
                 start: crate::timestamp::format_rfc3339(i.start),
                 peak_score: i.peak_score,
                 anomalous_readings: i.anomalous_readings,
-                top_features: i.top_features(),
+                top_features: i
+                    .top_features()
+                    .into_iter()
+                    .map(|(feature, share)| crate::protocol::FeatureShare { feature, share })
+                    .collect(),
             }),
             last_timestamp: d.last_timestamp().map(crate::timestamp::format_rfc3339),
             failed_training_jobs: d.failed_jobs(),
