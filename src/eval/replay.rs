@@ -3,8 +3,6 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::detector::{Detector, DetectorConfig, IncidentEvent, Verdict};
 use crate::eval::nab::{self, Profile, ProfileResult, ScoredFile, Windows};
@@ -243,38 +241,22 @@ pub fn run_nab(
     if names.is_empty() {
         return Err(format!("{}: no <category>/<file>.csv files", data.display()));
     }
-    let next = AtomicUsize::new(0);
-    let done = AtomicUsize::new(0);
-    // Per file: its scores and rows whose timestamp stepped back, or the error.
-    type FileResult = Result<(ScoredFile, usize), String>;
-    let results: Mutex<Vec<Option<FileResult>>> = Mutex::new(vec![None; names.len()]);
     let tty = std::io::stderr().is_terminal();
-    std::thread::scope(|s| {
-        for _ in 0..threads.max(1) {
-            s.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(name) = names.get(i) else { break };
-                    let r = score_file(data, out, name, config, pick);
-                    results.lock().expect("no panics while held")[i] = Some(r);
-                    let d = done.fetch_add(1, Ordering::Relaxed) + 1;
-                    if tty {
-                        eprint!("\r{d}/{} files", names.len());
-                        let _ = std::io::stderr().flush();
-                    }
-                }
-            });
-        }
-    });
+    let scored = super::parallel_map(
+        &names,
+        threads,
+        |name| score_file(data, out, name, config, pick),
+        |d| {
+            if tty {
+                eprint!("\r{d}/{} files", names.len());
+                let _ = std::io::stderr().flush();
+            }
+        },
+    );
     if tty {
         eprintln!();
     }
-    let scored = results
-        .into_inner()
-        .expect("threads joined")
-        .into_iter()
-        .map(|r| r.expect("every file ran"))
-        .collect::<Result<Vec<_>, _>>()?;
+    let scored = scored.into_iter().collect::<Result<Vec<_>, _>>()?;
     let backwards = scored.iter().map(|(_, b)| b).sum();
     let files: Vec<ScoredFile> = scored.into_iter().map(|(f, _)| f).collect();
     let results = match windows {

@@ -7,8 +7,6 @@
 //! to the first flag that stays.
 
 use std::path::Path;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::Serialize;
 
@@ -119,26 +117,14 @@ pub fn run_tep(dir: &Path, config: &DetectorConfig, threads: usize) -> Result<Te
     let history_end = taught.last_timestamp().unwrap_or(0);
     let mut names = vec![("normal".to_string(), 0)];
     names.extend((1..=21).map(|k| (format!("fault{k:02}"), k)));
-    let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Result<TepFile, String>>>> = Mutex::new(vec![None; names.len()]);
-    std::thread::scope(|s| {
-        for _ in 0..threads.max(1) {
-            s.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some((name, fault)) = names.get(i) else { break };
-                    let r = score_file(&taught, dir, name, *fault, history_end);
-                    results.lock().expect("no panics while held")[i] = Some(r);
-                }
-            });
-        }
-    });
-    let files = results
-        .into_inner()
-        .expect("threads joined")
-        .into_iter()
-        .map(|r| r.expect("every file ran"))
-        .collect::<Result<Vec<_>, _>>()?;
+    let files = super::parallel_map(
+        &names,
+        threads,
+        |(name, fault)| score_file(&taught, dir, name, *fault, history_end),
+        |_| {},
+    )
+    .into_iter()
+    .collect::<Result<Vec<_>, _>>()?;
     let detectable: Vec<&TepFile> = files
         .iter()
         .filter(|f| f.fault > 0 && !UNDETECTABLE.contains(&f.fault))
