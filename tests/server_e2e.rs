@@ -856,6 +856,7 @@ async fn history_then_an_incident_opens_and_is_accepted() {
         "{}",
         res[0]
     );
+    assert!(res[0]["cause"].is_string(), "the result names what decided: {}", res[0]);
     assert!(
         res[1..]
             .iter()

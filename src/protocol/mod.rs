@@ -74,6 +74,10 @@ pub struct ReadingOut {
     /// Why an anomalous reading opened no incident: `incident_open`, `min_duration`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suppressed: Option<String>,
+    /// The statistic that decided the score: `level`, `ar`, `seasonal`, `model`,
+    /// `joint` or `joint_level`, with ` smoothed` when its sustained form did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
 }
 
 /// Response of both ingest routes.

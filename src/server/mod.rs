@@ -372,6 +372,7 @@ async fn ingest(
                     incident: r.incident.unwrap_or(0),
                     event: r.event.unwrap_or_default(),
                     suppressed: r.suppressed.unwrap_or_default(),
+                    cause: r.cause.unwrap_or_default(),
                 })
                 .collect(),
         };
@@ -405,6 +406,7 @@ fn reading_out(stream: String, v: Verdict) -> ReadingOut {
             }
             .to_string()
         }),
+        cause: v.cause,
     }
 }
 
