@@ -269,3 +269,29 @@ fn nab_smoke_run_writes_results_and_prints_three_scores() {
         );
     }
 }
+
+#[test]
+fn serve_logs_without_colours_when_not_on_a_terminal() {
+    // Hardening finding 14 (part): a log file carried ANSI escape codes.
+    let dir = temp_dir("serve-log");
+    let log = std::fs::File::create(dir.join("serve.log")).unwrap();
+    let mut child = bin()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.join("data"))
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let path = dir.join("serve.log");
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.contains("anomalyd listening") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(text.contains("anomalyd listening"), "{text}");
+    assert!(!text.contains('\u{1b}'), "escape codes in a log file: {text:?}");
+}

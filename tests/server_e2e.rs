@@ -818,6 +818,15 @@ async fn absurd_requests_get_4xx_and_the_service_goes_on() {
         let r = c.put(&url).json(&body).send().await.unwrap();
         assert_eq!(r.status(), 400, "{body}");
     }
+    // Query and path rejections answer the JSON error too, not axum's plain text.
+    for (path, code) in [
+        ("/v1/streams?limit=lots", "invalid_query"),
+        ("/v1/alerts?since=-1", "invalid_query"),
+        ("/v1/streams/%FF%FE", "invalid_path"),
+    ] {
+        let (status, e) = get(&c, &format!("{}{path}", s.addr)).await;
+        assert_eq!((status, e["error"]["code"].as_str()), (400, Some(code)), "{path}: {e}");
+    }
     // Everything still answers.
     assert_eq!(get(&c, &url).await.0, 200);
     assert!(scrape(&c, &s.addr).await.contains("anomalyd_readings_ingested_total"));

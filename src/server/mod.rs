@@ -75,6 +75,34 @@ pub struct AppState {
     inflight: Arc<Semaphore>,
 }
 
+/// `Query` whose rejection is the JSON error (400 `invalid_query`), not axum's text.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(q)| ApiQuery(q))
+            .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
+    }
+}
+
+/// `Path` whose rejection is the JSON error (400 `invalid_path`), not axum's text.
+pub struct ApiPath<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned + Send, S: Send + Sync> axum::extract::FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(p)| ApiPath(p))
+            .map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))
+    }
+}
+
 /// The router (separate from `main` so tests drive it with `oneshot` or real TCP).
 pub fn router(registry: Arc<Registry>, config: ServerConfig) -> Router {
     let state = AppState {
@@ -412,7 +440,7 @@ fn reading_out(stream: String, v: Verdict) -> ReadingOut {
 
 async fn ingest_stream(
     State(st): State<AppState>,
-    Path(stream): Path<String>,
+    ApiPath(stream): ApiPath<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -423,7 +451,7 @@ async fn ingest_stream(
 /// live scoring; the stream then trains.
 async fn history_stream(
     State(st): State<AppState>,
-    Path(stream): Path<String>,
+    ApiPath(stream): ApiPath<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -431,7 +459,7 @@ async fn history_stream(
 }
 
 /// `POST /v1/streams/{stream}/accept`: the stream's recent behaviour is normal.
-async fn accept_stream(State(st): State<AppState>, Path(stream): Path<String>) -> Result<Response, ApiError> {
+async fn accept_stream(State(st): State<AppState>, ApiPath(stream): ApiPath<String>) -> Result<Response, ApiError> {
     let registry = st.registry.clone();
     let (readings, resolved) = tokio::task::spawn_blocking(move || registry.accept(&stream))
         .await
@@ -449,18 +477,22 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
-async fn list_streams(State(st): State<AppState>, Query(q): Query<ListQuery>) -> Json<serde_json::Value> {
+async fn list_streams(State(st): State<AppState>, ApiQuery(q): ApiQuery<ListQuery>) -> Json<serde_json::Value> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let ids = st.registry.list(q.after.as_deref(), limit);
     let next = (ids.len() == limit).then(|| ids.last().cloned()).flatten();
     Json(serde_json::json!({"streams": ids, "next_after": next, "total": st.registry.len()}))
 }
 
-async fn get_stream(State(st): State<AppState>, Path(stream): Path<String>) -> Result<Response, ApiError> {
+async fn get_stream(State(st): State<AppState>, ApiPath(stream): ApiPath<String>) -> Result<Response, ApiError> {
     Ok(Json(st.registry.info(&stream)?).into_response())
 }
 
-async fn put_stream(State(st): State<AppState>, Path(stream): Path<String>, body: Body) -> Result<Response, ApiError> {
+async fn put_stream(
+    State(st): State<AppState>,
+    ApiPath(stream): ApiPath<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
     let bytes = read_body(body, st.config.max_body_bytes).await?;
     let config: DetectorConfig = if bytes.iter().all(u8::is_ascii_whitespace) {
         st.registry.config().default_detector.clone()
@@ -477,12 +509,12 @@ async fn put_stream(State(st): State<AppState>, Path(stream): Path<String>, body
     Ok((status, Json(st.registry.info(&stream)?)).into_response())
 }
 
-async fn delete_stream(State(st): State<AppState>, Path(stream): Path<String>) -> Result<StatusCode, ApiError> {
+async fn delete_stream(State(st): State<AppState>, ApiPath(stream): ApiPath<String>) -> Result<StatusCode, ApiError> {
     st.registry.delete(&stream)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn retrain_stream(State(st): State<AppState>, Path(stream): Path<String>) -> Result<Response, ApiError> {
+async fn retrain_stream(State(st): State<AppState>, ApiPath(stream): ApiPath<String>) -> Result<Response, ApiError> {
     st.registry.retrain(&stream)?;
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"status": "queued"}))).into_response())
 }
@@ -494,7 +526,7 @@ struct AlertsQuery {
     limit: Option<usize>,
 }
 
-async fn list_alerts(State(st): State<AppState>, Query(q): Query<AlertsQuery>) -> Json<serde_json::Value> {
+async fn list_alerts(State(st): State<AppState>, ApiQuery(q): ApiQuery<AlertsQuery>) -> Json<serde_json::Value> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let alerts: Vec<protocol::AlertOut> = st
         .registry
