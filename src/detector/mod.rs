@@ -131,6 +131,12 @@ pub struct Accepted {
 /// limits when it resolves by itself.
 pub const SHORT_INCIDENT: usize = 32;
 
+/// A surprise (in standard deviations) as a raw score in [0, 1):
+/// `1 − exp(−max(z, 0) / raw_scale)`.
+fn raw_of(z: f64, raw_scale: f64) -> f64 {
+    1.0 - (-z.max(0.0) / raw_scale).exp()
+}
+
 /// Most recent readings a period is searched in (the search is O(n²)).
 pub const PERIOD_SEARCH: usize = 2048;
 
@@ -462,9 +468,7 @@ impl Detector {
         self.track_stretch(anomalous, &judgement, &event);
         let learn = mode == Mode::History || (!anomalous && self.incident.is_none());
 
-        let raw_scale = self.config.raw_scale;
-        let raw_of = |z: f64| 1.0 - (-z.max(0.0) / raw_scale).exp();
-        let (mut event_score, _) = self.likelihood.update(raw_of(sur.surprise));
+        let (mut event_score, _) = self.likelihood.update(raw_of(sur.surprise, self.config.raw_scale));
         event_score = event_score.max(sur.model_score);
         if out_of_range {
             event_score = 1.0;
@@ -473,8 +477,6 @@ impl Detector {
             self.learn(values, &base, &judgement);
         } else {
             self.state_baselines.iter_mut().for_each(StateBaselines::skip);
-        }
-        if !learn {
             self.unlearnt.push_back(self.seen);
         }
         if mode == Mode::Live && event.is_none() {
@@ -617,7 +619,7 @@ impl Detector {
         let d = values.len();
         let base_max = base.base_z.iter().cloned().fold(0.0, f64::max);
         let raw_scale = self.config.raw_scale;
-        let raw_of = |z: f64| 1.0 - (-z.max(0.0) / raw_scale).exp();
+        let raw_of = |z: f64| raw_of(z, raw_scale);
         match self.phase() {
             Phase::Model => {
                 let (z, err, expected, contributions, model_z) = self.model_surprise();
