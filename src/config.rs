@@ -30,8 +30,10 @@ pub struct ServeFile {
     pub max_streams: Option<usize>,
     /// Most WebSocket subscribers.
     pub max_ws_subscribers: Option<usize>,
-    /// Seconds between snapshots (what a crash can lose).
+    /// Seconds between snapshots (checkpoints of the write-ahead log).
     pub snapshot_interval_secs: Option<f64>,
+    /// When the write-ahead log is synced: `always` (before each answer) or `never`.
+    pub wal_sync: Option<crate::storage::wal::SyncPolicy>,
     /// How far ahead of the server's clock a reading's timestamp may be, in seconds.
     pub max_future_skew_secs: Option<f64>,
     /// Training threads.
@@ -90,9 +92,11 @@ pub fn load(file: Option<&Path>, o: ServeFile) -> Result<ServeConfig, String> {
             None => Ok(default),
         }
     };
-    let snapshot_secs = o.snapshot_interval_secs.or(f.snapshot_interval_secs).unwrap_or(10.0);
-    if !(snapshot_secs > 0.0 && snapshot_secs.is_finite()) {
-        return Err(format!("snapshot_interval_secs must be positive, got {snapshot_secs}"));
+    let snapshot_secs = o.snapshot_interval_secs.or(f.snapshot_interval_secs).unwrap_or(60.0);
+    if !(0.01..=86_400.0).contains(&snapshot_secs) {
+        return Err(format!(
+            "snapshot_interval_secs must be in [0.01, 86400], got {snapshot_secs}"
+        ));
     }
     let log_format = o.log_format.or(f.log_format).unwrap_or_else(|| "human".into());
     if !["human", "json"].contains(&log_format.as_str()) {
@@ -110,6 +114,10 @@ pub fn load(file: Option<&Path>, o: ServeFile) -> Result<ServeConfig, String> {
             cores.div_ceil(2),
         )?,
         data_dir: Some(data_dir),
+        wal_sync: o
+            .wal_sync
+            .or(f.wal_sync)
+            .unwrap_or(crate::storage::wal::SyncPolicy::Always),
         ..RegistryConfig::default()
     };
     let server = ServerConfig {

@@ -157,9 +157,15 @@ struct ServeArgs {
     /// Most WebSocket subscribers [default: 1024].
     #[arg(long, env = "ANOMALYD_MAX_WS_SUBSCRIBERS")]
     max_ws_subscribers: Option<usize>,
-    /// Seconds between snapshots: the most a crash (kill -9) can lose [default: 10].
+    /// Seconds between snapshots (checkpoints): what a restart replays from the
+    /// write-ahead log [default: 60]. A crash loses nothing acknowledged either way.
     #[arg(long, env = "ANOMALYD_SNAPSHOT_INTERVAL_SECS")]
     snapshot_interval_secs: Option<f64>,
+    /// When the write-ahead log is synced [default: always]: `always` answers a
+    /// request only once its readings are on disk (group commit; survives a power
+    /// cut); `never` leaves syncing to checkpoints (survives kill -9, not a power cut).
+    #[arg(long, env = "ANOMALYD_WAL_SYNC", value_enum)]
+    wal_sync: Option<anomalyd::storage::wal::SyncPolicy>,
     /// How far ahead of the server's clock a reading's timestamp may be, in seconds
     /// [default: 86400]; later ones are refused (400), so one wrong timestamp cannot
     /// lock its stream.
@@ -274,6 +280,7 @@ fn main() -> Result<()> {
                 max_streams: a.max_streams,
                 max_ws_subscribers: a.max_ws_subscribers,
                 snapshot_interval_secs: a.snapshot_interval_secs,
+                wal_sync: a.wal_sync,
                 max_future_skew_secs: a.max_future_skew_secs,
                 training_threads: a.training_threads,
                 log_format: a.log_format,

@@ -1,7 +1,7 @@
 //! Prometheus metrics, named `anomalyd_<name>_<unit>[_total]`. No per-stream labels:
 //! stream counts are unbounded, so label cardinality would be too.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// Every metric the service exports, registered in one registry.
 #[derive(Clone, Debug)]
@@ -34,6 +34,14 @@ pub struct Metrics {
     pub snapshots: IntCounterVec,
     /// Snapshot files found damaged at start-up (moved aside, not loaded).
     pub corrupt_snapshots: IntCounter,
+    /// Storage failures by operation (wal_append, wal_sync).
+    pub storage_errors: IntCounterVec,
+    /// Duration of snapshot rounds (checkpoints).
+    pub snapshot_duration: Histogram,
+    /// Unix time of the last snapshot round that wrote everything.
+    pub snapshot_last_success: Gauge,
+    /// Requests whose handler panicked (answered 500).
+    pub panics: IntCounter,
 }
 
 impl Metrics {
@@ -62,6 +70,13 @@ impl Metrics {
         };
         let streams = IntGaugeVec::new(Opts::new("anomalyd_streams", "Streams by phase."), &["phase"]).expect("valid");
         registry.register(Box::new(streams.clone())).expect("unique metric");
+        let build = IntGaugeVec::new(
+            Opts::new("anomalyd_build_info", "The build: version of anomalyd (value 1)."),
+            &["version"],
+        )
+        .expect("valid");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        registry.register(Box::new(build)).expect("unique metric");
         #[cfg(target_os = "linux")]
         registry
             .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
@@ -109,6 +124,29 @@ impl Metrics {
             corrupt_snapshots: counter(
                 "anomalyd_corrupt_snapshots_total",
                 "Damaged snapshot files found at start-up (moved aside, not loaded).",
+            ),
+            storage_errors: counter_vec(
+                "anomalyd_storage_errors_total",
+                "Storage failures by operation (wal_append, wal_sync).",
+                &["op"],
+            ),
+            snapshot_duration: histogram(
+                "anomalyd_snapshot_duration_seconds",
+                "Duration of snapshot rounds (checkpoints).",
+                prometheus::exponential_buckets(0.001, 2.0, 18).expect("buckets"),
+            ),
+            snapshot_last_success: {
+                let g = Gauge::new(
+                    "anomalyd_snapshot_last_success_timestamp_seconds",
+                    "Unix time of the last snapshot round that wrote everything.",
+                )
+                .expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            panics: counter(
+                "anomalyd_panics_total",
+                "Requests whose handler panicked (answered 500).",
             ),
             registry,
         }

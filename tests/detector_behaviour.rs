@@ -383,3 +383,37 @@ fn a_snapshot_from_before_the_seasonal_baseline_still_restores() {
         assert_eq!(v.phase, Phase::Baseline);
     }
 }
+
+/// Hardening finding 11: a baseline or likelihood change applies to the running
+/// detector (rebuilt from its learnt buffer) instead of being shown but ignored;
+/// a training change keeps the model.
+#[test]
+fn a_config_change_of_the_same_shape_is_applied_not_just_shown() {
+    let mut c = fast_config();
+    c.retrain.first_after = 200;
+    let mut det = Detector::new(c.clone()).unwrap();
+    let mut rng = StdRng::seed_from_u64(5);
+    for t in 0..300 {
+        det.update_sync(t, &[seasonal(t as usize) + noise(&mut rng)]).unwrap();
+    }
+    let version = det.model().expect("trained").version;
+    let state = |d: &Detector| serde_json::to_value(&d.snapshot().state).unwrap();
+    assert_eq!(state(&det)["ars"][0]["p"], 4);
+    let mut changed = c.clone();
+    changed.baseline.ar_order = 8;
+    changed.training.epochs = 3;
+    let next = det.reconfigure(changed.clone()).unwrap();
+    let s = state(&next);
+    assert_eq!(s["ars"][0]["p"], 8, "the event AR runs at the new order");
+    assert_eq!(next.readings_seen(), 300, "the stream keeps its identity");
+    assert_eq!(next.last_timestamp(), Some(299));
+    assert_eq!(next.config(), &changed);
+    assert_eq!(next.model().map(|m| m.version), Some(version), "the model is kept");
+    assert!(next.training_due(), "and retrained against the new baselines");
+    // A training-only change keeps everything learnt.
+    let mut training_only = c.clone();
+    training_only.training.epochs = 3;
+    let same = det.reconfigure(training_only).unwrap();
+    assert_eq!(state(&same)["ars"], state(&det)["ars"]);
+    assert!(!same.training_due());
+}

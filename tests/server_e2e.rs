@@ -715,12 +715,13 @@ async fn put_configures_streams_and_retrain_queues_a_job() {
         assert_eq!(e["error"]["code"], "invalid_config");
     }
     assert_eq!(get(&c, &url).await.1["config"]["model"]["cell"], "gru");
-    // Train a model, then move the threshold: the model stays (same shape).
+    // Train a model, then move the threshold: the model stays (same shape), and a
+    // partial body changes only what it names (JSON merge patch).
     post(&c, &format!("{url}/readings"), &readings(0, 500)).await;
     let v1 = wait_for_model(&c, &url, 1).await["model"]["version"].as_u64().unwrap();
     let r = c
         .put(&url)
-        .json(&json!({"model": {"cell": "gru", "hidden": 8, "ensemble": 1}, "alert": {"threshold": 0.9}}))
+        .json(&json!({"alert": {"threshold": 0.9}}))
         .send()
         .await
         .unwrap();
@@ -730,22 +731,36 @@ async fn put_configures_streams_and_retrain_queues_a_job() {
         (info["threshold"].as_f64(), info["model"]["version"].as_u64()),
         (Some(0.9), Some(v1))
     );
-    assert_eq!(info["model"]["cell"], "gru");
+    assert_eq!(info["model"]["cell"], "gru", "the cell set earlier is kept");
     assert_eq!(
         info["model"]["parameters"],
         3 * 8 * (1 + 8) + 2 * 24 + 3 * 8 * (8 + 8) + 2 * 24 + 8 + 1
     );
+    // An empty body changes nothing; `null` puts one field back to its default.
+    let r = c.put(&url).body("").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["threshold"], 0.9);
+    let r = c
+        .patch(&url)
+        .json(&json!({"alert": {"threshold": null}}))
+        .send()
+        .await
+        .unwrap();
+    let info: Value = r.json().await.unwrap();
+    assert_eq!(info["threshold"], DetectorConfig::default().alert.threshold);
+    assert_eq!(info["config"]["model"]["hidden"], 8);
     // An explicit retrain produces the next version.
     let r = c.post(format!("{url}/retrain")).send().await.unwrap();
     assert_eq!(r.status(), 202);
     wait_for_model(&c, &url, v1 + 1).await;
-    // A new shape starts over.
-    let r = c
-        .put(&url)
-        .json(&json!({"model": {"cell": "lstm", "hidden": 8}}))
-        .send()
-        .await
-        .unwrap();
+    // A new shape would discard the model and readings: refused unless explicit.
+    let reshape = json!({"model": {"cell": "lstm", "hidden": 8}});
+    let r = c.put(&url).json(&reshape).send().await.unwrap();
+    assert_eq!(r.status(), 409);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "reset_required");
+    assert_eq!(get(&c, &url).await.1["readings_seen"], 500, "nothing changed");
+    let r = c.put(format!("{url}?reset=true")).json(&reshape).send().await.unwrap();
+    assert_eq!(r.status(), 200);
     let info: Value = r.json().await.unwrap();
     assert_eq!(
         (info["model"].clone(), info["readings_seen"].as_u64()),

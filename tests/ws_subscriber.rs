@@ -97,3 +97,53 @@ async fn filters_and_min_score_apply() {
     task.await.unwrap();
     assert!(out_rx.try_recv().is_err(), "nothing else matched");
 }
+
+#[tokio::test]
+async fn a_live_alert_before_subscribe_does_not_skip_the_backlog() {
+    let reg = Registry::open(RegistryConfig::default(), Arc::new(Metrics::new())).unwrap();
+    for i in 0..5 {
+        reg.journal().push(alert(&format!("old{i}"), 0.9));
+    }
+    let (in_tx, in_rx) = futures::channel::mpsc::unbounded::<Option<String>>();
+    let (out_tx, mut out_rx) = futures::channel::mpsc::channel::<String>(64);
+    let task = tokio::spawn(run_subscriber(reg.clone(), in_rx, out_tx, Duration::from_secs(3600)));
+    tokio::task::yield_now().await;
+    // A live alert reaches the connection before its subscribe message does.
+    let live = reg.journal().push(alert("live", 0.9));
+    let mut next = async || -> Value {
+        let msg = tokio::time::timeout(Duration::from_secs(5), out_rx.next())
+            .await
+            .unwrap()
+            .unwrap();
+        serde_json::from_str(&msg).unwrap()
+    };
+    assert_eq!(next().await["seq"], live);
+    in_tx
+        .unbounded_send(Some(r#"{"type":"subscribe","resume_from":0}"#.into()))
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        got.push(next().await["seq"].as_u64().unwrap());
+    }
+    assert_eq!(got, vec![1, 2, 3, 4, 5], "the backlog, without the live alert again");
+    in_tx.unbounded_send(None).unwrap();
+    task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_subscriber_that_stops_reading_is_dropped() {
+    let reg = Registry::open(RegistryConfig::default(), Arc::new(Metrics::new())).unwrap();
+    let (_in_tx, in_rx) = futures::channel::mpsc::unbounded::<Option<String>>();
+    // Nobody ever reads this: every send waits.
+    let (out_tx, _out_rx) = futures::channel::mpsc::channel::<String>(0);
+    let task = tokio::spawn(run_subscriber(reg.clone(), in_rx, out_tx, Duration::from_secs(3600)));
+    tokio::task::yield_now().await;
+    for _ in 0..3 {
+        reg.journal().push(alert("s", 0.9));
+    }
+    // The clock is paused and jumps ahead while everything waits: the send times out.
+    tokio::time::timeout(anomalyd::server::ws::SEND_TIMEOUT * 3, task)
+        .await
+        .expect("the subscriber gave up its slot")
+        .unwrap();
+}

@@ -416,14 +416,13 @@ impl DetectorConfig {
     }
 
     /// Whether a model trained under `other` fits this config: the same model,
-    /// window, features, detector and training settings. Other fields (alert,
-    /// retrain policy, calibration) can change under a live model.
+    /// window, features and detector. Other fields (training, alert, baselines,
+    /// likelihood, retrain policy) can change under a live model.
     pub fn same_shape(&self, other: &DetectorConfig) -> bool {
         self.model == other.model
             && self.window == other.window
             && self.n_features == other.n_features
             && self.detector == other.detector
-            && self.training == other.training
     }
 
     /// The shape of this config's autoencoder for `d_input` features.

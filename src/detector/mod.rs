@@ -1188,6 +1188,66 @@ impl Detector {
         })
     }
 
+    /// This detector under a new config of the same shape (see
+    /// [`DetectorConfig::same_shape`]); the caller starts over for another shape.
+    /// Alert, retrain and training settings apply from the next reading. A change
+    /// of `baseline` or `likelihood` settings rebuilds the baselines, limits and
+    /// likelihood under the new settings from the buffered readings that were
+    /// learnt (never from a fault); the model is kept but does not judge until it
+    /// is retrained against them, which is requested at once.
+    ///
+    /// # Errors
+    /// If the config is invalid.
+    pub fn reconfigure(&self, config: DetectorConfig) -> Result<Detector, ConfigError> {
+        config.validate()?;
+        let relearn = config.baseline != self.config.baseline || config.likelihood != self.config.likelihood;
+        let mut next = if relearn { self.relearnt(&config)? } else { self.clone() };
+        next.config = config;
+        if let Some(d) = next.n_features {
+            let cap = next.config.training.buffer.max(next.config.window) * d;
+            while next.history.len() > cap {
+                next.history.drain(..d);
+            }
+            let oldest = next.seen + 1 - (next.history.len() / d) as u64;
+            next.unlearnt.retain(|&n| n >= oldest);
+        }
+        Ok(next)
+    }
+
+    /// A detector under `config` that learnt this one's learnt buffered readings,
+    /// with this one's identity (counters, buffer, incident, model: stale).
+    fn relearnt(&self, config: &DetectorConfig) -> Result<Detector, ConfigError> {
+        let mut fresh = Detector::new(config.clone())?;
+        if let Some(d) = self.n_features {
+            let rows = (self.history.len() / d) as u64;
+            let first = self.seen + 1 - rows;
+            let flat: Vec<f64> = self.history.iter().copied().collect();
+            for (i, row) in flat.chunks_exact(d).enumerate() {
+                let n = first + i as u64;
+                if self.unlearnt.binary_search(&n).is_ok() {
+                    continue;
+                }
+                // Timestamps do not matter to what is learnt; the real ones are put back below.
+                let _ = fresh.take(i as Micros, row, Mode::History);
+            }
+        }
+        fresh.seen = self.seen;
+        fresh.last_ts = self.last_ts;
+        fresh.history = self.history.clone();
+        fresh.unlearnt = self.unlearnt.clone();
+        fresh.incident = self.incident.clone();
+        fresh.incidents = self.incidents;
+        fresh.anomalous_run = self.anomalous_run;
+        fresh.last_job = self.last_job;
+        fresh.job_in_flight = self.job_in_flight;
+        fresh.failed_jobs = self.failed_jobs;
+        fresh.model = self.model.clone();
+        fresh.resid_var = self.resid_var.clone();
+        fresh.model_stale = self.model.is_some();
+        fresh.retrain_requested = self.model.is_some() || self.retrain_requested;
+        Ok(fresh)
+    }
+
     /// Scores a reading and, when due, trains inline before returning (replay mode:
     /// deterministic, the same input gives the same scores bit for bit).
     pub fn update_sync(&mut self, timestamp: Micros, values: &[f64]) -> Result<Verdict, ReadingError> {

@@ -138,6 +138,10 @@ impl Alert {
 struct Inner {
     alerts: VecDeque<Arc<Alert>>,
     next_seq: u64,
+    /// Alerts not yet broadcast, with the log record that holds them: they go
+    /// out once that record is durable, in sequence order.
+    #[serde(skip)]
+    pending: VecDeque<(u64, Arc<Alert>)>,
 }
 
 /// The journal. Cheap to share (`Arc` inside the registry).
@@ -157,34 +161,89 @@ impl AlertJournal {
             inner: Mutex::new(Inner {
                 alerts: VecDeque::new(),
                 next_seq: 1,
+                pending: VecDeque::new(),
             }),
             capacity: capacity.max(1),
             tx,
         }
     }
 
-    /// Appends an alert (its `seq` is assigned here) and broadcasts it.
-    pub fn push(&self, mut alert: Alert) -> u64 {
-        let alert = {
-            let mut inner = self.inner.lock().expect("journal lock");
-            alert.seq = inner.next_seq;
-            inner.next_seq += 1;
-            let alert = Arc::new(alert);
-            if inner.alerts.len() == self.capacity {
-                inner.alerts.pop_front();
-            }
-            inner.alerts.push_back(alert.clone());
-            alert
-        };
-        let seq = alert.seq;
-        // No subscribers is fine.
-        let _ = self.tx.send(alert);
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // The journal's state is valid between statements: a panic elsewhere while
+        // it was held leaves nothing half-done worth refusing service over.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn keep(&self, inner: &mut Inner, alert: Arc<Alert>) {
+        if inner.alerts.len() == self.capacity {
+            inner.alerts.pop_front();
+        }
+        inner.alerts.push_back(alert);
+    }
+
+    /// Appends an alert (its `seq` is assigned here) and broadcasts it at once
+    /// (a journal without a log).
+    pub fn push(&self, alert: Alert) -> u64 {
+        let seq = self
+            .push_logged(vec![alert], |_| Ok::<u64, ()>(0))
+            .map_or(0, |(_, seqs)| seqs[0]);
+        self.publish(0);
         seq
+    }
+
+    /// Assigns sequence numbers to `alerts`, hands them to `log` (which writes
+    /// them to the write-ahead log and returns the record's LSN) and keeps them;
+    /// all under the journal's lock, so sequence order is log order. They are
+    /// broadcast by [`AlertJournal::publish`] once the record is durable. If `log`
+    /// fails they are kept and go out with the next publish. Returns the LSN and
+    /// the sequence numbers.
+    pub fn push_logged<E>(
+        &self,
+        alerts: Vec<Alert>,
+        log: impl FnOnce(&[Alert]) -> Result<u64, E>,
+    ) -> Result<(u64, Vec<u64>), E> {
+        let mut inner = self.lock();
+        let mut alerts = alerts;
+        for a in &mut alerts {
+            a.seq = inner.next_seq;
+            inner.next_seq += 1;
+        }
+        let seqs = alerts.iter().map(|a| a.seq).collect();
+        let logged = log(&alerts);
+        let lsn = *logged.as_ref().unwrap_or(&0);
+        for a in alerts {
+            let a = Arc::new(a);
+            inner.pending.push_back((lsn, a.clone()));
+            self.keep(&mut inner, a);
+        }
+        logged.map(|lsn| (lsn, seqs))
+    }
+
+    /// Broadcasts, in sequence order, the kept alerts whose log record is at or
+    /// before `durable`.
+    pub fn publish(&self, durable: u64) {
+        let mut inner = self.lock();
+        while inner.pending.front().is_some_and(|(lsn, _)| *lsn <= durable) {
+            let (_, a) = inner.pending.pop_front().expect("front exists");
+            // No subscribers is fine.
+            let _ = self.tx.send(a);
+        }
+    }
+
+    /// Puts back an alert read from the log at start-up (kept, not broadcast),
+    /// unless the journal already has it.
+    pub fn restore(&self, alert: Alert) {
+        let mut inner = self.lock();
+        if alert.seq < inner.next_seq {
+            return;
+        }
+        inner.next_seq = alert.seq + 1;
+        self.keep(&mut inner, Arc::new(alert));
     }
 
     /// The newest sequence number (0 when empty).
     pub fn latest_seq(&self) -> u64 {
-        self.inner.lock().expect("journal lock").next_seq - 1
+        self.lock().next_seq - 1
     }
 
     /// A receiver for alerts pushed from now on.
@@ -195,7 +254,7 @@ impl AlertJournal {
     /// Alerts with `seq > since` (all when `None`), of `stream` when given, oldest
     /// first, at most `limit`.
     pub fn query(&self, stream: Option<&str>, since: Option<u64>, limit: usize) -> Vec<Arc<Alert>> {
-        let inner = self.inner.lock().expect("journal lock");
+        let inner = self.lock();
         inner
             .alerts
             .iter()
@@ -207,7 +266,7 @@ impl AlertJournal {
 
     /// Serialises the journal (for snapshots).
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(&*self.inner.lock().expect("journal lock")).expect("alerts serialise")
+        serde_json::to_vec(&*self.lock()).expect("alerts serialise")
     }
 
     /// Restores from [`AlertJournal::to_json`] output.
@@ -218,7 +277,9 @@ impl AlertJournal {
         }
         let min_next = loaded.alerts.back().map_or(1, |a| a.seq + 1);
         loaded.next_seq = loaded.next_seq.max(min_next);
-        *self.inner.lock().expect("journal lock") = loaded;
+        let mut inner = self.lock();
+        inner.alerts = loaded.alerts;
+        inner.next_seq = loaded.next_seq;
         Ok(())
     }
 }

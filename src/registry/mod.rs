@@ -8,9 +8,11 @@
 //! threads and swaps models in whole under the stream's lock.
 
 pub mod journal;
+pub mod log;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
@@ -19,8 +21,10 @@ pub use journal::{Alert, AlertJournal, AlertKind};
 
 use crate::detector::{ConfigError, Detector, DetectorConfig, Phase, ReadingError, TrainJob, TrainOutcome, Verdict};
 use crate::metrics::Metrics;
+use crate::storage::wal::{SyncPolicy, Wal};
 use crate::storage::{StorageError, snapshot};
 use crate::timestamp::Micros;
+use log::Record;
 
 /// Largest stream id in bytes.
 pub const MAX_STREAM_ID_BYTES: usize = 256;
@@ -73,8 +77,10 @@ pub struct RegistryConfig {
     pub journal_capacity: usize,
     /// Alerts a WebSocket subscriber may fall behind before it is told it lagged.
     pub subscriber_buffer: usize,
-    /// Where snapshots live (`None`: nothing persists).
+    /// Where snapshots and the write-ahead log live (`None`: nothing persists).
     pub data_dir: Option<PathBuf>,
+    /// When the write-ahead log is synced.
+    pub wal_sync: SyncPolicy,
 }
 
 impl Default for RegistryConfig {
@@ -88,6 +94,7 @@ impl Default for RegistryConfig {
             journal_capacity: 10_000,
             subscriber_buffer: 1024,
             data_dir: None,
+            wal_sync: SyncPolicy::Always,
         }
     }
 }
@@ -137,6 +144,14 @@ pub enum RegistryError {
     /// The batch's streams kept being deleted under it; retry.
     #[error("streams of this batch were deleted while it ran; retry")]
     Contended,
+    /// The change would discard the stream's model and readings.
+    #[error("{0}")]
+    ResetRequired(String),
+    /// The write-ahead log cannot be written (e.g. the disk is full). If this
+    /// comes after the log record was written, the change was applied but may
+    /// not survive a crash.
+    #[error("storage unavailable: {0}")]
+    Storage(String),
 }
 
 /// A stream: its id and its detector behind one lock.
@@ -144,20 +159,42 @@ pub enum RegistryError {
 pub struct Stream {
     id: String,
     state: Mutex<StreamState>,
+    /// The detector's phase as of its last change, readable without the lock
+    /// (`/metrics` counts phases without locking every stream).
+    phase: std::sync::atomic::AtomicU8,
 }
 
 impl Stream {
-    /// A stream around `detector`; `dirty` when it has no snapshot yet.
-    fn new(id: &str, detector: Detector, dirty: bool) -> Arc<Stream> {
+    /// A stream around `detector`; `dirty` when it has no snapshot yet; `lsn` is
+    /// the last log record its state includes.
+    fn new(id: &str, detector: Detector, dirty: bool, lsn: u64) -> Arc<Stream> {
+        let phase = std::sync::atomic::AtomicU8::new(phase_index(detector.phase()));
         Arc::new(Stream {
             id: id.to_string(),
+            phase,
             state: Mutex::new(StreamState {
                 detector,
                 dirty,
+                lsn,
                 deleted: false,
                 last_verdict: None,
             }),
         })
+    }
+}
+
+fn phase_index(p: Phase) -> u8 {
+    match p {
+        Phase::Warmup => 0,
+        Phase::Baseline => 1,
+        Phase::Model => 2,
+    }
+}
+
+impl Stream {
+    /// Records the detector's phase for lock-free readers.
+    fn note_phase(&self, st: &StreamState) {
+        self.phase.store(phase_index(st.detector.phase()), Ordering::Relaxed);
     }
 }
 
@@ -166,6 +203,9 @@ struct StreamState {
     detector: Detector,
     /// Changed since the last snapshot.
     dirty: bool,
+    /// The last write-ahead log record applied to this state: replay skips this
+    /// stream's records up to it (they are in its snapshot).
+    lsn: u64,
     /// Removed from the registry (late training results are discarded).
     deleted: bool,
     last_verdict: Option<Verdict>,
@@ -250,6 +290,12 @@ pub struct Registry {
     trainer: SyncSender<(Weak<Stream>, TrainJob)>,
     /// Deleted streams whose snapshot files are still to be removed.
     tombstones: Mutex<Vec<String>>,
+    /// The write-ahead log (with a data directory).
+    wal: Option<Wal>,
+    /// Held for a whole snapshot round: rounds never overlap.
+    round: Mutex<()>,
+    /// The last snapshot round wrote everything it had to.
+    rounds_ok: AtomicBool,
 }
 
 impl Registry {
@@ -267,9 +313,13 @@ impl Registry {
             metrics,
             trainer: tx,
             tombstones: Mutex::new(Vec::new()),
+            wal: None,
+            round: Mutex::new(()),
+            rounds_ok: AtomicBool::new(true),
             config,
         });
-        registry.load()?;
+        let mut registry = registry;
+        Arc::get_mut(&mut registry).expect("not shared yet").load()?;
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..registry.config.training_threads.max(1) {
             let rx = rx.clone();
@@ -324,10 +374,11 @@ impl Registry {
         };
         self.metrics.retrain_jobs.with_label_values(&[label]).inc();
         if let Some(stream) = stream.upgrade() {
-            let mut st = stream.state.lock().expect("stream lock");
+            let mut st = stream.state.lock().unwrap_or_else(|p| p.into_inner());
             if !st.deleted {
                 if st.detector.install_job(&job.config, outcome) {
                     st.dirty = true;
+                    stream.note_phase(&st);
                 } else {
                     self.metrics.retrain_jobs.with_label_values(&["stale"]).inc();
                 }
@@ -351,12 +402,12 @@ impl Registry {
     }
 
     fn get(&self, id: &str) -> Option<Arc<Stream>> {
-        self.streams.read().expect("streams lock").get(id).cloned()
+        self.streams.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
     }
 
     /// Number of streams.
     pub fn len(&self) -> usize {
-        self.streams.read().expect("streams lock").len()
+        self.streams.read().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Whether there are no streams.
@@ -386,7 +437,7 @@ impl Registry {
             let (streams, created) = self.resolve(&ids, readings.len())?;
             // One global lock order: stream id. The map lock is never taken while a
             // stream lock is held.
-            let mut guards: Vec<_> = streams.iter().map(|s| s.state.lock().expect("stream lock")).collect();
+            let mut guards: Vec<_> = streams.iter().map(|s| lock(&s.state)).collect();
             if guards.iter().any(|g| g.deleted) {
                 drop(guards);
                 self.remove_unused(&created);
@@ -396,19 +447,63 @@ impl Registry {
                 let (width, last) = (g.detector.n_features(), g.detector.last_timestamp());
                 self.validate_stream(readings, &per_stream[id], id, width, last)
             });
-            if let Err(e) = checked {
-                drop(guards);
-                self.remove_unused(&created);
-                return Err(e);
-            }
+            // Logged before anything is applied: a batch the log refuses changes nothing.
+            let lsn = checked.and_then(|()| self.log(&log::encode_readings(history, readings)));
+            let lsn = match lsn {
+                Ok(lsn) => lsn,
+                Err(e) => {
+                    drop(guards);
+                    self.remove_unused(&created);
+                    return Err(e);
+                }
+            };
             let mut results: Vec<Option<(String, Verdict)>> = vec![None; readings.len()];
+            let mut alerts = Vec::new();
             for ((id, stream), g) in ids.iter().zip(&streams).zip(guards.iter_mut()) {
-                self.apply(readings, &per_stream[id], id, stream, g, history, &mut results);
+                g.lsn = lsn;
+                self.apply(
+                    readings,
+                    &per_stream[id],
+                    id,
+                    stream,
+                    g,
+                    history,
+                    &mut results,
+                    &mut alerts,
+                );
             }
+            // Still under the stream locks: one stream's events keep their order.
+            let alerts_lsn = self.record_events(alerts);
+            drop(guards);
             self.metrics.readings_ingested.inc_by(readings.len() as u64);
+            self.make_durable(lsn.max(alerts_lsn?))?;
             return Ok(results.into_iter().flatten().collect());
         }
         Err(RegistryError::Contended)
+    }
+
+    /// Appends a record to the write-ahead log; its LSN (0 without a log).
+    fn log(&self, record: &[u8]) -> Result<u64, RegistryError> {
+        let Some(wal) = &self.wal else { return Ok(0) };
+        wal.append(record).map_err(|e| {
+            self.metrics.storage_errors.with_label_values(&["wal_append"]).inc();
+            tracing::error!(error = %e, "write-ahead log append failed");
+            RegistryError::Storage(e.to_string())
+        })
+    }
+
+    /// Waits until the log is durable up to `lsn` (group commit: one sync serves
+    /// every request waiting), then broadcasts the alerts it holds.
+    fn make_durable(&self, lsn: u64) -> Result<(), RegistryError> {
+        if let Some(wal) = &self.wal {
+            wal.sync_to(lsn).map_err(|e| {
+                self.metrics.storage_errors.with_label_values(&["wal_sync"]).inc();
+                tracing::error!(error = %e, "write-ahead log sync failed");
+                RegistryError::Storage(e.to_string())
+            })?;
+        }
+        self.journal.publish(lsn);
+        Ok(())
     }
 
     /// The streams of `ids` (sorted), creating the missing ones with the default
@@ -426,10 +521,11 @@ impl Registry {
                     id,
                     Detector::new(self.config.default_detector.clone())?,
                     true,
+                    0,
                 ));
             }
         }
-        let mut map = self.streams.write().expect("streams lock");
+        let mut map = self.streams.write().unwrap_or_else(|p| p.into_inner());
         let need = ids.iter().filter(|id| !map.contains_key(**id)).count();
         if map.len() + need > self.config.max_streams {
             self.metrics
@@ -449,6 +545,7 @@ impl Registry {
                     let stream = fresh.next().expect("one fresh stream per missing id");
                     let entry = map.entry(id.to_string()).or_insert_with(|| stream.clone());
                     if Arc::ptr_eq(entry, &stream) {
+                        tracing::info!(stream = %id, "stream created by its first reading");
                         created.push(stream);
                     }
                     entry.clone()
@@ -464,9 +561,9 @@ impl Registry {
         if created.is_empty() {
             return;
         }
-        let mut map = self.streams.write().expect("streams lock");
+        let mut map = self.streams.write().unwrap_or_else(|p| p.into_inner());
         for s in created {
-            let mut st = s.state.lock().expect("stream lock");
+            let mut st = s.state.lock().unwrap_or_else(|p| p.into_inner());
             if st.detector.readings_seen() == 0 && map.get(&s.id).is_some_and(|m| Arc::ptr_eq(m, s)) {
                 map.remove(&s.id);
                 // A batch that resolved it meanwhile sees this and resolves again.
@@ -486,6 +583,7 @@ impl Registry {
         st: &mut StreamState,
         history: bool,
         results: &mut [Option<(String, Verdict)>],
+        alerts: &mut Vec<Alert>,
     ) {
         for &i in indices {
             let r = &readings[i];
@@ -506,7 +604,7 @@ impl Registry {
             };
             self.metrics.scoring_latency.observe(start.elapsed().as_secs_f64());
             if let Some(event) = &v.event {
-                self.record_event(Alert::of_event(id, event, &v, &r.values));
+                alerts.push(Alert::of_event(id, event, &v, &r.values));
             }
             if st.detector.training_due() {
                 // When the queue is full the job is dropped; the policy asks again later.
@@ -522,20 +620,30 @@ impl Registry {
             }
         }
         st.dirty = true;
+        stream.note_phase(st);
     }
 
-    /// Journals and broadcasts an incident event, and logs it.
-    fn record_event(&self, alert: Alert) {
-        match alert.kind {
-            AlertKind::Opened => {
-                self.metrics.alerts.inc();
-                tracing::info!(stream = %alert.stream, incident = alert.incident, score = alert.score, "incident opened");
-            }
-            AlertKind::Resolved => {
-                tracing::info!(stream = %alert.stream, incident = alert.incident, resolution = ?alert.resolution, "incident resolved");
+    /// Journals incident events (their sequence numbers assigned and logged
+    /// together) and logs them; they are broadcast once durable. Returns the log
+    /// record's LSN (0 when there were none).
+    fn record_events(&self, alerts: Vec<Alert>) -> Result<u64, RegistryError> {
+        if alerts.is_empty() {
+            return Ok(0);
+        }
+        for alert in &alerts {
+            match alert.kind {
+                AlertKind::Opened => {
+                    self.metrics.alerts.inc();
+                    tracing::info!(stream = %alert.stream, incident = alert.incident, score = alert.score, "incident opened");
+                }
+                AlertKind::Resolved => {
+                    tracing::info!(stream = %alert.stream, incident = alert.incident, resolution = ?alert.resolution, "incident resolved");
+                }
             }
         }
-        self.journal.push(alert);
+        self.journal
+            .push_logged(alerts, |a| self.log(&Record::Alerts(a.to_vec()).encode()))
+            .map(|(lsn, _)| lsn)
     }
 
     /// Accepts a stream's recent behaviour as normal (see
@@ -544,28 +652,23 @@ impl Registry {
     /// incident resolved).
     pub fn accept(&self, id: &str) -> Result<(usize, Option<u64>), RegistryError> {
         let stream = self.get(id).ok_or_else(|| RegistryError::NotFound(id.into()))?;
-        let mut st = stream.state.lock().expect("stream lock");
+        let mut st = lock(&stream.state);
         if st.deleted {
             return Err(RegistryError::NotFound(id.into()));
         }
-        let accepted = st.detector.accept();
-        let mut resolved = None;
-        if let Some(crate::detector::IncidentEvent::Resolved {
-            incident,
-            end,
-            resolution,
-        }) = &accepted.event
-        {
-            resolved = Some(incident.id);
-            let at = st.detector.last_timestamp().unwrap_or(*end);
-            let version = st.detector.model().map_or(0, |m| m.version);
-            self.record_event(Alert::resolved(id, incident, *end, *resolution, at, version));
-        }
+        st.lsn = self.log(&Record::Accept(id.to_string()).encode())?;
+        let (accepted, alert) = accept_into(id, &mut st);
+        let resolved = alert.as_ref().map(|a| a.incident);
         if st.detector.training_due() {
             self.submit_job(&stream, &mut st.detector);
         }
         st.dirty = true;
-        Ok((accepted.readings, resolved))
+        stream.note_phase(&st);
+        let alerts_lsn = self.record_events(alert.into_iter().collect());
+        let lsn = st.lsn;
+        drop(st);
+        self.make_durable(lsn.max(alerts_lsn?))?;
+        Ok((accepted, resolved))
     }
 
     /// Checks one stream's readings of a batch, in order, against its width and last
@@ -610,46 +713,100 @@ impl Registry {
     pub fn put(&self, id: &str, config: DetectorConfig) -> Result<bool, RegistryError> {
         validate_stream_id(id).map_err(RegistryError::StreamId)?;
         config.validate()?;
+        let record = Record::Put {
+            stream: id.to_string(),
+            config: Box::new(config.clone()),
+        }
+        .encode();
         if let Some(stream) = self.get(id) {
-            let mut st = stream.state.lock().expect("stream lock");
+            let mut st = lock(&stream.state);
             if !st.deleted {
-                let same_shape = st.detector.config().same_shape(&config);
-                let mut snap = st.detector.snapshot();
-                if same_shape {
-                    snap.state = snap.state.with_config(config);
-                    st.detector = Detector::restore(snap)?;
-                } else {
-                    st.detector = Detector::new(config)?;
-                }
-                st.dirty = true;
+                let lsn = self.log(&record)?;
+                reconfigure(&mut st, config)?;
+                st.lsn = lsn;
+                stream.note_phase(&st);
+                drop(st);
+                self.make_durable(lsn)?;
                 return Ok(false);
             }
         }
-        let mut map = self.streams.write().expect("streams lock");
+        let detector = Detector::new(config)?;
+        let mut map = self.streams.write().unwrap_or_else(|p| p.into_inner());
         if !map.contains_key(id) && map.len() >= self.config.max_streams {
             return Err(RegistryError::TooManyStreams(self.config.max_streams));
         }
-        map.insert(id.to_string(), Stream::new(id, Detector::new(config)?, true));
+        let lsn = self.log(&record)?;
+        map.insert(id.to_string(), Stream::new(id, detector, true, lsn));
+        drop(map);
+        self.make_durable(lsn)?;
         Ok(true)
+    }
+
+    /// Updates a stream's config by a JSON merge patch (RFC 7386: fields present
+    /// are set, `null` resets a field to its default, absent fields keep their
+    /// value), creating the stream from the default config if it does not exist.
+    /// A change of shape (model, window, features, detector) on a stream that has
+    /// readings discards its model and readings, so it needs `reset`; without it
+    /// the answer is [`RegistryError::ResetRequired`] and nothing changes.
+    /// Returns whether the stream was created.
+    pub fn patch(&self, id: &str, patch: &serde_json::Value, reset: bool) -> Result<bool, RegistryError> {
+        validate_stream_id(id).map_err(RegistryError::StreamId)?;
+        let merged = |base: &DetectorConfig| -> Result<DetectorConfig, RegistryError> {
+            let mut v = serde_json::to_value(base).expect("configs serialise");
+            merge_patch(&mut v, patch);
+            let c: DetectorConfig = serde_json::from_value(v)
+                .map_err(|e| RegistryError::Config(crate::detector::ConfigError(e.to_string())))?;
+            c.validate()?;
+            Ok(c)
+        };
+        if let Some(stream) = self.get(id) {
+            let mut st = lock(&stream.state);
+            if !st.deleted {
+                let config = merged(st.detector.config())?;
+                if !reset && st.detector.readings_seen() > 0 && !st.detector.config().same_shape(&config) {
+                    return Err(RegistryError::ResetRequired(format!(
+                        "this change of model, window, n_features or detector discards stream {id:?}'s model and its {} readings; repeat it with ?reset=true to do so",
+                        st.detector.readings_seen()
+                    )));
+                }
+                let lsn = self.log(
+                    &Record::Put {
+                        stream: id.to_string(),
+                        config: Box::new(config.clone()),
+                    }
+                    .encode(),
+                )?;
+                reconfigure(&mut st, config)?;
+                st.lsn = lsn;
+                stream.note_phase(&st);
+                drop(st);
+                self.make_durable(lsn)?;
+                return Ok(false);
+            }
+        }
+        let config = merged(&self.config.default_detector)?;
+        self.put(id, config)
     }
 
     /// Removes a stream (and, at the next snapshot, its file).
     pub fn delete(&self, id: &str) -> Result<(), RegistryError> {
-        let stream = self
-            .streams
-            .write()
-            .expect("streams lock")
-            .remove(id)
-            .ok_or_else(|| RegistryError::NotFound(id.into()))?;
-        stream.state.lock().expect("stream lock").deleted = true;
-        self.tombstones.lock().expect("tombstones").push(id.to_string());
-        Ok(())
+        let mut map = self.streams.write().unwrap_or_else(|p| p.into_inner());
+        let stream = map.get(id).cloned().ok_or_else(|| RegistryError::NotFound(id.into()))?;
+        // Map lock, then stream lock: the nesting `remove_unused` uses too.
+        let mut st = lock(&stream.state);
+        let lsn = self.log(&Record::Delete(id.to_string()).encode())?;
+        map.remove(id);
+        st.deleted = true;
+        drop(st);
+        drop(map);
+        lock(&self.tombstones).push(id.to_string());
+        self.make_durable(lsn)
     }
 
     /// Queues a retraining job for a stream now.
     pub fn retrain(&self, id: &str) -> Result<(), RegistryError> {
         let stream = self.get(id).ok_or_else(|| RegistryError::NotFound(id.into()))?;
-        let mut st = stream.state.lock().expect("stream lock");
+        let mut st = stream.state.lock().unwrap_or_else(|p| p.into_inner());
         if st.detector.readings_seen() <= st.detector.config().window as u64 {
             return Err(RegistryError::NotEnoughData(id.into()));
         }
@@ -683,7 +840,7 @@ impl Registry {
 
     /// Stream ids in sorted order, from after `after`, at most `limit`.
     pub fn list(&self, after: Option<&str>, limit: usize) -> Vec<String> {
-        let map = self.streams.read().expect("streams lock");
+        let map = self.streams.read().unwrap_or_else(|p| p.into_inner());
         let mut ids: Vec<&String> = map.keys().filter(|k| after.is_none_or(|a| k.as_str() > a)).collect();
         ids.sort_unstable();
         ids.into_iter().take(limit).cloned().collect()
@@ -692,7 +849,7 @@ impl Registry {
     /// What `GET /v1/streams/{stream}` shows.
     pub fn info(&self, id: &str) -> Result<StreamInfo, RegistryError> {
         let stream = self.get(id).ok_or_else(|| RegistryError::NotFound(id.into()))?;
-        let st = stream.state.lock().expect("stream lock");
+        let st = stream.state.lock().unwrap_or_else(|p| p.into_inner());
         let d = &st.detector;
         let c = d.config().clone();
         let model = d.model().map(|m| ModelInfo {
@@ -733,18 +890,12 @@ impl Registry {
         })
     }
 
-    /// Sets the per-phase stream gauges (called at scrape time).
+    /// Sets the per-phase stream gauges (called at scrape time). Takes no stream
+    /// lock: a scrape never waits for scoring or training.
     pub fn update_phase_gauges(&self) {
-        let streams: Vec<Arc<Stream>> = self.streams.read().expect("streams lock").values().cloned().collect();
         let mut counts = [0i64; 3];
-        for s in streams {
-            let st = s.state.lock().expect("stream lock");
-            let idx = match st.detector.phase() {
-                Phase::Warmup => 0,
-                Phase::Baseline => 1,
-                Phase::Model => 2,
-            };
-            counts[idx] += 1;
+        for s in self.streams.read().unwrap_or_else(|p| p.into_inner()).values() {
+            counts[usize::from(s.phase.load(Ordering::Relaxed).min(2))] += 1;
         }
         for (phase, n) in ["warmup", "baseline", "model"].iter().zip(counts) {
             self.metrics.streams.with_label_values(&[phase]).set(n);
@@ -762,7 +913,7 @@ impl Registry {
                 tick.tick().await;
                 let r = registry.clone();
                 match tokio::task::spawn_blocking(move || r.snapshot()).await {
-                    Ok(Ok(n)) if n > 0 => tracing::debug!(streams = n, "snapshot written"),
+                    Ok(Ok(n)) if n > 0 => tracing::info!(streams = n, "snapshot round written"),
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => tracing::error!(error = %e, "snapshot failed"),
                     Err(e) => tracing::error!(error = %e, "snapshot task failed"),
@@ -775,51 +926,156 @@ impl Registry {
         self.config.data_dir.as_ref().map(|d| d.join("streams"))
     }
 
-    /// Writes a snapshot of every changed stream (and the journal), removes the files
-    /// of deleted streams. Returns the number of streams written. Blocking.
+    /// Whether the service can keep its promises: the log takes writes and the
+    /// last snapshot round wrote everything (what `/readyz` reports).
+    pub fn storage_ready(&self) -> Result<(), &'static str> {
+        if self.wal.as_ref().is_some_and(Wal::failing) {
+            return Err("the write-ahead log cannot be written");
+        }
+        if !self.rounds_ok.load(Ordering::Relaxed) {
+            return Err("the last snapshot round failed");
+        }
+        Ok(())
+    }
+
+    /// A checkpoint: writes a snapshot of every changed stream (and the journal),
+    /// removes the files of deleted streams, and once all of that is on disk drops
+    /// the log segments it covers. A stream that cannot be written stays dirty
+    /// and the round goes on with the others; the log then keeps its records.
+    /// Returns the number of streams written. Blocking.
     pub fn snapshot(&self) -> Result<usize, StorageError> {
         let Some(dir) = self.streams_dir() else { return Ok(0) };
-        let streams: Vec<Arc<Stream>> = self.streams.read().expect("streams lock").values().cloned().collect();
-        let mut written = 0;
+        let _round = lock(&self.round);
+        let start = Instant::now();
+        let result = self.checkpoint(&dir);
+        let ok = result.as_ref().is_ok_and(|(_, failed)| *failed == 0);
+        self.rounds_ok.store(ok, Ordering::Relaxed);
+        self.metrics.snapshot_duration.observe(start.elapsed().as_secs_f64());
+        if ok {
+            self.metrics.snapshot_last_success.set(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64()),
+            );
+        }
+        let (written, failed) = result?;
+        if failed > 0 {
+            return Err(StorageError::Io {
+                path: dir.display().to_string(),
+                source: std::io::Error::other(format!("{failed} stream snapshots could not be written")),
+            });
+        }
+        Ok(written)
+    }
+
+    /// One round's work; returns (streams written, streams that failed).
+    fn checkpoint(&self, dir: &std::path::Path) -> Result<(usize, usize), StorageError> {
+        std::fs::create_dir_all(dir).map_err(|source| StorageError::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        // Everything logged up to `cut` is already in memory: the snapshots taken
+        // below include it.
+        let cut = self.wal.as_ref().map(Wal::rotate).transpose()?;
+        let streams: Vec<Arc<Stream>> = self
+            .streams
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let (mut staged, mut taken, mut failed) = (Vec::new(), Vec::new(), 0);
         for s in streams {
-            let snap = {
-                let mut st = s.state.lock().expect("stream lock");
+            let (lsn, snap) = {
+                let mut st = lock(&s.state);
                 if !st.dirty || st.deleted {
                     continue;
                 }
                 st.dirty = false;
-                st.detector.snapshot()
+                (st.lsn, st.detector.snapshot())
             };
-            let result = snapshot::encode(&s.id, &snap)
-                .and_then(|b| snapshot::write_atomic(&snapshot::stream_file(&dir, &s.id), &b));
-            match result {
-                Ok(()) => {
-                    written += 1;
-                    self.metrics.snapshots.with_label_values(&["ok"]).inc();
+            let target = snapshot::stream_file(dir, &s.id);
+            match snapshot::encode(&s.id, lsn, &snap).and_then(|b| snapshot::stage(&target, &b)) {
+                Ok(tmp) => {
+                    staged.push((tmp, target));
+                    taken.push(s);
                 }
                 Err(e) => {
-                    s.state.lock().expect("stream lock").dirty = true;
+                    tracing::error!(stream = %s.id, error = %e, "stream snapshot failed");
+                    lock(&s.state).dirty = true;
                     self.metrics.snapshots.with_label_values(&["error"]).inc();
-                    return Err(e);
+                    failed += 1;
                 }
             }
         }
-        let tombstones = std::mem::take(&mut *self.tombstones.lock().expect("tombstones"));
+        if let Err(e) = snapshot::commit(dir, &staged) {
+            for s in &taken {
+                lock(&s.state).dirty = true;
+            }
+            for (tmp, _) in &staged {
+                let _ = std::fs::remove_file(tmp);
+            }
+            self.metrics
+                .snapshots
+                .with_label_values(&["error"])
+                .inc_by(taken.len() as u64);
+            return Err(e);
+        }
+        self.metrics
+            .snapshots
+            .with_label_values(&["ok"])
+            .inc_by(taken.len() as u64);
+        let tombstones = std::mem::take(&mut *lock(&self.tombstones));
         for id in tombstones {
             if self.get(&id).is_none() {
-                let _ = std::fs::remove_file(snapshot::stream_file(&dir, &id));
+                let _ = std::fs::remove_file(snapshot::stream_file(dir, &id));
             }
         }
         let journal = self.journal.to_json();
         let mut framed = journal.clone();
         framed.extend_from_slice(&crc32fast::hash(&journal).to_le_bytes());
         snapshot::write_atomic(&dir.with_file_name("alerts.json.crc"), &framed)?;
-        Ok(written)
+        if let (Some(wal), Some(cut), 0) = (&self.wal, cut, failed) {
+            wal.truncate(cut)?;
+        }
+        Ok((taken.len(), failed))
     }
 
-    fn load(&self) -> Result<(), String> {
+    /// Loads the snapshots, then replays the write-ahead log over them and opens
+    /// it for appending.
+    fn load(&mut self) -> Result<(), String> {
         let Some(dir) = self.streams_dir() else { return Ok(()) };
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let cleaned = snapshot::clean_dir(&dir, Duration::from_secs(7 * 86_400));
+        if cleaned > 0 {
+            tracing::info!(files = cleaned, "removed leftovers of an unfinished snapshot round");
+        }
+        self.load_journal(&dir);
+        self.load_snapshots(&dir)?;
+        let wal_dir = dir.with_file_name("wal");
+        let mut replayed = 0usize;
+        let (wal, torn) = Wal::open(&wal_dir, self.config.wal_sync, 0, |lsn, payload| {
+            match Record::decode(payload) {
+                Ok(record) => {
+                    self.replay(lsn, record);
+                    replayed += 1;
+                }
+                Err(e) => tracing::error!(lsn, error = %e, "unreadable log record skipped"),
+            }
+        })
+        .map_err(|e| e.to_string())?;
+        if torn > 0 {
+            self.metrics.corrupt_snapshots.inc();
+        }
+        tracing::info!(records = replayed, torn_bytes = torn, "write-ahead log replayed");
+        for s in self.streams.read().unwrap_or_else(|p| p.into_inner()).values() {
+            s.note_phase(&lock(&s.state));
+        }
+        self.wal = Some(wal);
+        Ok(())
+    }
+
+    fn load_journal(&self, dir: &std::path::Path) {
         let journal_path = dir.with_file_name("alerts.json.crc");
         if let Ok(bytes) = std::fs::read(&journal_path) {
             let ok = bytes.len() >= 4 && {
@@ -833,8 +1089,11 @@ impl Registry {
                 self.metrics.corrupt_snapshots.inc();
             }
         }
-        let mut map = self.streams.write().expect("streams lock");
-        for entry in std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))? {
+    }
+
+    fn load_snapshots(&self, dir: &std::path::Path) -> Result<(), String> {
+        let mut map = self.streams.write().unwrap_or_else(|p| p.into_inner());
+        for entry in std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))? {
             let path = entry.map_err(|e| e.to_string())?.path();
             if path.extension().and_then(|e| e.to_str()) != Some("snap") {
                 continue;
@@ -842,10 +1101,10 @@ impl Registry {
             let loaded = std::fs::read(&path)
                 .map_err(|e| e.to_string())
                 .and_then(|b| snapshot::decode(&b).map_err(|e| e.to_string()))
-                .and_then(|(id, snap)| Detector::restore(snap).map(|d| (id, d)).map_err(|e| e.to_string()));
+                .and_then(|(id, lsn, snap)| Detector::restore(snap).map(|d| (id, lsn, d)).map_err(|e| e.to_string()));
             match loaded {
-                Ok((id, detector)) => {
-                    let stream = Stream::new(&id, detector, false);
+                Ok((id, lsn, detector)) => {
+                    let stream = Stream::new(&id, detector, false, lsn);
                     map.insert(id, stream);
                 }
                 Err(e) => {
@@ -858,4 +1117,144 @@ impl Registry {
         tracing::info!(streams = map.len(), dir = %dir.display(), "loaded snapshots");
         Ok(())
     }
+
+    /// Applies one log record at start-up. A stream's records up to the LSN its
+    /// snapshot includes are skipped; events the replay raises are not journalled
+    /// again (the journal's own records bring them back with their numbers).
+    fn replay(&self, lsn: u64, record: Record) {
+        let mut map = self.streams.write().unwrap_or_else(|p| p.into_inner());
+        let behind = |map: &HashMap<String, Arc<Stream>>, id: &str| -> Option<Arc<Stream>> {
+            let s = map.get(id).cloned()?;
+            let is_behind = lock(&s.state).lsn < lsn;
+            is_behind.then_some(s)
+        };
+        match record {
+            Record::Readings { history, readings } => {
+                // Which of the record's streams are behind it (decided once per stream).
+                let mut todo: HashMap<String, Option<Arc<Stream>>> = HashMap::new();
+                for r in readings {
+                    let entry = todo
+                        .entry(r.stream.clone())
+                        .or_insert_with(|| match map.get(&r.stream) {
+                            Some(s) => (lock(&s.state).lsn < lsn).then(|| s.clone()),
+                            None => Detector::new(self.config.default_detector.clone()).ok().map(|d| {
+                                let s = Stream::new(&r.stream, d, true, 0);
+                                map.insert(r.stream.clone(), s.clone());
+                                s
+                            }),
+                        });
+                    let Some(stream) = entry else { continue };
+                    replay_reading(&mut lock(&stream.state), &r, history, lsn);
+                }
+            }
+            Record::Alerts(alerts) => {
+                for a in alerts {
+                    self.journal.restore(a);
+                }
+            }
+            Record::Put { stream, config } => {
+                if let Some(s) = behind(&map, &stream) {
+                    let mut st = lock(&s.state);
+                    if reconfigure(&mut st, *config).is_ok() {
+                        st.lsn = lsn;
+                        st.dirty = true;
+                    }
+                } else if !map.contains_key(&stream)
+                    && let Ok(d) = Detector::new(*config)
+                {
+                    map.insert(stream.clone(), Stream::new(&stream, d, true, lsn));
+                }
+            }
+            Record::Delete(id) => {
+                if behind(&map, &id).is_some() {
+                    map.remove(&id);
+                    lock(&self.tombstones).push(id);
+                }
+            }
+            Record::Accept(id) => {
+                if let Some(s) = behind(&map, &id) {
+                    let mut st = lock(&s.state);
+                    let _ = accept_into(&id, &mut st);
+                    st.lsn = lsn;
+                    st.dirty = true;
+                }
+            }
+        }
+    }
+}
+
+/// RFC 7386 JSON merge patch of `target` by `patch`.
+pub fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    let serde_json::Value::Object(fields) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = serde_json::Value::Object(serde_json::Map::new());
+    }
+    let obj = target.as_object_mut().expect("made an object above");
+    for (k, v) in fields {
+        if v.is_null() {
+            obj.remove(k);
+        } else {
+            merge_patch(obj.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+        }
+    }
+}
+
+/// Locks a mutex; a panic elsewhere while it was held does not take every later
+/// request down with it (the data it guards is valid between statements).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Applies one logged reading at start-up (a reading the stream would refuse is
+/// skipped: the log only holds validated ones, but a snapshot may be newer).
+fn replay_reading(st: &mut StreamState, r: &Reading, history: bool, lsn: u64) {
+    let d = &mut st.detector;
+    if crate::detector::check_reading(d.n_features(), d.last_timestamp(), r.timestamp, &r.values).is_err() {
+        return;
+    }
+    let taken = if history {
+        d.update_history(r.timestamp, &r.values)
+    } else {
+        d.update(r.timestamp, &r.values)
+    };
+    if let Ok(v) = taken {
+        st.last_verdict = Some(v);
+    }
+    st.lsn = lsn;
+    st.dirty = true;
+}
+
+/// Applies a new config to a stream: the same shape keeps its state and model,
+/// another shape starts it over.
+fn reconfigure(st: &mut StreamState, config: DetectorConfig) -> Result<(), RegistryError> {
+    let same_shape = st.detector.config().same_shape(&config);
+    if same_shape {
+        st.detector = st.detector.reconfigure(config)?;
+    } else {
+        st.detector = Detector::new(config)?;
+    }
+    st.dirty = true;
+    Ok(())
+}
+
+/// Accepts a stream's recent behaviour (see [`Detector::accept`]); returns the
+/// readings learnt and the alert of the incident it resolved.
+fn accept_into(id: &str, st: &mut StreamState) -> (usize, Option<Alert>) {
+    let accepted = st.detector.accept();
+    let alert = match &accepted.event {
+        Some(crate::detector::IncidentEvent::Resolved {
+            incident,
+            end,
+            resolution,
+        }) => {
+            let at = st.detector.last_timestamp().unwrap_or(*end);
+            let version = st.detector.model().map_or(0, |m| m.version);
+            Some(Alert::resolved(id, incident, *end, *resolution, at, version))
+        }
+        _ => None,
+    };
+    (accepted.readings, alert)
 }

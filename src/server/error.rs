@@ -80,6 +80,11 @@ impl From<RegistryError> for ApiError {
             RegistryError::Config(_) => ApiError::bad_request("invalid_config", msg),
             RegistryError::NotEnoughData(_) => ApiError::new(StatusCode::CONFLICT, "not_enough_data", msg),
             RegistryError::TrainingBusy | RegistryError::Contended => ApiError::overloaded(msg),
+            RegistryError::ResetRequired(_) => ApiError::new(StatusCode::CONFLICT, "reset_required", msg),
+            RegistryError::Storage(_) => ApiError {
+                retry_after: Some(5),
+                ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", msg)
+            },
         }
     }
 }

@@ -4,6 +4,7 @@
 //! answers overload with 503 + Retry-After.
 
 pub mod error;
+pub mod listener;
 pub mod ws;
 
 use std::sync::Arc;
@@ -17,14 +18,14 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use prost::Message as _;
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
 pub use error::ApiError;
 
-use crate::detector::{DetectorConfig, IncidentEvent, Suppressed, Verdict};
+use crate::detector::{IncidentEvent, Suppressed, Verdict};
 use crate::protocol::{self, IngestIn, IngestOut, ReadingOut, WireTime, pb};
 use crate::registry::{Reading, Registry};
 use crate::timestamp;
@@ -46,6 +47,14 @@ pub struct ServerConfig {
     pub heartbeat: Duration,
     /// Bearer token required on /v1 (None: no auth).
     pub auth_token: Option<String>,
+    /// Requests waiting for a scoring slot at once; more are refused at once (429).
+    pub max_waiters: usize,
+    /// Open connections at once; more wait in the kernel's accept backlog.
+    pub max_connections: usize,
+    /// A connection with no traffic for this long is closed.
+    pub idle_timeout: Duration,
+    /// Longest a request may take, body included (then 503 `timeout`).
+    pub request_timeout: Duration,
     /// How far ahead of this server's clock a timestamp may be. A stream's readings
     /// must not go back in time, so one reading from the far future (milliseconds
     /// sent as seconds, a `9999-12-31`) would lock its stream until it is deleted.
@@ -60,6 +69,10 @@ impl Default for ServerConfig {
             max_ws_subscribers: 1024,
             max_inflight: 64,
             queue_wait: Duration::from_millis(200),
+            max_waiters: 256,
+            max_connections: 4096,
+            idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
             heartbeat: Duration::from_secs(5),
             auth_token: None,
             max_future_skew: Duration::from_secs(86_400),
@@ -73,6 +86,11 @@ pub struct AppState {
     registry: Arc<Registry>,
     config: Arc<ServerConfig>,
     inflight: Arc<Semaphore>,
+    /// One permit per WebSocket subscriber: taken before the upgrade, so the limit
+    /// cannot be raced past.
+    ws_slots: Arc<Semaphore>,
+    /// Requests waiting for an `inflight` permit.
+    waiters: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// `Query` whose rejection is the JSON error (400 `invalid_query`), not axum's text.
@@ -107,6 +125,8 @@ impl<T: serde::de::DeserializeOwned + Send, S: Send + Sync> axum::extract::FromR
 pub fn router(registry: Arc<Registry>, config: ServerConfig) -> Router {
     let state = AppState {
         inflight: Arc::new(Semaphore::new(config.max_inflight.max(1))),
+        ws_slots: Arc::new(Semaphore::new(config.max_ws_subscribers)),
+        waiters: Arc::default(),
         registry,
         config: Arc::new(config),
     };
@@ -114,7 +134,7 @@ pub fn router(registry: Arc<Registry>, config: ServerConfig) -> Router {
         .route("/v1/streams", get(list_streams))
         .route(
             "/v1/streams/{stream}",
-            get(get_stream).put(put_stream).delete(delete_stream),
+            get(get_stream).put(put_stream).patch(put_stream).delete(delete_stream),
         )
         .route("/v1/streams/{stream}/readings", post(ingest_stream))
         .route("/v1/streams/{stream}/retrain", post(retrain_stream))
@@ -128,25 +148,71 @@ pub fn router(registry: Arc<Registry>, config: ServerConfig) -> Router {
         .merge(v1)
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
-        .route(
-            "/readyz",
-            get(|| async { Json(serde_json::json!({"status": "ready"})) }),
-        )
+        .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
         .with_state(state)
 }
 
+/// Request ids: a per-process prefix and a counter (or the client's own
+/// `x-request-id`, when it is short and printable).
+fn request_id(headers: &HeaderMap) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(
+            || {
+                let prefix = *PREFIX.get_or_init(rand::random::<u32>);
+                format!("{prefix:08x}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
+            },
+            String::from,
+        )
+}
+
 async fn count_requests(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    use tracing::Instrument;
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched".to_string(), |p| p.as_str().to_string());
-    let resp = next.run(req).await;
+    let id = request_id(req.headers());
+    let span = tracing::info_span!("request", id = %id, method = %req.method(), route = %route);
+    // The last line of defence: a panicking handler is a counted 500, and a request
+    // that takes too long (a client dribbling its body) is cut off.
+    let run = std::panic::AssertUnwindSafe(next.run(req)).catch_unwind();
+    let mut resp = match tokio::time::timeout(st.config.request_timeout, run)
+        .instrument(span.clone())
+        .await
+    {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(_)) => {
+            st.registry.metrics().panics.inc();
+            tracing::error!(parent: &span, "request handler panicked");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error").into_response()
+        }
+        Err(_) => ApiError {
+            retry_after: Some(1),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "the request took too long")
+        }
+        .into_response(),
+    };
+    let status = resp.status();
+    if status.is_server_error() {
+        tracing::warn!(parent: &span, status = status.as_u16(), "request failed");
+    } else if status.is_client_error() {
+        tracing::debug!(parent: &span, status = status.as_u16(), "request rejected");
+    }
+    if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
     st.registry
         .metrics()
         .http_requests
-        .with_label_values(&[&route, resp.status().as_str()])
+        .with_label_values(&[&route, status.as_str()])
         .inc();
     resp
 }
@@ -159,13 +225,15 @@ async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response 
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
-        // Browsers cannot set headers on WebSockets: `?access_token=` works there.
-        let query_ok = req.uri().query().is_some_and(|q| {
-            q.split('&').any(|kv| {
-                kv.strip_prefix("access_token=")
-                    .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()))
-            })
-        });
+        // Browsers cannot set headers on WebSockets: `?access_token=` works there,
+        // and only there (elsewhere it would end up in proxies' access logs).
+        let query_ok = req.uri().path() == "/v1/alerts/ws"
+            && req.uri().query().is_some_and(|q| {
+                q.split('&').any(|kv| {
+                    kv.strip_prefix("access_token=")
+                        .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()))
+                })
+            });
         if !header_ok && !query_ok {
             return ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -298,6 +366,25 @@ fn parse_readings(
     Ok(out)
 }
 
+/// Decodes an ingest body as the handlers do (`protobuf`: the protobuf
+/// `IngestRequest`, else JSON), at most `max` readings. For fuzzing and tests:
+/// any input gives readings or an error, never a panic.
+pub fn decode_ingest(
+    body: &[u8],
+    protobuf: bool,
+    path_stream: Option<&str>,
+    max: usize,
+) -> Result<Vec<Reading>, ApiError> {
+    let mut headers = HeaderMap::new();
+    if protobuf {
+        headers.insert(
+            header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/x-protobuf"),
+        );
+    }
+    parse_readings(&headers, body, path_stream, max)
+}
+
 /// Refuses readings whose timestamp is more than `skew` ahead of this server's clock.
 fn check_not_future(readings: Vec<Reading>, skew: Duration) -> Result<Vec<Reading>, ApiError> {
     let now = std::time::SystemTime::now()
@@ -343,6 +430,8 @@ async fn ingest(
     path_stream: Option<String>,
     history: bool,
 ) -> Result<Response, ApiError> {
+    // Admission first: a flood waits (boundedly) without its bodies in memory.
+    let permit = admit(&st).await?;
     let bytes = read_body(body, st.config.max_body_bytes).await?;
     let readings = match parse_readings(
         &headers,
@@ -362,10 +451,6 @@ async fn ingest(
             return Err(e);
         }
     };
-    let permit = tokio::time::timeout(st.config.queue_wait, st.inflight.clone().acquire_owned())
-        .await
-        .map_err(|_| ApiError::overloaded("too many requests in flight; retry shortly"))?
-        .map_err(|_| ApiError::overloaded("shutting down"))?;
     let registry = st.registry.clone();
     let results = tokio::task::spawn_blocking(move || {
         let _permit = permit;
@@ -407,6 +492,37 @@ async fn ingest(
         return Ok(([(header::CONTENT_TYPE, "application/x-protobuf")], resp.encode_to_vec()).into_response());
     }
     Ok(Json(IngestOut { results: out }).into_response())
+}
+
+/// Waits up to `queue_wait` for a scoring slot; 429 at once when `max_waiters`
+/// requests already wait, 503 when the wait runs out.
+async fn admit(st: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    use std::sync::atomic::Ordering;
+    if let Ok(p) = st.inflight.clone().try_acquire_owned() {
+        return Ok(p);
+    }
+    struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+    impl Drop for Waiting<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    if st.waiters.fetch_add(1, Ordering::Relaxed) >= st.config.max_waiters {
+        st.waiters.fetch_sub(1, Ordering::Relaxed);
+        return Err(ApiError {
+            retry_after: Some(1),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "overloaded",
+                "too many requests waiting; retry shortly",
+            )
+        });
+    }
+    let _waiting = Waiting(&st.waiters);
+    tokio::time::timeout(st.config.queue_wait, st.inflight.clone().acquire_owned())
+        .await
+        .map_err(|_| ApiError::overloaded("too many requests in flight; retry shortly"))?
+        .map_err(|_| ApiError::overloaded("shutting down"))
 }
 
 fn reading_out(stream: String, v: Verdict) -> ReadingOut {
@@ -460,10 +576,7 @@ async fn history_stream(
 
 /// `POST /v1/streams/{stream}/accept`: the stream's recent behaviour is normal.
 async fn accept_stream(State(st): State<AppState>, ApiPath(stream): ApiPath<String>) -> Result<Response, ApiError> {
-    let registry = st.registry.clone();
-    let (readings, resolved) = tokio::task::spawn_blocking(move || registry.accept(&stream))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    let (readings, resolved) = blocking(&st.registry, move |r| r.accept(&stream)).await?;
     Ok(Json(serde_json::json!({"accepted_readings": readings, "resolved_incident": resolved})).into_response())
 }
 
@@ -484,38 +597,67 @@ async fn list_streams(State(st): State<AppState>, ApiQuery(q): ApiQuery<ListQuer
     Json(serde_json::json!({"streams": ids, "next_after": next, "total": st.registry.len()}))
 }
 
-async fn get_stream(State(st): State<AppState>, ApiPath(stream): ApiPath<String>) -> Result<Response, ApiError> {
-    Ok(Json(st.registry.info(&stream)?).into_response())
+/// Runs a registry call that takes locks on the blocking pool, never on an async
+/// worker (a stream's lock may be held for a whole batch).
+async fn blocking<T: Send + 'static>(
+    registry: &Arc<Registry>,
+    f: impl FnOnce(&Registry) -> Result<T, crate::registry::RegistryError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let registry = registry.clone();
+    tokio::task::spawn_blocking(move || f(&registry))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(ApiError::from)
 }
 
+async fn get_stream(State(st): State<AppState>, ApiPath(stream): ApiPath<String>) -> Result<Response, ApiError> {
+    Ok(Json(blocking(&st.registry, move |r| r.info(&stream)).await?).into_response())
+}
+
+#[derive(Deserialize)]
+struct PutQuery {
+    /// Allow a change that discards the stream's model and readings.
+    #[serde(default)]
+    reset: bool,
+}
+
+/// `PUT` (or `PATCH`) `/v1/streams/{stream}`: a JSON merge patch of the stream's
+/// config (an empty body changes nothing); a change of shape needs `?reset=true`.
 async fn put_stream(
     State(st): State<AppState>,
     ApiPath(stream): ApiPath<String>,
+    ApiQuery(q): ApiQuery<PutQuery>,
     body: Body,
 ) -> Result<Response, ApiError> {
     let bytes = read_body(body, st.config.max_body_bytes).await?;
-    let config: DetectorConfig = if bytes.iter().all(u8::is_ascii_whitespace) {
-        st.registry.config().default_detector.clone()
+    let patch: serde_json::Value = if bytes.iter().all(u8::is_ascii_whitespace) {
+        serde_json::json!({})
     } else {
         serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::bad_request("invalid_config", format!("invalid config: {e}")))?
     };
-    let registry = st.registry.clone();
-    let id = stream.clone();
-    let created = tokio::task::spawn_blocking(move || registry.put(&id, config))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    if !patch.is_object() {
+        return Err(ApiError::bad_request(
+            "invalid_config",
+            "the config must be a JSON object",
+        ));
+    }
+    let (created, info) = blocking(&st.registry, move |r| {
+        let created = r.patch(&stream, &patch, q.reset)?;
+        Ok((created, r.info(&stream)?))
+    })
+    .await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(st.registry.info(&stream)?)).into_response())
+    Ok((status, Json(info)).into_response())
 }
 
 async fn delete_stream(State(st): State<AppState>, ApiPath(stream): ApiPath<String>) -> Result<StatusCode, ApiError> {
-    st.registry.delete(&stream)?;
+    blocking(&st.registry, move |r| r.delete(&stream)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn retrain_stream(State(st): State<AppState>, ApiPath(stream): ApiPath<String>) -> Result<Response, ApiError> {
-    st.registry.retrain(&stream)?;
+    blocking(&st.registry, move |r| r.retrain(&stream)).await?;
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"status": "queued"}))).into_response())
 }
 
@@ -538,17 +680,21 @@ async fn list_alerts(State(st): State<AppState>, ApiQuery(q): ApiQuery<AlertsQue
     Json(serde_json::json!({"alerts": alerts, "latest_seq": st.registry.journal().latest_seq()}))
 }
 
+/// Largest WebSocket message a client may send (subscribe messages are small).
+pub const WS_MAX_MESSAGE: usize = 64 << 10;
+
 async fn alerts_ws(State(st): State<AppState>, upgrade: WebSocketUpgrade) -> Result<Response, ApiError> {
     let gauge = st.registry.metrics().ws_subscribers.clone();
-    if gauge.get() >= st.config.max_ws_subscribers as i64 {
-        return Err(ApiError::overloaded(format!(
-            "subscriber limit ({}) reached",
-            st.config.max_ws_subscribers
-        )));
-    }
+    let slot =
+        st.ws_slots.clone().try_acquire_owned().map_err(|_| {
+            ApiError::overloaded(format!("subscriber limit ({}) reached", st.config.max_ws_subscribers))
+        })?;
     let registry = st.registry.clone();
     let heartbeat = st.config.heartbeat;
+    // Clients only send small subscribe messages.
+    let upgrade = upgrade.max_message_size(WS_MAX_MESSAGE).max_frame_size(WS_MAX_MESSAGE);
     Ok(upgrade.on_upgrade(move |socket| async move {
+        let _slot = slot;
         gauge.inc();
         let (sink, stream) = socket.split();
         let incoming = stream.filter_map(|m| async move {
@@ -562,6 +708,19 @@ async fn alerts_ws(State(st): State<AppState>, upgrade: WebSocketUpgrade) -> Res
         ws::run_subscriber(registry, Box::pin(incoming), Box::pin(outgoing), heartbeat).await;
         gauge.dec();
     }))
+}
+
+/// `GET /readyz`: 200 while the service can keep its promises (the log takes
+/// writes, the last snapshot round wrote everything), else 503 with the reason.
+async fn readyz(State(st): State<AppState>) -> Response {
+    match st.registry.storage_ready() {
+        Ok(()) => Json(serde_json::json!({"status": "ready"})).into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "not_ready", "reason": why})),
+        )
+            .into_response(),
+    }
 }
 
 async fn metrics(State(st): State<AppState>) -> Response {
@@ -583,6 +742,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let snapshotter = registry.spawn_snapshotter(snapshot_interval);
+    let listener = listener::LimitedListener::new(listener, config.max_connections, config.idle_timeout);
     let app = router(registry.clone(), config);
     let signal = async move {
         tokio::select! {

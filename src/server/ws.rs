@@ -74,8 +74,13 @@ pub fn alert_out(a: &Alert) -> AlertOut {
     }
 }
 
+/// How long one message may take to reach a subscriber before it is dropped: a
+/// client that stops reading must not hold its slot (and its buffer) forever.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Runs one subscriber: `incoming` yields the client's text messages (None: closed),
-/// `outgoing` takes the server's JSON texts.
+/// `outgoing` takes the server's JSON texts. Returns when the client leaves, or
+/// when a send fails or takes longer than [`SEND_TIMEOUT`].
 pub async fn run_subscriber<I, O>(registry: Arc<Registry>, mut incoming: I, mut outgoing: O, heartbeat: Duration)
 where
     I: Stream<Item = Option<String>> + Unpin,
@@ -84,58 +89,59 @@ where
     let journal = registry.journal();
     let mut rx = journal.subscribe();
     let mut filter = Filter::default();
+    // Live alerts sent so far are the seqs `first_live..=last_sent` (broadcast is in
+    // sequence order); a resumed backlog skips exactly those.
+    let mut first_live = None;
     let mut last_sent = 0u64;
     let mut tick = tokio::time::interval(heartbeat);
     tick.tick().await;
-    let send = |msg: WsServerMessage| serde_json::to_string(&msg).expect("messages serialise");
+    let text = |msg: WsServerMessage| serde_json::to_string(&msg).expect("messages serialise");
+    macro_rules! send {
+        ($msg:expr) => {
+            match tokio::time::timeout(SEND_TIMEOUT, outgoing.send(text($msg))).await {
+                Ok(Ok(())) => {}
+                _ => return,
+            }
+        };
+    }
     loop {
         tokio::select! {
             msg = incoming.next() => {
-                let Some(Some(text)) = msg else { break };
-                match serde_json::from_str::<WsClientMessage>(&text) {
+                let Some(Some(msg)) = msg else { break };
+                match serde_json::from_str::<WsClientMessage>(&msg) {
                     Ok(WsClientMessage::Subscribe { streams, min_score, resume_from }) => {
                         filter = Filter { globs: streams, min_score: min_score.unwrap_or(0.0) };
                         if let Some(from) = resume_from {
-                            for a in journal.query(None, Some(from.max(last_sent)), usize::MAX) {
-                                if filter.matches(&a)
-                                    && outgoing.send(send(WsServerMessage::Alert(Box::new(alert_out(&a))))).await.is_err()
-                                {
-                                    return;
+                            let live = first_live.map(|f| f..=last_sent);
+                            for a in journal.query(None, Some(from), usize::MAX) {
+                                if live.as_ref().is_some_and(|r| r.contains(&a.seq)) || !filter.matches(&a) {
+                                    continue;
                                 }
+                                send!(WsServerMessage::Alert(Box::new(alert_out(&a))));
                                 last_sent = last_sent.max(a.seq);
                             }
                         }
                     }
-                    Err(e) => {
-                        let m = WsServerMessage::Error { message: format!("not a subscribe message: {e}") };
-                        if outgoing.send(send(m)).await.is_err() {
-                            return;
-                        }
-                    }
+                    Err(e) => send!(WsServerMessage::Error { message: format!("not a subscribe message: {e}") }),
                 }
             }
             r = rx.recv() => match r {
                 Ok(a) => {
                     if a.seq > last_sent {
+                        first_live.get_or_insert(a.seq);
                         last_sent = a.seq;
-                        if filter.matches(&a) && outgoing.send(send(WsServerMessage::Alert(Box::new(alert_out(&a))))).await.is_err() {
-                            return;
+                        if filter.matches(&a) {
+                            send!(WsServerMessage::Alert(Box::new(alert_out(&a))));
                         }
                     }
                 }
                 Err(RecvError::Lagged(n)) => {
                     registry.metrics().ws_lagged.inc_by(n);
-                    if outgoing.send(send(WsServerMessage::Lagged { missed: n })).await.is_err() {
-                        return;
-                    }
+                    send!(WsServerMessage::Lagged { missed: n });
                 }
                 Err(RecvError::Closed) => break,
             },
-            _ = tick.tick() => {
-                if outgoing.send(send(WsServerMessage::Heartbeat { seq: journal.latest_seq() })).await.is_err() {
-                    return;
-                }
-            }
+            _ = tick.tick() => send!(WsServerMessage::Heartbeat { seq: journal.latest_seq() }),
         }
     }
 }

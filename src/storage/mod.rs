@@ -6,6 +6,7 @@
 
 pub mod safetensors;
 pub mod snapshot;
+pub mod wal;
 
 pub use self::safetensors::{
     decode_autoencoder, decode_rnn, encode_autoencoder, encode_rnn, load_autoencoder, save_autoencoder,

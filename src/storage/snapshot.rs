@@ -22,13 +22,17 @@ const VERSION: u32 = 1;
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Header {
     stream: String,
+    /// The last write-ahead log record this state includes (0: none).
+    #[serde(default)]
+    lsn: u64,
     state: DetectorState,
 }
 
-/// Encodes a stream's snapshot.
-pub fn encode(stream: &str, snapshot: &DetectorSnapshot) -> Result<Vec<u8>, StorageError> {
+/// Encodes a stream's snapshot; `lsn` is the last log record its state includes.
+pub fn encode(stream: &str, lsn: u64, snapshot: &DetectorSnapshot) -> Result<Vec<u8>, StorageError> {
     let header = Header {
         stream: stream.to_string(),
+        lsn,
         state: snapshot.state.clone(),
     };
     let json = serde_json::to_vec(&header).map_err(|e| StorageError::Format(e.to_string()))?;
@@ -48,8 +52,9 @@ pub fn encode(stream: &str, snapshot: &DetectorSnapshot) -> Result<Vec<u8>, Stor
     Ok(out)
 }
 
-/// Decodes and verifies a snapshot; returns the stream id and the snapshot.
-pub fn decode(bytes: &[u8]) -> Result<(String, DetectorSnapshot), StorageError> {
+/// Decodes and verifies a snapshot; returns the stream id, the last log record
+/// its state includes, and the snapshot.
+pub fn decode(bytes: &[u8]) -> Result<(String, u64, DetectorSnapshot), StorageError> {
     let corrupt = |why: &str| StorageError::Format(why.to_string());
     if bytes.len() < MAGIC.len() + 4 + 4 + 4 + 4 || &bytes[..8] != MAGIC {
         return Err(corrupt("not an anomalyd snapshot (bad magic or too short)"));
@@ -83,6 +88,7 @@ pub fn decode(bytes: &[u8]) -> Result<(String, DetectorSnapshot), StorageError> 
     }
     Ok((
         header.stream,
+        header.lsn,
         DetectorSnapshot {
             state: header.state,
             members,
@@ -110,6 +116,78 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// Writes `bytes` under `path`'s temporary name (`<path>.tmp`), not yet synced
+/// nor renamed: [`commit`] does both for a whole round at once. Returns the
+/// temporary path.
+pub fn stage(path: &Path, bytes: &[u8]) -> Result<PathBuf, StorageError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let io = |source| StorageError::Io {
+        path: tmp.display().to_string(),
+        source,
+    };
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    Ok(tmp)
+}
+
+/// Makes staged files durable, then renames each over its target and syncs
+/// `dir`: a crash leaves every target either old or new, never half written.
+/// On Linux one `syncfs` flushes the whole round (instead of an fsync per
+/// file); elsewhere each file is synced.
+pub fn commit(dir: &Path, staged: &[(PathBuf, PathBuf)]) -> Result<(), StorageError> {
+    if staged.is_empty() {
+        return Ok(());
+    }
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| StorageError::Io { path, source }
+    };
+    sync_files(dir, staged).map_err(io(dir))?;
+    for (tmp, target) in staged {
+        std::fs::rename(tmp, target).map_err(io(target))?;
+    }
+    super::wal::sync_dir(dir);
+    Ok(())
+}
+
+#[cfg(target_os = "linux")]
+fn sync_files(dir: &Path, _staged: &[(PathBuf, PathBuf)]) -> std::io::Result<()> {
+    let d = std::fs::File::open(dir)?;
+    rustix::fs::syncfs(&d).map_err(std::io::Error::from)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn sync_files(_dir: &Path, staged: &[(PathBuf, PathBuf)]) -> std::io::Result<()> {
+    for (tmp, _) in staged {
+        std::fs::File::open(tmp)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Removes what a crash can leave in a snapshot directory: temporary files of an
+/// unfinished round, and files moved aside as damaged more than `keep_corrupt`
+/// ago. Returns how many files were removed.
+pub fn clean_dir(dir: &Path, keep_corrupt: std::time::Duration) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut removed = 0;
+    for path in entries.flatten().map(|e| e.path()) {
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        let old = || {
+            path.metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > keep_corrupt)
+        };
+        if (ext == "tmp" || (ext == "corrupt" && old())) && std::fs::remove_file(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 /// The file a stream's snapshot lives in under `dir`: a 128-bit hash of the id (ids
@@ -149,9 +227,9 @@ mod tests {
     #[test]
     fn round_trip_restores_the_same_detector() {
         let d = trained_detector();
-        let bytes = encode("cpu/host-1 ü", &d.snapshot()).unwrap();
-        let (stream, snap) = decode(&bytes).unwrap();
-        assert_eq!(stream, "cpu/host-1 ü");
+        let bytes = encode("cpu/host-1 ü", 42, &d.snapshot()).unwrap();
+        let (stream, lsn, snap) = decode(&bytes).unwrap();
+        assert_eq!((stream.as_str(), lsn), ("cpu/host-1 ü", 42));
         let mut back = Detector::restore(snap).unwrap();
         let mut orig = d.clone();
         for t in 160..200 {
@@ -163,7 +241,7 @@ mod tests {
 
     #[test]
     fn damage_is_detected() {
-        let bytes = encode("s", &trained_detector().snapshot()).unwrap();
+        let bytes = encode("s", 0, &trained_detector().snapshot()).unwrap();
         for cut in [0, 7, 20, bytes.len() / 2, bytes.len() - 1] {
             assert!(decode(&bytes[..cut]).is_err(), "cut at {cut}");
         }
