@@ -13,6 +13,7 @@ pub mod bench;
 pub mod config;
 pub mod detector;
 pub mod eval;
+pub mod fuzz;
 pub mod metrics;
 pub mod nn;
 pub mod protocol;
