@@ -199,6 +199,26 @@ enum BenchCommand {
         /// Retrain every this many readings per stream (small: retraining never stops).
         #[arg(long, default_value_t = 768)]
         retrain_every: usize,
+        /// Threads calling ingest at once, each on its own streams.
+        #[arg(long, default_value_t = 1)]
+        clients: usize,
+        /// Durability: `none` (no data directory) or the write-ahead log's sync
+        /// policy (`always`, `never`) in a temporary data directory.
+        #[arg(long, default_value = "none")]
+        wal: String,
+    },
+    /// Snapshot rounds (checkpoints) and a restart with --streams streams, each a
+    /// copy of one stream fed --readings readings (with a model by default).
+    Checkpoint {
+        /// Detector config (TOML); defaults otherwise.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Streams held.
+        #[arg(long, default_value_t = 10_000)]
+        streams: usize,
+        /// Readings fed to the template stream.
+        #[arg(long, default_value_t = 1200)]
+        readings: usize,
     },
     /// Resident memory per stream: one stream fed --readings readings (training
     /// inline), then --streams copies of it held at once.
@@ -308,14 +328,43 @@ fn main() -> Result<()> {
                     batch,
                     seconds,
                     retrain_every,
+                    clients,
+                    wal,
                 },
         } => {
             let config = load_config(config.as_deref())?;
-            if streams == 0 || batch == 0 || retrain_every == 0 {
-                bail!("--streams, --batch and --retrain-every must be at least 1");
+            if streams == 0 || batch == 0 || retrain_every == 0 || clients == 0 {
+                bail!("--streams, --batch, --clients and --retrain-every must be at least 1");
             }
-            let report = anomalyd::bench::run_ingest_bench(&config, streams, batch, seconds, retrain_every)
-                .map_err(anyhow::Error::msg)?;
+            use anomalyd::storage::wal::SyncPolicy;
+            let wal = match wal.as_str() {
+                "none" => None,
+                "always" => Some(SyncPolicy::Always),
+                "never" => Some(SyncPolicy::Never),
+                other => bail!("--wal must be none, always or never, got {other:?}"),
+            };
+            let b = anomalyd::bench::IngestBenchConfig {
+                streams,
+                batch,
+                seconds,
+                retrain_every,
+                clients,
+                wal,
+            };
+            let report = anomalyd::bench::run_ingest_bench(&config, &b).map_err(anyhow::Error::msg)?;
+            println!("{}", serde_json::to_string(&report)?);
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Checkpoint {
+                    config,
+                    streams,
+                    readings,
+                },
+        } => {
+            let config = load_config(config.as_deref())?;
+            let report =
+                anomalyd::bench::run_checkpoint_bench(&config, streams, readings).map_err(anyhow::Error::msg)?;
             println!("{}", serde_json::to_string(&report)?);
         }
         Command::Bench {

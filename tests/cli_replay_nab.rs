@@ -195,9 +195,12 @@ fn nab_smoke_run_writes_results_and_prints_three_scores() {
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let v: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
     assert_eq!(v["files"], 2);
+    // Not just a range: on these two files a detector that flags nothing scores 0
+    // and one that flags everything scores far below; ours finds exchange-3's
+    // anomalies and stays quiet on the noise (95.4 when this was written).
     for p in ["standard", "reward_low_FP_rate", "reward_low_FN_rate"] {
         let s = v["scores"][p].as_f64().unwrap();
-        assert!((-100.0..=100.0).contains(&s), "{p}: {s}");
+        assert!((60.0..=100.0).contains(&s), "{p}: {s}");
     }
     // NAB's layout: one row per input row, in order, scores in [0, 1].
     let (ts_in, _) =

@@ -838,9 +838,12 @@ async fn absurd_requests_get_4xx_and_the_service_goes_on() {
         ("/v1/streams?limit=lots", "invalid_query"),
         ("/v1/alerts?since=-1", "invalid_query"),
         ("/v1/streams/%FF%FE", "invalid_path"),
+        // A plain GET on the WebSocket route (no upgrade headers).
+        ("/v1/alerts/ws", "websocket_required"),
     ] {
         let (status, e) = get(&c, &format!("{}{path}", s.addr)).await;
-        assert_eq!((status, e["error"]["code"].as_str()), (400, Some(code)), "{path}: {e}");
+        assert!((400..500).contains(&status), "{path}: {status}");
+        assert_eq!(e["error"]["code"].as_str(), Some(code), "{path}: {e}");
     }
     // Everything still answers.
     assert_eq!(get(&c, &url).await.0, 200);
@@ -910,4 +913,69 @@ async fn history_then_an_incident_opens_and_is_accepted() {
     let (status, _) = post(&c, &format!("{}/v1/streams/nope/accept", s.addr), &json!({})).await;
     assert_eq!(status, 404);
     s.stop().await;
+}
+
+/// Hardening finding 8: admission comes before the body is read, waiters are
+/// capped (429 at once), and a request that never finishes its body is cut off by
+/// the request timeout, freeing its slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_before_the_body_and_a_cap_on_waiters() {
+    use tokio::io::AsyncWriteExt;
+    let registry = Registry::open(RegistryConfig::default(), Arc::new(Metrics::new())).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cfg = ServerConfig {
+        max_inflight: 1,
+        max_waiters: 1,
+        queue_wait: Duration::from_secs(5),
+        request_timeout: Duration::from_millis(1500),
+        ..Default::default()
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server::run(
+        listener,
+        registry,
+        cfg,
+        Duration::from_secs(3600),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    // A client that announces a body and never sends it takes the one slot.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(
+        b"POST /v1/streams/a/readings HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let c = reqwest::Client::new();
+    let url = format!("http://{addr}/v1/streams/b/readings");
+    // One more may wait for the slot; the next is refused at once, body unread.
+    let waiting = tokio::spawn({
+        let (c, url) = (c.clone(), url.clone());
+        async move {
+            c.post(&url)
+                .json(&readings(0, 5))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = std::time::Instant::now();
+    let r = c.post(&url).json(&readings(0, 5)).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    assert!(t.elapsed() < Duration::from_secs(1), "refused without waiting");
+    // The slow body is cut off by the request timeout; the waiter then gets the slot.
+    assert_eq!(waiting.await.unwrap(), 200);
+    let mut answer = Vec::new();
+    let _ = tokio::io::AsyncReadExt::read_to_end(&mut slow, &mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    let _ = tx.send(());
+    task.await.unwrap().unwrap();
 }

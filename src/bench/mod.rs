@@ -397,85 +397,241 @@ pub struct IngestBenchReport {
     pub streams: usize,
     /// Readings per call.
     pub batch: usize,
+    /// Threads calling `ingest` at once (each on its own streams).
+    pub clients: usize,
+    /// The write-ahead log's sync policy (`none`: no data directory, nothing durable).
+    pub wal: String,
     /// Retrain policy's `every_readings` (continuous retraining when small).
     pub retrain_every: usize,
-    /// Readings scored per second (one calling thread).
+    /// Readings scored per second (all clients).
     pub readings_per_s: f64,
-    /// Per-reading scoring latency (detector update), median µs.
+    /// Per-reading latency of an ingest call (call time / batch), median µs.
     pub score_us_p50: f64,
-    /// Per-reading scoring latency, 99th percentile µs.
+    /// Per-reading latency, 99th percentile µs.
     pub score_us_p99: f64,
     /// Retraining jobs completed during the run.
     pub retrain_jobs: u64,
 }
 
-/// Warms `streams` streams up past their first model, then ingests for `seconds`.
+/// What `anomalyd bench ingest` runs.
+#[derive(Clone, Debug)]
+pub struct IngestBenchConfig {
+    /// Streams, split between clients.
+    pub streams: usize,
+    /// Readings per call.
+    pub batch: usize,
+    /// Seconds to measure.
+    pub seconds: f64,
+    /// Retrain every this many readings.
+    pub retrain_every: usize,
+    /// Calling threads.
+    pub clients: usize,
+    /// `None`: no data directory; else a temporary one with this sync policy.
+    pub wal: Option<crate::storage::wal::SyncPolicy>,
+}
+
+/// Warms the streams up past their first model, then ingests for `seconds` from
+/// `clients` threads at once.
 pub fn run_ingest_bench(
     config: &crate::detector::DetectorConfig,
-    streams: usize,
-    batch: usize,
-    seconds: f64,
-    retrain_every: usize,
+    b: &IngestBenchConfig,
 ) -> Result<IngestBenchReport, String> {
     use crate::registry::{Reading, Registry, RegistryConfig};
     let mut det = config.clone();
-    det.retrain.every_readings = retrain_every;
+    det.retrain.every_readings = b.retrain_every;
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    let dir = std::env::temp_dir().join(format!("anomalyd-bench-ingest-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
     let reg = Registry::open(
         RegistryConfig {
             default_detector: det,
             training_threads: 1,
+            data_dir: b.wal.map(|_| dir.clone()),
+            wal_sync: b.wal.unwrap_or(crate::storage::wal::SyncPolicy::Always),
             ..Default::default()
         },
         metrics.clone(),
     )?;
-    let mut rng = StdRng::seed_from_u64(1);
-    let mut t = vec![0i64; streams];
-    let mut next = |s: usize, rng: &mut StdRng| {
-        t[s] += 1;
-        let v = 100.0 + 20.0 * (t[s] as f64 / 7.6).sin() + rng.random::<f64>() * 4.0;
+    let next = |s: usize, t: i64, rng: &mut StdRng| {
+        let v = 100.0 + 20.0 * (t as f64 / 7.6).sin() + rng.random::<f64>() * 4.0;
         Reading {
             stream: format!("s{s}"),
-            timestamp: t[s],
+            timestamp: t,
             values: vec![v],
         }
     };
     // Warm-up: every stream past its first model.
     let warm = config.retrain.first_after + 20;
-    for s in 0..streams {
-        let rs: Vec<Reading> = (0..warm).map(|_| next(s, &mut rng)).collect();
+    let mut rng = StdRng::seed_from_u64(1);
+    for s in 0..b.streams {
+        let rs: Vec<Reading> = (1..=warm as i64).map(|t| next(s, t, &mut rng)).collect();
         reg.ingest(&rs).map_err(|e| e.to_string())?;
     }
     let jobs = || metrics.retrain_jobs.with_label_values(&["completed"]).get();
     let wait_start = Instant::now();
-    while jobs() < streams as u64 && wait_start.elapsed() < Duration::from_secs(600) {
+    while jobs() < b.streams as u64 && wait_start.elapsed() < Duration::from_secs(600) {
         std::thread::sleep(Duration::from_millis(20));
     }
     let jobs_before = jobs();
-    let count_before = metrics.scoring_latency.get_sample_count();
     let start = Instant::now();
-    let mut done = 0usize;
-    let mut s = 0;
-    let mut per_reading = Vec::new();
-    while start.elapsed().as_secs_f64() < seconds {
-        let rs: Vec<Reading> = (0..batch).map(|_| next(s, &mut rng)).collect();
-        let call = Instant::now();
-        reg.ingest(&rs).map_err(|e| e.to_string())?;
-        per_reading.push(call.elapsed() / batch as u32);
-        done += batch;
-        s = (s + 1) % streams;
-    }
+    let clients = b.clients.clamp(1, b.streams);
+    let results: Vec<Result<(usize, Vec<Duration>), String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..clients)
+            .map(|c| {
+                let reg = &reg;
+                scope.spawn(move || {
+                    let mine: Vec<usize> = (c..b.streams).step_by(clients).collect();
+                    let mut t = vec![warm as i64; mine.len()];
+                    let mut rng = StdRng::seed_from_u64(2 + c as u64);
+                    let (mut done, mut per_reading, mut k) = (0usize, Vec::new(), 0usize);
+                    while start.elapsed().as_secs_f64() < b.seconds {
+                        let rs: Vec<Reading> = (0..b.batch)
+                            .map(|_| {
+                                t[k] += 1;
+                                next(mine[k], t[k], &mut rng)
+                            })
+                            .collect();
+                        let call = Instant::now();
+                        reg.ingest(&rs).map_err(|e| e.to_string())?;
+                        per_reading.push(call.elapsed() / b.batch as u32);
+                        done += b.batch;
+                        k = (k + 1) % mine.len();
+                    }
+                    Ok((done, per_reading))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("client thread")).collect()
+    });
     let elapsed = start.elapsed().as_secs_f64();
-    debug_assert!(metrics.scoring_latency.get_sample_count() >= count_before);
+    let (mut done, mut per_reading) = (0, Vec::new());
+    for r in results {
+        let (d, p) = r?;
+        done += d;
+        per_reading.extend(p);
+    }
     per_reading.sort();
     let pct = |p: f64| per_reading[((per_reading.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1e6;
-    Ok(IngestBenchReport {
-        streams,
-        batch,
-        retrain_every,
+    let report = IngestBenchReport {
+        streams: b.streams,
+        batch: b.batch,
+        clients,
+        wal: b.wal.map_or("none".into(), |w| format!("{w:?}").to_lowercase()),
+        retrain_every: b.retrain_every,
         readings_per_s: done as f64 / elapsed,
         score_us_p50: pct(0.5),
         score_us_p99: pct(0.99),
         retrain_jobs: jobs() - jobs_before,
+    };
+    drop(reg);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(report)
+}
+
+/// `anomalyd bench checkpoint`: how long snapshot rounds and a restart take with
+/// `streams` streams, each a copy of one stream that has a model.
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckpointBenchReport {
+    /// Streams held.
+    pub streams: usize,
+    /// Bytes of one stream's snapshot file.
+    pub snapshot_bytes: usize,
+    /// A round that writes every stream, seconds.
+    pub full_round_s: f64,
+    /// A round after 1% of the streams took a reading, seconds.
+    pub one_percent_round_s: f64,
+    /// A round with nothing changed, seconds.
+    pub idle_round_s: f64,
+    /// Opening the data directory again (snapshots + log replay), seconds.
+    pub restart_s: f64,
+    /// Streams found after the restart.
+    pub restarted_streams: usize,
+}
+
+/// Builds `streams` streams in a temporary data directory and times checkpoints.
+pub fn run_checkpoint_bench(
+    config: &crate::detector::DetectorConfig,
+    streams: usize,
+    readings: usize,
+) -> Result<CheckpointBenchReport, String> {
+    use crate::registry::{Reading, Registry, RegistryConfig};
+    let dir = std::env::temp_dir().join(format!("anomalyd-bench-checkpoint-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let open = || {
+        Registry::open(
+            RegistryConfig {
+                default_detector: config.clone(),
+                data_dir: Some(dir.clone()),
+                max_streams: streams.max(1),
+                ..Default::default()
+            },
+            std::sync::Arc::new(crate::metrics::Metrics::new()),
+        )
+    };
+    let template = trained_detector(config, readings)?;
+    let snapshot_bytes = crate::storage::snapshot::encode("s0", 0, &template.snapshot())
+        .map_err(|e| e.to_string())?
+        .len();
+    let reg = open()?;
+    for s in 0..streams {
+        reg.adopt(&format!("s{s}"), template.clone())
+            .map_err(|e| e.to_string())?;
+    }
+    let timed = |f: &dyn Fn() -> Result<usize, String>| -> Result<f64, String> {
+        let t = Instant::now();
+        f()?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let round = || reg.snapshot().map_err(|e| e.to_string());
+    let full_round_s = timed(&round)?;
+    let last = template.last_timestamp().unwrap_or(0);
+    let width = template.n_features().unwrap_or(1);
+    let touched: Vec<Reading> = (0..streams.div_ceil(100))
+        .map(|s| Reading {
+            stream: format!("s{}", s * 100),
+            timestamp: last + 1,
+            values: vec![0.5; width],
+        })
+        .collect();
+    reg.ingest(&touched).map_err(|e| e.to_string())?;
+    let one_percent_round_s = timed(&round)?;
+    let idle_round_s = timed(&round)?;
+    // Readings after the last round are replayed from the log on restart.
+    let more: Vec<Reading> = touched
+        .iter()
+        .map(|r| Reading {
+            timestamp: last + 2,
+            ..r.clone()
+        })
+        .collect();
+    reg.ingest(&more).map_err(|e| e.to_string())?;
+    drop(reg);
+    let t = Instant::now();
+    let back = open()?;
+    let restart_s = t.elapsed().as_secs_f64();
+    let restarted_streams = back.len();
+    drop(back);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(CheckpointBenchReport {
+        streams,
+        snapshot_bytes,
+        full_round_s,
+        one_percent_round_s,
+        idle_round_s,
+        restart_s,
+        restarted_streams,
     })
+}
+
+fn trained_detector(
+    config: &crate::detector::DetectorConfig,
+    readings: usize,
+) -> Result<crate::detector::Detector, String> {
+    let mut d = crate::detector::Detector::new(config.clone()).map_err(|e| e.to_string())?;
+    let mut rng = StdRng::seed_from_u64(3);
+    for t in 0..readings as i64 {
+        let v = 100.0 + 20.0 * (t as f64 / 7.6).sin() + rng.random::<f64>() * 4.0;
+        d.update_sync(t, &[v]).map_err(|e| e.to_string())?;
+    }
+    Ok(d)
 }

@@ -683,7 +683,11 @@ async fn list_alerts(State(st): State<AppState>, ApiQuery(q): ApiQuery<AlertsQue
 /// Largest WebSocket message a client may send (subscribe messages are small).
 pub const WS_MAX_MESSAGE: usize = 64 << 10;
 
-async fn alerts_ws(State(st): State<AppState>, upgrade: WebSocketUpgrade) -> Result<Response, ApiError> {
+async fn alerts_ws(
+    State(st): State<AppState>,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let upgrade = upgrade.map_err(|e| ApiError::new(e.status(), "websocket_required", e.body_text()))?;
     let gauge = st.registry.metrics().ws_subscribers.clone();
     let slot =
         st.ws_slots.clone().try_acquire_owned().map_err(|_| {
