@@ -38,6 +38,12 @@ pub struct ServeFile {
     pub max_future_skew_secs: Option<f64>,
     /// Training threads.
     pub training_threads: Option<usize>,
+    /// Scoring requests in flight at once [default: 4 per core].
+    pub max_inflight: Option<usize>,
+    /// Requests that may wait for a scoring slot [default: 16 per core]; more get 429.
+    pub max_waiters: Option<usize>,
+    /// Open connections at once [default: 4096].
+    pub max_connections: Option<usize>,
     /// `human` or `json`.
     pub log_format: Option<String>,
     /// Default detector config of new streams.
@@ -139,6 +145,9 @@ pub fn load(file: Option<&Path>, o: ServeFile) -> Result<ServeConfig, String> {
             }
             Duration::from_secs_f64(s)
         },
+        max_inflight: positive("max_inflight", o.max_inflight.or(f.max_inflight), 4 * cores)?,
+        max_waiters: positive("max_waiters", o.max_waiters.or(f.max_waiters), 16 * cores)?,
+        max_connections: positive("max_connections", o.max_connections.or(f.max_connections), 4096)?,
         auth_token,
         ..ServerConfig::default()
     };

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub snapshot_last_success: Gauge,
     /// Requests whose handler panicked (answered 500).
     pub panics: IntCounter,
+    /// Prometheus remote_write samples by outcome (scored, resent, stale, not_finite).
+    pub remote_write_samples: IntCounterVec,
 }
 
 impl Metrics {
@@ -147,6 +149,11 @@ impl Metrics {
             panics: counter(
                 "anomalyd_panics_total",
                 "Requests whose handler panicked (answered 500).",
+            ),
+            remote_write_samples: counter_vec(
+                "anomalyd_remote_write_samples_total",
+                "Prometheus remote_write samples by outcome (scored, resent, stale, not_finite).",
+                &["outcome"],
             ),
             registry,
         }

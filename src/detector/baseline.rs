@@ -16,6 +16,18 @@ pub struct WindowStats {
 }
 
 impl WindowStats {
+    /// Whether a deserialised window is one this code could have built.
+    pub fn check(&self) -> Result<(), String> {
+        if self.cap == 0 || self.cap > 1_000_000 || self.buf.len() > self.cap {
+            return Err(format!(
+                "window of {} values in a capacity of {}",
+                self.buf.len(),
+                self.cap
+            ));
+        }
+        Ok(())
+    }
+
     /// An empty window of `cap` values.
     pub fn new(cap: usize) -> Self {
         WindowStats {
@@ -91,6 +103,11 @@ pub struct WindowedGaussian {
 }
 
 impl WindowedGaussian {
+    /// Whether a deserialised baseline is one this code could have built.
+    pub fn check(&self) -> Result<(), String> {
+        self.stats.check()
+    }
+
     /// A detector over the last `window` values.
     pub fn new(window: usize) -> Self {
         WindowedGaussian {
@@ -183,6 +200,11 @@ pub struct StateBaselines {
 }
 
 impl StateBaselines {
+    /// Whether deserialised baselines are ones this code could have built.
+    pub fn check(&self) -> Result<(), String> {
+        self.ar.check()
+    }
+
     /// Fresh baselines.
     pub fn new(ar_order: usize, ar_forgetting: f64) -> Self {
         StateBaselines {
@@ -271,6 +293,25 @@ fn one() -> f64 {
 }
 
 impl OnlineAr {
+    /// Whether a deserialised AR is one this code could have built (its vectors
+    /// sized by its order).
+    pub fn check(&self) -> Result<(), String> {
+        let d = self.p + 1;
+        if self.p == 0 || self.p > 64 || self.theta.len() != d || self.cov.len() != d * d || self.lags.len() > self.p {
+            return Err(format!(
+                "AR of order {} with {} coefficients, {} covariances, {} lags",
+                self.p,
+                self.theta.len(),
+                self.cov.len(),
+                self.lags.len()
+            ));
+        }
+        if self.warm.len() > 1_000_000 || self.psi.len() > 1_000_000 {
+            return Err("AR warm-up or forecast weights too long".into());
+        }
+        Ok(())
+    }
+
     /// An AR(`p`) model forgetting with factor `lambda` (e.g. 0.999).
     pub fn new(p: usize, lambda: f64) -> Self {
         let d = p + 1;
@@ -469,6 +510,14 @@ pub struct Seasonal {
 }
 
 impl Seasonal {
+    /// Whether a deserialised baseline is one this code could have built.
+    pub fn check(&self) -> Result<(), String> {
+        if self.period.is_some_and(|p| p == 0 || p > 1_000_000) {
+            return Err(format!("seasonal period {:?}", self.period));
+        }
+        self.resid.check()
+    }
+
     /// A baseline whose residual scale is taken over `window` residuals.
     pub fn new(window: usize) -> Self {
         Seasonal {

@@ -1122,6 +1122,8 @@ impl Detector {
     pub fn restore(snapshot: DetectorSnapshot) -> Result<Self, ConfigError> {
         let s = snapshot.state;
         s.config.validate()?;
+        s.check()
+            .map_err(|e| ConfigError(format!("inconsistent snapshot: {e}")))?;
         let model = match s.model {
             Some(meta) => {
                 if snapshot.members.is_empty() || snapshot.members.len() > s.config.model.ensemble {
@@ -1327,6 +1329,38 @@ pub struct DetectorSnapshot {
 }
 
 impl DetectorState {
+    /// Whether this state is one the detector could have built: every per-feature
+    /// part sized by the feature count, every component internally consistent (a
+    /// file from another version, or damage the checksum missed, is refused rather
+    /// than panicking later).
+    fn check(&self) -> Result<(), String> {
+        let d = self.n_features.unwrap_or(0);
+        if d > MAX_FEATURES {
+            return Err(format!("{d} features"));
+        }
+        let sized = |name: &str, n: usize| {
+            // Per-feature parts exist once the first reading arrived.
+            if n == d || n == 0 {
+                Ok(())
+            } else {
+                Err(format!("{name} has {n} entries for {d} features"))
+            }
+        };
+        sized("gaussians", self.gaussians.len())?;
+        sized("ars", self.ars.len())?;
+        sized("seasonals", self.seasonals.len())?;
+        sized("state_baselines", self.state_baselines.len())?;
+        sized("range", self.range.len())?;
+        if d == 0 && !self.history.is_empty() || d > 0 && !self.history.len().is_multiple_of(d) {
+            return Err(format!("history of {} values for {d} features", self.history.len()));
+        }
+        self.gaussians.iter().try_for_each(WindowedGaussian::check)?;
+        self.ars.iter().try_for_each(OnlineAr::check)?;
+        self.seasonals.iter().try_for_each(Seasonal::check)?;
+        self.state_baselines.iter().try_for_each(StateBaselines::check)?;
+        Ok(())
+    }
+
     /// The same state under a new config of the same shape (alert, retrain policy,
     /// calibration settings).
     pub fn with_config(mut self, config: DetectorConfig) -> Self {

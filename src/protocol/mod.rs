@@ -10,6 +10,12 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/anomalyd.v1.rs"));
 }
 
+/// Prometheus remote_write 1.0 messages (`proto/prometheus/remote.proto`).
+#[allow(missing_docs)]
+pub mod prompb {
+    include!(concat!(env!("OUT_DIR"), "/prometheus.rs"));
+}
+
 /// A timestamp as clients send it: an RFC 3339 string or Unix seconds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]

@@ -43,6 +43,20 @@ pub fn validate_stream_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A series' labels (sorted, `__name__` included), by stream id.
+pub type SeriesLabels = HashMap<String, Arc<[(String, String)]>>;
+
+/// How a batch's readings are taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Scored (client API).
+    Live,
+    /// Learnt as known-normal history.
+    History,
+    /// Scored; resent samples skipped (Prometheus remote_write).
+    Remote,
+}
+
 /// A batch's streams in id order, and those the batch created.
 type Resolved = (Vec<Arc<Stream>>, Vec<Arc<Stream>>);
 
@@ -162,6 +176,26 @@ pub struct Stream {
     /// The detector's phase as of its last change, readable without the lock
     /// (`/metrics` counts phases without locking every stream).
     phase: std::sync::atomic::AtomicU8,
+    /// What `/metrics/scores` shows, behind its own short lock (taken after the
+    /// state's, never the other way round).
+    meta: Mutex<StreamMeta>,
+}
+
+/// A stream's exported view: its Prometheus labels and its newest verdict.
+#[derive(Clone, Debug, Default)]
+pub struct StreamMeta {
+    /// The series' labels (remote_write streams), `__name__` included, sorted.
+    pub labels: Option<Arc<[(String, String)]>>,
+    /// The newest reading's values.
+    pub values: Vec<f64>,
+    /// The newest verdict (score, state, expected values).
+    pub score: f64,
+    /// The anomaly state.
+    pub anomaly: bool,
+    /// What the detector expected, per feature.
+    pub expected: Vec<f64>,
+    /// Whether any reading was scored yet.
+    pub scored: bool,
 }
 
 impl Stream {
@@ -172,6 +206,7 @@ impl Stream {
         Arc::new(Stream {
             id: id.to_string(),
             phase,
+            meta: Mutex::new(StreamMeta::default()),
             state: Mutex::new(StreamState {
                 detector,
                 dirty,
@@ -420,18 +455,34 @@ impl Registry {
     /// wrong nothing is applied. New streams are created with the default config.
     /// Blocking: call it off the async runtime.
     pub fn ingest(&self, readings: &[Reading]) -> Result<Vec<(String, Verdict)>, RegistryError> {
-        self.take(readings, false)
+        self.take(readings, Mode::Live, None)
+    }
+
+    /// Scores Prometheus remote_write samples: like [`Registry::ingest`], but a
+    /// sample at or before its stream's newest timestamp is a resend (Prometheus
+    /// retries whole requests) and is skipped, not scored again nor refused.
+    /// `labels` gives each stream's series labels (for `/metrics/scores`).
+    /// Returns (samples scored, samples skipped as resent).
+    pub fn ingest_remote(&self, readings: &[Reading], labels: &SeriesLabels) -> Result<(usize, usize), RegistryError> {
+        let scored = self.take(readings, Mode::Remote, Some(labels))?.len();
+        Ok((scored, readings.len() - scored))
     }
 
     /// Teaches streams readings known to be normal (their history), validated and
     /// applied like [`Registry::ingest`]: they are learnt, never anomalous, raise
     /// no incident, and each stream then queues a training job. Blocking.
     pub fn history(&self, readings: &[Reading]) -> Result<Vec<(String, Verdict)>, RegistryError> {
-        self.take(readings, true)
+        self.take(readings, Mode::History, None)
     }
 
-    fn take(&self, readings: &[Reading], history: bool) -> Result<Vec<(String, Verdict)>, RegistryError> {
-        let (ids, per_stream) = group_by_stream(readings)?;
+    fn take(
+        &self,
+        readings: &[Reading],
+        mode: Mode,
+        labels: Option<&SeriesLabels>,
+    ) -> Result<Vec<(String, Verdict)>, RegistryError> {
+        let history = mode == Mode::History;
+        let (ids, mut per_stream) = group_by_stream(readings)?;
         // A stream deleted between resolving and locking it is resolved again.
         for _ in 0..3 {
             let (streams, created) = self.resolve(&ids, readings.len())?;
@@ -443,12 +494,36 @@ impl Registry {
                 self.remove_unused(&created);
                 continue;
             }
+            if mode == Mode::Remote {
+                // Resent samples (at or before the stream's newest) are dropped here,
+                // under the lock, so a retry racing its original is taken once.
+                for (id, g) in ids.iter().zip(&guards) {
+                    let mut last = g.detector.last_timestamp();
+                    per_stream.get_mut(id).expect("grouped").retain(|&i| {
+                        let fresh = last.is_none_or(|l| readings[i].timestamp > l);
+                        if fresh {
+                            last = Some(readings[i].timestamp);
+                        }
+                        fresh
+                    });
+                }
+            }
             let checked = ids.iter().zip(&guards).try_for_each(|(id, g)| {
                 let (width, last) = (g.detector.n_features(), g.detector.last_timestamp());
                 self.validate_stream(readings, &per_stream[id], id, width, last)
             });
             // Logged before anything is applied: a batch the log refuses changes nothing.
-            let lsn = checked.and_then(|()| self.log(&log::encode_readings(history, readings)));
+            let lsn = checked.and_then(|()| {
+                if mode == Mode::Remote {
+                    let kept: Vec<Reading> = ids
+                        .iter()
+                        .flat_map(|id| per_stream[id].iter().map(|&i| readings[i].clone()))
+                        .collect();
+                    self.log(&log::encode_readings(false, &kept))
+                } else {
+                    self.log(&log::encode_readings(history, readings))
+                }
+            });
             let lsn = match lsn {
                 Ok(lsn) => lsn,
                 Err(e) => {
@@ -471,11 +546,18 @@ impl Registry {
                     &mut results,
                     &mut alerts,
                 );
+                if let Some(l) = labels.and_then(|l| l.get(*id)) {
+                    let mut meta = lock(&stream.meta);
+                    if meta.labels.as_deref() != Some(&l[..]) {
+                        meta.labels = Some(l.clone());
+                    }
+                }
             }
             // Still under the stream locks: one stream's events keep their order.
             let alerts_lsn = self.record_events(alerts);
             drop(guards);
-            self.metrics.readings_ingested.inc_by(readings.len() as u64);
+            let taken = results.iter().flatten().count();
+            self.metrics.readings_ingested.inc_by(taken as u64);
             self.make_durable(lsn.max(alerts_lsn?))?;
             return Ok(results.into_iter().flatten().collect());
         }
@@ -612,6 +694,14 @@ impl Registry {
             }
             st.last_verdict = Some(v.clone());
             results[i] = Some((id.to_string(), v));
+        }
+        if let (Some(&i), Some(v)) = (indices.last(), &st.last_verdict) {
+            let mut meta = lock(&stream.meta);
+            meta.values.clone_from(&readings[i].values);
+            meta.score = v.score;
+            meta.anomaly = v.anomaly;
+            meta.expected.clone_from(&v.expected);
+            meta.scored = true;
         }
         if history {
             st.detector.request_retrain();
@@ -901,6 +991,25 @@ impl Registry {
             failed_training_jobs: d.failed_jobs(),
             config: c,
         })
+    }
+
+    /// Every stream's exported view (id, labels, newest verdict), in id order,
+    /// without taking any stream's state lock.
+    pub fn exported(&self) -> Vec<(String, StreamMeta)> {
+        let streams: Vec<Arc<Stream>> = self
+            .streams
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut out: Vec<(String, StreamMeta)> = streams
+            .iter()
+            .map(|s| (s.id.clone(), lock(&s.meta).clone()))
+            .filter(|(_, m)| m.scored)
+            .collect();
+        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        out
     }
 
     /// Sets the per-phase stream gauges (called at scrape time). Takes no stream

@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod listener;
+pub mod prom;
 pub mod ws;
 
 use std::sync::Arc;
@@ -143,10 +144,12 @@ pub fn router(registry: Arc<Registry>, config: ServerConfig) -> Router {
         .route("/v1/readings", post(ingest_batch))
         .route("/v1/alerts", get(list_alerts))
         .route("/v1/alerts/ws", get(alerts_ws))
+        .route("/api/v1/write", post(remote_write))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(v1)
         .route("/metrics", get(metrics))
+        .route("/metrics/scores", get(metrics_scores))
         .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
@@ -725,6 +728,58 @@ async fn readyz(State(st): State<AppState>) -> Response {
         )
             .into_response(),
     }
+}
+
+/// `POST /api/v1/write`: Prometheus remote_write 1.0. Every series is a stream
+/// named by its label set; resent samples are taken once; 204 on success, 400 for
+/// what Prometheus should drop, 429/503 (with Retry-After) for it to retry.
+async fn remote_write(State(st): State<AppState>, body: Body) -> Result<StatusCode, ApiError> {
+    let permit = admit(&st).await?;
+    let bytes = read_body(body, st.config.max_body_bytes).await?;
+    let max = st.config.max_readings_per_request.saturating_mul(10);
+    let write = prom::decode(&bytes, max).inspect_err(|e| {
+        st.registry
+            .metrics()
+            .readings_rejected
+            .with_label_values(&[e.code])
+            .inc();
+    })?;
+    let m = st.registry.metrics();
+    m.remote_write_samples
+        .with_label_values(&["stale"])
+        .inc_by(write.stale as u64);
+    m.remote_write_samples
+        .with_label_values(&["not_finite"])
+        .inc_by(write.skipped as u64);
+    if write.readings.is_empty() {
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    let (scored, resent) = blocking(&st.registry, move |r| {
+        let _permit = permit;
+        r.ingest_remote(&write.readings, &write.labels)
+    })
+    .await?;
+    m.remote_write_samples
+        .with_label_values(&["scored"])
+        .inc_by(scored as u64);
+    m.remote_write_samples
+        .with_label_values(&["resent"])
+        .inc_by(resent as u64);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /metrics/scores`: per stream its score, state, expected and actual value,
+/// with the series' labels; scrape it with `honor_labels: true`.
+async fn metrics_scores(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let registry = st.registry.clone();
+    let text = tokio::task::spawn_blocking(move || prom::render_scores(&registry.exported()))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        text,
+    )
+        .into_response())
 }
 
 async fn metrics(State(st): State<AppState>) -> Response {
