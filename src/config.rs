@@ -44,6 +44,12 @@ pub struct ServeFile {
     pub max_waiters: Option<usize>,
     /// Open connections at once [default: 4096].
     pub max_connections: Option<usize>,
+    /// Alertmanagers that receive incidents (`http://host:9093`).
+    pub alertmanager_urls: Option<Vec<String>>,
+    /// Seconds between re-sends of firing alerts [default: 60].
+    pub alertmanager_resend_secs: Option<f64>,
+    /// This service's URL as Alertmanager's users reach it (links in alerts).
+    pub external_url: Option<String>,
     /// `human` or `json`.
     pub log_format: Option<String>,
     /// Default detector config of new streams.
@@ -148,6 +154,30 @@ pub fn load(file: Option<&Path>, o: ServeFile) -> Result<ServeConfig, String> {
         max_inflight: positive("max_inflight", o.max_inflight.or(f.max_inflight), 4 * cores)?,
         max_waiters: positive("max_waiters", o.max_waiters.or(f.max_waiters), 16 * cores)?,
         max_connections: positive("max_connections", o.max_connections.or(f.max_connections), 4096)?,
+        alertmanager: {
+            let urls = o.alertmanager_urls.or(f.alertmanager_urls).unwrap_or_default();
+            if let Some(u) = urls.iter().find(|u| !u.starts_with("http://")) {
+                return Err(format!(
+                    "alertmanager_urls: {u:?} must start with http:// (TLS is not built in)"
+                ));
+            }
+            let resend = o
+                .alertmanager_resend_secs
+                .or(f.alertmanager_resend_secs)
+                .unwrap_or(60.0);
+            if !(1.0..=3600.0).contains(&resend) {
+                return Err(format!("alertmanager_resend_secs must be in [1, 3600], got {resend}"));
+            }
+            crate::server::alertmanager::AlertmanagerConfig {
+                urls,
+                resend: Duration::from_secs_f64(resend),
+                external_url: o
+                    .external_url
+                    .or(f.external_url)
+                    .unwrap_or_else(|| format!("http://{listen}")),
+                ..Default::default()
+            }
+        },
         auth_token,
         ..ServerConfig::default()
     };

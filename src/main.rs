@@ -184,6 +184,17 @@ struct ServeArgs {
     /// Open connections at once [default: 4096]; more wait in the accept backlog.
     #[arg(long, env = "ANOMALYD_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+    /// An Alertmanager that receives incidents (`http://host:9093`); repeat it (or
+    /// separate with commas) for an HA pair.
+    #[arg(long = "alertmanager-url", env = "ANOMALYD_ALERTMANAGER_URL", value_delimiter = ',')]
+    alertmanager_urls: Option<Vec<String>>,
+    /// Seconds between re-sends of firing alerts to Alertmanager [default: 60].
+    #[arg(long, env = "ANOMALYD_ALERTMANAGER_RESEND_SECS")]
+    alertmanager_resend_secs: Option<f64>,
+    /// This service's URL as users reach it, for the links in alerts
+    /// [default: http://<listen>].
+    #[arg(long, env = "ANOMALYD_EXTERNAL_URL")]
+    external_url: Option<String>,
     /// Log format: human or json [default: human]. Level from RUST_LOG (default info).
     #[arg(long, env = "ANOMALYD_LOG_FORMAT")]
     log_format: Option<String>,
@@ -333,6 +344,9 @@ fn main() -> Result<()> {
                 max_inflight: a.max_inflight,
                 max_waiters: a.max_waiters,
                 max_connections: a.max_connections,
+                alertmanager_urls: a.alertmanager_urls,
+                alertmanager_resend_secs: a.alertmanager_resend_secs,
+                external_url: a.external_url,
                 log_format: a.log_format,
                 detector: None,
             };

@@ -44,6 +44,8 @@ pub struct Metrics {
     pub panics: IntCounter,
     /// Prometheus remote_write samples by outcome (scored, resent, stale, not_finite).
     pub remote_write_samples: IntCounterVec,
+    /// Alerts delivered to Alertmanagers by outcome (sent, failed, dropped).
+    pub alertmanager_notifications: IntCounterVec,
 }
 
 impl Metrics {
@@ -153,6 +155,11 @@ impl Metrics {
             remote_write_samples: counter_vec(
                 "anomalyd_remote_write_samples_total",
                 "Prometheus remote_write samples by outcome (scored, resent, stale, not_finite).",
+                &["outcome"],
+            ),
+            alertmanager_notifications: counter_vec(
+                "anomalyd_alertmanager_notifications_total",
+                "Alerts delivered to Alertmanagers by outcome (sent, failed, dropped).",
                 &["outcome"],
             ),
             registry,

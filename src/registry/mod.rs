@@ -993,6 +993,11 @@ impl Registry {
         })
     }
 
+    /// A stream's series labels (remote_write streams).
+    pub fn labels_of(&self, id: &str) -> Option<Arc<[(String, String)]>> {
+        lock(&self.get(id)?.meta).labels.clone()
+    }
+
     /// Every stream's exported view (id, labels, newest verdict), in id order,
     /// without taking any stream's state lock.
     pub fn exported(&self) -> Vec<(String, StreamMeta)> {

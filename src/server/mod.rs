@@ -3,6 +3,7 @@
 //! scoring off the async workers (`spawn_blocking`, bounded by a semaphore), and
 //! answers overload with 503 + Retry-After.
 
+pub mod alertmanager;
 pub mod error;
 pub mod listener;
 pub mod prom;
@@ -56,6 +57,8 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Longest a request may take, body included (then 503 `timeout`).
     pub request_timeout: Duration,
+    /// Where incidents are sent (no URLs: nowhere).
+    pub alertmanager: alertmanager::AlertmanagerConfig,
     /// How far ahead of this server's clock a timestamp may be. A stream's readings
     /// must not go back in time, so one reading from the far future (milliseconds
     /// sent as seconds, a `9999-12-31`) would lock its stream until it is deleted.
@@ -77,6 +80,7 @@ impl Default for ServerConfig {
             heartbeat: Duration::from_secs(5),
             auth_token: None,
             max_future_skew: Duration::from_secs(86_400),
+            alertmanager: alertmanager::AlertmanagerConfig::default(),
         }
     }
 }
@@ -801,6 +805,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let snapshotter = registry.spawn_snapshotter(snapshot_interval);
+    let notifier = alertmanager::spawn(registry.clone(), config.alertmanager.clone());
     let listener = listener::LimitedListener::new(listener, config.max_connections, config.idle_timeout);
     let app = router(registry.clone(), config);
     let signal = async move {
@@ -812,6 +817,9 @@ pub async fn run(
     };
     axum::serve(listener, app).with_graceful_shutdown(signal).await?;
     snapshotter.abort();
+    if let Some(n) = notifier {
+        n.abort();
+    }
     let r = registry.clone();
     match tokio::task::spawn_blocking(move || r.snapshot()).await {
         Ok(Ok(n)) => tracing::info!(streams = n, "final snapshot written"),

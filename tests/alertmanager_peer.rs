@@ -1,0 +1,210 @@
+//! anomalyd beside two real Alertmanagers (Debian's `prometheus-alertmanager`,
+//! which `.ci/run` installs): an incident opens an alert in both, carrying the
+//! stream and its annotations, and its resolution ends it in both.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use anomalyd::detector::DetectorConfig;
+use anomalyd::metrics::Metrics;
+use anomalyd::registry::{Registry, RegistryConfig};
+use anomalyd::server::alertmanager::AlertmanagerConfig;
+use anomalyd::server::{self, ServerConfig};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn seasonal(t: usize) -> f64 {
+    50.0 + 10.0 * (t as f64 / 8.0).sin() + ((t * 7919) % 13) as f64 / 13.0
+}
+
+fn readings(range: std::ops::Range<usize>, shift: f64) -> Value {
+    let rs: Vec<Value> = range
+        .map(|t| json!({"timestamp": 1_700_000_000 + t as i64 * 60, "value": seasonal(t) + shift}))
+        .collect();
+    json!({ "readings": rs })
+}
+
+async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incidents_open_and_resolve_in_two_alertmanagers() {
+    let found = Command::new("prometheus-alertmanager")
+        .arg("--version")
+        .output()
+        .is_ok();
+    assert!(
+        found || std::env::var_os("CI").is_none(),
+        "prometheus-alertmanager is required in CI"
+    );
+    if !found {
+        eprintln!("skipped: prometheus-alertmanager not installed");
+        return;
+    }
+    let dir: PathBuf = std::env::temp_dir().join(format!("anomalyd-am-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("am.yml"),
+        "route:\n  receiver: blackhole\nreceivers:\n  - name: blackhole\n",
+    )
+    .unwrap();
+    let ams: Vec<(u16, Killed)> = (0..2)
+        .map(|i| {
+            let port = free_port();
+            let child = Command::new("prometheus-alertmanager")
+                .arg(format!("--config.file={}", dir.join("am.yml").display()))
+                .arg(format!("--storage.path={}", dir.join(format!("am{i}")).display()))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .arg("--cluster.listen-address=")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            (port, Killed(child))
+        })
+        .collect();
+    let mut det = DetectorConfig::default();
+    det.model.ensemble = 1;
+    let registry = Registry::open(
+        RegistryConfig {
+            default_detector: det,
+            ..Default::default()
+        },
+        Arc::new(Metrics::new()),
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cfg = ServerConfig {
+        alertmanager: AlertmanagerConfig {
+            urls: ams.iter().map(|(p, _)| format!("http://127.0.0.1:{p}")).collect(),
+            resend: Duration::from_secs(1),
+            external_url: format!("http://{addr}"),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server::run(
+        listener,
+        registry,
+        cfg,
+        Duration::from_secs(3600),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let c = reqwest::Client::new();
+    let url = format!("http://{addr}/v1/streams/pump");
+    let post = async |path: &str, body: Value| -> Value {
+        c.post(format!("{url}/{path}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    };
+    post("history", readings(0..600, 0.0)).await;
+    eventually("a model", async || {
+        let v: Value = c.get(&url).send().await.ok()?.json().await.ok()?;
+        v["model"]["version"].as_u64().filter(|&v| v >= 1)
+    })
+    .await;
+    let r = post("readings", readings(600..650, 200.0)).await;
+    assert_eq!(r["results"][0]["event"], "opened", "{}", r["results"][0]);
+    // Both Alertmanagers show it, with the stream and what was expected.
+    let alerts = async |port: u16| -> Vec<Value> {
+        let v: Value = c
+            .get(format!("http://127.0.0.1:{port}/api/v2/alerts"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["labels"]["stream"] == "pump")
+            .cloned()
+            .collect()
+    };
+    for (port, _) in &ams {
+        let a = eventually("the alert in Alertmanager", async || {
+            let a = alerts(*port).await;
+            (a.len() == 1).then(|| a[0].clone())
+        })
+        .await;
+        assert_eq!(a["labels"]["alertname"], "AnomalydIncident");
+        assert_eq!(a["status"]["state"], "active", "{a}");
+        assert!(a["annotations"]["expected"].is_string(), "{a}");
+        // The incident's start: its first anomalous reading, minute 600.
+        let start = anomalyd::timestamp::format_rfc3339((1_700_000_000 + 600 * 60) * 1_000_000);
+        assert_eq!(a["startsAt"], start.replace('Z', ".000Z"), "{a}");
+        assert!(a["generatorURL"].as_str().unwrap().ends_with("/v1/streams/pump"));
+    }
+    // Back to normal: the incident resolves and both Alertmanagers end the alert.
+    let r = post("readings", readings(650..680, 0.0)).await;
+    assert!(
+        r["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["event"] == "resolved"),
+        "{r}"
+    );
+    for (port, _) in &ams {
+        eventually("the alert to end", async || {
+            alerts(*port).await.is_empty().then_some(())
+        })
+        .await;
+    }
+    let m = c
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("anomalyd_alertmanager_notifications_total{outcome=\"sent\"}"),
+        "counted"
+    );
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
