@@ -37,6 +37,16 @@ enum Command {
     /// when present), ANOMALYD_* environment variables and these flags, in rising
     /// precedence.
     Serve(ServeArgs),
+    /// Probe a running service's readiness (for container health checks, which
+    /// then need no shell or curl): exit 0 when GET /readyz answers 200.
+    Healthcheck {
+        /// Address of the service.
+        #[arg(long, env = "ANOMALYD_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 3.0)]
+        timeout: f64,
+    },
     /// Score a CSV file through the detector, one stream, training inline
     /// (deterministic: the same input and config give the same scores).
     Replay {
@@ -324,6 +334,26 @@ fn cap_malloc_arenas() {
     }
 }
 
+/// `GET /readyz` over a plain TCP connection; returns the status code.
+fn healthcheck(listen: &str, timeout: std::time::Duration) -> Result<u16> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    // A wildcard listen address is reached on loopback.
+    let target = listen.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]");
+    let addr = target
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no address for {target}"))?;
+    let mut conn = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    conn.set_read_timeout(Some(timeout))?;
+    conn.set_write_timeout(Some(timeout))?;
+    write!(conn, "GET /readyz HTTP/1.0\r\nHost: {target}\r\n\r\n")?;
+    let mut head = [0u8; 12];
+    conn.read_exact(&mut head)?;
+    let text = std::str::from_utf8(&head)?;
+    Ok(text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0))
+}
+
 fn main() -> Result<()> {
     cap_malloc_arenas();
     let cli = Cli::parse();
@@ -363,6 +393,12 @@ fn main() -> Result<()> {
                 anomalyd::server::run(listener, registry, cfg.server, cfg.snapshot_interval, std::future::pending()).await?;
                 Ok::<_, anyhow::Error>(())
             })?;
+        }
+        Command::Healthcheck { listen, timeout } => {
+            let status = healthcheck(&listen, std::time::Duration::from_secs_f64(timeout.clamp(0.1, 60.0)))?;
+            if status != 200 {
+                bail!("GET /readyz answered {status}");
+            }
         }
         Command::Bench {
             what:

@@ -190,6 +190,32 @@ remote_write:
     );
     let v: Value = c.get(&expected).send().await.unwrap().json().await.unwrap();
     assert_eq!(v["data"]["result"].as_array().map(Vec::len), Some(1), "{v}");
+    // Every PromQL expression of the Grafana dashboard returns data from it.
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/grafana/dashboards/anomalyd.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .map(|t| t["expr"].as_str().unwrap().replace("$metric", ".*"))
+        .collect();
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    for expr in &exprs {
+        let q = format!("http://127.0.0.1:{prom_port}/api/v1/query?query={}", urlencode(expr));
+        eventually(&format!("data for {expr}"), Duration::from_secs(60), async || {
+            let v: Value = c.get(&q).send().await.ok()?.json().await.ok()?;
+            assert_eq!(v["status"], "success", "{expr}: {v}");
+            (!v["data"]["result"].as_array()?.is_empty()).then_some(())
+        })
+        .await;
+    }
     // Resent samples (Prometheus retries whole requests) were taken once.
     let m = c
         .get(format!("{base}/metrics"))
@@ -326,4 +352,34 @@ async fn remote_write_takes_a_resend_once_and_refuses_garbage_with_400() {
     );
     let _ = stop.send(());
     task.await.unwrap().unwrap();
+}
+
+/// The Prometheus and Alertmanager files in deploy/ are valid for the real tools.
+#[test]
+fn deploy_configs_pass_promtool_and_amtool() {
+    let Some(_) = peer("promtool") else { return };
+    let deploy = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    for args in [
+        vec!["check", "config", "prometheus/prometheus.yml"],
+        vec!["check", "rules", "prometheus/rules.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(&args)
+            .current_dir(&deploy)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let Some(_) = peer("amtool") else { return };
+    let out = Command::new("amtool")
+        .args(["check-config", "alertmanager/alertmanager.yml"])
+        .current_dir(&deploy)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "amtool: {}", String::from_utf8_lossy(&out.stdout));
 }
