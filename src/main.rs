@@ -238,6 +238,28 @@ enum BenchCommand {
         #[arg(long, default_value = "none")]
         wal: String,
     },
+    /// Load a running service over HTTP: remote_write (snappy protobuf) or JSON
+    /// batches from several connections, every sample new; prints samples/s.
+    Http {
+        /// The service.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Body format.
+        #[arg(long, value_enum, default_value = "remote-write")]
+        format: anomalyd::server::loadgen::Format,
+        /// Series (streams) in all.
+        #[arg(long, default_value_t = 1000)]
+        series: usize,
+        /// Samples per series per request.
+        #[arg(long, default_value_t = 1)]
+        samples: usize,
+        /// Connections posting at once.
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+    },
     /// Snapshot rounds (checkpoints) and a restart with --streams streams, each a
     /// copy of one stream fed --readings readings (with a model by default).
     Checkpoint {
@@ -432,6 +454,33 @@ fn main() -> Result<()> {
                 wal,
             };
             let report = anomalyd::bench::run_ingest_bench(&config, &b).map_err(anyhow::Error::msg)?;
+            println!("{}", serde_json::to_string(&report)?);
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Http {
+                    url,
+                    format,
+                    series,
+                    samples,
+                    connections,
+                    seconds,
+                },
+        } => {
+            if series == 0 || samples == 0 || connections == 0 {
+                bail!("--series, --samples and --connections must be at least 1");
+            }
+            let cfg = anomalyd::server::loadgen::LoadConfig {
+                url,
+                format,
+                series,
+                samples,
+                connections,
+                seconds,
+            };
+            let report = tokio::runtime::Runtime::new()?
+                .block_on(anomalyd::server::loadgen::run(cfg))
+                .map_err(anyhow::Error::msg)?;
             println!("{}", serde_json::to_string(&report)?);
         }
         Command::Bench {
