@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # anomalyd: `docker build -t anomalyd .`, then
 #   docker run -p 8080:8080 -v anomalyd-data:/data anomalyd
 # The runtime stage is distroless (glibc, no shell): the health check is the

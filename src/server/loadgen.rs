@@ -157,7 +157,10 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, String> {
                     let r = client
                         .post(&url)
                         .header("content-type", content_type)
-                        .header("content-encoding", if format == Format::Json { "identity" } else { "snappy" })
+                        .header(
+                            "content-encoding",
+                            if format == Format::Json { "identity" } else { "snappy" },
+                        )
                         .body(b)
                         .send()
                         .await;
