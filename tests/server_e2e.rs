@@ -539,11 +539,41 @@ async fn auth_on_and_off() {
         tokio_tungstenite::connect_async(&ws).await.is_err(),
         "WebSocket needs the token too"
     );
-    assert!(
-        tokio_tungstenite::connect_async(format!("{ws}?access_token={token}"))
+    let (mut sock, _) = tokio_tungstenite::connect_async(format!("{ws}?access_token={token}"))
+        .await
+        .unwrap();
+    // Only the WebSocket takes the token in the query (elsewhere it would end up in
+    // proxies' access logs).
+    assert_eq!(
+        c.get(format!("{}/v1/streams?access_token={token}", s.addr))
+            .send()
             .await
-            .is_ok()
+            .unwrap()
+            .status(),
+        401
     );
+    // A client message over 64 KiB closes the connection instead of being buffered.
+    let _ = sock.send(Message::Text("x".repeat(100_000).into())).await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match sock.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return true,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!(closed, Ok(true), "the oversized message ended the connection");
+    // Every answer carries a request id: the client's own, or a fresh one.
+    let r = c
+        .get(format!("{}/healthz", s.addr))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "abc-123");
+    let r = c.get(format!("{}/healthz", s.addr)).send().await.unwrap();
+    assert!(r.headers()["x-request-id"].to_str().unwrap().len() >= 10);
     s.stop().await;
     // Off: the same requests need nothing.
     let s = Server::start(&dir, None).await;

@@ -1414,4 +1414,49 @@ mod tests {
         assert!(done.is_ok(), "the scrape waited for a stream's lock");
         assert_eq!(reg.metrics().streams.with_label_values(&["warmup"]).get(), 1);
     }
+
+    /// Hardening finding 9: one stream that cannot be written does not end the
+    /// round: the others are written, the service says it is not ready, the log
+    /// keeps its records, and the next round that succeeds makes it ready again.
+    #[test]
+    fn a_failing_stream_does_not_end_the_snapshot_round() {
+        let dir = std::env::temp_dir().join(format!("anomalyd-round-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = RegistryConfig {
+            data_dir: Some(dir.clone()),
+            ..Default::default()
+        };
+        let reg = Registry::open(config.clone(), Arc::new(Metrics::new())).unwrap();
+        let readings: Vec<Reading> = ["a", "b", "c"]
+            .iter()
+            .map(|s| Reading {
+                stream: s.to_string(),
+                timestamp: 1,
+                values: vec![1.0],
+            })
+            .collect();
+        reg.ingest(&readings).unwrap();
+        let streams = dir.join("streams");
+        let file = |s: &str| snapshot::stream_file(&streams, s);
+        // A directory where b's temporary file would go: staging b fails.
+        let mut blocked = file("b").into_os_string();
+        blocked.push(".tmp");
+        std::fs::create_dir_all(&blocked).unwrap();
+        assert!(reg.snapshot().is_err());
+        assert!(file("a").exists() && file("c").exists(), "the round went on past b");
+        assert!(!file("b").exists());
+        assert!(reg.storage_ready().is_err(), "not ready after a failed round");
+        std::fs::remove_dir(&blocked).unwrap();
+        assert_eq!(reg.snapshot().unwrap(), 1, "b stayed dirty and is written now");
+        assert!(reg.storage_ready().is_ok());
+        drop(reg);
+        // Leftovers of an unfinished round are cleaned at start.
+        let mut stale = file("a").into_os_string();
+        stale.push(".tmp");
+        std::fs::write(&stale, b"half").unwrap();
+        let back = Registry::open(config, Arc::new(Metrics::new())).unwrap();
+        assert_eq!(back.len(), 3);
+        assert!(!std::path::Path::new(&stale).exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
