@@ -34,6 +34,8 @@ pub struct ServeFile {
     pub snapshot_interval_secs: Option<f64>,
     /// When the write-ahead log is synced: `always` (before each answer) or `never`.
     pub wal_sync: Option<crate::storage::wal::SyncPolicy>,
+    /// Most streams one snapshot round writes [default: 10000].
+    pub checkpoint_max_streams: Option<usize>,
     /// How far ahead of the server's clock a reading's timestamp may be, in seconds.
     pub max_future_skew_secs: Option<f64>,
     /// Training threads.

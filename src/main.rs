@@ -36,7 +36,7 @@ enum Command {
     /// data directory. Settings come from anomalyd.toml (--config, or ./anomalyd.toml
     /// when present), ANOMALYD_* environment variables and these flags, in rising
     /// precedence.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Probe a running service's readiness (for container health checks, which
     /// then need no shell or curl): exit 0 when GET /readyz answers 200.
     Healthcheck {
@@ -176,6 +176,10 @@ struct ServeArgs {
     /// cut); `never` leaves syncing to checkpoints (survives kill -9, not a power cut).
     #[arg(long, env = "ANOMALYD_WAL_SYNC", value_enum)]
     wal_sync: Option<anomalyd::storage::wal::SyncPolicy>,
+    /// Most streams one snapshot round writes, those changed longest ago first
+    /// [default: 10000]; the write-ahead log keeps what the others need.
+    #[arg(long, env = "ANOMALYD_CHECKPOINT_MAX_STREAMS")]
+    checkpoint_max_streams: Option<usize>,
     /// How far ahead of the server's clock a reading's timestamp may be, in seconds
     /// [default: 86400]; later ones are refused (400), so one wrong timestamp cannot
     /// lock its stream.
@@ -391,6 +395,7 @@ fn main() -> Result<()> {
                 max_ws_subscribers: a.max_ws_subscribers,
                 snapshot_interval_secs: a.snapshot_interval_secs,
                 wal_sync: a.wal_sync,
+                checkpoint_max_streams: a.checkpoint_max_streams,
                 max_future_skew_secs: a.max_future_skew_secs,
                 training_threads: a.training_threads,
                 max_inflight: a.max_inflight,

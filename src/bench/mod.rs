@@ -536,8 +536,14 @@ pub struct CheckpointBenchReport {
     pub streams: usize,
     /// Bytes of one stream's snapshot file.
     pub snapshot_bytes: usize,
-    /// A round that writes every stream, seconds.
-    pub full_round_s: f64,
+    /// Most streams a round writes (`checkpoint_max_streams`).
+    pub max_streams_per_round: usize,
+    /// The first round after every stream changed, seconds.
+    pub first_round_s: f64,
+    /// Rounds until every stream was written.
+    pub rounds_to_write_all: usize,
+    /// Those rounds together, seconds.
+    pub write_all_s: f64,
     /// A round after 1% of the streams took a reading, seconds.
     pub one_percent_round_s: f64,
     /// A round with nothing changed, seconds.
@@ -583,7 +589,14 @@ pub fn run_checkpoint_bench(
         Ok(t.elapsed().as_secs_f64())
     };
     let round = || reg.snapshot().map_err(|e| e.to_string());
-    let full_round_s = timed(&round)?;
+    let start = Instant::now();
+    let first_round_s = timed(&round)?;
+    let mut rounds_to_write_all = 1;
+    while reg.dirty_streams() > 0 {
+        round()?;
+        rounds_to_write_all += 1;
+    }
+    let write_all_s = start.elapsed().as_secs_f64();
     let last = template.last_timestamp().unwrap_or(0);
     let width = template.n_features().unwrap_or(1);
     let touched: Vec<Reading> = (0..streams.div_ceil(100))
@@ -615,7 +628,10 @@ pub fn run_checkpoint_bench(
     Ok(CheckpointBenchReport {
         streams,
         snapshot_bytes,
-        full_round_s,
+        max_streams_per_round: crate::registry::RegistryConfig::default().checkpoint_max_streams,
+        first_round_s,
+        rounds_to_write_all,
+        write_all_s,
         one_percent_round_s,
         idle_round_s,
         restart_s,

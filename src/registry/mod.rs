@@ -95,6 +95,9 @@ pub struct RegistryConfig {
     pub data_dir: Option<PathBuf>,
     /// When the write-ahead log is synced.
     pub wal_sync: SyncPolicy,
+    /// Most streams one snapshot round writes (those changed longest ago first);
+    /// the log keeps what the rest need until a later round.
+    pub checkpoint_max_streams: usize,
 }
 
 impl Default for RegistryConfig {
@@ -109,6 +112,7 @@ impl Default for RegistryConfig {
             subscriber_buffer: 1024,
             data_dir: None,
             wal_sync: SyncPolicy::Always,
+            checkpoint_max_streams: 10_000,
         }
     }
 }
@@ -202,6 +206,8 @@ impl Stream {
     /// A stream around `detector`; `dirty` when it has no snapshot yet; `lsn` is
     /// the last log record its state includes.
     fn new(id: &str, detector: Detector, dirty: bool, lsn: u64) -> Arc<Stream> {
+        // Not yet on disk: anything logged from `lsn` on may be needed to rebuild it.
+        let dirty = dirty.then_some(lsn);
         let phase = std::sync::atomic::AtomicU8::new(phase_index(detector.phase()));
         Arc::new(Stream {
             id: id.to_string(),
@@ -233,11 +239,21 @@ impl Stream {
     }
 }
 
+impl StreamState {
+    /// Marks a change logged at `lsn` (or not logged: `u64::MAX`) as not yet
+    /// in the snapshot.
+    fn touch(&mut self, lsn: u64) {
+        self.dirty = Some(self.dirty.map_or(lsn, |d| d.min(lsn)));
+    }
+}
+
 #[derive(Debug)]
 struct StreamState {
     detector: Detector,
-    /// Changed since the last snapshot.
-    dirty: bool,
+    /// Changed since the last snapshot: the LSN of the oldest change not in it
+    /// (`u64::MAX` for changes the log does not hold, such as a new model). The
+    /// log is kept from the oldest of these on.
+    dirty: Option<u64>,
     /// The last write-ahead log record applied to this state: replay skips this
     /// stream's records up to it (they are in its snapshot).
     lsn: u64,
@@ -412,7 +428,7 @@ impl Registry {
             let mut st = stream.state.lock().unwrap_or_else(|p| p.into_inner());
             if !st.deleted {
                 if st.detector.install_job(&job.config, outcome) {
-                    st.dirty = true;
+                    st.touch(u64::MAX);
                     stream.note_phase(&st);
                 } else {
                     self.metrics.retrain_jobs.with_label_values(&["stale"]).inc();
@@ -709,7 +725,8 @@ impl Registry {
                 self.submit_job(stream, &mut st.detector);
             }
         }
-        st.dirty = true;
+        let lsn = st.lsn;
+        st.touch(lsn);
         stream.note_phase(st);
     }
 
@@ -752,7 +769,8 @@ impl Registry {
         if st.detector.training_due() {
             self.submit_job(&stream, &mut st.detector);
         }
-        st.dirty = true;
+        let lsn = st.lsn;
+        st.touch(lsn);
         stream.note_phase(&st);
         let alerts_lsn = self.record_events(alert.into_iter().collect());
         let lsn = st.lsn;
@@ -814,6 +832,7 @@ impl Registry {
                 let lsn = self.log(&record)?;
                 reconfigure(&mut st, config)?;
                 st.lsn = lsn;
+                st.touch(lsn);
                 stream.note_phase(&st);
                 drop(st);
                 self.make_durable(lsn)?;
@@ -868,6 +887,7 @@ impl Registry {
                 )?;
                 reconfigure(&mut st, config)?;
                 st.lsn = lsn;
+                st.touch(lsn);
                 stream.note_phase(&st);
                 drop(st);
                 self.make_durable(lsn)?;
@@ -1111,33 +1131,45 @@ impl Registry {
             .values()
             .cloned()
             .collect();
+        // The streams whose oldest unsaved change is oldest go first, at most
+        // `checkpoint_max_streams` of them: a round's work is bounded however many
+        // streams changed, and the log keeps what the others still need.
+        let mut dirty: Vec<(u64, Arc<Stream>)> = streams
+            .iter()
+            .filter_map(|s| {
+                let st = lock(&s.state);
+                st.dirty.filter(|_| !st.deleted).map(|d| (d, s.clone()))
+            })
+            .collect();
+        dirty.sort_unstable_by_key(|(d, _)| *d);
+        dirty.truncate(self.config.checkpoint_max_streams.max(1));
         let (mut staged, mut taken, mut failed) = (Vec::new(), Vec::new(), 0);
-        for s in streams {
-            let (lsn, snap) = {
+        for (_, s) in dirty {
+            let (lsn, since, snap) = {
                 let mut st = lock(&s.state);
-                if !st.dirty || st.deleted {
+                let Some(since) = st.dirty.take() else { continue };
+                if st.deleted {
                     continue;
                 }
-                st.dirty = false;
-                (st.lsn, st.detector.snapshot())
+                (st.lsn, since, st.detector.snapshot())
             };
             let target = snapshot::stream_file(dir, &s.id);
             match snapshot::encode(&s.id, lsn, &snap).and_then(|b| snapshot::stage(&target, &b)) {
                 Ok(tmp) => {
                     staged.push((tmp, target));
-                    taken.push(s);
+                    taken.push((s, since));
                 }
                 Err(e) => {
                     tracing::error!(stream = %s.id, error = %e, "stream snapshot failed");
-                    lock(&s.state).dirty = true;
+                    lock(&s.state).touch(since);
                     self.metrics.snapshots.with_label_values(&["error"]).inc();
                     failed += 1;
                 }
             }
         }
         if let Err(e) = snapshot::commit(dir, &staged) {
-            for s in &taken {
-                lock(&s.state).dirty = true;
+            for (s, since) in &taken {
+                lock(&s.state).touch(*since);
             }
             for (tmp, _) in &staged {
                 let _ = std::fs::remove_file(tmp);
@@ -1162,10 +1194,29 @@ impl Registry {
         let mut framed = journal.clone();
         framed.extend_from_slice(&crc32fast::hash(&journal).to_le_bytes());
         snapshot::write_atomic(&dir.with_file_name("alerts.json.crc"), &framed)?;
-        if let (Some(wal), Some(cut), 0) = (&self.wal, cut, failed) {
-            wal.truncate(cut)?;
+        if let (Some(wal), Some(cut)) = (&self.wal, cut) {
+            // The log is needed from the oldest change still not on disk.
+            let oldest = self
+                .streams
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .filter_map(|s| lock(&s.state).dirty)
+                .min();
+            let upto = oldest.map_or(cut, |o| cut.min(o.saturating_sub(1)));
+            wal.truncate(upto)?;
         }
         Ok((taken.len(), failed))
+    }
+
+    /// Streams with changes not yet in their snapshot.
+    pub fn dirty_streams(&self) -> usize {
+        self.streams
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|s| lock(&s.state).dirty.is_some())
+            .count()
     }
 
     /// Loads the snapshots, then replays the write-ahead log over them and opens
@@ -1284,7 +1335,7 @@ impl Registry {
                     let mut st = lock(&s.state);
                     if reconfigure(&mut st, *config).is_ok() {
                         st.lsn = lsn;
-                        st.dirty = true;
+                        st.touch(lsn);
                     }
                 } else if !map.contains_key(&stream)
                     && let Ok(d) = Detector::new(*config)
@@ -1303,7 +1354,7 @@ impl Registry {
                     let mut st = lock(&s.state);
                     let _ = accept_into(&id, &mut st);
                     st.lsn = lsn;
-                    st.dirty = true;
+                    st.touch(lsn);
                 }
             }
         }
@@ -1351,7 +1402,7 @@ fn replay_reading(st: &mut StreamState, r: &Reading, history: bool, lsn: u64) {
         st.last_verdict = Some(v);
     }
     st.lsn = lsn;
-    st.dirty = true;
+    st.touch(lsn);
 }
 
 /// Applies a new config to a stream: the same shape keeps its state and model,
@@ -1363,7 +1414,7 @@ fn reconfigure(st: &mut StreamState, config: DetectorConfig) -> Result<(), Regis
     } else {
         st.detector = Detector::new(config)?;
     }
-    st.dirty = true;
+    st.touch(u64::MAX);
     Ok(())
 }
 
@@ -1457,6 +1508,54 @@ mod tests {
         let back = Registry::open(config, Arc::new(Metrics::new())).unwrap();
         assert_eq!(back.len(), 3);
         assert!(!std::path::Path::new(&stale).exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Issue 9, checkpoints: a round writes at most `checkpoint_max_streams`
+    /// streams (the oldest changes first) and keeps the log the others need, so a
+    /// crash between rounds loses nothing; rounds converge to a clean state.
+    #[test]
+    fn bounded_rounds_keep_the_log_the_unwritten_streams_need() {
+        let dir = std::env::temp_dir().join(format!("anomalyd-bounded-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = RegistryConfig {
+            data_dir: Some(dir.clone()),
+            checkpoint_max_streams: 2,
+            ..Default::default()
+        };
+        let reading = |s: usize, t: i64| Reading {
+            stream: format!("s{s}"),
+            timestamp: t,
+            values: vec![t as f64],
+        };
+        let reg = Registry::open(config.clone(), Arc::new(Metrics::new())).unwrap();
+        for t in 0..3 {
+            let batch: Vec<Reading> = (0..5).map(|s| reading(s, t)).collect();
+            reg.ingest(&batch).unwrap();
+        }
+        assert_eq!(reg.snapshot().unwrap(), 2);
+        assert_eq!(reg.dirty_streams(), 3);
+        // More readings for a written stream, then a crash (no further round).
+        reg.ingest(&[reading(0, 3)]).unwrap();
+        drop(reg);
+        let back = Registry::open(config.clone(), Arc::new(Metrics::new())).unwrap();
+        for s in 0..5 {
+            let want = if s == 0 { 4 } else { 3 };
+            assert_eq!(back.info(&format!("s{s}")).unwrap().readings_seen, want, "stream s{s}");
+        }
+        // Rounds converge: everything written, the log down to its current segment.
+        let mut rounds = 0;
+        while back.dirty_streams() > 0 {
+            back.snapshot().unwrap();
+            rounds += 1;
+            assert!(rounds <= 3, "at most 2 streams a round");
+        }
+        back.snapshot().unwrap();
+        let segments = std::fs::read_dir(dir.join("wal")).unwrap().count();
+        assert_eq!(segments, 1, "the covered segments were removed");
+        drop(back);
+        let again = Registry::open(config, Arc::new(Metrics::new())).unwrap();
+        assert_eq!(again.info("s0").unwrap().readings_seen, 4);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
