@@ -9,19 +9,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+mod common;
+use common::{TestServer, free_port};
+
 use anomalyd::detector::DetectorConfig;
 use anomalyd::metrics::Metrics;
 use anomalyd::registry::{Registry, RegistryConfig};
+use anomalyd::server::ServerConfig;
 use anomalyd::server::alertmanager::AlertmanagerConfig;
-use anomalyd::server::{self, ServerConfig};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Killed(Child);
 
@@ -104,27 +99,18 @@ async fn incidents_open_and_resolve_in_two_alertmanagers() {
         Arc::new(Metrics::new()),
     )
     .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    // The external URL is only a link in the alerts.
     let cfg = ServerConfig {
         alertmanager: AlertmanagerConfig {
             urls: ams.iter().map(|(p, _)| format!("http://127.0.0.1:{p}")).collect(),
             resend: Duration::from_secs(1),
-            external_url: format!("http://{addr}"),
+            external_url: "http://anomalyd.example".into(),
             ..Default::default()
         },
         ..Default::default()
     };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server::run(
-        listener,
-        registry,
-        cfg,
-        Duration::from_secs(3600),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let server = TestServer::start(registry, cfg).await;
+    let addr = server.addr;
     let c = reqwest::Client::new();
     let url = format!("http://{addr}/v1/streams/pump");
     let post = async |path: &str, body: Value| -> Value {
@@ -204,7 +190,6 @@ async fn incidents_open_and_resolve_in_two_alertmanagers() {
         m.contains("anomalyd_alertmanager_notifications_total{outcome=\"sent\"}"),
         "counted"
     );
-    let _ = stop.send(());
-    task.await.unwrap().unwrap();
+    server.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -10,9 +10,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod common;
+use common::{TestServer, free_port};
+
 use anomalyd::metrics::Metrics;
 use anomalyd::registry::{Registry, RegistryConfig};
-use anomalyd::server::{self, ServerConfig};
+use anomalyd::server::ServerConfig;
 
 /// The binary, or None where it is absent and CI is not set (in CI its absence
 /// fails the test).
@@ -26,14 +29,6 @@ pub fn peer(bin: &str) -> Option<&str> {
         eprintln!("skipped: {bin} not installed");
     }
     found.then_some(bin)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -75,18 +70,8 @@ async fn prometheus_remote_writes_in_and_scrapes_scores_back_with_the_labels() {
         Arc::new(Metrics::new()),
     )
     .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server::run(
-        listener,
-        registry,
-        ServerConfig::default(),
-        Duration::from_secs(3600),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let server = TestServer::start(registry, ServerConfig::default()).await;
+    let addr = server.addr;
     let prom_port = free_port();
     // Prometheus scrapes itself (a real exporter) and anomalyd, sends two of those
     // series to anomalyd, and scrapes the scores back.
@@ -229,8 +214,7 @@ remote_write:
         m.contains("anomalyd_remote_write_samples_total{outcome=\"scored\"}"),
         "counted"
     );
-    let _ = stop.send(());
-    task.await.unwrap().unwrap();
+    server.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -272,18 +256,8 @@ fn write_body(samples: &[(f64, i64)]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_write_takes_a_resend_once_and_refuses_garbage_with_400() {
     let registry = Registry::open(RegistryConfig::default(), Arc::new(Metrics::new())).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server::run(
-        listener,
-        registry,
-        ServerConfig::default(),
-        Duration::from_secs(3600),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let server = TestServer::start(registry, ServerConfig::default()).await;
+    let addr = server.addr;
     let c = reqwest::Client::new();
     let url = format!("http://{addr}/api/v1/write");
     let now_ms = std::time::SystemTime::now()
@@ -350,8 +324,7 @@ async fn remote_write_takes_a_resend_once_and_refuses_garbage_with_400() {
         scores.contains(r#"anomalyd_stream_value{for="temp",room="a"} 20.5"#),
         "{scores}"
     );
-    let _ = stop.send(());
-    task.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 /// The Prometheus and Alertmanager files in deploy/ are valid for the real tools.

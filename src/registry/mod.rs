@@ -452,6 +452,16 @@ impl Registry {
         &self.config
     }
 
+    /// Every stream, at one moment (the map's lock is released at once).
+    fn all_streams(&self) -> Vec<Arc<Stream>> {
+        self.streams
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
     fn get(&self, id: &str) -> Option<Arc<Stream>> {
         self.streams.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
     }
@@ -1021,13 +1031,7 @@ impl Registry {
     /// Every stream's exported view (id, labels, newest verdict), in id order,
     /// without taking any stream's state lock.
     pub fn exported(&self) -> Vec<(String, StreamMeta)> {
-        let streams: Vec<Arc<Stream>> = self
-            .streams
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let streams: Vec<Arc<Stream>> = self.all_streams();
         let mut out: Vec<(String, StreamMeta)> = streams
             .iter()
             .map(|s| (s.id.clone(), lock(&s.meta).clone()))
@@ -1124,13 +1128,7 @@ impl Registry {
         // Everything logged up to `cut` is already in memory: the snapshots taken
         // below include it.
         let cut = self.wal.as_ref().map(Wal::rotate).transpose()?;
-        let streams: Vec<Arc<Stream>> = self
-            .streams
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let streams: Vec<Arc<Stream>> = self.all_streams();
         // The streams whose oldest unsaved change is oldest go first, at most
         // `checkpoint_max_streams` of them: a round's work is bounded however many
         // streams changed, and the log keeps what the others still need.

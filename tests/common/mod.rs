@@ -83,3 +83,52 @@ pub fn assert_close_f32<'a, 'b>(
     let a: Vec<f64> = actual.into_iter().map(|&v| v as f64).collect();
     assert_close(a.iter(), expected, rtol, atol, what);
 }
+
+/// A service on 127.0.0.1:0 in this process, stopped (gracefully) by `stop`.
+pub struct TestServer {
+    /// Its address.
+    pub addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl TestServer {
+    /// Starts `registry` behind `config`.
+    pub async fn start(
+        registry: std::sync::Arc<anomalyd::registry::Registry>,
+        config: anomalyd::server::ServerConfig,
+    ) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(anomalyd::server::run(
+            listener,
+            registry,
+            config,
+            std::time::Duration::from_secs(3600),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        TestServer {
+            addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Stops it and waits for the final snapshot.
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
