@@ -12,6 +12,8 @@ use prost::Message as _;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
+mod common;
+
 use anomalyd::detector::DetectorConfig;
 use anomalyd::metrics::Metrics;
 use anomalyd::protocol::pb;
@@ -1008,4 +1010,61 @@ async fn admission_before_the_body_and_a_cap_on_waiters() {
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     let _ = tx.send(());
     task.await.unwrap().unwrap();
+}
+
+/// Hardening finding 7: requests that wait for a busy stream's lock wait on the
+/// blocking pool, never on an async worker, so the rest of the service (here on a
+/// single worker thread) keeps answering.
+#[test]
+fn a_busy_stream_does_not_stall_other_requests() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let registry = Registry::open(RegistryConfig::default(), Arc::new(Metrics::new())).unwrap();
+        let s = common::TestServer::start(registry.clone(), ServerConfig::default()).await;
+        let c = reqwest::Client::new();
+        let base = format!("http://{}", s.addr);
+        post(&c, &format!("{base}/v1/streams/busy/readings"), &readings(0, 5)).await;
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            registry.with_stream_locked("busy", || {
+                held_tx.send(()).unwrap();
+                std::thread::sleep(Duration::from_secs(4));
+            })
+        });
+        held_rx.recv().unwrap();
+        // These wait for the lock...
+        let waiting: Vec<_> = ["GET", "POST", "DELETE"]
+            .into_iter()
+            .map(|m| {
+                let url = match m {
+                    "POST" => format!("{base}/v1/streams/busy/retrain"),
+                    _ => format!("{base}/v1/streams/busy"),
+                };
+                let req = c.request(m.parse().unwrap(), url);
+                tokio::spawn(async move { req.send().await.map(|r| r.status().as_u16()) })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // ...while everything else still answers at once.
+        for path in ["/healthz", "/metrics", "/v1/streams", "/metrics/scores"] {
+            let r = tokio::time::timeout(Duration::from_secs(2), c.get(format!("{base}{path}")).send()).await;
+            assert!(r.is_ok_and(|r| r.is_ok()), "{path} stalled behind a busy stream");
+        }
+        let r = tokio::time::timeout(
+            Duration::from_secs(2),
+            c.post(format!("{base}/v1/streams/other/readings"))
+                .json(&readings(0, 1))
+                .send(),
+        )
+        .await;
+        assert!(r.is_ok(), "ingest to another stream stalled");
+        holder.join().unwrap();
+        for w in waiting {
+            assert!(w.await.unwrap().is_ok());
+        }
+        s.stop().await;
+    });
 }

@@ -671,7 +671,10 @@ impl Registry {
         }
         let mut map = self.streams.write().unwrap_or_else(|p| p.into_inner());
         for s in created {
-            let mut st = s.state.lock().unwrap_or_else(|p| p.into_inner());
+            // A stream another batch holds is about to take its readings (or that
+            // batch's own failure leaves an empty stream): never wait for it here,
+            // under the map's lock.
+            let Some(mut st) = try_lock(&s.state) else { continue };
             if st.detector.readings_seen() == 0 && map.get(&s.id).is_some_and(|m| Arc::ptr_eq(m, s)) {
                 map.remove(&s.id);
                 // A batch that resolved it meanwhile sees this and resolves again.
@@ -908,6 +911,15 @@ impl Registry {
         self.put(id, config)
     }
 
+    /// Runs `f` while holding stream `id`'s lock (tests: a batch or a training
+    /// install that holds it for long). Returns None when there is no such stream.
+    #[doc(hidden)]
+    pub fn with_stream_locked<R>(&self, id: &str, f: impl FnOnce() -> R) -> Option<R> {
+        let stream = self.get(id)?;
+        let _held = lock(&stream.state);
+        Some(f())
+    }
+
     /// Adds a stream with a ready detector (benchmarks: many streams without
     /// feeding each). Not logged: it persists at the next snapshot round.
     #[doc(hidden)]
@@ -923,17 +935,27 @@ impl Registry {
 
     /// Removes a stream (and, at the next snapshot, its file).
     pub fn delete(&self, id: &str) -> Result<(), RegistryError> {
-        let mut map = self.streams.write().unwrap_or_else(|p| p.into_inner());
-        let stream = map.get(id).cloned().ok_or_else(|| RegistryError::NotFound(id.into()))?;
-        // Map lock, then stream lock: the nesting `remove_unused` uses too.
-        let mut st = lock(&stream.state);
-        let lsn = self.log(&Record::Delete(id.to_string()).encode())?;
-        map.remove(id);
-        st.deleted = true;
-        drop(st);
-        drop(map);
-        lock(&self.tombstones).push(id.to_string());
-        self.make_durable(lsn)
+        loop {
+            let stream = self.get(id).ok_or_else(|| RegistryError::NotFound(id.into()))?;
+            // Wait for a busy stream without the map's lock: holding it here would
+            // stall every request that needs the map behind one long batch.
+            drop(lock(&stream.state));
+            let mut map = self.streams.write().unwrap_or_else(|p| p.into_inner());
+            if !map.get(id).is_some_and(|m| Arc::ptr_eq(m, &stream)) {
+                continue;
+            }
+            // Map lock, then stream lock (the one nesting), taken only if free.
+            let Some(mut st) = try_lock(&stream.state) else {
+                continue;
+            };
+            let lsn = self.log(&Record::Delete(id.to_string()).encode())?;
+            map.remove(id);
+            st.deleted = true;
+            drop(st);
+            drop(map);
+            lock(&self.tombstones).push(id.to_string());
+            return self.make_durable(lsn);
+        }
     }
 
     /// Queues a retraining job for a stream now.
@@ -1375,6 +1397,15 @@ pub fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
         } else {
             merge_patch(obj.entry(k.clone()).or_insert(serde_json::Value::Null), v);
         }
+    }
+}
+
+/// Locks a mutex if it is free (a poisoned one counts as free, as in [`lock`]).
+fn try_lock<T>(m: &Mutex<T>) -> Option<std::sync::MutexGuard<'_, T>> {
+    match m.try_lock() {
+        Ok(g) => Some(g),
+        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
     }
 }
 

@@ -804,7 +804,9 @@ async fn metrics_scores(State(st): State<AppState>) -> Result<Response, ApiError
 }
 
 async fn metrics(State(st): State<AppState>) -> Response {
-    st.registry.update_phase_gauges();
+    let registry = st.registry.clone();
+    // The map's read lock can wait for a writer: not on an async worker.
+    let _ = tokio::task::spawn_blocking(move || registry.update_phase_gauges()).await;
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         st.registry.metrics().render(),
