@@ -840,15 +840,9 @@ impl Registry {
         }
         .encode();
         if let Some(stream) = self.get(id) {
-            let mut st = lock(&stream.state);
+            let st = lock(&stream.state);
             if !st.deleted {
-                let lsn = self.log(&record)?;
-                reconfigure(&mut st, config)?;
-                st.lsn = lsn;
-                st.touch(lsn);
-                stream.note_phase(&st);
-                drop(st);
-                self.make_durable(lsn)?;
+                self.reconfigure_logged(&stream, st, config)?;
                 return Ok(false);
             }
         }
@@ -862,6 +856,27 @@ impl Registry {
         drop(map);
         self.make_durable(lsn)?;
         Ok(true)
+    }
+
+    /// Logs and applies a new config to a locked, live stream, then waits for the
+    /// log (the shared end of `put` and `patch`).
+    fn reconfigure_logged(
+        &self,
+        stream: &Stream,
+        mut st: std::sync::MutexGuard<'_, StreamState>,
+        config: DetectorConfig,
+    ) -> Result<(), RegistryError> {
+        let record = Record::Put {
+            stream: stream.id.clone(),
+            config: Box::new(config.clone()),
+        };
+        let lsn = self.log(&record.encode())?;
+        reconfigure(&mut st, config)?;
+        st.lsn = lsn;
+        st.touch(lsn);
+        stream.note_phase(&st);
+        drop(st);
+        self.make_durable(lsn)
     }
 
     /// Updates a stream's config by a JSON merge patch (RFC 7386: fields present
@@ -882,7 +897,7 @@ impl Registry {
             Ok(c)
         };
         if let Some(stream) = self.get(id) {
-            let mut st = lock(&stream.state);
+            let st = lock(&stream.state);
             if !st.deleted {
                 let config = merged(st.detector.config())?;
                 if !reset && st.detector.readings_seen() > 0 && !st.detector.config().same_shape(&config) {
@@ -891,19 +906,7 @@ impl Registry {
                         st.detector.readings_seen()
                     )));
                 }
-                let lsn = self.log(
-                    &Record::Put {
-                        stream: id.to_string(),
-                        config: Box::new(config.clone()),
-                    }
-                    .encode(),
-                )?;
-                reconfigure(&mut st, config)?;
-                st.lsn = lsn;
-                st.touch(lsn);
-                stream.note_phase(&st);
-                drop(st);
-                self.make_durable(lsn)?;
+                self.reconfigure_logged(&stream, st, config)?;
                 return Ok(false);
             }
         }

@@ -83,35 +83,36 @@ impl LimitedIo {
     }
 }
 
-impl AsyncRead for LimitedIo {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+impl LimitedIo {
+    /// An I/O poll's result: progress resets the idle deadline; waiting past it
+    /// is an error (`what` says which side stalled).
+    fn watch<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>, what: &str) -> Poll<io::Result<T>> {
+        match r {
             Poll::Ready(r) => {
-                this.progressed();
+                self.progressed();
                 Poll::Ready(r)
             }
-            Poll::Pending if this.timed_out(cx) => {
-                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "connection idle")))
+            Poll::Pending if self.timed_out(cx) => {
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what.to_string())))
             }
             Poll::Pending => Poll::Pending,
         }
     }
 }
 
+impl AsyncRead for LimitedIo {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let r = Pin::new(&mut this.stream).poll_read(cx, buf);
+        this.watch(cx, r, "connection idle")
+    }
+}
+
 impl AsyncWrite for LimitedIo {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        match Pin::new(&mut this.stream).poll_write(cx, data) {
-            Poll::Ready(r) => {
-                this.progressed();
-                Poll::Ready(r)
-            }
-            Poll::Pending if this.timed_out(cx) => {
-                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading")))
-            }
-            Poll::Pending => Poll::Pending,
-        }
+        let r = Pin::new(&mut this.stream).poll_write(cx, data);
+        this.watch(cx, r, "peer stopped reading")
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -128,16 +129,8 @@ impl AsyncWrite for LimitedIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        match Pin::new(&mut this.stream).poll_write_vectored(cx, bufs) {
-            Poll::Ready(r) => {
-                this.progressed();
-                Poll::Ready(r)
-            }
-            Poll::Pending if this.timed_out(cx) => {
-                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading")))
-            }
-            Poll::Pending => Poll::Pending,
-        }
+        let r = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.watch(cx, r, "peer stopped reading")
     }
 
     fn is_write_vectored(&self) -> bool {
