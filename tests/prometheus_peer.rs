@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
+use anomalyd::protocol::percent_encode;
 use common::{TestServer, free_port};
 
 use anomalyd::metrics::Metrics;
@@ -143,7 +144,7 @@ remote_write:
         "only the relabelled series were sent: {streams:?}"
     );
     let info: Value = c
-        .get(format!("{base}/v1/streams/{}", urlencode(&stream)))
+        .get(format!("{base}/v1/streams/{}", percent_encode(&stream)))
         .send()
         .await
         .unwrap()
@@ -193,7 +194,10 @@ remote_write:
         .collect();
     assert!(exprs.len() >= 10, "{exprs:?}");
     for expr in &exprs {
-        let q = format!("http://127.0.0.1:{prom_port}/api/v1/query?query={}", urlencode(expr));
+        let q = format!(
+            "http://127.0.0.1:{prom_port}/api/v1/query?query={}",
+            percent_encode(expr)
+        );
         eventually(&format!("data for {expr}"), Duration::from_secs(60), async || {
             let v: Value = c.get(&q).send().await.ok()?.json().await.ok()?;
             assert_eq!(v["status"], "success", "{expr}: {v}");
@@ -216,15 +220,6 @@ remote_write:
     );
     server.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn write_body(samples: &[(f64, i64)]) -> Vec<u8> {
@@ -281,7 +276,10 @@ async fn remote_write_takes_a_resend_once_and_refuses_garbage_with_400() {
         assert_eq!(r.status(), 204);
     }
     let info: Value = c
-        .get(format!("http://{addr}/v1/streams/{}", urlencode(r#"temp{room="a"}"#)))
+        .get(format!(
+            "http://{addr}/v1/streams/{}",
+            percent_encode(r#"temp{room="a"}"#)
+        ))
         .send()
         .await
         .unwrap()

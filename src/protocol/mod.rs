@@ -10,6 +10,17 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/anomalyd.v1.rs"));
 }
 
+/// Percent-encodes everything but RFC 3986's unreserved characters (a stream id
+/// as one path segment or query value).
+pub fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// Prometheus remote_write 1.0 messages (`proto/prometheus/remote.proto`).
 #[allow(missing_docs)]
 pub mod prompb {

@@ -51,12 +51,19 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// The bytes of a [`Record::Readings`] (without copying the batch).
-pub fn encode_readings(history: bool, readings: &[Reading]) -> Vec<u8> {
-    let size: usize = readings.iter().map(|r| 12 + r.stream.len() + 8 * r.values.len()).sum();
+pub fn encode_readings<'a, I>(history: bool, readings: I) -> Vec<u8>
+where
+    I: IntoIterator<Item = &'a Reading>,
+    I::IntoIter: Clone,
+{
+    let readings = readings.into_iter();
+    let (n, size) = readings.clone().fold((0usize, 0usize), |(n, b), r| {
+        (n + 1, b + 12 + r.stream.len() + 8 * r.values.len())
+    });
     let mut out = Vec::with_capacity(6 + size);
     out.push(1);
     out.push(u8::from(history));
-    out.extend_from_slice(&(readings.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(n as u32).to_le_bytes());
     for r in readings {
         put_str(&mut out, &r.stream);
         out.extend_from_slice(&r.timestamp.to_le_bytes());

@@ -541,11 +541,9 @@ impl Registry {
             // Logged before anything is applied: a batch the log refuses changes nothing.
             let lsn = checked.and_then(|()| {
                 if mode == Mode::Remote {
-                    let kept: Vec<Reading> = ids
-                        .iter()
-                        .flat_map(|id| per_stream[id].iter().map(|&i| readings[i].clone()))
-                        .collect();
-                    self.log(&log::encode_readings(false, &kept))
+                    // Only the readings kept (resends dropped), without copying them.
+                    let kept = ids.iter().flat_map(|id| per_stream[id].iter().map(|&i| &readings[i]));
+                    self.log(&log::encode_readings(false, kept))
                 } else {
                     self.log(&log::encode_readings(history, readings))
                 }

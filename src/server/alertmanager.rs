@@ -39,15 +39,6 @@ impl Default for AlertmanagerConfig {
     }
 }
 
-fn url_path_escape(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// The Alertmanager form of an incident event. `labels` are the series' labels
 /// (remote_write streams; `__name__` becomes `for`). A firing alert's `endsAt` is
 /// four resend intervals ahead of `now`, so it expires if anomalyd goes quiet.
@@ -90,7 +81,7 @@ pub fn to_alertmanager(
     let link = format!(
         "{}/v1/streams/{}",
         cfg.external_url.trim_end_matches('/'),
-        url_path_escape(&a.stream)
+        crate::protocol::percent_encode(&a.stream)
     );
     let ends = match (a.kind, a.end) {
         (AlertKind::Resolved, Some(end)) => format_rfc3339(end),

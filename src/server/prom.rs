@@ -72,9 +72,7 @@ pub fn stream_id(labels: &[(String, String)]) -> String {
     if id.len() <= MAX_STREAM_ID_BYTES && !id.chars().any(char::is_control) {
         return id;
     }
-    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
-    });
+    let hash = crate::storage::fnv1a(id.as_bytes(), crate::storage::FNV_OFFSET);
     let mut cut = 200;
     while !id.is_char_boundary(cut) {
         cut -= 1;

@@ -12,6 +12,17 @@ pub use self::safetensors::{
     decode_autoencoder, decode_rnn, encode_autoencoder, encode_rnn, load_autoencoder, save_autoencoder,
 };
 
+/// 64-bit FNV-1a of `bytes` from `seed` (stable names for ids that cannot be
+/// file names or stream ids themselves).
+pub fn fnv1a(bytes: &[u8], seed: u64) -> u64 {
+    bytes
+        .iter()
+        .fold(seed, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+/// FNV-1a's standard offset basis.
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
 /// Why model state could not be stored or loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {

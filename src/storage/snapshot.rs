@@ -194,14 +194,10 @@ pub fn clean_dir(dir: &Path, keep_corrupt: std::time::Duration) -> usize {
 /// may be 256 bytes of any UTF-8, longer than file names allow); the id itself is
 /// stored inside.
 pub fn stream_file(dir: &Path, stream: &str) -> PathBuf {
-    let fnv = |seed: u64| {
-        stream
-            .bytes()
-            .fold(seed, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
-    };
+    let fnv = |seed: u64| super::fnv1a(stream.as_bytes(), seed);
     dir.join(format!(
         "{:016x}{:016x}.snap",
-        fnv(0xcbf2_9ce4_8422_2325),
+        fnv(super::FNV_OFFSET),
         fnv(0x6c62_272e_07bb_0142)
     ))
 }
