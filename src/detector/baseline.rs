@@ -158,10 +158,16 @@ pub struct EwStats {
 impl EwStats {
     /// The z-score of `x` (0 until two values are known) and the mean.
     pub fn score(&self, x: f64) -> (f64, f64) {
+        let (z, m) = self.signed_score(x);
+        (z.abs(), m)
+    }
+
+    /// The signed z-score of `x` (above the mean: positive) and the mean.
+    pub fn signed_score(&self, x: f64) -> (f64, f64) {
         if self.n < 2 {
             return (0.0, if self.n == 0 { x } else { self.mean });
         }
-        ((x - self.mean).abs() / std_floor(self.mean, self.var.sqrt()), self.mean)
+        ((x - self.mean) / std_floor(self.mean, self.var.sqrt()), self.mean)
     }
 
     /// Learns `x` with weight max(1/n, 1/window). Clamped to ±1e150 so the sums stay
@@ -214,16 +220,17 @@ impl StateBaselines {
         }
     }
 
-    /// `(level z, AR z, seasonal z)` of `x`, given its seasonal expectation, if any.
-    /// `floor` is the least seasonal residual scale.
+    /// Signed `(level z, AR z, seasonal z)` of `x` (above what is expected:
+    /// positive), given its seasonal expectation, if any. `floor` is the least
+    /// seasonal residual scale.
     pub fn score(&self, x: f64, seasonal_expected: Option<f64>, floor: f64) -> (f64, f64, f64) {
-        let (zl, _) = self.level.score(x);
-        let (za, _) = self.ar.score(x);
+        let (zl, _) = self.level.signed_score(x);
+        let (za, _) = self.ar.signed_score(x);
         let zs = match seasonal_expected {
             Some(e) if self.seasonal.len() >= 16 => {
                 let (_, m) = self.seasonal.score(x - e);
                 let sd = std_floor(0.0, self.seasonal.var.sqrt()).max(floor).max(1e-12);
-                ((x - e - m).abs() / sd).min(1e12)
+                ((x - e - m) / sd).clamp(-1e12, 1e12)
             }
             _ => 0.0,
         };
@@ -344,6 +351,13 @@ impl OnlineAr {
 
     /// Scores `x` without learning from it.
     pub fn score(&self, x: f64) -> (f64, f64) {
+        let (z, pred) = self.signed_score(x);
+        (z.abs(), pred)
+    }
+
+    /// As [`OnlineAr::score`], with the residual's sign (above the prediction:
+    /// positive).
+    pub fn signed_score(&self, x: f64) -> (f64, f64) {
         let Some((center, spread)) = self.scale else {
             return (0.0, x);
         };
@@ -352,7 +366,7 @@ impl OnlineAr {
             Some(pr) => {
                 let r = xs - pr;
                 let sd = self.resid_var.sqrt().max(1e-3) * self.psi_sumsq.sqrt();
-                let z = if self.n_resid >= 8 { r.abs() / sd } else { 0.0 };
+                let z = if self.n_resid >= 8 { r / sd } else { 0.0 };
                 (z, pr * spread + center)
             }
             None => (0.0, x),

@@ -626,7 +626,12 @@ impl Detector {
                 self.drift = 0.98 * self.drift + 0.02 * z;
                 let zg_max = base.zg.iter().cloned().fold(0.0, f64::max);
                 let za_max = base.za.iter().cloned().fold(0.0, f64::max);
+                // While an incident is open (or a new normal awaits a retrained model)
+                // the model knows only the old normal: novelty is judged by the
+                // baselines, which follow every reading.
+                let model_blind = self.incident.is_some() || self.model_stale;
                 let (surprise, model_score) = match self.config.model.combine.as_str() {
+                    _ if model_blind => (base_max, 0.0),
                     // The model's own likelihood.
                     "separate" => (base_max, self.model_likelihood.update(raw_of(z)).0),
                     // Mean of the three raw scores, mapped back to a surprise.
@@ -905,7 +910,7 @@ impl Detector {
         });
         let m = model.scorers.len() as f64;
         let model_z: Vec<f64> = (0..d)
-            .map(|j| ((window[(w - 1) * d + j] as f64) - last[j] / m).abs() / model.errors.feature_scale(j))
+            .map(|j| ((window[(w - 1) * d + j] as f64) - last[j] / m) / model.errors.feature_scale(j))
             .collect();
         let err = sq.iter().sum::<f64>() / (m * (steps * d) as f64);
         let total: f64 = sq.iter().sum();

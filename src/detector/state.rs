@@ -9,13 +9,17 @@
 //! never on readings in an anomalous state:
 //!
 //! ```text
-//! instant   s = max over features of the component's z
-//! smoothed  s̄ = max over features of EWMA_λ(min(z, L))  (sustained small shifts;
-//!             each z capped at the instant limit L, so one spike cannot hold it up)
+//! instant   s = max over features of the component's |z|
+//! smoothed  s̄ = max over features of EWMA_λ(min(|z|, L))  (sustained changes of
+//!             spread; each |z| capped at the instant limit L, so one spike cannot
+//!             hold it up)
+//! drift     s̃ = max over features of |EWMA_λ(clamp(z, ±L))|  (sustained small
+//!             shifts to one side: the EWMA control chart; noise averages out,
+//!             a shift of δσ moves it by δ)
 //! limit     L = q90 + 3 (q99 − q90)  of the statistic on normal readings
 //!             (an exponential tail through q90 and q99, read at p ≈ 1e-4,
 //!              as in POT/SPOT), floored at `FLOOR_INSTANT` / `FLOOR_SMOOTHED`
-//! ratio     ρ = max over components of s / L
+//! ratio     ρ = max over components of s / L, s̄ / L̄, s̃ / L̃
 //! score     ρ² / (1 + ρ²)       0.5 at the limit, 0.9 at 3×, 0.99 at 10×
 //! state     ρ ≥ 1
 //! ```
@@ -123,6 +127,9 @@ impl TailHistogram {
 pub const FLOOR_INSTANT: f64 = 4.0;
 /// Least smoothed limit.
 pub const FLOOR_SMOOTHED: f64 = 2.0;
+/// Least drift limit: four standard deviations of the EWMA of independent unit
+/// noise at λ = 0.1 (√(λ / (2 − λ)) ≈ 0.23), the instant floor's equivalent.
+pub const FLOOR_DRIFT: f64 = 0.92;
 
 /// The components whose surprises the state judges.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,19 +163,30 @@ pub fn component_name(c: usize) -> &'static str {
 /// The per-component statistics of a stream, their EWMAs and limits.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StateCalibration {
-    /// Per component: EWMA of each feature's z.
+    /// Per component: EWMA of each feature's |z|.
     ewma: [Vec<f64>; N_COMPONENTS],
-    /// Per component: histograms of the instant and smoothed statistics.
+    /// Per component: EWMA of each feature's signed z.
+    #[serde(default)]
+    signed: [Vec<f64>; N_COMPONENTS],
+    /// Per component: histograms of the instant, smoothed and drift statistics.
     instant: Vec<TailHistogram>,
     smoothed: Vec<TailHistogram>,
+    #[serde(default = "histograms")]
+    drift: Vec<TailHistogram>,
+}
+
+fn histograms() -> Vec<TailHistogram> {
+    vec![TailHistogram::default(); N_COMPONENTS]
 }
 
 impl Default for StateCalibration {
     fn default() -> Self {
         StateCalibration {
             ewma: Default::default(),
-            instant: vec![TailHistogram::default(); N_COMPONENTS],
-            smoothed: vec![TailHistogram::default(); N_COMPONENTS],
+            signed: Default::default(),
+            instant: histograms(),
+            smoothed: histograms(),
+            drift: histograms(),
         }
     }
 }
@@ -181,11 +199,11 @@ pub struct Judgement {
     pub ratio: f64,
     /// The component with the largest ratio.
     pub component: Option<usize>,
-    /// Whether that ratio came from the smoothed statistic.
+    /// Whether that ratio came from the smoothed (or drift) statistic.
     pub smoothed: bool,
-    /// Per component: (instant, smoothed) statistics, to learn once the reading is
-    /// known to be normal.
-    stats: [(f64, f64); N_COMPONENTS],
+    /// Per component: (instant, smoothed, drift) statistics, to learn once the
+    /// reading is known to be normal.
+    stats: [(f64, f64, f64); N_COMPONENTS],
     present: [bool; N_COMPONENTS],
 }
 
@@ -194,50 +212,54 @@ impl StateCalibration {
     pub fn reset(&mut self, c: Component) {
         let i = c as usize;
         self.ewma[i].clear();
+        self.signed[i].clear();
         self.instant[i] = TailHistogram::default();
         self.smoothed[i] = TailHistogram::default();
+        self.drift[i] = TailHistogram::default();
     }
 
     /// Restarts every smoothed statistic from the next reading (after a change was
     /// accepted, the old EWMAs describe the old normal).
     pub fn restart_smoothing(&mut self) {
-        for e in &mut self.ewma {
+        for e in self.ewma.iter_mut().chain(self.signed.iter_mut()) {
             e.clear();
         }
     }
 
-    /// Updates the EWMAs with this reading's per-feature z of each component present
-    /// (`None`: the component does not score now) and judges the result against the
-    /// limits. `min_normal` normal readings must be known before a limit is used.
+    /// Updates the EWMAs with this reading's signed per-feature z of each component
+    /// present (`None`: the component does not score now) and judges the result
+    /// against the limits. `min_normal` normal readings must be known before a limit
+    /// is used.
     pub fn judge(&mut self, zs: &[Option<&[f64]>; N_COMPONENTS], lambda: f64, min_normal: u32) -> Judgement {
+        if self.drift.len() != N_COMPONENTS {
+            self.drift = histograms();
+        }
         let mut j = Judgement::default();
         for (c, z) in zs.iter().enumerate() {
             let Some(z) = z else { continue };
             if z.is_empty() {
                 continue;
             }
-            // Each reading enters the EWMA capped at the instant limit: one spike
-            // (already judged by the instant statistic) cannot hold the smoothed one
-            // up for many readings; a sustained shift still moves it all the way.
+            // Each reading enters the EWMAs capped at the instant limit: one spike
+            // (already judged by the instant statistic) cannot hold the smoothed ones
+            // up for many readings; a sustained shift still moves them all the way.
             let cap = self.instant[c].limit(FLOOR_INSTANT);
-            let ewma = &mut self.ewma[c];
-            if ewma.len() != z.len() {
-                *ewma = z.iter().map(|v| v.min(cap)).collect();
-            } else {
-                for (e, &v) in ewma.iter_mut().zip(z.iter()) {
-                    *e += lambda * (v.min(cap) - *e);
-                }
-            }
-            let inst = z.iter().cloned().fold(0.0, f64::max);
-            let smooth = ewma.iter().cloned().fold(0.0, f64::max);
-            j.stats[c] = (inst, smooth);
+            ewma_update(&mut self.ewma[c], z, lambda, |v| v.abs().min(cap));
+            ewma_update(&mut self.signed[c], z, lambda, |v| v.clamp(-cap, cap));
+            let inst = z.iter().fold(0.0, |m: f64, v| m.max(v.abs()));
+            let smooth = self.ewma[c].iter().cloned().fold(0.0, f64::max);
+            let drift = self.signed[c].iter().fold(0.0, |m: f64, v| m.max(v.abs()));
+            j.stats[c] = (inst, smooth, drift);
             j.present[c] = true;
             if self.instant[c].len() >= min_normal {
-                let r =
-                    (inst / self.instant[c].limit(FLOOR_INSTANT)).max(smooth / self.smoothed[c].limit(FLOOR_SMOOTHED));
+                let ri = inst / self.instant[c].limit(FLOOR_INSTANT);
+                let rs =
+                    (smooth / self.smoothed[c].limit(FLOOR_SMOOTHED)).max(drift / self.drift[c].limit(FLOOR_DRIFT));
+                let r = ri.max(rs);
                 if r > j.ratio {
                     j.ratio = r;
                     j.component = Some(c);
+                    j.smoothed = rs > ri;
                 }
             }
         }
@@ -250,6 +272,7 @@ impl StateCalibration {
             if j.present[c] {
                 self.instant[c].push(j.stats[c].0);
                 self.smoothed[c].push(j.stats[c].1);
+                self.drift[c].push(j.stats[c].2);
             }
         }
     }
@@ -272,13 +295,26 @@ impl StateCalibration {
         self.instant[c as usize].len()
     }
 
-    /// The (instant, smoothed) limits of a component.
-    pub fn limits(&self, c: Component) -> (f64, f64) {
+    /// The (instant, smoothed, drift) limits of a component.
+    pub fn limits(&self, c: Component) -> (f64, f64, f64) {
         let i = c as usize;
         (
             self.instant[i].limit(FLOOR_INSTANT),
             self.smoothed[i].limit(FLOOR_SMOOTHED),
+            self.drift.get(i).map_or(FLOOR_DRIFT, |h| h.limit(FLOOR_DRIFT)),
         )
+    }
+}
+
+/// One EWMA step of `ewma` towards `f(z)` per feature (started at `f(z)` when its
+/// width changed).
+fn ewma_update(ewma: &mut Vec<f64>, z: &[f64], lambda: f64, f: impl Fn(f64) -> f64) {
+    if ewma.len() != z.len() {
+        *ewma = z.iter().map(|&v| f(v)).collect();
+    } else {
+        for (e, &v) in ewma.iter_mut().zip(z) {
+            *e += lambda * (f(v) - *e);
+        }
     }
 }
 

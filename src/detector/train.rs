@@ -454,12 +454,13 @@ pub fn train(job: &TrainJob, should_stop: &dyn Fn() -> bool) -> TrainOutcome {
         mean: errs.iter().sum::<f64>() / errs.len() as f64,
         feature_rms,
     };
+    // Signed, x − x̂ (as the live residuals): the drift statistic needs the sign.
     let calibration = resid
         .iter()
         .map(|r| {
             r.iter()
                 .enumerate()
-                .map(|(j, v)| v.abs() / errors.feature_scale(j))
+                .map(|(j, v)| -v / errors.feature_scale(j))
                 .collect()
         })
         .collect();
