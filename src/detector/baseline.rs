@@ -212,10 +212,10 @@ impl StateBaselines {
     }
 
     /// Fresh baselines.
-    pub fn new(ar_order: usize, ar_forgetting: f64) -> Self {
+    pub fn new(ar_order: usize, ar_forgetting: f64, window: usize) -> Self {
         StateBaselines {
             level: EwStats::default(),
-            ar: OnlineAr::new(ar_order, ar_forgetting),
+            ar: OnlineAr::new(ar_order, ar_forgetting).with_resid_window(window),
             seasonal: EwStats::default(),
         }
     }
@@ -235,6 +235,14 @@ impl StateBaselines {
             _ => 0.0,
         };
         (zl, za, zs)
+    }
+
+    /// Whether the seasonal pattern explains this feature: its residual's spread is
+    /// under half the level's (the cycle carries three quarters of the variance).
+    /// A period found in data that is not seasonal (a slow wander has peaks in its
+    /// autocorrelation too) explains nothing, and its residual must not judge.
+    pub fn seasonal_explains(&self) -> bool {
+        self.seasonal.len() >= 16 && self.level.len() >= 16 && self.seasonal.var < 0.25 * self.level.var
     }
 
     /// What the state expects for `x`'s reading: the AR's one-step prediction, or
@@ -293,6 +301,13 @@ pub struct OnlineAr {
     psi: VecDeque<f64>,
     #[serde(default = "one")]
     psi_sumsq: f64,
+    /// Readings the residual scale averages over (its EWMA weight is the inverse).
+    #[serde(default = "fifty")]
+    resid_window: usize,
+}
+
+fn fifty() -> usize {
+    50
 }
 
 fn one() -> f64 {
@@ -338,7 +353,15 @@ impl OnlineAr {
             n_resid: 0,
             psi: VecDeque::new(),
             psi_sumsq: 1.0,
+            resid_window: 50,
         }
+    }
+
+    /// The same, with a residual scale averaged over `window` readings (the event
+    /// path's 50 follow a change of spread quickly; the state's normal is slower).
+    pub fn with_resid_window(mut self, window: usize) -> Self {
+        self.resid_window = window.max(1);
+        self
     }
 
     /// Scores `x` by its one-step prediction residual, then learns from it. Returns
@@ -441,11 +464,7 @@ impl OnlineAr {
             let denom = self.lambda + phi.iter().zip(&pphi).map(|(a, b)| a * b).sum::<f64>();
             let err = xs - phi.iter().zip(&self.theta).map(|(a, b)| a * b).sum::<f64>();
             // Residual scale, from errors made before learning from them.
-            let alpha = if self.n_resid < 50 {
-                1.0 / (self.n_resid as f64 + 1.0)
-            } else {
-                0.02
-            };
+            let alpha = 1.0 / (self.n_resid as f64 + 1.0).min(self.resid_window as f64);
             self.resid_var = (1.0 - alpha) * self.resid_var + alpha * err * err;
             self.n_resid += 1;
             if denom.is_finite() && denom > 0.0 {

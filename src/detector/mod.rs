@@ -521,7 +521,7 @@ impl Detector {
             self.ars = (0..d).map(|_| OnlineAr::new(b.ar_order, b.ar_forgetting)).collect();
             self.seasonals = (0..d).map(|_| Seasonal::new(b.gaussian_window)).collect();
             self.state_baselines = (0..d)
-                .map(|_| StateBaselines::new(b.ar_order, b.ar_forgetting))
+                .map(|_| StateBaselines::new(b.ar_order, b.ar_forgetting, b.gaussian_window))
                 .collect();
             self.range = values.iter().map(|&v| (v, v)).collect();
         }
@@ -582,6 +582,9 @@ impl Detector {
             (s.zg[j], s.za[j], s.zs[j]) = (zg, za, zs);
             (s.state_level[j], s.state_ar[j], s.state_seasonal[j]) =
                 self.state_baselines[j].score(values[j], s.seasonal_expected[j], floor);
+            if !self.state_baselines[j].seasonal_explains() {
+                s.state_seasonal[j] = 0.0;
+            }
             s.base_z[j] = match self.config.detector {
                 DetectorKind::Gaussian => zg,
                 DetectorKind::Ar => za,
@@ -1162,7 +1165,7 @@ impl Detector {
         } else {
             let b = &s.config.baseline;
             (0..s.gaussians.len())
-                .map(|_| StateBaselines::new(b.ar_order, b.ar_forgetting))
+                .map(|_| StateBaselines::new(b.ar_order, b.ar_forgetting, b.gaussian_window))
                 .collect()
         };
         Ok(Detector {
