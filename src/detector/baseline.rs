@@ -539,7 +539,17 @@ pub const MAX_SEASONAL_PERIODS: usize = 16;
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Seasonal {
     period: Option<usize>,
-    resid: WindowStats,
+    /// Mean and spread of the residuals, exponentially weighted over `window`
+    /// (an EW estimate instead of a window of values: 24 bytes instead of 4 KiB
+    /// per feature, the window's span all the same).
+    #[serde(default)]
+    residuals: EwStats,
+    #[serde(default = "default_window")]
+    window: usize,
+}
+
+fn default_window() -> usize {
+    512
 }
 
 impl Seasonal {
@@ -548,14 +558,18 @@ impl Seasonal {
         if self.period.is_some_and(|p| p == 0 || p > 1_000_000) {
             return Err(format!("seasonal period {:?}", self.period));
         }
-        self.resid.check()
+        if self.window == 0 || self.window > 1_000_000 {
+            return Err(format!("seasonal window {}", self.window));
+        }
+        Ok(())
     }
 
     /// A baseline whose residual scale is taken over `window` residuals.
     pub fn new(window: usize) -> Self {
         Seasonal {
             period: None,
-            resid: WindowStats::new(window),
+            residuals: EwStats::default(),
+            window,
         }
     }
 
@@ -568,7 +582,7 @@ impl Seasonal {
     pub fn set_period(&mut self, period: Option<usize>) {
         if period != self.period {
             self.period = period;
-            self.resid = WindowStats::new(self.resid.cap);
+            self.residuals = EwStats::default();
         }
     }
 
@@ -597,17 +611,18 @@ impl Seasonal {
             0.5 * (p[p.len() / 2 - 1] + p[p.len() / 2])
         };
         let r = x - expected;
-        let z = if self.resid.len() < 16 {
+        let z = if self.residuals.len() < 16 {
             0.0
         } else {
-            (r - self.resid.mean()).abs() / self.resid.std().max(floor).max(1e-12)
+            let sd = self.residuals.var.max(0.0).sqrt();
+            (r - self.residuals.mean).abs() / sd.max(floor).max(1e-12)
         };
         (z, expected)
     }
 
     /// Learns a residual (value minus its seasonal expectation).
     pub fn learn(&mut self, residual: f64) {
-        self.resid.push(residual);
+        self.residuals.learn(residual, self.window);
     }
 }
 
