@@ -77,8 +77,14 @@ pub fn snapshot(data: &[u8]) {
         fixed[n..].copy_from_slice(&crc.to_le_bytes());
     }
     for bytes in [data, &fixed] {
-        if let Ok((_, _, snap)) = crate::storage::snapshot::decode(bytes)
-            && let Ok(mut d) = Detector::restore(snap)
+        // A model file decodes against a state of the default shape.
+        let state = Detector::new(crate::detector::DetectorConfig::default())
+            .expect("default config")
+            .snapshot()
+            .state;
+        let _ = crate::storage::snapshot::decode_model(bytes, &state);
+        if let Ok(decoded) = crate::storage::snapshot::decode(bytes)
+            && let Ok(mut d) = Detector::restore(decoded.snapshot)
         {
             let width = d.n_features().unwrap_or(1);
             let ts = d.last_timestamp().unwrap_or(0);

@@ -534,8 +534,10 @@ pub fn run_ingest_bench(
 pub struct CheckpointBenchReport {
     /// Streams held.
     pub streams: usize,
-    /// Bytes of one stream's snapshot file.
-    pub snapshot_bytes: usize,
+    /// Bytes of one stream's state file (rewritten when the stream changed).
+    pub state_bytes: usize,
+    /// Bytes of one stream's model file (written once per model version).
+    pub model_bytes: usize,
     /// Most streams a round writes (`checkpoint_max_streams`).
     pub max_streams_per_round: usize,
     /// The first round after every stream changed, seconds.
@@ -546,6 +548,9 @@ pub struct CheckpointBenchReport {
     pub write_all_s: f64,
     /// A round after 1% of the streams took a reading, seconds.
     pub one_percent_round_s: f64,
+    /// A round after every stream took a reading (no new model), seconds: the
+    /// steady state of a busy node.
+    pub all_changed_round_s: f64,
     /// A round with nothing changed, seconds.
     pub idle_round_s: f64,
     /// Opening the data directory again (snapshots + log replay), seconds.
@@ -575,7 +580,11 @@ pub fn run_checkpoint_bench(
         )
     };
     let template = trained_detector(config, readings)?;
-    let snapshot_bytes = crate::storage::snapshot::encode("s0", 0, &template.snapshot())
+    let snap = template.snapshot();
+    let state_bytes = crate::storage::snapshot::encode("s0", 0, &snap, Some("s0.v1.model"))
+        .map_err(|e| e.to_string())?
+        .len();
+    let model_bytes = crate::storage::snapshot::encode_model(&snap.members)
         .map_err(|e| e.to_string())?
         .len();
     let reg = open()?;
@@ -609,6 +618,20 @@ pub fn run_checkpoint_bench(
     reg.ingest(&touched).map_err(|e| e.to_string())?;
     let one_percent_round_s = timed(&round)?;
     let idle_round_s = timed(&round)?;
+    let every: Vec<Reading> = (0..streams)
+        .map(|s| Reading {
+            stream: format!("s{s}"),
+            timestamp: last + 1,
+            values: vec![0.5; width],
+        })
+        .collect();
+    for chunk in every.chunks(1000) {
+        reg.ingest(chunk).map_err(|e| e.to_string())?;
+    }
+    let all_changed_round_s = timed(&round)?;
+    while reg.dirty_streams() > 0 {
+        round()?;
+    }
     // Readings after the last round are replayed from the log on restart.
     let more: Vec<Reading> = touched
         .iter()
@@ -627,12 +650,14 @@ pub fn run_checkpoint_bench(
     let _ = std::fs::remove_dir_all(&dir);
     Ok(CheckpointBenchReport {
         streams,
-        snapshot_bytes,
+        state_bytes,
+        model_bytes,
         max_streams_per_round: crate::registry::RegistryConfig::default().checkpoint_max_streams,
         first_round_s,
         rounds_to_write_all,
         write_all_s,
         one_percent_round_s,
+        all_changed_round_s,
         idle_round_s,
         restart_s,
         restarted_streams,

@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 /// Mean and standard deviation of the last `cap` values.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WindowStats {
+    #[serde(with = "super::packed")]
     buf: VecDeque<f64>,
     cap: usize,
     sum: f64,

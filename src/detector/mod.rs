@@ -23,6 +23,7 @@
 pub mod baseline;
 pub mod config;
 pub mod likelihood;
+pub mod packed;
 pub mod state;
 pub mod train;
 
@@ -1081,6 +1082,12 @@ impl Detector {
     /// Everything needed to rebuild this detector exactly: serde state plus the model
     /// weights (which `storage` writes as safetensors).
     pub fn snapshot(&self) -> DetectorSnapshot {
+        self.snapshot_with(true)
+    }
+
+    /// [`Detector::snapshot`], the weights only when `weights` (a checkpoint that
+    /// already holds this model's weights needs the state alone).
+    pub fn snapshot_with(&self, weights: bool) -> DetectorSnapshot {
         let model = self.model.as_ref();
         DetectorSnapshot {
             state: DetectorState {
@@ -1117,6 +1124,7 @@ impl Detector {
                 }),
             },
             members: model
+                .filter(|_| weights)
                 .map(|m| m.scorers.iter().map(|s| s.to_model()).collect())
                 .unwrap_or_default(),
         }
@@ -1283,6 +1291,7 @@ pub struct DetectorState {
     n_features: Option<usize>,
     seen: u64,
     last_ts: Option<Micros>,
+    #[serde(with = "packed")]
     history: Vec<f64>,
     /// Buffered readings not learnt (absent in snapshots from before the state
     /// existed: all were).

@@ -219,9 +219,44 @@ impl Stream {
                 lsn,
                 deleted: false,
                 last_verdict: None,
+                model_saved: None,
             }),
         })
     }
+}
+
+/// Stages a stream's files for a checkpoint: its model's weights first when the
+/// snapshot carries them (a model file of their version), then its state, which
+/// names that file. Returns the (temporary, target) pairs, in that order:
+/// [`snapshot::commit`] renames them in order, so a state never names a model
+/// file that is not in place.
+fn stage_stream(
+    dir: &std::path::Path,
+    id: &str,
+    lsn: u64,
+    version: Option<u64>,
+    snap: &crate::detector::DetectorSnapshot,
+) -> Result<Vec<(std::path::PathBuf, std::path::PathBuf)>, StorageError> {
+    let mut files = Vec::with_capacity(2);
+    let model = version.map(|v| snapshot::model_file(dir, id, v));
+    if let Some(path) = &model
+        && !snap.members.is_empty()
+    {
+        let tmp = snapshot::stage(path, &snapshot::encode_model(&snap.members)?)?;
+        files.push((tmp, path.clone()));
+    }
+    let name = model.as_ref().and_then(|p| p.file_name()).and_then(|n| n.to_str());
+    let target = snapshot::stream_file(dir, id);
+    match snapshot::encode(id, lsn, snap, name).and_then(|b| snapshot::stage(&target, &b)) {
+        Ok(tmp) => files.push((tmp, target)),
+        Err(e) => {
+            for (tmp, _) in &files {
+                let _ = std::fs::remove_file(tmp);
+            }
+            return Err(e);
+        }
+    }
+    Ok(files)
 }
 
 fn phase_index(p: Phase) -> u8 {
@@ -260,6 +295,9 @@ struct StreamState {
     /// Removed from the registry (late training results are discarded).
     deleted: bool,
     last_verdict: Option<Verdict>,
+    /// The model version whose weights are in a model file on disk (a checkpoint
+    /// writes the weights again only when the version changed).
+    model_saved: Option<u64>,
 }
 
 /// What `GET /v1/streams/{stream}` shows.
@@ -1166,19 +1204,21 @@ impl Registry {
         dirty.truncate(self.config.checkpoint_max_streams.max(1));
         let (mut staged, mut taken, mut failed) = (Vec::new(), Vec::new(), 0);
         for (_, s) in dirty {
-            let (lsn, since, snap) = {
+            let (lsn, since, version, snap) = {
                 let mut st = lock(&s.state);
                 let Some(since) = st.dirty.take() else { continue };
                 if st.deleted {
                     continue;
                 }
-                (st.lsn, since, st.detector.snapshot())
+                let version = st.detector.model().map(|m| m.version);
+                // The weights only when this model's are not on disk yet.
+                let weights = version.is_some() && version != st.model_saved;
+                (st.lsn, since, version, st.detector.snapshot_with(weights))
             };
-            let target = snapshot::stream_file(dir, &s.id);
-            match snapshot::encode(&s.id, lsn, &snap).and_then(|b| snapshot::stage(&target, &b)) {
-                Ok(tmp) => {
-                    staged.push((tmp, target));
-                    taken.push((s, since));
+            match stage_stream(dir, &s.id, lsn, version, &snap) {
+                Ok(files) => {
+                    staged.extend(files);
+                    taken.push((s, since, version));
                 }
                 Err(e) => {
                     tracing::error!(stream = %s.id, error = %e, "stream snapshot failed");
@@ -1189,7 +1229,7 @@ impl Registry {
             }
         }
         if let Err(e) = snapshot::commit(dir, &staged) {
-            for (s, since) in &taken {
+            for (s, since, _) in &taken {
                 lock(&s.state).touch(*since);
             }
             for (tmp, _) in &staged {
@@ -1205,10 +1245,22 @@ impl Registry {
             .snapshots
             .with_label_values(&["ok"])
             .inc_by(taken.len() as u64);
+        // The states now name their new model files: the one each named before can
+        // go (any older one, left by a crash or a reset, goes at the next start).
+        for (s, _, version) in &taken {
+            let mut st = lock(&s.state);
+            if st.model_saved != *version {
+                if let Some(old) = st.model_saved {
+                    let _ = std::fs::remove_file(snapshot::model_file(dir, &s.id, old));
+                }
+                st.model_saved = *version;
+            }
+        }
         let tombstones = std::mem::take(&mut *lock(&self.tombstones));
         for id in tombstones {
             if self.get(&id).is_none() {
                 let _ = std::fs::remove_file(snapshot::stream_file(dir, &id));
+                snapshot::remove_models(dir, Some(&id), &Default::default());
             }
         }
         let journal = self.journal.to_json();
@@ -1292,18 +1344,29 @@ impl Registry {
 
     fn load_snapshots(&self, dir: &std::path::Path) -> Result<(), String> {
         let mut map = self.streams.write().unwrap_or_else(|p| p.into_inner());
+        let mut models = std::collections::HashSet::new();
         for entry in std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))? {
             let path = entry.map_err(|e| e.to_string())?.path();
             if path.extension().and_then(|e| e.to_str()) != Some("snap") {
                 continue;
             }
-            let loaded = std::fs::read(&path)
+            let loaded = snapshot::read(&path)
                 .map_err(|e| e.to_string())
-                .and_then(|b| snapshot::decode(&b).map_err(|e| e.to_string()))
-                .and_then(|(id, lsn, snap)| Detector::restore(snap).map(|d| (id, lsn, d)).map_err(|e| e.to_string()));
+                .and_then(|(id, lsn, snap, model)| {
+                    Detector::restore(snap)
+                        .map(|d| (id, lsn, d, model))
+                        .map_err(|e| e.to_string())
+                });
             match loaded {
-                Ok((id, lsn, detector)) => {
-                    let stream = Stream::new(&id, detector, false, lsn);
+                Ok((id, lsn, detector, model)) => {
+                    let version = detector.model().map(|m| m.version);
+                    // A format-1 file holds its weights inline: the next checkpoint
+                    // writes them to a model file.
+                    let stream = Stream::new(&id, detector, model.is_none() && version.is_some(), lsn);
+                    if let Some(m) = model {
+                        models.insert(m);
+                        lock(&stream.state).model_saved = version;
+                    }
                     map.insert(id, stream);
                 }
                 Err(e) => {
@@ -1313,7 +1376,10 @@ impl Registry {
                 }
             }
         }
-        tracing::info!(streams = map.len(), dir = %dir.display(), "loaded snapshots");
+        // Model files no state names: a crash between a round's renames and its
+        // clean-up, or the files of streams moved aside.
+        let orphans = snapshot::remove_models(dir, None, &models);
+        tracing::info!(streams = map.len(), orphan_models = orphans, dir = %dir.display(), "loaded snapshots");
         Ok(())
     }
 
@@ -1444,6 +1510,9 @@ fn reconfigure(st: &mut StreamState, config: DetectorConfig) -> Result<(), Regis
     } else {
         st.detector = Detector::new(config)?;
     }
+    // A new detector numbers its models from 1 again: whatever model file is on
+    // disk may hold another model under the same version.
+    st.model_saved = None;
     st.touch(u64::MAX);
     Ok(())
 }
@@ -1586,6 +1655,69 @@ mod tests {
         drop(back);
         let again = Registry::open(config, Arc::new(Metrics::new())).unwrap();
         assert_eq!(again.info("s0").unwrap().readings_seen, 4);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Issue 9, checkpoints: a stream's weights are written once per model
+    /// version, its state at every round that finds it changed; a restart
+    /// restores the model from its model file, and model files no state names
+    /// (after a reset) are removed at start.
+    #[test]
+    fn checkpoints_write_the_weights_once_per_model_version() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::env::temp_dir().join(format!("anomalyd-weights-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = RegistryConfig {
+            data_dir: Some(dir.clone()),
+            ..Default::default()
+        };
+        let mut c = DetectorConfig::default();
+        c.model.ensemble = 1;
+        c.retrain.first_after = 100;
+        c.retrain.every_readings = 0;
+        c.retrain.on_drift = false;
+        let mut d = Detector::new(c).unwrap();
+        for t in 0..160 {
+            d.update_sync(t, &[(t as f64 / 5.0).sin()]).unwrap();
+        }
+        assert_eq!(d.model().map(|m| m.version), Some(1));
+        let reg = Registry::open(config.clone(), Arc::new(Metrics::new())).unwrap();
+        reg.adopt("m", d).unwrap();
+        reg.snapshot().unwrap();
+        let streams = dir.join("streams");
+        let (state, model) = (
+            snapshot::stream_file(&streams, "m"),
+            snapshot::model_file(&streams, "m", 1),
+        );
+        let ino = |p: &std::path::Path| std::fs::metadata(p).unwrap().ino();
+        let (state_ino, model_ino) = (ino(&state), ino(&model));
+        reg.ingest(&[Reading {
+            stream: "m".into(),
+            timestamp: 160,
+            values: vec![0.5],
+        }])
+        .unwrap();
+        assert_eq!(reg.snapshot().unwrap(), 1);
+        assert_ne!(ino(&state), state_ino, "the state was rewritten");
+        assert_eq!(ino(&model), model_ino, "the weights were not");
+        drop(reg);
+        let back = Registry::open(config.clone(), Arc::new(Metrics::new())).unwrap();
+        let info = back.info("m").unwrap();
+        assert_eq!(info.readings_seen, 161);
+        assert_eq!(
+            info.model.map(|m| m.version),
+            Some(1),
+            "the model came back from its file"
+        );
+        // A reset discards the model: the state no longer names the file, and the
+        // next start removes it.
+        back.patch("m", &serde_json::json!({"window": 8}), true).unwrap();
+        back.snapshot().unwrap();
+        assert!(model.exists(), "removed only once no state can need it");
+        drop(back);
+        let again = Registry::open(config, Arc::new(Metrics::new())).unwrap();
+        assert!(again.info("m").unwrap().model.is_none());
+        assert!(!model.exists(), "an orphan model file is removed at start");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

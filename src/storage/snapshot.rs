@@ -1,23 +1,35 @@
-//! Stream snapshots on disk: one file per stream, written atomically and checked on
-//! load, so a crash leaves either the old file or the new one, and a damaged file
-//! is reported, never loaded.
+//! Stream snapshots on disk, written atomically and checked on load, so a crash
+//! leaves either the old file or the new one, and a damaged file is reported,
+//! never loaded. A stream's state and its model's weights live apart: the state
+//! (`<hash>.snap`) is rewritten at each checkpoint that finds the stream changed,
+//! the weights (`<hash>.v<version>.model`) once per model version, so a checkpoint
+//! writes weights only for the streams that retrained since the last one.
 //!
 //! ```text
-//! "ANOMSNAP" | u32 format version (1)
-//! u32 n | n bytes of JSON: {"stream": id, "state": DetectorState}
-//! u32 members | per member: u64 n | n bytes of safetensors (encoder.*, decoder.*, head.*)
-//! u32 CRC-32 of everything before it
+//! state   "ANOMSNAP" | u32 format version (2)
+//!         u32 n | n bytes of JSON: {"stream", "lsn", "state", "model_file"}
+//!         u32 CRC-32 of everything before it
+//! model   "ANOMMODL" | u32 format version (1)
+//!         u32 members | per member: u64 n | n bytes of safetensors
+//!         u32 CRC-32 of everything before it
 //! ```
-//! All integers little-endian.
+//! Format version 1 (state and weights in one `.snap`: the JSON, then the
+//! members as in a model file) is still read. All integers little-endian.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::StorageError;
 use crate::detector::{DetectorSnapshot, DetectorState};
+use crate::nn::Autoencoder;
 
 const MAGIC: &[u8; 8] = b"ANOMSNAP";
-const VERSION: u32 = 1;
+const MODEL_MAGIC: &[u8; 8] = b"ANOMMODL";
+/// Format written: the state alone, weights in a model file.
+const VERSION: u32 = 2;
+/// Format still read: state and weights in one file.
+const VERSION_INLINE: u32 = 1;
+const MODEL_VERSION: u32 = 1;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Header {
@@ -26,74 +38,199 @@ struct Header {
     #[serde(default)]
     lsn: u64,
     state: DetectorState,
+    /// The model file holding the weights (its name in the same directory), when
+    /// the state has a model.
+    #[serde(default)]
+    model_file: Option<String>,
 }
 
-/// Encodes a stream's snapshot; `lsn` is the last log record its state includes.
-pub fn encode(stream: &str, lsn: u64, snapshot: &DetectorSnapshot) -> Result<Vec<u8>, StorageError> {
-    let header = Header {
-        stream: stream.to_string(),
-        lsn,
-        state: snapshot.state.clone(),
-    };
-    let json = serde_json::to_vec(&header).map_err(|e| StorageError::Format(e.to_string()))?;
-    let mut out = Vec::with_capacity(json.len() + 64 * 1024);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&(json.len() as u32).to_le_bytes());
-    out.extend_from_slice(&json);
-    out.extend_from_slice(&(snapshot.members.len() as u32).to_le_bytes());
-    for m in &snapshot.members {
-        let bytes = super::encode_autoencoder(m)?;
-        out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
-        out.extend_from_slice(&bytes);
-    }
+/// A decoded state file: the weights still to be read when `model_file` is set.
+pub struct Decoded {
+    /// Stream id.
+    pub stream: String,
+    /// The last log record its state includes.
+    pub lsn: u64,
+    /// The snapshot (members empty when they live in `model_file`).
+    pub snapshot: DetectorSnapshot,
+    /// The model file named by the state (format 2).
+    pub model_file: Option<String>,
+}
+
+fn frame(
+    magic: &[u8; 8],
+    version: u32,
+    body: impl FnOnce(&mut Vec<u8>) -> Result<(), StorageError>,
+) -> Result<Vec<u8>, StorageError> {
+    let mut out = Vec::with_capacity(64 * 1024);
+    out.extend_from_slice(magic);
+    out.extend_from_slice(&version.to_le_bytes());
+    body(&mut out)?;
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     Ok(out)
 }
 
-/// Decodes and verifies a snapshot; returns the stream id, the last log record
-/// its state includes, and the snapshot.
-pub fn decode(bytes: &[u8]) -> Result<(String, u64, DetectorSnapshot), StorageError> {
-    let corrupt = |why: &str| StorageError::Format(why.to_string());
-    if bytes.len() < MAGIC.len() + 4 + 4 + 4 + 4 || &bytes[..8] != MAGIC {
-        return Err(corrupt("not an anomalyd snapshot (bad magic or too short)"));
+fn push_members(out: &mut Vec<u8>, members: &[Autoencoder<f32>]) -> Result<(), StorageError> {
+    out.extend_from_slice(&(members.len() as u32).to_le_bytes());
+    for m in members {
+        let bytes = super::encode_autoencoder(m)?;
+        out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        out.extend_from_slice(&bytes);
+    }
+    Ok(())
+}
+
+/// Encodes a stream's state; `lsn` is the last log record it includes and
+/// `model_file` the file that holds its model's weights (see [`encode_model`]).
+/// The snapshot's members are not written.
+pub fn encode(
+    stream: &str,
+    lsn: u64,
+    snapshot: &DetectorSnapshot,
+    model_file: Option<&str>,
+) -> Result<Vec<u8>, StorageError> {
+    let header = Header {
+        stream: stream.to_string(),
+        lsn,
+        state: snapshot.state.clone(),
+        model_file: model_file.map(str::to_string),
+    };
+    let json = serde_json::to_vec(&header).map_err(|e| StorageError::Format(e.to_string()))?;
+    frame(MAGIC, VERSION, |out| {
+        out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        out.extend_from_slice(&json);
+        Ok(())
+    })
+}
+
+/// Encodes a model's weights (its ensemble members).
+pub fn encode_model(members: &[Autoencoder<f32>]) -> Result<Vec<u8>, StorageError> {
+    frame(MODEL_MAGIC, MODEL_VERSION, |out| push_members(out, members))
+}
+
+/// Encodes state and weights in one file (format 1, as earlier builds wrote it).
+pub fn encode_inline(stream: &str, lsn: u64, snapshot: &DetectorSnapshot) -> Result<Vec<u8>, StorageError> {
+    let header = Header {
+        stream: stream.to_string(),
+        lsn,
+        state: snapshot.state.clone(),
+        model_file: None,
+    };
+    let json = serde_json::to_vec(&header).map_err(|e| StorageError::Format(e.to_string()))?;
+    frame(MAGIC, VERSION_INLINE, |out| {
+        out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        out.extend_from_slice(&json);
+        push_members(out, &snapshot.members)
+    })
+}
+
+/// Checks the magic and the checksum; returns the format version and the body
+/// after it.
+fn unframe<'a>(bytes: &'a [u8], magic: &[u8; 8], what: &str) -> Result<(u32, &'a [u8]), StorageError> {
+    let corrupt = |why: String| StorageError::Format(why);
+    if bytes.len() < magic.len() + 4 + 4 || &bytes[..8] != magic {
+        return Err(corrupt(format!("not an anomalyd {what} (bad magic or too short)")));
     }
     let (body, crc) = bytes.split_at(bytes.len() - 4);
     if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
-        return Err(corrupt("checksum mismatch: the file is damaged or was cut short"));
+        return Err(corrupt(
+            "checksum mismatch: the file is damaged or was cut short".into(),
+        ));
     }
-    let mut at = 8;
-    let mut take = |n: usize| -> Result<&[u8], StorageError> {
-        let s = body.get(at..at + n).ok_or_else(|| corrupt("truncated"))?;
-        at += n;
+    let version = u32::from_le_bytes(body[8..12].try_into().expect("4"));
+    Ok((version, &body[12..]))
+}
+
+/// A cursor over a file's body.
+struct Reader<'a> {
+    body: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], StorageError> {
+        let s = self
+            .body
+            .get(self.at..self.at.saturating_add(n))
+            .ok_or_else(|| StorageError::Format("truncated".into()))?;
+        self.at += n;
         Ok(s)
-    };
-    let version = u32::from_le_bytes(take(4)?.try_into().expect("4"));
-    if version != VERSION {
-        return Err(corrupt(&format!(
-            "snapshot format version {version}, this build reads {VERSION}"
+    }
+
+    fn u32(&mut self) -> Result<u32, StorageError> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
+    }
+
+    fn members(&mut self, state: &DetectorState) -> Result<Vec<Autoencoder<f32>>, StorageError> {
+        let n_members = self.u32()? as usize;
+        let ae = state.config().autoencoder(state.n_features().unwrap_or(1));
+        let mut members = Vec::with_capacity(n_members.min(16));
+        for _ in 0..n_members {
+            let len = u64::from_le_bytes(self.take(8)?.try_into().expect("8")) as usize;
+            members.push(super::decode_autoencoder::<f32>(self.take(len)?, ae.clone())?);
+        }
+        Ok(members)
+    }
+}
+
+/// Decodes and verifies a state file (either format).
+pub fn decode(bytes: &[u8]) -> Result<Decoded, StorageError> {
+    let (version, body) = unframe(bytes, MAGIC, "snapshot")?;
+    if version != VERSION && version != VERSION_INLINE {
+        return Err(StorageError::Format(format!(
+            "snapshot format version {version}, this build reads {VERSION_INLINE} and {VERSION}"
         )));
     }
-    let n = u32::from_le_bytes(take(4)?.try_into().expect("4")) as usize;
-    let header: Header = serde_json::from_slice(take(n)?).map_err(|e| corrupt(&format!("bad state: {e}")))?;
-    let n_members = u32::from_le_bytes(take(4)?.try_into().expect("4")) as usize;
-    let cfg = header.state.config();
-    let d = header.state.n_features().unwrap_or(1);
-    let ae = cfg.autoencoder(d);
-    let mut members = Vec::with_capacity(n_members.min(16));
-    for _ in 0..n_members {
-        let len = u64::from_le_bytes(take(8)?.try_into().expect("8")) as usize;
-        members.push(super::decode_autoencoder::<f32>(take(len)?, ae.clone())?);
-    }
-    Ok((
-        header.stream,
-        header.lsn,
-        DetectorSnapshot {
+    let mut r = Reader { body, at: 0 };
+    let n = r.u32()? as usize;
+    let header: Header =
+        serde_json::from_slice(r.take(n)?).map_err(|e| StorageError::Format(format!("bad state: {e}")))?;
+    let members = if version == VERSION_INLINE {
+        r.members(&header.state)?
+    } else {
+        Vec::new()
+    };
+    Ok(Decoded {
+        stream: header.stream,
+        lsn: header.lsn,
+        snapshot: DetectorSnapshot {
             state: header.state,
             members,
         },
-    ))
+        model_file: header.model_file.filter(|_| version == VERSION),
+    })
+}
+
+/// Decodes and verifies a model file for `state`'s shape.
+pub fn decode_model(bytes: &[u8], state: &DetectorState) -> Result<Vec<Autoencoder<f32>>, StorageError> {
+    let (version, body) = unframe(bytes, MODEL_MAGIC, "model file")?;
+    if version != MODEL_VERSION {
+        return Err(StorageError::Format(format!(
+            "model file format version {version}, this build reads {MODEL_VERSION}"
+        )));
+    }
+    Reader { body, at: 0 }.members(state)
+}
+
+/// Reads the stream snapshot at `path` with its weights (from the model file
+/// beside it, for format 2). Returns the stream id, the last log record it
+/// includes, the snapshot, and the model file it uses.
+pub fn read(path: &Path) -> Result<(String, u64, DetectorSnapshot, Option<PathBuf>), StorageError> {
+    let io = |p: &Path| {
+        let path = p.display().to_string();
+        move |source| StorageError::Io { path, source }
+    };
+    let mut d = decode(&std::fs::read(path).map_err(io(path))?)?;
+    let model = match &d.model_file {
+        Some(name) if !name.contains('/') && !name.contains('\\') && name.ends_with(".model") => {
+            let mpath = path.with_file_name(name);
+            d.snapshot.members = decode_model(&std::fs::read(&mpath).map_err(io(&mpath))?, &d.snapshot.state)?;
+            Some(mpath)
+        }
+        Some(name) => return Err(StorageError::Format(format!("bad model file name {name:?}"))),
+        None => None,
+    };
+    Ok((d.stream, d.lsn, d.snapshot, model))
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory,
@@ -194,12 +331,34 @@ pub fn clean_dir(dir: &Path, keep_corrupt: std::time::Duration) -> usize {
 /// may be 256 bytes of any UTF-8, longer than file names allow); the id itself is
 /// stored inside.
 pub fn stream_file(dir: &Path, stream: &str) -> PathBuf {
+    dir.join(format!("{}.snap", stream_hash(stream)))
+}
+
+fn stream_hash(stream: &str) -> String {
     let fnv = |seed: u64| super::fnv1a(stream.as_bytes(), seed);
-    dir.join(format!(
-        "{:016x}{:016x}.snap",
-        fnv(super::FNV_OFFSET),
-        fnv(0x6c62_272e_07bb_0142)
-    ))
+    format!("{:016x}{:016x}", fnv(super::FNV_OFFSET), fnv(0x6c62_272e_07bb_0142))
+}
+
+/// The file the weights of a stream's model `version` live in under `dir`.
+pub fn model_file(dir: &Path, stream: &str, version: u64) -> PathBuf {
+    dir.join(format!("{}.v{version}.model", stream_hash(stream)))
+}
+
+/// Removes the model files under `dir` that no state refers to: those of other
+/// versions of `stream` (`Some`), or, at start-up (`None`), every one not in
+/// `keep`. Returns how many were removed.
+pub fn remove_models(dir: &Path, stream: Option<&str>, keep: &std::collections::HashSet<PathBuf>) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let prefix = stream.map(|s| format!("{}.v", stream_hash(s)));
+    let mut removed = 0;
+    for path in entries.flatten().map(|e| e.path()) {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let ours = prefix.as_ref().is_none_or(|p| name.starts_with(p.as_str()));
+        if name.ends_with(".model") && ours && !keep.contains(&path) && std::fs::remove_file(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 #[cfg(test)]
@@ -223,10 +382,18 @@ mod tests {
     #[test]
     fn round_trip_restores_the_same_detector() {
         let d = trained_detector();
-        let bytes = encode("cpu/host-1 ü", 42, &d.snapshot()).unwrap();
-        let (stream, lsn, snap) = decode(&bytes).unwrap();
-        assert_eq!((stream.as_str(), lsn), ("cpu/host-1 ü", 42));
-        let mut back = Detector::restore(snap).unwrap();
+        let snap = d.snapshot();
+        let bytes = encode("cpu/host-1 ü", 42, &snap, Some("m.v1.model")).unwrap();
+        let decoded = decode(&bytes).unwrap();
+        assert_eq!((decoded.stream.as_str(), decoded.lsn), ("cpu/host-1 ü", 42));
+        assert_eq!(decoded.model_file.as_deref(), Some("m.v1.model"));
+        assert!(
+            decoded.snapshot.members.is_empty(),
+            "the weights live in the model file"
+        );
+        let mut back_snap = decoded.snapshot;
+        back_snap.members = decode_model(&encode_model(&snap.members).unwrap(), &back_snap.state).unwrap();
+        let mut back = Detector::restore(back_snap).unwrap();
         let mut orig = d.clone();
         for t in 160..200 {
             let v = [(t as f64 / 5.0).sin(), (t as f64 / 7.0).cos()];
@@ -236,16 +403,46 @@ mod tests {
     }
 
     #[test]
+    fn format_1_files_still_load_with_their_weights() {
+        let d = trained_detector();
+        let bytes = encode_inline("s", 7, &d.snapshot()).unwrap();
+        let decoded = decode(&bytes).unwrap();
+        assert_eq!((decoded.lsn, decoded.model_file), (7, None));
+        assert_eq!(decoded.snapshot.members.len(), 1);
+        Detector::restore(decoded.snapshot).unwrap();
+    }
+
+    #[test]
     fn damage_is_detected() {
-        let bytes = encode("s", 0, &trained_detector().snapshot()).unwrap();
+        let snap = trained_detector().snapshot();
+        let bytes = encode("s", 0, &snap, None).unwrap();
+        let model = encode_model(&snap.members).unwrap();
         for cut in [0, 7, 20, bytes.len() / 2, bytes.len() - 1] {
             assert!(decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        for cut in [0, 7, 20, model.len() / 2, model.len() - 1] {
+            assert!(decode_model(&model[..cut], &snap.state).is_err(), "model cut at {cut}");
         }
         let mut flipped = bytes.clone();
         let mid = flipped.len() / 2;
         flipped[mid] ^= 0x40;
-        let err = decode(&flipped).unwrap_err().to_string();
+        let err = decode(&flipped).err().unwrap().to_string();
         assert!(err.contains("checksum"), "{err}");
+    }
+
+    #[test]
+    fn a_stream_keeps_only_the_model_files_its_state_uses() {
+        let dir = std::env::temp_dir().join(format!("anomalyd-models-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (s, v) in [("a", 1), ("a", 2), ("b", 1)] {
+            std::fs::write(model_file(&dir, s, v), b"x").unwrap();
+        }
+        let keep: std::collections::HashSet<PathBuf> = [model_file(&dir, "a", 2)].into();
+        assert_eq!(remove_models(&dir, Some("a"), &keep), 1, "a's version 1");
+        assert!(model_file(&dir, "b", 1).exists(), "another stream's file stays");
+        assert_eq!(remove_models(&dir, None, &keep), 1, "at start-up: b's, unreferenced");
+        assert!(model_file(&dir, "a", 2).exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
