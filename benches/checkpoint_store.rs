@@ -58,7 +58,7 @@ impl Store for Files {
         let mut staged = Vec::with_capacity(ids.len() * 2);
         for id in ids {
             if let Some(m) = model {
-                let target = snapshot::model_file(&self.dir, id, 1);
+                let target = snapshot::new_model_file(&self.dir, id, 1);
                 staged.push((snapshot::stage(&target, m).expect("stage model"), target));
             }
             let target = snapshot::stream_file(&self.dir, id);

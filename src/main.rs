@@ -569,6 +569,9 @@ fn main() -> Result<()> {
                 Some(p) => nab::read_profiles(&p).map_err(anyhow::Error::msg)?,
                 None => nab::standard_profiles(),
             };
+            if profiles.is_empty() {
+                bail!("no NAB profiles to score with");
+            }
             let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             if seeds.len() > 1 {
                 let Some(windows) = windows else {
@@ -582,13 +585,17 @@ fn main() -> Result<()> {
                     let start = std::time::Instant::now();
                     let run = replay::run_nab(&data, &dir, &config, Some(&windows), &profiles, threads, score)
                         .map_err(anyhow::Error::msg)?;
-                    let scores: Vec<f64> = run.results.iter().map(|r| r.normalized).collect();
+                    let mut scores: Vec<f64> = run.results.iter().map(|r| r.normalized).collect();
+                    // The first profile again, each category at the threshold of the others.
+                    let (loco, _) = nab::leave_one_category_out(&run.files, &windows, &profiles[0]);
+                    scores.push(loco);
                     if !json {
-                        let cells: Vec<String> = run
+                        let mut cells: Vec<String> = run
                             .results
                             .iter()
                             .map(|r| format!("{} {:.2}", r.profile, r.normalized))
                             .collect();
+                        cells.push(format!("leave-one-category-out {loco:.2}"));
                         println!(
                             "seed {seed:<4} {}   ({:.1} s)",
                             cells.join("  "),
@@ -597,15 +604,18 @@ fn main() -> Result<()> {
                     }
                     per_seed.push(scores);
                 }
-                let summary: Vec<(String, f64, f64, f64)> = profiles
+                let names = profiles
                     .iter()
+                    .map(|p| p.name.clone())
+                    .chain([format!("{}_loco", profiles[0].name)]);
+                let summary: Vec<(String, f64, f64, f64)> = names
                     .enumerate()
-                    .map(|(i, p)| {
+                    .map(|(i, name)| {
                         let xs: Vec<f64> = per_seed.iter().map(|s| s[i]).collect();
                         let mean = xs.iter().sum::<f64>() / xs.len() as f64;
                         let lo = xs.iter().cloned().fold(f64::INFINITY, f64::min);
                         let hi = xs.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                        (p.name.clone(), mean, lo, hi)
+                        (name, mean, lo, hi)
                     })
                     .collect();
                 if json {

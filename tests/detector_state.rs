@@ -416,3 +416,29 @@ fn a_reading_wider_than_any_stream_allocates_nothing() {
     );
     assert_eq!((det.readings_seen(), det.n_features()), (0, None));
 }
+
+/// The drift statistic (an EWMA control chart on the signed residuals): a shift
+/// of 2 standard deviations, which no single reading shows (the instant limit
+/// is at least 4), is flagged within a few dozen readings and held while it
+/// lasts. Without it (the running average of |z| alone) the shift went unseen.
+#[test]
+fn a_small_lasting_shift_no_single_reading_shows_is_flagged_and_held() {
+    let mut det = Detector::new(config()).unwrap();
+    let mut rng = StdRng::seed_from_u64(5);
+    let calm = run(&mut det, 2000, &mut |_| vec![20.0 + noise(&mut rng)]);
+    assert_eq!(opened(&calm[500..]), 0, "noise raises nothing");
+    let shifted = run(&mut det, 400, &mut |_| vec![22.0 + noise(&mut rng)]);
+    let first = shifted.iter().position(|v| v.anomaly);
+    assert!(first.is_some_and(|i| i < 40), "first flag at {first:?}");
+    let after = &shifted[first.unwrap()..];
+    assert!(held(after) >= 0.9, "held {}", held(after));
+    assert_eq!(opened(&shifted), 1);
+    assert!(
+        shifted[first.unwrap()]
+            .cause
+            .as_deref()
+            .is_some_and(|c| c.ends_with("smoothed")),
+        "{:?}",
+        shifted[first.unwrap()].cause
+    );
+}

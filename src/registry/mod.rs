@@ -226,26 +226,25 @@ impl Stream {
 }
 
 /// Stages a stream's files for a checkpoint: its model's weights first when the
-/// snapshot carries them (a model file of their version), then its state, which
-/// names that file. Returns the (temporary, target) pairs, in that order:
+/// snapshot carries them (to `model`, a new file), then its state, which names
+/// `model`. Returns the (temporary, target) pairs, in that order:
 /// [`snapshot::commit`] renames them in order, so a state never names a model
 /// file that is not in place.
 fn stage_stream(
     dir: &std::path::Path,
     id: &str,
     lsn: u64,
-    version: Option<u64>,
+    model: Option<&std::path::Path>,
     snap: &crate::detector::DetectorSnapshot,
 ) -> Result<Vec<(std::path::PathBuf, std::path::PathBuf)>, StorageError> {
     let mut files = Vec::with_capacity(2);
-    let model = version.map(|v| snapshot::model_file(dir, id, v));
-    if let Some(path) = &model
+    if let Some(path) = model
         && !snap.members.is_empty()
     {
         let tmp = snapshot::stage(path, &snapshot::encode_model(&snap.members)?)?;
-        files.push((tmp, path.clone()));
+        files.push((tmp, path.to_path_buf()));
     }
-    let name = model.as_ref().and_then(|p| p.file_name()).and_then(|n| n.to_str());
+    let name = model.and_then(|p| p.file_name()).and_then(|n| n.to_str());
     let target = snapshot::stream_file(dir, id);
     match snapshot::encode(id, lsn, snap, name).and_then(|b| snapshot::stage(&target, &b)) {
         Ok(tmp) => files.push((tmp, target)),
@@ -295,9 +294,10 @@ struct StreamState {
     /// Removed from the registry (late training results are discarded).
     deleted: bool,
     last_verdict: Option<Verdict>,
-    /// The model version whose weights are in a model file on disk (a checkpoint
-    /// writes the weights again only when the version changed).
-    model_saved: Option<u64>,
+    /// The model version whose weights are on disk, and the file they are in (the
+    /// one the state on disk names): a checkpoint writes the weights again only
+    /// when the version changed.
+    model_saved: Option<(u64, std::path::PathBuf)>,
 }
 
 /// What `GET /v1/streams/{stream}` shows.
@@ -378,7 +378,9 @@ pub struct Registry {
     metrics: Arc<Metrics>,
     trainer: SyncSender<(Weak<Stream>, TrainJob)>,
     /// Deleted streams whose snapshot files are still to be removed.
-    tombstones: Mutex<Vec<String>>,
+    /// Deleted streams whose files go at the next round: id, and the model file
+    /// their state named.
+    tombstones: Mutex<Vec<(String, Option<std::path::PathBuf>)>>,
     /// The write-ahead log (with a data directory).
     wal: Option<Wal>,
     /// Held for a whole snapshot round: rounds never overlap.
@@ -990,9 +992,10 @@ impl Registry {
             let lsn = self.log(&Record::Delete(id.to_string()).encode())?;
             map.remove(id);
             st.deleted = true;
+            let model = st.model_saved.take().map(|(_, file)| file);
             drop(st);
             drop(map);
-            lock(&self.tombstones).push(id.to_string());
+            lock(&self.tombstones).push((id.to_string(), model));
             return self.make_durable(lsn);
         }
     }
@@ -1204,21 +1207,25 @@ impl Registry {
         dirty.truncate(self.config.checkpoint_max_streams.max(1));
         let (mut staged, mut taken, mut failed) = (Vec::new(), Vec::new(), 0);
         for (_, s) in dirty {
-            let (lsn, since, version, snap) = {
+            let (lsn, since, model, snap) = {
                 let mut st = lock(&s.state);
                 let Some(since) = st.dirty.take() else { continue };
                 if st.deleted {
                     continue;
                 }
-                let version = st.detector.model().map(|m| m.version);
-                // The weights only when this model's are not on disk yet.
-                let weights = version.is_some() && version != st.model_saved;
-                (st.lsn, since, version, st.detector.snapshot_with(weights))
+                // The weights only when this model's are not on disk yet (then to a
+                // new file); otherwise the state names the file they are in.
+                let model = st.detector.model().map(|m| match &st.model_saved {
+                    Some((v, file)) if *v == m.version => (m.version, file.clone(), false),
+                    _ => (m.version, snapshot::new_model_file(dir, &s.id, m.version), true),
+                });
+                let weights = model.as_ref().is_some_and(|m| m.2);
+                (st.lsn, since, model, st.detector.snapshot_with(weights))
             };
-            match stage_stream(dir, &s.id, lsn, version, &snap) {
+            match stage_stream(dir, &s.id, lsn, model.as_ref().map(|m| m.1.as_path()), &snap) {
                 Ok(files) => {
                     staged.extend(files);
-                    taken.push((s, since, version));
+                    taken.push((s, since, model.map(|(v, file, _)| (v, file))));
                 }
                 Err(e) => {
                     tracing::error!(stream = %s.id, error = %e, "stream snapshot failed");
@@ -1245,22 +1252,25 @@ impl Registry {
             .snapshots
             .with_label_values(&["ok"])
             .inc_by(taken.len() as u64);
-        // The states now name their new model files: the one each named before can
-        // go (any older one, left by a crash or a reset, goes at the next start).
-        for (s, _, version) in &taken {
+        // The states now name their model files: a file a state named before and
+        // names no more can go (any older one, left by a crash, goes at the next
+        // start).
+        for (s, _, model) in taken.iter_mut() {
             let mut st = lock(&s.state);
-            if st.model_saved != *version {
-                if let Some(old) = st.model_saved {
-                    let _ = std::fs::remove_file(snapshot::model_file(dir, &s.id, old));
+            if st.model_saved != *model {
+                if let Some((_, old)) = st.model_saved.take() {
+                    let _ = std::fs::remove_file(old);
                 }
-                st.model_saved = *version;
+                st.model_saved = model.take();
             }
         }
         let tombstones = std::mem::take(&mut *lock(&self.tombstones));
-        for id in tombstones {
+        for (id, model) in tombstones {
             if self.get(&id).is_none() {
                 let _ = std::fs::remove_file(snapshot::stream_file(dir, &id));
-                snapshot::remove_models(dir, Some(&id), &Default::default());
+                if let Some(file) = model {
+                    let _ = std::fs::remove_file(file);
+                }
             }
         }
         let journal = self.journal.to_json();
@@ -1360,13 +1370,14 @@ impl Registry {
             match loaded {
                 Ok((id, lsn, detector, model)) => {
                     let version = detector.model().map(|m| m.version);
+                    let saved = version.zip(model.clone());
                     // A format-1 file holds its weights inline: the next checkpoint
                     // writes them to a model file.
                     let stream = Stream::new(&id, detector, model.is_none() && version.is_some(), lsn);
                     if let Some(m) = model {
                         models.insert(m);
-                        lock(&stream.state).model_saved = version;
                     }
+                    lock(&stream.state).model_saved = saved;
                     map.insert(id, stream);
                 }
                 Err(e) => {
@@ -1378,7 +1389,7 @@ impl Registry {
         }
         // Model files no state names: a crash between a round's renames and its
         // clean-up, or the files of streams moved aside.
-        let orphans = snapshot::remove_models(dir, None, &models);
+        let orphans = snapshot::remove_models_except(dir, &models);
         tracing::info!(streams = map.len(), orphan_models = orphans, dir = %dir.display(), "loaded snapshots");
         Ok(())
     }
@@ -1431,9 +1442,10 @@ impl Registry {
                 }
             }
             Record::Delete(id) => {
-                if behind(&map, &id).is_some() {
+                if let Some(s) = behind(&map, &id) {
                     map.remove(&id);
-                    lock(&self.tombstones).push(id);
+                    let model = lock(&s.state).model_saved.take().map(|(_, file)| file);
+                    lock(&self.tombstones).push((id, model));
                 }
             }
             Record::Accept(id) => {
@@ -1685,10 +1697,18 @@ mod tests {
         reg.adopt("m", d).unwrap();
         reg.snapshot().unwrap();
         let streams = dir.join("streams");
-        let (state, model) = (
-            snapshot::stream_file(&streams, "m"),
-            snapshot::model_file(&streams, "m", 1),
-        );
+        let models = || -> Vec<std::path::PathBuf> {
+            let mut v: Vec<_> = std::fs::read_dir(&streams)
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "model"))
+                .collect();
+            v.sort();
+            v
+        };
+        let state = snapshot::stream_file(&streams, "m");
+        let [model] = <[std::path::PathBuf; 1]>::try_from(models()).expect("one model file");
         let ino = |p: &std::path::Path| std::fs::metadata(p).unwrap().ino();
         let (state_ino, model_ino) = (ino(&state), ino(&model));
         reg.ingest(&[Reading {

@@ -2,7 +2,8 @@
 //! leaves either the old file or the new one, and a damaged file is reported,
 //! never loaded. A stream's state and its model's weights live apart: the state
 //! (`<hash>.snap`) is rewritten at each checkpoint that finds the stream changed,
-//! the weights (`<hash>.v<version>.model`) once per model version, so a checkpoint
+//! the weights (`<hash>.v<version>-<random>.model`) once per model version, each
+//! time to a new name, so a checkpoint
 //! writes weights only for the streams that retrained since the last one.
 //!
 //! ```text
@@ -339,22 +340,27 @@ fn stream_hash(stream: &str) -> String {
     format!("{:016x}{:016x}", fnv(super::FNV_OFFSET), fnv(0x6c62_272e_07bb_0142))
 }
 
-/// The file the weights of a stream's model `version` live in under `dir`.
-pub fn model_file(dir: &Path, stream: &str, version: u64) -> PathBuf {
-    dir.join(format!("{}.v{version}.model", stream_hash(stream)))
+/// A new file for the weights of a stream's model `version` under `dir`. Each
+/// write gets a name of its own (a random suffix): a stream whose detector was
+/// replaced numbers its models from 1 again, and overwriting the file an older
+/// state still names would pair that state with weights it was not trained with.
+pub fn new_model_file(dir: &Path, stream: &str, version: u64) -> PathBuf {
+    dir.join(format!(
+        "{}.v{version}-{:016x}.model",
+        stream_hash(stream),
+        rand::random::<u64>()
+    ))
 }
 
-/// Removes the model files under `dir` that no state refers to: those of other
-/// versions of `stream` (`Some`), or, at start-up (`None`), every one not in
-/// `keep`. Returns how many were removed.
-pub fn remove_models(dir: &Path, stream: Option<&str>, keep: &std::collections::HashSet<PathBuf>) -> usize {
+/// Removes the model files under `dir` that are not in `keep` (at start-up: the
+/// files no state names, left by a crash between a round's renames and its
+/// clean-up, or by streams moved aside). Returns how many were removed.
+pub fn remove_models_except(dir: &Path, keep: &std::collections::HashSet<PathBuf>) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    let prefix = stream.map(|s| format!("{}.v", stream_hash(s)));
     let mut removed = 0;
     for path in entries.flatten().map(|e| e.path()) {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let ours = prefix.as_ref().is_none_or(|p| name.starts_with(p.as_str()));
-        if name.ends_with(".model") && ours && !keep.contains(&path) && std::fs::remove_file(&path).is_ok() {
+        let is_model = path.extension().and_then(|e| e.to_str()) == Some("model");
+        if is_model && !keep.contains(&path) && std::fs::remove_file(&path).is_ok() {
             removed += 1;
         }
     }
@@ -431,25 +437,21 @@ mod tests {
     }
 
     #[test]
-    fn a_stream_keeps_only_the_model_files_its_state_uses() {
+    fn model_files_are_new_names_and_unreferenced_ones_are_removed() {
         let dir = std::env::temp_dir().join(format!("anomalyd-models-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        for (s, v) in [("a", 1), ("a", 2), ("b", 1)] {
-            std::fs::write(model_file(&dir, s, v), b"x").unwrap();
+        let (a1, a1b, b1) = (
+            new_model_file(&dir, "a", 1),
+            new_model_file(&dir, "a", 1),
+            new_model_file(&dir, "b", 1),
+        );
+        assert_ne!(a1, a1b, "the same version written twice gets two names");
+        for p in [&a1, &a1b, &b1] {
+            std::fs::write(p, b"x").unwrap();
         }
-        let keep: std::collections::HashSet<PathBuf> = [model_file(&dir, "a", 2)].into();
-        assert_eq!(remove_models(&dir, Some("a"), &keep), 1, "a's version 1");
-        assert!(model_file(&dir, "b", 1).exists(), "another stream's file stays");
-        assert_eq!(remove_models(&dir, None, &keep), 1, "at start-up: b's, unreferenced");
-        assert!(model_file(&dir, "a", 2).exists());
+        let keep: std::collections::HashSet<PathBuf> = [a1b.clone(), b1.clone()].into();
+        assert_eq!(remove_models_except(&dir, &keep), 1);
+        assert!(!a1.exists() && a1b.exists() && b1.exists());
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn file_names_are_stable_and_distinct() {
-        let dir = Path::new("/x");
-        assert_eq!(stream_file(dir, "a"), stream_file(dir, "a"));
-        assert_ne!(stream_file(dir, "a"), stream_file(dir, "b"));
-        assert!(stream_file(dir, &"é".repeat(128)).file_name().unwrap().len() < 64);
     }
 }
