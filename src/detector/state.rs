@@ -243,14 +243,13 @@ impl StateCalibration {
             // Each reading enters the EWMAs capped at the instant limit: one spike
             // (already judged by the instant statistic) cannot hold the smoothed ones
             // up for many readings; a sustained shift still moves them all the way.
-            // The drift's input is capped at twice its own limit: enough to say
-            // "sustained" (how large is the instant statistic's to say), and once
-            // a fault ends it falls back under its limit within ln 2 / λ readings
-            // (~7), so an incident's end is not held back by its size.
+            // (Capping the drift's input at a multiple of its own limit would end
+            // incidents sooner, but the limit is learnt from those capped values:
+            // it shrank round after round and false alarms grew, TEP seed 1's
+            // normal run 0.9% -> 14.8%.)
             let cap = self.instant[c].limit(FLOOR_INSTANT);
-            let drift_cap = cap.min(2.0 * self.drift[c].limit(FLOOR_DRIFT));
             ewma_update(&mut self.ewma[c], z, lambda, |v| v.abs().min(cap));
-            ewma_update(&mut self.signed[c], z, lambda, |v| v.clamp(-drift_cap, drift_cap));
+            ewma_update(&mut self.signed[c], z, lambda, |v| v.clamp(-cap, cap));
             let inst = z.iter().fold(0.0, |m: f64, v| m.max(v.abs()));
             let smooth = self.ewma[c].iter().cloned().fold(0.0, f64::max);
             let drift = self.signed[c].iter().fold(0.0, |m: f64, v| m.max(v.abs()));
