@@ -32,7 +32,7 @@ const VERSION: u32 = 2;
 const VERSION_INLINE: u32 = 1;
 const MODEL_VERSION: u32 = 1;
 
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(serde::Deserialize)]
 struct Header {
     stream: String,
     /// The last write-ahead log record this state includes (0: none).
@@ -81,6 +81,34 @@ fn push_members(out: &mut Vec<u8>, members: &[Autoencoder<f32>]) -> Result<(), S
     Ok(())
 }
 
+/// The JSON header of a state file, serialised from borrowed parts (a checkpoint
+/// does not copy a stream's state to write it).
+fn header_json(
+    stream: &str,
+    lsn: u64,
+    state: &DetectorState,
+    model_file: Option<&str>,
+) -> Result<Vec<u8>, StorageError> {
+    #[derive(serde::Serialize)]
+    struct HeaderRef<'a> {
+        stream: &'a str,
+        lsn: u64,
+        state: &'a DetectorState,
+        model_file: Option<&'a str>,
+    }
+    let header = HeaderRef {
+        stream,
+        lsn,
+        state,
+        model_file,
+    };
+    let json = serde_json::to_vec(&header).map_err(|e| StorageError::Format(e.to_string()))?;
+    let mut out = Vec::with_capacity(json.len() + 4);
+    out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    out.extend_from_slice(&json);
+    Ok(out)
+}
+
 /// Encodes a stream's state; `lsn` is the last log record it includes and
 /// `model_file` the file that holds its model's weights (see [`encode_model`]).
 /// The snapshot's members are not written.
@@ -90,16 +118,9 @@ pub fn encode(
     snapshot: &DetectorSnapshot,
     model_file: Option<&str>,
 ) -> Result<Vec<u8>, StorageError> {
-    let header = Header {
-        stream: stream.to_string(),
-        lsn,
-        state: snapshot.state.clone(),
-        model_file: model_file.map(str::to_string),
-    };
-    let json = serde_json::to_vec(&header).map_err(|e| StorageError::Format(e.to_string()))?;
+    let header = header_json(stream, lsn, &snapshot.state, model_file)?;
     frame(MAGIC, VERSION, |out| {
-        out.extend_from_slice(&(json.len() as u32).to_le_bytes());
-        out.extend_from_slice(&json);
+        out.extend_from_slice(&header);
         Ok(())
     })
 }
@@ -111,16 +132,9 @@ pub fn encode_model(members: &[Autoencoder<f32>]) -> Result<Vec<u8>, StorageErro
 
 /// Encodes state and weights in one file (format 1, as earlier builds wrote it).
 pub fn encode_inline(stream: &str, lsn: u64, snapshot: &DetectorSnapshot) -> Result<Vec<u8>, StorageError> {
-    let header = Header {
-        stream: stream.to_string(),
-        lsn,
-        state: snapshot.state.clone(),
-        model_file: None,
-    };
-    let json = serde_json::to_vec(&header).map_err(|e| StorageError::Format(e.to_string()))?;
+    let header = header_json(stream, lsn, &snapshot.state, None)?;
     frame(MAGIC, VERSION_INLINE, |out| {
-        out.extend_from_slice(&(json.len() as u32).to_le_bytes());
-        out.extend_from_slice(&json);
+        out.extend_from_slice(&header);
         push_members(out, &snapshot.members)
     })
 }
