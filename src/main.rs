@@ -62,8 +62,9 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
         /// Output CSV: timestamp, values, score, anomaly (the state), event
-        /// (opened/resolved), incident, event_score, phase, model_version, raw_error,
-        /// expected values.
+        /// (opened/resolved), suppressed (why an anomalous reading opened nothing),
+        /// incident, event_score, cause, phase, model_version, raw_error, expected
+        /// values.
         #[arg(long)]
         out: PathBuf,
         /// Teach the first N rows as history (known normal: learnt, never flagged)

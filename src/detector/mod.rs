@@ -80,6 +80,22 @@ pub enum Suppressed {
     IncidentOpen,
     /// The state has not yet lasted `alert.min_duration` readings.
     MinDuration,
+    /// The anomalous stretch began at the same phase of the stream's period as
+    /// each of the last two, which both ended by themselves: a recurring pattern
+    /// (a square wave's low half, a nightly batch job), not a new fault. Its
+    /// readings are still not learnt.
+    Recurring,
+}
+
+impl Suppressed {
+    /// Snake-case name, as the API reports it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Suppressed::IncidentOpen => "incident_open",
+            Suppressed::MinDuration => "min_duration",
+            Suppressed::Recurring => "recurring",
+        }
+    }
 }
 
 /// The outcome for one reading.
@@ -131,6 +147,13 @@ pub struct Accepted {
 /// Anomalous readings an incident may have and still teach its statistics to the
 /// limits when it resolves by itself.
 pub const SHORT_INCIDENT: usize = 32;
+
+/// Earlier anomalous stretches, each begun one period after the one before, that
+/// make a stretch recurring (see [`Suppressed::Recurring`]).
+const RECURRENCES: usize = 2;
+
+/// Anomalous stretches kept for [`Detector::recurs`].
+const MAX_STRETCHES: usize = 8;
 
 /// A surprise (in standard deviations) as a raw score in [0, 1):
 /// `1 − exp(−max(z, 0) / raw_scale)`.
@@ -319,6 +342,14 @@ pub struct Detector {
     stretch: Vec<Judgement>,
     /// Incidents opened so far (the next id is one more).
     incidents: u64,
+    /// The last anomalous stretches (at most `MAX_STRETCHES`, oldest first): the
+    /// reading numbers of their first and last anomalous readings.
+    stretches: VecDeque<(u64, u64)>,
+    /// A recurring anomalous stretch is open (no incident opens for it): the
+    /// normal readings since its last anomalous one, and the reading number after
+    /// which it has lasted longer than the stretches it recurs (an incident then
+    /// opens).
+    recurring: Option<(u64, u64)>,
     /// Consecutive anomalous readings (for `alert.min_duration`).
     anomalous_run: u64,
     /// Readings seen / timestamp when the last training job was taken.
@@ -369,6 +400,8 @@ impl Detector {
             job_in_flight: false,
             retrain_requested: false,
             model_stale: false,
+            stretches: VecDeque::new(),
+            recurring: None,
             drift: 0.0,
             failed_jobs: 0,
             resid_var: Vec::new(),
@@ -465,8 +498,9 @@ impl Detector {
         let judgement = self.judge(&base, sur.model_z.as_deref(), sur.phase);
         let score = score_of_ratio(judgement.ratio);
         let anomalous = mode == Mode::Live && sur.phase != Phase::Warmup && score >= self.config.alert.threshold;
+        let was_recurring = self.recurring.is_some();
         let (mut event, suppressed) = self.step_incident(timestamp, anomalous, score, &sur.contributions);
-        self.track_stretch(anomalous, &judgement, &event);
+        self.track_stretch(anomalous, was_recurring, &judgement, &event);
         let learn = mode == Mode::History || (!anomalous && self.incident.is_none());
 
         let (mut event_score, _) = self.likelihood.update(raw_of(sur.surprise, self.config.raw_scale));
@@ -633,7 +667,7 @@ impl Detector {
                 // While an incident is open (or a new normal awaits a retrained model)
                 // the model knows only the old normal: novelty is judged by the
                 // baselines, which follow every reading.
-                let model_blind = self.incident.is_some() || self.model_stale;
+                let model_blind = self.incident.is_some() || self.recurring.is_some() || self.model_stale;
                 let (surprise, model_score) = match self.config.model.combine.as_str() {
                     _ if model_blind => (base_max, 0.0),
                     // The model's own likelihood.
@@ -735,25 +769,16 @@ impl Detector {
     ) -> (Option<IncidentEvent>, Option<Suppressed>) {
         if !anomalous {
             self.anomalous_run = 0;
-            let Some(inc) = self.incident.as_mut() else {
-                return (None, None);
-            };
-            inc.normal_run += 1;
-            if inc.normal_run < self.config.alert.resolve_after as u64 {
-                return (None, None);
-            }
-            let inc = self.incident.take().expect("open");
-            let end = inc.last_anomalous;
-            return (
-                Some(IncidentEvent::Resolved {
-                    incident: *inc,
-                    end,
-                    resolution: Resolution::Normal,
-                }),
-                None,
-            );
+            return (self.step_normal(), None);
         }
         self.anomalous_run += 1;
+        // The stretch goes on (a new one begins below).
+        let begins = self.anomalous_run == 1 && self.incident.is_none() && self.recurring.is_none();
+        if let Some(last) = self.stretches.back_mut()
+            && !begins
+        {
+            last.1 = self.seen;
+        }
         if let Some(inc) = self.incident.as_mut() {
             inc.last_anomalous = timestamp;
             inc.anomalous_readings += 1;
@@ -765,6 +790,21 @@ impl Detector {
                 *c += v;
             }
             return (None, Some(Suppressed::IncidentOpen));
+        }
+        match self.recurring.as_mut() {
+            // Still the recurring stretch (it ends as an incident would), unless it
+            // outlasts the stretches it recurs: then it is a fault.
+            Some((normal_run, until)) => {
+                *normal_run = 0;
+                if self.seen > *until {
+                    self.recurring = None;
+                }
+            }
+            None if self.anomalous_run == 1 => self.begin_stretch(),
+            None => {}
+        }
+        if self.recurring.is_some() {
+            return (None, Some(Suppressed::Recurring));
         }
         if self.anomalous_run < self.config.alert.min_duration as u64 {
             return (None, Some(Suppressed::MinDuration));
@@ -785,6 +825,57 @@ impl Detector {
         (Some(IncidentEvent::Opened(inc)), None)
     }
 
+    /// A normal reading: counts towards ending the open incident (or recurring
+    /// stretch) after `alert.resolve_after` of them.
+    fn step_normal(&mut self) -> Option<IncidentEvent> {
+        let resolve_after = self.config.alert.resolve_after as u64;
+        if let Some((normal_run, _)) = self.recurring.as_mut() {
+            *normal_run += 1;
+            if *normal_run >= resolve_after {
+                self.recurring = None;
+            }
+        }
+        let inc = self.incident.as_mut()?;
+        inc.normal_run += 1;
+        if inc.normal_run < resolve_after {
+            return None;
+        }
+        let inc = self.incident.take().expect("open");
+        let end = inc.last_anomalous;
+        Some(IncidentEvent::Resolved {
+            incident: *inc,
+            end,
+            resolution: Resolution::Normal,
+        })
+    }
+
+    /// An anomalous stretch begins (no incident or recurring stretch is open):
+    /// notes where, and whether it recurs.
+    fn begin_stretch(&mut self) {
+        self.recurring = self.recurs().map(|longest| (0, self.seen + longest + longest / 2));
+        if self.stretches.len() >= MAX_STRETCHES {
+            self.stretches.pop_front();
+        }
+        self.stretches.push_back((self.seen, self.seen));
+    }
+
+    /// Whether an anomalous stretch beginning now recurs: for some feature's period
+    /// p, earlier stretches began 1, 2, … `RECURRENCES` periods ago (give or take
+    /// p/50 readings). Stretches are separated by normal readings, so a fault that
+    /// lasts across the periods never recurs. Returns the longest of those
+    /// stretches (in readings).
+    fn recurs(&self) -> Option<u64> {
+        let n = self.seen;
+        self.seasonals.iter().filter_map(Seasonal::period).find_map(|p| {
+            let (p, tol) = (p as u64, (p as u64 / 50).max(1));
+            (1..=RECURRENCES as u64).try_fold(0, |longest, k| {
+                let at = n.checked_sub(k * p)?;
+                let &(start, end) = self.stretches.iter().find(|s| s.0.abs_diff(at) <= tol)?;
+                Some(longest.max(end - start + 1))
+            })
+        })
+    }
+
     /// Learns a reading judged normal: the state's baselines and limits.
     fn learn(&mut self, values: &[f64], base: &BaselineScores, judgement: &Judgement) {
         let window = self.config.baseline.gaussian_window;
@@ -798,7 +889,13 @@ impl Detector {
     /// short incident that resolved by itself (or a blip that opened none), they
     /// join the limits: a kind of blip the stream shows again and again stops
     /// opening incidents, while a long fault teaches them nothing.
-    fn track_stretch(&mut self, anomalous: bool, judgement: &Judgement, event: &Option<IncidentEvent>) {
+    fn track_stretch(
+        &mut self,
+        anomalous: bool,
+        was_recurring: bool,
+        judgement: &Judgement,
+        event: &Option<IncidentEvent>,
+    ) {
         if anomalous {
             if self.stretch.len() < SHORT_INCIDENT {
                 self.stretch.push(*judgement);
@@ -813,8 +910,15 @@ impl Detector {
                     self.stretch = Vec::new();
                 }
             }
-            // A blip that never became an incident (alert.min_duration).
-            _ if self.incident.is_none() && !self.stretch.is_empty() => self.end_stretch(),
+            // A blip that never became an incident (alert.min_duration); a
+            // recurring stretch is not a blip and teaches the limits nothing.
+            _ if self.incident.is_none() && !self.stretch.is_empty() => {
+                if was_recurring {
+                    self.stretch = Vec::new();
+                } else {
+                    self.end_stretch();
+                }
+            }
             _ => {}
         }
     }
@@ -1103,6 +1207,8 @@ impl Detector {
                 anomalous_run: self.anomalous_run,
                 retrain_requested: self.retrain_requested,
                 model_stale: self.model_stale,
+                stretches: self.stretches.iter().copied().collect(),
+                recurring: self.recurring,
                 gaussians: self.gaussians.clone(),
                 ars: self.ars.clone(),
                 seasonals: self.seasonals.clone(),
@@ -1190,6 +1296,8 @@ impl Detector {
             anomalous_run: s.anomalous_run,
             retrain_requested: s.retrain_requested,
             model_stale: s.model_stale,
+            stretches: s.stretches.into_iter().rev().take(MAX_STRETCHES).rev().collect(),
+            recurring: s.recurring,
             gaussians: s.gaussians,
             seasonals,
             ars: s.ars,
@@ -1309,6 +1417,10 @@ pub struct DetectorState {
     retrain_requested: bool,
     #[serde(default)]
     model_stale: bool,
+    #[serde(default)]
+    stretches: Vec<(u64, u64)>,
+    #[serde(default)]
+    recurring: Option<(u64, u64)>,
     gaussians: Vec<WindowedGaussian>,
     ars: Vec<OnlineAr>,
     #[serde(default)]

@@ -139,7 +139,8 @@ pub fn score_rest(
 }
 
 /// `anomalyd replay`: writes timestamp, values, score, anomaly (the state), event
-/// (`opened`/`resolved`), incident, event_score, phase, model_version, raw_error and
+/// (`opened`/`resolved`), suppressed, incident, event_score, cause, phase,
+/// model_version, raw_error and
 /// the expected value of each column, for every row after the first `train_rows`
 /// (taught as history). Returns (rows scored, rows whose timestamp stepped back).
 pub fn replay(
@@ -172,6 +173,7 @@ pub fn replay(
             "score",
             "anomaly",
             "event",
+            "suppressed",
             "incident",
             "event_score",
             "cause",
@@ -200,6 +202,7 @@ pub fn replay(
                 Some(IncidentEvent::Resolved { .. }) => "resolved".to_string(),
                 None => String::new(),
             },
+            v.suppressed.map_or("", |s| s.name()).to_string(),
             v.incident.map_or(String::new(), |i| i.to_string()),
             v.event_score.to_string(),
             v.cause.clone().unwrap_or_default(),

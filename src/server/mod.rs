@@ -28,7 +28,7 @@ use tokio::sync::Semaphore;
 
 pub use error::ApiError;
 
-use crate::detector::{IncidentEvent, Suppressed, Verdict};
+use crate::detector::{IncidentEvent, Verdict};
 use crate::protocol::{self, IngestIn, IngestOut, ReadingOut, WireTime, pb};
 use crate::registry::{Reading, Registry};
 use crate::timestamp;
@@ -567,13 +567,7 @@ fn reading_out(stream: String, v: Verdict) -> ReadingOut {
             }
             .to_string()
         }),
-        suppressed: v.suppressed.map(|s| {
-            match s {
-                Suppressed::IncidentOpen => "incident_open",
-                Suppressed::MinDuration => "min_duration",
-            }
-            .to_string()
-        }),
+        suppressed: v.suppressed.map(|s| s.name().to_string()),
         cause: v.cause,
     }
 }
