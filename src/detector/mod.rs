@@ -852,7 +852,9 @@ impl Detector {
     /// An anomalous stretch begins (no incident or recurring stretch is open):
     /// notes where, and whether it recurs.
     fn begin_stretch(&mut self) {
-        self.recurring = self.recurs().map(|longest| (0, self.seen + longest + longest / 2));
+        self.recurring = self
+            .recurs()
+            .map(|longest| (0, self.seen.saturating_add(longest.saturating_add(longest / 2))));
         if self.stretches.len() >= MAX_STRETCHES {
             self.stretches.pop_front();
         }
@@ -869,9 +871,9 @@ impl Detector {
         self.seasonals.iter().filter_map(Seasonal::period).find_map(|p| {
             let (p, tol) = (p as u64, (p as u64 / 50).max(1));
             (1..=RECURRENCES as u64).try_fold(0, |longest, k| {
-                let at = n.checked_sub(k * p)?;
+                let at = n.checked_sub(k.saturating_mul(p))?;
                 let &(start, end) = self.stretches.iter().find(|s| s.0.abs_diff(at) <= tol)?;
-                Some(longest.max(end - start + 1))
+                Some(longest.max(end.saturating_sub(start) + 1))
             })
         })
     }
