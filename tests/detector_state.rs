@@ -192,6 +192,23 @@ fn a_fault_that_begins_where_a_pattern_recurs_opens_an_incident_once_it_outlasts
     assert!(held(&vs[fault[0]..end]) >= 0.99);
 }
 
+#[test]
+fn a_recurring_stretch_far_beyond_the_earlier_ones_opens_an_incident() {
+    let mut det = Detector::new(config()).unwrap();
+    let mut rng = StdRng::seed_from_u64(23);
+    // The seventh low half goes to -20 instead of 0.
+    let deep = 6 * 288 + 144..7 * 288;
+    let vs = run(&mut det, 2400, &mut |t| {
+        let v = if deep.contains(&t) { -20.0 } else { square(t) };
+        vec![v + 0.1 * noise(&mut rng)]
+    });
+    let opened_at: Vec<usize> = (3 * 288..vs.len())
+        .filter(|&i| matches!(vs[i].event, Some(IncidentEvent::Opened(_))))
+        .collect();
+    assert_eq!(opened_at.first(), Some(&deep.start), "{opened_at:?}");
+    assert!(vs[deep.clone()].iter().all(|v| v.anomaly));
+}
+
 /// Three related sensors: b follows a, c is their sum, each with a little noise.
 fn plant(t: usize, rng: &mut StdRng) -> Vec<f64> {
     let a = 20.0 + 3.0 * (t as f64 / 40.0).sin() + 0.3 * noise(rng);

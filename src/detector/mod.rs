@@ -155,6 +155,31 @@ const RECURRENCES: usize = 2;
 /// Anomalous stretches kept for [`Detector::recurs`].
 const MAX_STRETCHES: usize = 8;
 
+/// A recurring stretch whose ratio to the limit exceeds this multiple of the
+/// largest the stretches it recurs reached is a fault (an incident opens).
+const RECURRING_ESCALATION: f64 = 2.0;
+
+/// One anomalous stretch: reading numbers of its first and last anomalous
+/// readings, and its largest ratio to the limit.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+struct Stretch {
+    start: u64,
+    end: u64,
+    peak: f64,
+}
+
+/// An open recurring stretch.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+struct Recurring {
+    /// Normal readings since its last anomalous one.
+    normal_run: u64,
+    /// The reading number after which it has lasted half again as long as the
+    /// stretches it recurs.
+    until: u64,
+    /// The largest ratio those stretches reached.
+    peak: f64,
+}
+
 /// A surprise (in standard deviations) as a raw score in [0, 1):
 /// `1 − exp(−max(z, 0) / raw_scale)`.
 fn raw_of(z: f64, raw_scale: f64) -> f64 {
@@ -342,14 +367,10 @@ pub struct Detector {
     stretch: Vec<Judgement>,
     /// Incidents opened so far (the next id is one more).
     incidents: u64,
-    /// The last anomalous stretches (at most `MAX_STRETCHES`, oldest first): the
-    /// reading numbers of their first and last anomalous readings.
-    stretches: VecDeque<(u64, u64)>,
-    /// A recurring anomalous stretch is open (no incident opens for it): the
-    /// normal readings since its last anomalous one, and the reading number after
-    /// which it has lasted longer than the stretches it recurs (an incident then
-    /// opens).
-    recurring: Option<(u64, u64)>,
+    /// The last anomalous stretches (at most `MAX_STRETCHES`, oldest first).
+    stretches: VecDeque<Stretch>,
+    /// The recurring anomalous stretch that is open (no incident opens for it).
+    recurring: Option<Recurring>,
     /// Consecutive anomalous readings (for `alert.min_duration`).
     anomalous_run: u64,
     /// Readings seen / timestamp when the last training job was taken.
@@ -499,7 +520,8 @@ impl Detector {
         let score = score_of_ratio(judgement.ratio);
         let anomalous = mode == Mode::Live && sur.phase != Phase::Warmup && score >= self.config.alert.threshold;
         let was_recurring = self.recurring.is_some();
-        let (mut event, suppressed) = self.step_incident(timestamp, anomalous, score, &sur.contributions);
+        let (mut event, suppressed) =
+            self.step_incident(timestamp, anomalous, (score, judgement.ratio), &sur.contributions);
         self.track_stretch(anomalous, was_recurring, &judgement, &event);
         let learn = mode == Mode::History || (!anomalous && self.incident.is_none());
 
@@ -764,7 +786,7 @@ impl Detector {
         &mut self,
         timestamp: Micros,
         anomalous: bool,
-        score: f64,
+        (score, ratio): (f64, f64),
         contributions: &[f64],
     ) -> (Option<IncidentEvent>, Option<Suppressed>) {
         if !anomalous {
@@ -772,12 +794,15 @@ impl Detector {
             return (self.step_normal(), None);
         }
         self.anomalous_run += 1;
+        // Kept finite: stretches are saved in snapshots (JSON has no infinity).
+        let ratio = if ratio.is_finite() { ratio.min(1e12) } else { 1e12 };
         // The stretch goes on (a new one begins below).
         let begins = self.anomalous_run == 1 && self.incident.is_none() && self.recurring.is_none();
         if let Some(last) = self.stretches.back_mut()
             && !begins
         {
-            last.1 = self.seen;
+            last.end = self.seen;
+            last.peak = last.peak.max(ratio);
         }
         if let Some(inc) = self.incident.as_mut() {
             inc.last_anomalous = timestamp;
@@ -793,14 +818,15 @@ impl Detector {
         }
         match self.recurring.as_mut() {
             // Still the recurring stretch (it ends as an incident would), unless it
-            // outlasts the stretches it recurs: then it is a fault.
-            Some((normal_run, until)) => {
-                *normal_run = 0;
-                if self.seen > *until {
+            // outlasts the stretches it recurs, or goes far beyond them: then it
+            // is a fault.
+            Some(r) => {
+                r.normal_run = 0;
+                if self.seen > r.until || ratio > RECURRING_ESCALATION * r.peak {
                     self.recurring = None;
                 }
             }
-            None if self.anomalous_run == 1 => self.begin_stretch(),
+            None if self.anomalous_run == 1 => self.begin_stretch(ratio),
             None => {}
         }
         if self.recurring.is_some() {
@@ -829,9 +855,9 @@ impl Detector {
     /// stretch) after `alert.resolve_after` of them.
     fn step_normal(&mut self) -> Option<IncidentEvent> {
         let resolve_after = self.config.alert.resolve_after as u64;
-        if let Some((normal_run, _)) = self.recurring.as_mut() {
-            *normal_run += 1;
-            if *normal_run >= resolve_after {
+        if let Some(r) = self.recurring.as_mut() {
+            r.normal_run += 1;
+            if r.normal_run >= resolve_after {
                 self.recurring = None;
             }
         }
@@ -851,29 +877,37 @@ impl Detector {
 
     /// An anomalous stretch begins (no incident or recurring stretch is open):
     /// notes where, and whether it recurs.
-    fn begin_stretch(&mut self) {
-        self.recurring = self
-            .recurs()
-            .map(|longest| (0, self.seen.saturating_add(longest.saturating_add(longest / 2))));
+    fn begin_stretch(&mut self, ratio: f64) {
+        self.recurring = self.recurs().and_then(|(longest, peak)| {
+            (ratio <= RECURRING_ESCALATION * peak).then_some(Recurring {
+                normal_run: 0,
+                until: self.seen.saturating_add(longest.saturating_add(longest / 2)),
+                peak,
+            })
+        });
         if self.stretches.len() >= MAX_STRETCHES {
             self.stretches.pop_front();
         }
-        self.stretches.push_back((self.seen, self.seen));
+        self.stretches.push_back(Stretch {
+            start: self.seen,
+            end: self.seen,
+            peak: ratio,
+        });
     }
 
     /// Whether an anomalous stretch beginning now recurs: for some feature's period
     /// p, earlier stretches began 1, 2, … `RECURRENCES` periods ago (give or take
     /// p/50 readings). Stretches are separated by normal readings, so a fault that
     /// lasts across the periods never recurs. Returns the longest of those
-    /// stretches (in readings).
-    fn recurs(&self) -> Option<u64> {
+    /// stretches (in readings) and the largest ratio they reached.
+    fn recurs(&self) -> Option<(u64, f64)> {
         let n = self.seen;
         self.seasonals.iter().filter_map(Seasonal::period).find_map(|p| {
             let (p, tol) = (p as u64, (p as u64 / 50).max(1));
-            (1..=RECURRENCES as u64).try_fold(0, |longest, k| {
+            (1..=RECURRENCES as u64).try_fold((0, 0.0), |(longest, peak): (u64, f64), k| {
                 let at = n.checked_sub(k.saturating_mul(p))?;
-                let &(start, end) = self.stretches.iter().find(|s| s.0.abs_diff(at) <= tol)?;
-                Some(longest.max(end.saturating_sub(start) + 1))
+                let s = self.stretches.iter().find(|s| s.start.abs_diff(at) <= tol)?;
+                Some((longest.max(s.end.saturating_sub(s.start) + 1), peak.max(s.peak)))
             })
         })
     }
@@ -1420,9 +1454,9 @@ pub struct DetectorState {
     #[serde(default)]
     model_stale: bool,
     #[serde(default)]
-    stretches: Vec<(u64, u64)>,
+    stretches: Vec<Stretch>,
     #[serde(default)]
-    recurring: Option<(u64, u64)>,
+    recurring: Option<Recurring>,
     gaussians: Vec<WindowedGaussian>,
     ars: Vec<OnlineAr>,
     #[serde(default)]
