@@ -67,6 +67,7 @@ fn replay_scores_a_multivariate_csv() {
             "score",
             "anomaly",
             "event",
+            "suppressed",
             "incident",
             "event_score",
             "cause",
@@ -80,18 +81,19 @@ fn replay_scores_a_multivariate_csv() {
     let rows: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
     assert_eq!(rows.len(), 700);
     assert_eq!(&rows[0][0], "2023-11-14T22:14:20Z");
-    assert_eq!(&rows[0][9], "warmup");
-    assert_eq!(&rows[699][9], "model");
-    assert!(rows[699][10].parse::<u64>().unwrap() >= 1);
+    assert_eq!(&rows[0][10], "warmup");
+    assert_eq!(&rows[699][10], "model");
+    assert!(rows[699][11].parse::<u64>().unwrap() >= 1);
     assert_eq!(&rows[650][4], "true", "the memory jump is anomalous");
     assert_eq!(&rows[650][5], "opened", "and opens an incident");
-    let id = &rows[650][6];
+    let id = &rows[650][7];
     assert!(
-        rows[651..].iter().any(|r| &r[5] == "resolved" && &r[6] == id),
+        rows[651..].iter().any(|r| &r[5] == "resolved" && &r[7] == id),
         "the one-reading fault resolves"
     );
     for r in &rows {
-        for col in [3, 7] {
+        // score and event_score
+        for col in [3, 8] {
             let s: f64 = r[col].parse().unwrap();
             assert!((0.0..=1.0).contains(&s));
         }
@@ -122,8 +124,8 @@ fn replay_teaches_history_rows_and_skips_them() {
         .collect();
     assert_eq!(rows.len(), 100, "history rows are not written");
     // A model was trained on the history before the first scored row.
-    assert_eq!(&rows[0][8], "model");
-    assert_eq!(&rows[0][9], "1");
+    assert_eq!(&rows[0][9], "model");
+    assert_eq!(&rows[0][10], "1");
     assert!(
         rows.iter().all(|r| &r[3] == "false"),
         "clean data after history raises nothing"
