@@ -1493,6 +1493,18 @@ pub struct DetectorSnapshot {
     pub members: Vec<Autoencoder<f32>>,
 }
 
+impl DetectorSnapshot {
+    /// The same snapshot without its model (its weights were lost): the stream
+    /// scores with its baselines and retrains at its next reading.
+    pub fn without_model(mut self) -> Self {
+        self.state.model = None;
+        self.state.model_stale = false;
+        self.state.retrain_requested = true;
+        self.members.clear();
+        self
+    }
+}
+
 impl DetectorState {
     /// Whether this state is one the detector could have built: every per-feature
     /// part sized by the feature count, every component internally consistent (a

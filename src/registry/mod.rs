@@ -1360,20 +1360,28 @@ impl Registry {
             if path.extension().and_then(|e| e.to_str()) != Some("snap") {
                 continue;
             }
-            let loaded = snapshot::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|(id, lsn, snap, model)| {
-                    Detector::restore(snap)
-                        .map(|d| (id, lsn, d, model))
-                        .map_err(|e| e.to_string())
-                });
+            let loaded = snapshot::read(&path).map_err(|e| e.to_string()).and_then(|l| {
+                if let Some((mpath, e)) = &l.model_lost {
+                    tracing::error!(path = %mpath.display(), error = %e, "model file lost: the stream loads without its model and retrains");
+                    if mpath.exists() {
+                        let _ = std::fs::rename(mpath, mpath.with_extension("corrupt"));
+                    }
+                    self.metrics.corrupt_snapshots.inc();
+                }
+                let lost = l.model_lost.is_some();
+                Detector::restore(l.snapshot)
+                    .map(|d| (l.stream, l.lsn, d, l.model, lost))
+                    .map_err(|e| e.to_string())
+            });
             match loaded {
-                Ok((id, lsn, detector, model)) => {
+                Ok((id, lsn, detector, model, lost)) => {
                     let version = detector.model().map(|m| m.version);
                     let saved = version.zip(model.clone());
                     // A format-1 file holds its weights inline: the next checkpoint
-                    // writes them to a model file.
-                    let stream = Stream::new(&id, detector, model.is_none() && version.is_some(), lsn);
+                    // writes them to a model file. A state whose model was lost is
+                    // rewritten without it.
+                    let dirty = lost || (model.is_none() && version.is_some());
+                    let stream = Stream::new(&id, detector, dirty, lsn);
                     if let Some(m) = model {
                         models.insert(m);
                     }
@@ -1738,6 +1746,55 @@ mod tests {
         let again = Registry::open(config, Arc::new(Metrics::new())).unwrap();
         assert!(again.info("m").unwrap().model.is_none());
         assert!(!model.exists(), "an orphan model file is removed at start");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_lost_model_file_costs_the_model_not_the_stream() {
+        let dir = std::env::temp_dir().join(format!("anomalyd-lost-model-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = RegistryConfig {
+            data_dir: Some(dir.clone()),
+            ..Default::default()
+        };
+        let mut c = DetectorConfig::default();
+        c.model.ensemble = 1;
+        c.retrain.first_after = 100;
+        let mut d = Detector::new(c).unwrap();
+        for t in 0..160 {
+            d.update_sync(t, &[(t as f64 / 5.0).sin()]).unwrap();
+        }
+        let reg = Registry::open(config.clone(), Arc::new(Metrics::new())).unwrap();
+        reg.adopt("m", d).unwrap();
+        reg.snapshot().unwrap();
+        drop(reg);
+        let streams = dir.join("streams");
+        let model = std::fs::read_dir(&streams)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "model"))
+            .expect("a model file");
+        // Damaged: cut in half.
+        let bytes = std::fs::read(&model).unwrap();
+        std::fs::write(&model, &bytes[..bytes.len() / 2]).unwrap();
+        let state = snapshot::stream_file(&streams, "m");
+        let loaded = snapshot::read(&state).unwrap();
+        assert!(loaded.model_lost.is_some());
+        let detector = Detector::restore(loaded.snapshot).unwrap();
+        assert!(detector.model().is_none() && detector.training_due(), "it retrains");
+
+        let back = Registry::open(config.clone(), Arc::new(Metrics::new())).unwrap();
+        let info = back.info("m").expect("the stream is loaded");
+        assert_eq!(info.readings_seen, 160);
+        assert!(info.model.is_none());
+        assert!(state.exists(), "the state was not moved aside");
+        assert!(model.with_extension("corrupt").exists(), "the damaged weights were");
+        // The next checkpoint rewrites the state without the lost file's name;
+        // then a missing file is no longer named at all.
+        assert_eq!(back.snapshot().unwrap(), 1);
+        drop(back);
+        assert!(snapshot::read(&state).unwrap().model_lost.is_none());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

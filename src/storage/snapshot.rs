@@ -227,25 +227,58 @@ pub fn decode_model(bytes: &[u8], state: &DetectorState) -> Result<Vec<Autoencod
     Reader { body, at: 0 }.members(state)
 }
 
+/// A stream snapshot read back by [`read`].
+pub struct Loaded {
+    /// The stream id.
+    pub stream: String,
+    /// The last log record the snapshot includes.
+    pub lsn: u64,
+    /// The snapshot, with its weights unless they were lost.
+    pub snapshot: DetectorSnapshot,
+    /// The model file it uses.
+    pub model: Option<PathBuf>,
+    /// Why the weights the state names could not be read (the stream is loaded
+    /// without its model, and retrains).
+    pub model_lost: Option<(PathBuf, StorageError)>,
+}
+
 /// Reads the stream snapshot at `path` with its weights (from the model file
-/// beside it, for format 2). Returns the stream id, the last log record it
-/// includes, the snapshot, and the model file it uses.
-pub fn read(path: &Path) -> Result<(String, u64, DetectorSnapshot, Option<PathBuf>), StorageError> {
+/// beside it, for format 2). A model file that is missing or damaged costs the
+/// model, not the stream: the state loads without it.
+pub fn read(path: &Path) -> Result<Loaded, StorageError> {
     let io = |p: &Path| {
         let path = p.display().to_string();
         move |source| StorageError::Io { path, source }
     };
-    let mut d = decode(&std::fs::read(path).map_err(io(path))?)?;
-    let model = match &d.model_file {
+    let d = decode(&std::fs::read(path).map_err(io(path))?)?;
+    let mut loaded = Loaded {
+        stream: d.stream,
+        lsn: d.lsn,
+        snapshot: d.snapshot,
+        model: None,
+        model_lost: None,
+    };
+    match &d.model_file {
         Some(name) if !name.contains('/') && !name.contains('\\') && name.ends_with(".model") => {
             let mpath = path.with_file_name(name);
-            d.snapshot.members = decode_model(&std::fs::read(&mpath).map_err(io(&mpath))?, &d.snapshot.state)?;
-            Some(mpath)
+            let members = std::fs::read(&mpath)
+                .map_err(io(&mpath))
+                .and_then(|bytes| decode_model(&bytes, &loaded.snapshot.state));
+            match members {
+                Ok(members) => {
+                    loaded.snapshot.members = members;
+                    loaded.model = Some(mpath);
+                }
+                Err(e) => {
+                    loaded.snapshot = loaded.snapshot.without_model();
+                    loaded.model_lost = Some((mpath, e));
+                }
+            }
         }
         Some(name) => return Err(StorageError::Format(format!("bad model file name {name:?}"))),
-        None => None,
-    };
-    Ok((d.stream, d.lsn, d.snapshot, model))
+        None => {}
+    }
+    Ok(loaded)
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory,
