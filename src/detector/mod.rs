@@ -826,7 +826,7 @@ impl Detector {
                     self.recurring = None;
                 }
             }
-            None if self.anomalous_run == 1 => self.begin_stretch(ratio),
+            None if begins => self.begin_stretch(ratio),
             None => {}
         }
         if self.recurring.is_some() {

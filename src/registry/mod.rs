@@ -1682,10 +1682,11 @@ mod tests {
     /// version, its state at every round that finds it changed; a restart
     /// restores the model from its model file, and model files no state names
     /// (after a reset) are removed at start.
-    #[test]
-    fn checkpoints_write_the_weights_once_per_model_version() {
-        use std::os::unix::fs::MetadataExt;
-        let dir = std::env::temp_dir().join(format!("anomalyd-weights-{}", std::process::id()));
+    /// A registry on a fresh data directory named after `name`, holding stream
+    /// `m` with a trained model (version 1, no retraining after it), checkpointed
+    /// once. Returns the directory, the config and the registry.
+    fn checkpointed_stream(name: &str) -> (std::path::PathBuf, RegistryConfig, Arc<Registry>) {
+        let dir = std::env::temp_dir().join(format!("anomalyd-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let config = RegistryConfig {
             data_dir: Some(dir.clone()),
@@ -1704,17 +1705,27 @@ mod tests {
         let reg = Registry::open(config.clone(), Arc::new(Metrics::new())).unwrap();
         reg.adopt("m", d).unwrap();
         reg.snapshot().unwrap();
+        (dir, config, reg)
+    }
+
+    /// The model files under `streams`, sorted.
+    fn model_files(streams: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(streams)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "model"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn checkpoints_write_the_weights_once_per_model_version() {
+        use std::os::unix::fs::MetadataExt;
+        let (dir, config, reg) = checkpointed_stream("weights");
         let streams = dir.join("streams");
-        let models = || -> Vec<std::path::PathBuf> {
-            let mut v: Vec<_> = std::fs::read_dir(&streams)
-                .unwrap()
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|e| e == "model"))
-                .collect();
-            v.sort();
-            v
-        };
+        let models = || model_files(&streams);
         let state = snapshot::stream_file(&streams, "m");
         let [model] = <[std::path::PathBuf; 1]>::try_from(models()).expect("one model file");
         let ino = |p: &std::path::Path| std::fs::metadata(p).unwrap().ino();
@@ -1751,30 +1762,10 @@ mod tests {
 
     #[test]
     fn a_lost_model_file_costs_the_model_not_the_stream() {
-        let dir = std::env::temp_dir().join(format!("anomalyd-lost-model-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let config = RegistryConfig {
-            data_dir: Some(dir.clone()),
-            ..Default::default()
-        };
-        let mut c = DetectorConfig::default();
-        c.model.ensemble = 1;
-        c.retrain.first_after = 100;
-        let mut d = Detector::new(c).unwrap();
-        for t in 0..160 {
-            d.update_sync(t, &[(t as f64 / 5.0).sin()]).unwrap();
-        }
-        let reg = Registry::open(config.clone(), Arc::new(Metrics::new())).unwrap();
-        reg.adopt("m", d).unwrap();
-        reg.snapshot().unwrap();
+        let (dir, config, reg) = checkpointed_stream("lost-model");
         drop(reg);
         let streams = dir.join("streams");
-        let model = std::fs::read_dir(&streams)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|e| e == "model"))
-            .expect("a model file");
+        let [model] = <[std::path::PathBuf; 1]>::try_from(model_files(&streams)).expect("one model file");
         // Damaged: cut in half.
         let bytes = std::fs::read(&model).unwrap();
         std::fs::write(&model, &bytes[..bytes.len() / 2]).unwrap();
