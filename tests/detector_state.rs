@@ -295,6 +295,61 @@ fn a_sensor_stuck_in_range_holds_one_incident() {
 }
 
 #[test]
+fn a_sensor_frozen_at_its_last_value_is_stuck_and_holds_one_incident() {
+    // A valve fixed where it was: the value stays inside its normal range and the
+    // level, the AR and the model see little; that it never moves is the fault.
+    let mut det = Detector::new(config()).unwrap();
+    let mut rng = StdRng::seed_from_u64(8);
+    let mut last = Vec::new();
+    run(&mut det, 1500, &mut |t| {
+        last = plant(t, &mut rng);
+        last.clone()
+    });
+    let frozen = last[0];
+    let during = run(&mut det, 400, &mut |t| {
+        let mut x = plant(t, &mut rng);
+        x[0] = frozen;
+        x
+    });
+    let first = during.iter().position(|v| v.anomaly).expect("flagged");
+    assert!(first <= 5, "flagged after {first} repeats");
+    assert!(held(&during[first..]) >= 0.99 && opened(&during) == 1);
+    assert_eq!(during[first].cause.as_deref(), Some("stuck"));
+    let Some(IncidentEvent::Opened(inc)) = &during[first].event else {
+        panic!("{:?}", during[first].event)
+    };
+    assert_eq!(inc.top_features().first().map(|f| f.0), Some(0));
+    // Moving again, it resolves.
+    let after = run(&mut det, 300, &mut |t| plant(t, &mut rng));
+    assert!(
+        after
+            .iter()
+            .any(|v| matches!(v.event, Some(IncidentEvent::Resolved { .. })))
+    );
+}
+
+#[test]
+fn repeats_a_feature_shows_in_normal_times_are_never_stuck() {
+    // Rounded to whole units, a noisy feature repeats itself now and then (runs of
+    // up to three or four); a slowly sampled one holds each value for five readings.
+    let mut det = Detector::new(config()).unwrap();
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut sampled = 0.0;
+    let vs = run(&mut det, 4000, &mut |t| {
+        let a = 20.0 + 3.0 * (t as f64 / 40.0).sin() + 0.6 * noise(&mut rng);
+        if t % 5 == 0 {
+            sampled = a;
+        }
+        vec![a.round(), sampled]
+    });
+    let stuck = vs
+        .iter()
+        .filter(|v| v.cause.as_deref() == Some("stuck") && v.anomaly)
+        .count();
+    assert_eq!(stuck, 0);
+}
+
+#[test]
 fn recovery_after_a_long_fault_resolves_the_incident() {
     let mut det = Detector::new(config()).unwrap();
     let mut rng = StdRng::seed_from_u64(8);

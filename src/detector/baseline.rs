@@ -193,6 +193,84 @@ impl EwStats {
     }
 }
 
+/// Least run of repeated values that can be judged stuck, whatever the normal
+/// runs were: a value repeated five times over is not yet a stuck sensor.
+pub const MIN_STUCK_RUN: u32 = 5;
+/// Normal readings a feature must have shown before its runs are judged.
+const STUCK_WARM: u32 = 64;
+/// Least share of normal readings that change value for runs to be judged: a
+/// feature that often holds its value (a counter that is mostly 0, a flat line, a
+/// slowly sampled analyser) has long runs by nature, and its longest one seen is a
+/// poor guide to the next.
+const STUCK_MOVING: f64 = 0.5;
+
+/// Runs of exactly repeated values, for a stuck sensor or valve: a feature that
+/// changes at nearly every normal reading and then repeats one value for far
+/// longer than any normal run did is stuck, even inside its normal range (where
+/// the level, the AR and often the model see nothing).
+///
+/// ```text
+/// run     readings in a row equal to the one before (0 when it moved)
+/// limit   max(2 · longest normal run + 2, MIN_STUCK_RUN)
+/// ratio   run / limit, once STUCK_WARM normal readings moved at least
+///         STUCK_MOVING of the time
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Stuck {
+    last: Option<f64>,
+    run: u32,
+    /// The run that the newest reading ended (learnt with it, if it is normal).
+    ended: u32,
+    /// Longest run that ended on a normal reading and never reached the limit.
+    longest: u32,
+    /// Share of normal readings that changed value (weights 1/n, then 1/512).
+    moving: f64,
+    n: u32,
+}
+
+impl Stuck {
+    /// Follows the sequence with the newest value (every reading, learnt or not).
+    pub fn observe(&mut self, x: f64) {
+        if self.last == Some(x) {
+            self.run = self.run.saturating_add(1);
+            self.ended = 0;
+        } else {
+            self.ended = self.run;
+            self.run = 0;
+        }
+        self.last = Some(x);
+    }
+
+    /// The run's length that counts as stuck.
+    pub fn limit(&self) -> u32 {
+        self.longest.saturating_mul(2).saturating_add(2).max(MIN_STUCK_RUN)
+    }
+
+    /// The current run over the limit (0 while the feature is not judged).
+    pub fn ratio(&self) -> f64 {
+        if self.n < STUCK_WARM || self.moving < STUCK_MOVING {
+            return 0.0;
+        }
+        f64::from(self.run) / f64::from(self.limit())
+    }
+
+    /// Learns the newest reading as normal: whether it moved, and the run it ended
+    /// (one that reached the limit was stuck, and is never normal).
+    pub fn learn(&mut self) {
+        self.n = self.n.saturating_add(1);
+        let moved = if self.run == 0 { 1.0 } else { 0.0 };
+        self.moving += (moved - self.moving) / f64::from(self.n.min(512));
+        if self.run == 0 && self.ended < self.limit() {
+            self.longest = self.longest.max(self.ended);
+        }
+    }
+
+    /// The current run is accepted as normal (the operator or `accept_after`).
+    pub fn accept(&mut self) {
+        self.longest = self.longest.max(self.run);
+    }
+}
+
 /// One feature's baselines for the anomaly state: the level, an AR(p) and the
 /// seasonal residual, learnt from normal readings only (the event path keeps its
 /// own, which learn everything).
@@ -204,6 +282,9 @@ pub struct StateBaselines {
     pub ar: OnlineAr,
     /// Residual against the same phase of earlier periods.
     pub seasonal: EwStats,
+    /// Runs of repeated values.
+    #[serde(default)]
+    pub stuck: Stuck,
 }
 
 impl StateBaselines {
@@ -218,6 +299,7 @@ impl StateBaselines {
             level: EwStats::default(),
             ar: OnlineAr::new(ar_order, ar_forgetting).with_resid_window(window),
             seasonal: EwStats::default(),
+            stuck: Stuck::default(),
         }
     }
 
@@ -731,5 +813,59 @@ mod tests {
         assert!(late.iter().all(|(_, e)| *e < 1.0), "prediction error stays small");
         let (z, _) = ar.update(1100.0);
         assert!(z > 10.0, "a jump is many residual sds: {z}");
+    }
+
+    /// Feeds `xs` to `stuck`, every reading learnt as normal while it is not
+    /// judged stuck (as the detector does); returns the last ratio.
+    fn feed(stuck: &mut Stuck, xs: impl IntoIterator<Item = f64>) -> f64 {
+        let mut r = 0.0;
+        for x in xs {
+            stuck.observe(x);
+            r = stuck.ratio();
+            if r < 1.0 {
+                stuck.learn();
+            }
+        }
+        r
+    }
+
+    #[test]
+    fn stuck_judges_a_run_against_the_longest_normal_one() {
+        let mut s = Stuck::default();
+        // A feature that moves at every reading: nothing is judged before it is warm.
+        assert_eq!(feed(&mut s, (0..STUCK_WARM - 1).map(f64::from)), 0.0);
+        feed(&mut s, (100..200).map(f64::from));
+        assert_eq!(s.limit(), MIN_STUCK_RUN);
+        // Frozen: the fifth repeat reaches the limit.
+        assert_eq!(feed(&mut s, [7.0; 5]), 4.0 / 5.0);
+        assert_eq!(feed(&mut s, [7.0]), 1.0);
+        // Once it moves again, the stuck run taught nothing.
+        feed(&mut s, (300..400).map(f64::from));
+        assert_eq!(s.limit(), MIN_STUCK_RUN);
+
+        // Normal runs of three repeats (every tenth value held) raise the limit to 8.
+        let held = (0..400).flat_map(|i| {
+            let n = if i % 10 == 0 { 4 } else { 1 };
+            std::iter::repeat_n(f64::from(1000 + i), n)
+        });
+        feed(&mut s, held);
+        assert_eq!(s.limit(), 8);
+        assert_eq!(feed(&mut s, [5.0; 9]), 1.0);
+        // Accepted: the run is normal now.
+        s.accept();
+        assert_eq!(s.limit(), 18);
+        assert!(s.ratio() < 1.0);
+    }
+
+    #[test]
+    fn stuck_never_judges_a_feature_that_mostly_holds_its_value() {
+        // A slow analyser: a new value every fifth reading.
+        let mut s = Stuck::default();
+        let sampled = (0..1000).flat_map(|i| std::iter::repeat_n(f64::from(i), 5));
+        feed(&mut s, sampled);
+        assert_eq!(feed(&mut s, [1.0; 100]), 0.0);
+        // A flat line.
+        let mut s = Stuck::default();
+        assert_eq!(feed(&mut s, [3.0; 1000]), 0.0);
     }
 }

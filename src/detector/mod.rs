@@ -211,11 +211,19 @@ struct BaselineScores {
     state_level: Vec<f64>,
     state_ar: Vec<f64>,
     state_seasonal: Vec<f64>,
+    /// Each feature's run of repeated values over its limit.
+    stuck: Vec<f64>,
     /// Seasonal expectation, when the feature has a period and history for it.
     seasonal_expected: Vec<Option<f64>>,
     /// The configured baseline's z and expectation per feature.
     base_z: Vec<f64>,
     base_expected: Vec<f64>,
+}
+
+/// Each value's share of their sum (all 0 when the sum is not positive).
+fn shares(xs: &[f64]) -> Vec<f64> {
+    let total: f64 = xs.iter().sum();
+    xs.iter().map(|v| if total > 0.0 { v / total } else { 0.0 }).collect()
 }
 
 /// The model-or-baseline surprise of one reading.
@@ -515,8 +523,12 @@ impl Detector {
         for (r, &v) in self.range.iter_mut().zip(values) {
             *r = (r.0.min(v), r.1.max(v));
         }
-        let sur = self.surprise(&base, values);
+        let mut sur = self.surprise(&base, values);
         let judgement = self.judge(&base, sur.model_z.as_deref(), sur.phase);
+        if judgement.component == Some(state::STUCK) {
+            // The stuck features are what the incident is about.
+            sur.contributions = shares(&base.stuck);
+        }
         let score = score_of_ratio(judgement.ratio);
         let anomalous = mode == Mode::Live && sur.phase != Phase::Warmup && score >= self.config.alert.threshold;
         let was_recurring = self.recurring.is_some();
@@ -615,12 +627,15 @@ impl Detector {
             state_level: zeros.clone(),
             state_ar: zeros.clone(),
             state_seasonal: zeros.clone(),
+            stuck: zeros.clone(),
             seasonal_expected: vec![None; d],
             base_z: zeros.clone(),
             base_expected: zeros,
         };
         for j in 0..d {
             let (zg, _) = self.gaussians[j].update(values[j]);
+            self.state_baselines[j].stuck.observe(values[j]);
+            s.stuck[j] = self.state_baselines[j].stuck.ratio();
             let (za, _) = self.ars[j].update(values[j]);
             // The same phase in earlier periods (validate() bounds their number); the
             // newest row is this reading.
@@ -722,12 +737,7 @@ impl Detector {
                 model_z: None,
             },
             Phase::Baseline => {
-                let total: f64 = base.base_z.iter().sum();
-                let contributions = base
-                    .base_z
-                    .iter()
-                    .map(|v| if total > 0.0 { v / total } else { 0.0 })
-                    .collect();
+                let contributions = shares(&base.base_z);
                 Surprise {
                     phase: Phase::Baseline,
                     surprise: base_max,
@@ -777,7 +787,14 @@ impl Detector {
             }
         }
         let a = &self.config.alert;
-        self.state.judge(&zs, a.smoothing, a.min_normal as u32)
+        let mut j = self.state.judge(&zs, a.smoothing, a.min_normal as u32);
+        let stuck = base.stuck.iter().cloned().fold(0.0, f64::max);
+        if all && stuck > j.ratio {
+            j.ratio = stuck;
+            j.component = Some(state::STUCK);
+            j.smoothed = false;
+        }
+        j
     }
 
     /// Advances the incident lifecycle by one reading. Returns the event it raised
@@ -917,6 +934,7 @@ impl Detector {
         let window = self.config.baseline.gaussian_window;
         for (j, &x) in values.iter().enumerate() {
             self.state_baselines[j].learn(x, base.seasonal_expected[j], window);
+            self.state_baselines[j].stuck.learn();
         }
         self.state.learn(judgement);
     }
@@ -993,6 +1011,7 @@ impl Detector {
         if readings > 0 {
             self.state_baselines.iter_mut().for_each(StateBaselines::restart_level);
         }
+        self.state_baselines.iter_mut().for_each(|b| b.stuck.accept());
         let window = self.config.baseline.gaussian_window;
         for n in std::mem::take(&mut self.unlearnt) {
             let row = (n - first) as usize;

@@ -152,9 +152,13 @@ pub enum Component {
 /// Number of components.
 pub const N_COMPONENTS: usize = 6;
 
+/// The judgement's component when a feature repeats one value for too long
+/// ([`super::baseline::Stuck`]; its limit is a run length, not a learnt tail).
+pub const STUCK: usize = N_COMPONENTS;
+
 /// Lower-case name of component `c` (its index).
 pub fn component_name(c: usize) -> &'static str {
-    ["level", "ar", "seasonal", "model", "joint", "joint_level"]
+    ["level", "ar", "seasonal", "model", "joint", "joint_level", "stuck"]
         .get(c)
         .copied()
         .unwrap_or("unknown")

@@ -88,11 +88,13 @@ pub struct ReadingOut {
     /// `opened` or `resolved` when an incident changed at this reading.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<String>,
-    /// Why an anomalous reading opened no incident: `incident_open`, `min_duration`.
+    /// Why an anomalous reading opened no incident: `incident_open`, `min_duration`,
+    /// `recurring`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suppressed: Option<String>,
     /// The statistic that decided the score: `level`, `ar`, `seasonal`, `model`,
-    /// `joint` or `joint_level`, with ` smoothed` when its sustained form did.
+    /// `joint` or `joint_level`, with ` smoothed` when its sustained form did, or
+    /// `stuck` (a feature repeats one value for too long).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause: Option<String>,
 }
