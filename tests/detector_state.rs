@@ -558,3 +558,41 @@ fn a_small_lasting_shift_no_single_reading_shows_is_flagged_and_held() {
         shifted[first.unwrap()].cause
     );
 }
+
+#[test]
+fn a_gap_in_a_regular_stream_is_filled_and_raises_no_incident() {
+    // A daily cycle sampled every 5 minutes misses 5 readings, 3 hours, a whole
+    // day and 17 days of them (longer than the buffer: no longer filled; the
+    // seasonal past and the model's windows start again after it): the rows after
+    // the gap are compared with the right phase and lags, and nothing opens.
+    for missed in [5, 36, 288, 5000] {
+        let mut det = Detector::new(config()).unwrap();
+        let mut rng = StdRng::seed_from_u64(2);
+        let cycle = |t: usize, rng: &mut StdRng| {
+            vec![50.0 + 10.0 * (t as f64 * std::f64::consts::TAU / 288.0).sin() + noise(rng)]
+        };
+        let before: Vec<Verdict> = (0..2000)
+            .map(|t| det.update_sync(t as i64 * 300_000_000, &cycle(t, &mut rng)).unwrap())
+            .collect();
+        assert_eq!(opened(&before[600..]), 0);
+        let after: Vec<Verdict> = (2000 + missed..3200 + missed)
+            .map(|t| det.update_sync(t as i64 * 300_000_000, &cycle(t, &mut rng)).unwrap())
+            .collect();
+        assert_eq!(
+            opened(&after),
+            0,
+            "missed {missed}: {:?}",
+            after.iter().position(|v| v.anomaly)
+        );
+        assert_eq!(det.readings_seen(), 3200, "filled rows are not readings");
+        // A fault after the gap is still a fault.
+        let shifted: Vec<Verdict> = (3200 + missed..3300 + missed)
+            .map(|t| {
+                let mut x = cycle(t, &mut rng);
+                x[0] += 15.0;
+                det.update_sync(t as i64 * 300_000_000, &x).unwrap()
+            })
+            .collect();
+        assert!(held(&shifted) >= 0.95 && opened(&shifted) == 1, "missed {missed}");
+    }
+}

@@ -349,6 +349,16 @@ impl StateBaselines {
         self.ar.skip();
     }
 
+    /// Forgets the AR's lags (a long gap).
+    pub fn restart_lags(&mut self) {
+        self.ar.restart_lags();
+    }
+
+    /// Moves past a row filled in for a gap with `x`.
+    pub fn skip_as(&mut self, x: f64) {
+        self.ar.skip_as(Some(x));
+    }
+
     /// Learns a normal `x`.
     pub fn learn(&mut self, x: f64, seasonal_expected: Option<f64>, window: usize) {
         self.level.learn(x, window);
@@ -504,10 +514,25 @@ impl OnlineAr {
     /// had it stayed normal; [`OnlineAr::score`] then widens the residual scale to
     /// that many steps ahead (σ √Σψᵢ², the ψ-weights of the fit).
     pub fn skip(&mut self) {
-        if self.scale.is_none() {
+        self.skip_as(None);
+    }
+
+    /// Forgets the lags (after a long gap they are no guide to the next reading):
+    /// no prediction until `p` readings are learnt again; the fit is kept.
+    pub fn restart_lags(&mut self) {
+        self.lags.clear();
+        self.psi = VecDeque::new();
+        self.psi_sumsq = 1.0;
+    }
+
+    /// As [`OnlineAr::skip`], with `x` in the lag slot instead of the prediction
+    /// (a gap's row filled from a better guess, such as the seasonal expectation).
+    pub fn skip_as(&mut self, x: Option<f64>) {
+        let Some((center, spread)) = self.scale else {
             return;
-        }
-        let Some(pr) = self.predict() else { return };
+        };
+        let Some(pred) = self.predict() else { return };
+        let pr = x.map_or(pred, |x| ((x - center) / spread).clamp(-1e6, 1e6));
         // ψ_k = Σ_j φ_j ψ_{k−j}, with ψ_0 = 1 and φ the lag coefficients (the list
         // is empty while nothing is skipped).
         if self.psi.is_empty() {

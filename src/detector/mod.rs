@@ -21,6 +21,7 @@
 //! ```
 
 pub mod baseline;
+pub mod cadence;
 pub mod config;
 pub mod likelihood;
 pub mod packed;
@@ -35,6 +36,7 @@ pub use config::{ConfigError, DetectorConfig, DetectorKind};
 pub use train::{TrainJob, TrainOutcome, TrainReport, TrainedModel};
 
 use baseline::{OnlineAr, Seasonal, StateBaselines, WindowedGaussian};
+use cadence::Cadence;
 use likelihood::Likelihood;
 use state::{Component, Judgement, N_COMPONENTS, StateCalibration, score_of_ratio};
 pub use state::{Incident, IncidentEvent, Resolution};
@@ -381,6 +383,13 @@ pub struct Detector {
     recurring: Option<Recurring>,
     /// Consecutive anomalous readings (for `alert.min_duration`).
     anomalous_run: u64,
+    /// The sampling step, to see gaps.
+    cadence: Cadence,
+    /// Rows filled in for readings a gap missed (counted in `seen`).
+    imputed: u64,
+    /// The first reading after the last gap too long to fill (0: none): rows
+    /// before it are no season's past and no model window's.
+    fresh_from: u64,
     /// Readings seen / timestamp when the last training job was taken.
     last_job: Option<(u64, Micros)>,
     job_in_flight: bool,
@@ -431,6 +440,9 @@ impl Detector {
             model_stale: false,
             stretches: VecDeque::new(),
             recurring: None,
+            cadence: Cadence::default(),
+            imputed: 0,
+            fresh_from: 0,
             drift: 0.0,
             failed_jobs: 0,
             resid_var: Vec::new(),
@@ -447,9 +459,9 @@ impl Detector {
         self.n_features
     }
 
-    /// Readings scored so far.
+    /// Readings scored so far (not counting the rows filled in for gaps).
     pub fn readings_seen(&self) -> u64 {
-        self.seen
+        self.seen - self.imputed.min(self.seen)
     }
 
     /// Timestamp of the last reading.
@@ -476,7 +488,8 @@ impl Detector {
     /// or, after a model was installed or restored since, of the next one.
     pub fn phase(&self) -> Phase {
         let d = self.n_features.unwrap_or(1).max(1);
-        let window_ready = self.history.len() >= self.config.window * d;
+        let window_ready =
+            self.history.len() >= self.config.window * d && self.fresh_rows() >= self.config.window as u64;
         if self.model.is_some() && window_ready && self.config.detector == DetectorKind::Autoencoder {
             Phase::Model
         } else if self.seen <= 2 {
@@ -517,6 +530,7 @@ impl Detector {
         } else {
             values
         };
+        self.fill_gap(timestamp);
         self.admit(timestamp, values);
         let base = self.score_baselines(values);
         let out_of_range = self.out_of_range(values);
@@ -640,13 +654,7 @@ impl Detector {
             // The same phase in earlier periods (validate() bounds their number); the
             // newest row is this reading.
             let mut past = [0.0; baseline::MAX_SEASONAL_PERIODS];
-            let mut n_past = 0;
-            if let Some(p) = self.seasonals[j].period() {
-                for k in (1..=self.config.baseline.seasonal_periods).take_while(|k| k * p < n_rows) {
-                    past[n_past] = self.history[(n_rows - 1 - k * p) * d + j];
-                    n_past += 1;
-                }
-            }
+            let n_past = self.seasonal_past(j, n_rows - 1, &mut past);
             let (lo, hi) = self.range[j];
             let floor = 5e-3 * (hi - lo);
             let (zs, seasonal_expected) = self.seasonals[j].update(values[j], &mut past[..n_past], floor);
@@ -671,6 +679,101 @@ impl Detector {
             };
         }
         s
+    }
+
+    /// Readings since the last gap too long to fill, this one included.
+    fn fresh_rows(&self) -> u64 {
+        (self.seen + 1).saturating_sub(self.fresh_from)
+    }
+
+    /// Feature `j`'s values at the same phase as buffered row `row`, one, two, …
+    /// periods before it, from rows after the last long gap (none without a
+    /// period); returns how many.
+    fn seasonal_past(&self, j: usize, row: usize, past: &mut [f64; baseline::MAX_SEASONAL_PERIODS]) -> usize {
+        let d = self.n_features.unwrap_or(1).max(1);
+        let n_rows = self.history.len() / d;
+        // Row `row` is reading number `number` (the newest row is `seen`; `row` may
+        // be the one about to be filled in); how far back the fresh rows reach.
+        let number = (self.seen + 1 + row as u64).saturating_sub(n_rows as u64);
+        let reach = number.saturating_sub(self.fresh_from).min(row as u64) as usize;
+        let mut n = 0;
+        if let Some(p) = self.seasonals[j].period() {
+            // validate() bounds seasonal_periods by MAX_SEASONAL_PERIODS.
+            for k in (1..=self.config.baseline.seasonal_periods).take_while(|k| k * p <= reach) {
+                past[n] = self.history[(row - k * p) * d + j];
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Fills the rows a regular stream missed before `timestamp` (see
+    /// [`cadence`]) with what the state expected there: never learnt, never
+    /// scored, but buffered (marked unlearnt, so no training window holds one) and
+    /// stepped past by the ARs, so that the seasonal phase, the AR's lags and the
+    /// model's window count time again. At most a training buffer's worth (see
+    /// [`Detector::long_gap`]).
+    fn fill_gap(&mut self, timestamp: Micros) {
+        let (Some(last), Some(d)) = (self.last_ts, self.n_features) else {
+            return;
+        };
+        if self.state_baselines.len() != d || self.history.len() < d {
+            return;
+        }
+        let missing = self.cadence.observe(timestamp.saturating_sub(last));
+        let cap = self.config.training.buffer.max(self.config.window) as u64;
+        // A gap longer than the buffer: fill as many rows as keep the phase of the
+        // cycle (of the first feature it explains), a whole number of periods fewer.
+        if missing > cap {
+            self.long_gap();
+            return;
+        }
+        let step = self.cadence.step();
+        for i in 1..=missing {
+            let row = self.expected_row();
+            let t = last.saturating_add((step * i as f64) as i64).min(timestamp.saturating_sub(1));
+            self.admit(t, &row);
+            for (j, &x) in row.iter().enumerate() {
+                self.state_baselines[j].skip_as(x);
+                self.ars[j].skip_as(Some(x));
+            }
+            self.unlearnt.push_back(self.seen);
+            self.imputed += 1;
+        }
+    }
+
+    /// A gap longer than the training buffer: filling it would only guess, and a
+    /// period estimated from the buffer is not exact enough to keep the phase
+    /// over it. The rows before it stop counting as a season's past and as model
+    /// windows (the model scores again once a window of new readings is in, and
+    /// no training window spans the gap); the ARs forget their lags and predict
+    /// again once they have `p` new ones.
+    fn long_gap(&mut self) {
+        self.fresh_from = self.seen + 1;
+        if self.unlearnt.back() != Some(&self.seen) {
+            self.unlearnt.push_back(self.seen);
+        }
+        self.state_baselines.iter_mut().for_each(StateBaselines::restart_lags);
+        self.ars.iter_mut().for_each(OnlineAr::restart_lags);
+    }
+
+    /// What the state expects for the next row: the seasonal expectation where the
+    /// cycle explains the feature, the AR's forecast otherwise.
+    fn expected_row(&self) -> Vec<f64> {
+        let d = self.n_features.unwrap_or(1).max(1);
+        let n_rows = self.history.len() / d;
+        (0..d)
+            .map(|j| {
+                let last = self.history[(n_rows - 1) * d + j];
+                let mut past = [0.0; baseline::MAX_SEASONAL_PERIODS];
+                let n = self.seasonal_past(j, n_rows, &mut past);
+                if n > 0 && self.state_baselines[j].seasonal_explains() {
+                    self.seasonals[j].score(last, &mut past[..n], 0.0).1
+                } else {
+                    self.state_baselines[j].forecast(last)
+                }
+            })
+            .collect()
     }
 
     /// The range rule: beyond everything seen so far, widened by a fraction of the
@@ -1112,7 +1215,13 @@ impl Detector {
         let d = self.n_features.unwrap_or(1).max(1);
         let min_acf = self.config.baseline.seasonal_min_acf;
         let n_rows = self.history.len() / d;
-        let from = n_rows.saturating_sub(PERIOD_SEARCH) * d;
+        let searched = n_rows.min(PERIOD_SEARCH);
+        if self.fresh_rows() < searched as u64 {
+            // A long gap lies in the rows searched: the periods stay until it
+            // has left them.
+            return;
+        }
+        let from = (n_rows - searched) * d;
         for j in 0..d {
             let column: Vec<f64> = self.history.range(from..).skip(j).step_by(d).copied().collect();
             let period = baseline::find_period(&column, 4, min_acf).map(|(p, _)| p);
@@ -1264,6 +1373,9 @@ impl Detector {
                 model_stale: self.model_stale,
                 stretches: self.stretches.iter().copied().collect(),
                 recurring: self.recurring,
+                cadence: self.cadence,
+                imputed: self.imputed,
+                fresh_from: self.fresh_from,
                 gaussians: self.gaussians.clone(),
                 ars: self.ars.clone(),
                 seasonals: self.seasonals.clone(),
@@ -1353,6 +1465,9 @@ impl Detector {
             model_stale: s.model_stale,
             stretches: s.stretches.into_iter().rev().take(MAX_STRETCHES).rev().collect(),
             recurring: s.recurring,
+            cadence: s.cadence,
+            imputed: s.imputed,
+            fresh_from: s.fresh_from,
             gaussians: s.gaussians,
             seasonals,
             ars: s.ars,
@@ -1476,6 +1591,12 @@ pub struct DetectorState {
     stretches: Vec<Stretch>,
     #[serde(default)]
     recurring: Option<Recurring>,
+    #[serde(default)]
+    cadence: Cadence,
+    #[serde(default)]
+    imputed: u64,
+    #[serde(default)]
+    fresh_from: u64,
     gaussians: Vec<WindowedGaussian>,
     ars: Vec<OnlineAr>,
     #[serde(default)]
