@@ -32,6 +32,12 @@ fn opened(vs: &[Verdict]) -> usize {
         .count()
 }
 
+/// Whether an incident resolved in `vs`.
+fn resolves(vs: &[Verdict]) -> bool {
+    vs.iter()
+        .any(|v| matches!(v.event, Some(IncidentEvent::Resolved { .. })))
+}
+
 fn held(vs: &[Verdict]) -> f64 {
     vs.iter().filter(|v| v.anomaly).count() as f64 / vs.len() as f64
 }
@@ -70,12 +76,7 @@ fn a_spike_of_any_size_on_a_noise_free_cycle_is_flagged() {
         assert!(matches!(spike[0].event, Some(IncidentEvent::Opened(_))));
         if size <= 100.0 {
             // It resolves once the cycle is back.
-            assert!(
-                spike
-                    .iter()
-                    .any(|v| matches!(v.event, Some(IncidentEvent::Resolved { .. }))),
-                "spike {size} resolves"
-            );
+            assert!(resolves(&spike), "spike {size} resolves");
         }
     }
 }
@@ -88,11 +89,7 @@ fn an_absurd_spike_resolves_once_the_cycle_is_back() {
     let spike = run(&mut det, 60, &mut |t| {
         vec![cycle[t % 7] + if t == 1500 { 1e9 } else { 0.0 }]
     });
-    assert!(
-        spike
-            .iter()
-            .any(|v| matches!(v.event, Some(IncidentEvent::Resolved { .. })))
-    );
+    assert!(resolves(&spike));
 }
 
 #[test]
@@ -321,11 +318,7 @@ fn a_sensor_frozen_at_its_last_value_is_stuck_and_holds_one_incident() {
     assert_eq!(inc.top_features().first().map(|f| f.0), Some(0));
     // Moving again, it resolves.
     let after = run(&mut det, 300, &mut |t| plant(t, &mut rng));
-    assert!(
-        after
-            .iter()
-            .any(|v| matches!(v.event, Some(IncidentEvent::Resolved { .. })))
-    );
+    assert!(resolves(&after));
 }
 
 #[test]
@@ -360,11 +353,7 @@ fn recovery_after_a_long_fault_resolves_the_incident() {
         x
     });
     let after = run(&mut det, 300, &mut |t| plant(t, &mut rng));
-    assert!(
-        after
-            .iter()
-            .any(|v| matches!(v.event, Some(IncidentEvent::Resolved { .. })))
-    );
+    assert!(resolves(&after));
 }
 
 #[test]
@@ -595,4 +584,26 @@ fn a_gap_in_a_regular_stream_is_filled_and_raises_no_incident() {
             .collect();
         assert!(held(&shifted) >= 0.95 && opened(&shifted) == 1, "missed {missed}");
     }
+}
+
+#[test]
+fn rows_filled_for_a_gap_are_neither_trained_on_nor_accepted() {
+    let mut det = Detector::new(config()).unwrap();
+    let mut rng = StdRng::seed_from_u64(4);
+    for t in (0..600).chain(610..700) {
+        let x = 50.0 + 10.0 * (t as f64 / 30.0).sin() + noise(&mut rng);
+        let v = det.update_sync(t as i64 * 300_000_000, &[x]).unwrap();
+        assert!(!v.anomaly || t < 500, "reading {t}");
+    }
+    assert_eq!(det.readings_seen(), 690);
+    // Nothing was anomalous: there is nothing to accept, the filled rows included.
+    assert_eq!(det.accept().readings, 0);
+    // Readings 600..610 were missed: ten filled rows, between the 600 readings
+    // before and the 90 after.
+    let job = det.training_job();
+    let n = job.normal.len();
+    assert_eq!(n, 700);
+    assert!(job.normal[n - 100..n - 90].iter().all(|&l| !l), "the 10 filled rows");
+    assert!(job.normal[..n - 100].iter().all(|&l| l));
+    assert!(job.normal[n - 90..].iter().all(|&l| l));
 }

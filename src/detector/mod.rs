@@ -354,6 +354,10 @@ pub struct Detector {
     /// while the stream is normal): training skips windows that hold one, and
     /// `accept` learns them.
     unlearnt: VecDeque<u64>,
+    /// Buffered rows that are not readings as they came (ascending): rows filled
+    /// in for a gap, and the last row before a gap too long to fill. No training
+    /// window holds one; `accept` does not learn them.
+    filled: VecDeque<u64>,
     gaussians: Vec<WindowedGaussian>,
     ars: Vec<OnlineAr>,
     seasonals: Vec<Seasonal>,
@@ -423,6 +427,7 @@ impl Detector {
             last_ts: None,
             history: VecDeque::new(),
             unlearnt: VecDeque::new(),
+            filled: VecDeque::new(),
             gaussians: Vec::new(),
             ars: Vec::new(),
             seasonals: Vec::new(),
@@ -616,11 +621,13 @@ impl Detector {
         }
         self.history.extend(values.iter().copied());
         let oldest = self.seen + 1 - (self.history.len() / d) as u64;
-        while self.unlearnt.front().is_some_and(|&n| n < oldest) {
-            self.unlearnt.pop_front();
-        }
-        if self.unlearnt.is_empty() && self.unlearnt.capacity() > 0 {
-            self.unlearnt = VecDeque::new();
+        for rows in [&mut self.unlearnt, &mut self.filled] {
+            while rows.front().is_some_and(|&n| n < oldest) {
+                rows.pop_front();
+            }
+            if rows.is_empty() && rows.capacity() > 0 {
+                *rows = VecDeque::new();
+            }
         }
         let b = &self.config.baseline;
         if b.seasonal && self.seen.is_multiple_of(b.seasonal_every as u64) {
@@ -709,7 +716,7 @@ impl Detector {
 
     /// Fills the rows a regular stream missed before `timestamp` (see
     /// [`cadence`]) with what the state expected there: never learnt, never
-    /// scored, but buffered (marked unlearnt, so no training window holds one) and
+    /// scored, but buffered (marked filled, so no training window holds one) and
     /// stepped past by the ARs, so that the seasonal phase, the AR's lags and the
     /// model's window count time again. At most a training buffer's worth (see
     /// [`Detector::long_gap`]).
@@ -722,8 +729,6 @@ impl Detector {
         }
         let missing = self.cadence.observe(timestamp.saturating_sub(last));
         let cap = self.config.training.buffer.max(self.config.window) as u64;
-        // A gap longer than the buffer: fill as many rows as keep the phase of the
-        // cycle (of the first feature it explains), a whole number of periods fewer.
         if missing > cap {
             self.long_gap();
             return;
@@ -731,13 +736,15 @@ impl Detector {
         let step = self.cadence.step();
         for i in 1..=missing {
             let row = self.expected_row();
-            let t = last.saturating_add((step * i as f64) as i64).min(timestamp.saturating_sub(1));
+            let t = last
+                .saturating_add((step * i as f64) as i64)
+                .min(timestamp.saturating_sub(1));
             self.admit(t, &row);
             for (j, &x) in row.iter().enumerate() {
                 self.state_baselines[j].skip_as(x);
                 self.ars[j].skip_as(Some(x));
             }
-            self.unlearnt.push_back(self.seen);
+            self.filled.push_back(self.seen);
             self.imputed += 1;
         }
     }
@@ -750,9 +757,7 @@ impl Detector {
     /// again once they have `p` new ones.
     fn long_gap(&mut self) {
         self.fresh_from = self.seen + 1;
-        if self.unlearnt.back() != Some(&self.seen) {
-            self.unlearnt.push_back(self.seen);
-        }
+        self.filled.push_back(self.seen);
         self.state_baselines.iter_mut().for_each(StateBaselines::restart_lags);
         self.ars.iter_mut().for_each(OnlineAr::restart_lags);
     }
@@ -1269,7 +1274,7 @@ impl Detector {
         let n_rows = readings.len();
         let first = self.seen + 1 - n_rows as u64;
         let mut normal = vec![true; n_rows];
-        for &n in &self.unlearnt {
+        for &n in self.unlearnt.iter().chain(&self.filled) {
             if let Some(flag) = n.checked_sub(first).and_then(|i| normal.get_mut(i as usize)) {
                 *flag = false;
             }
@@ -1365,6 +1370,7 @@ impl Detector {
                 last_ts: self.last_ts,
                 history: self.history.iter().copied().collect(),
                 unlearnt: self.unlearnt.iter().copied().collect(),
+                filled: self.filled.iter().copied().collect(),
                 state: self.state.clone(),
                 incident: self.incident.as_deref().cloned(),
                 incidents: self.incidents,
@@ -1457,6 +1463,7 @@ impl Detector {
             last_ts: s.last_ts,
             history: s.history.into(),
             unlearnt: s.unlearnt.into(),
+            filled: s.filled.into(),
             state: s.state,
             incident: s.incident.map(Box::new),
             incidents: s.incidents,
@@ -1506,6 +1513,7 @@ impl Detector {
             }
             let oldest = next.seen + 1 - (next.history.len() / d) as u64;
             next.unlearnt.retain(|&n| n >= oldest);
+            next.filled.retain(|&n| n >= oldest);
         }
         Ok(next)
     }
@@ -1520,7 +1528,7 @@ impl Detector {
             let flat: Vec<f64> = self.history.iter().copied().collect();
             for (i, row) in flat.chunks_exact(d).enumerate() {
                 let n = first + i as u64;
-                if self.unlearnt.binary_search(&n).is_ok() {
+                if self.unlearnt.binary_search(&n).is_ok() || self.filled.binary_search(&n).is_ok() {
                     continue;
                 }
                 // Timestamps do not matter to what is learnt; the real ones are put back below.
@@ -1531,6 +1539,10 @@ impl Detector {
         fresh.last_ts = self.last_ts;
         fresh.history = self.history.clone();
         fresh.unlearnt = self.unlearnt.clone();
+        fresh.filled = self.filled.clone();
+        fresh.cadence = self.cadence;
+        fresh.imputed = self.imputed;
+        fresh.fresh_from = self.fresh_from;
         fresh.incident = self.incident.clone();
         fresh.incidents = self.incidents;
         fresh.anomalous_run = self.anomalous_run;
@@ -1575,6 +1587,8 @@ pub struct DetectorState {
     /// existed: all were).
     #[serde(default)]
     unlearnt: Vec<u64>,
+    #[serde(default)]
+    filled: Vec<u64>,
     #[serde(default)]
     state: StateCalibration,
     #[serde(default)]
