@@ -222,6 +222,15 @@ struct BaselineScores {
     base_expected: Vec<f64>,
 }
 
+/// `values`, each clamped to ±`MAX_MAGNITUDE` (borrowed when none needs it).
+fn clamp_magnitude(values: &[f64]) -> std::borrow::Cow<'_, [f64]> {
+    if values.iter().any(|v| v.abs() > MAX_MAGNITUDE) {
+        values.iter().map(|v| v.clamp(-MAX_MAGNITUDE, MAX_MAGNITUDE)).collect()
+    } else {
+        values.into()
+    }
+}
+
 /// Each value's share of their sum (all 0 when the sum is not positive).
 fn shares(xs: &[f64]) -> Vec<f64> {
     let total: f64 = xs.iter().sum();
@@ -528,20 +537,11 @@ impl Detector {
 
     fn take(&mut self, timestamp: Micros, values: &[f64], mode: Mode) -> Result<Verdict, ReadingError> {
         self.check(timestamp, values)?;
-        let clamped: Vec<f64>;
-        let values = if values.iter().any(|v| v.abs() > MAX_MAGNITUDE) {
-            clamped = values.iter().map(|v| v.clamp(-MAX_MAGNITUDE, MAX_MAGNITUDE)).collect();
-            &clamped[..]
-        } else {
-            values
-        };
+        let values = &clamp_magnitude(values)[..];
         self.fill_gap(timestamp);
         self.admit(timestamp, values);
         let base = self.score_baselines(values);
-        let out_of_range = self.out_of_range(values);
-        for (r, &v) in self.range.iter_mut().zip(values) {
-            *r = (r.0.min(v), r.1.max(v));
-        }
+        let out_of_range = self.widen_range(values);
         let mut sur = self.surprise(&base, values);
         let judgement = self.judge(&base, sur.model_z.as_deref(), sur.phase);
         if judgement.component == Some(state::STUCK) {
@@ -554,19 +554,9 @@ impl Detector {
         let (mut event, suppressed) =
             self.step_incident(timestamp, anomalous, (score, judgement.ratio), &sur.contributions);
         self.track_stretch(anomalous, was_recurring, &judgement, &event);
+        let event_score = self.event_score(&sur, out_of_range);
         let learn = mode == Mode::History || (!anomalous && self.incident.is_none());
-
-        let (mut event_score, _) = self.likelihood.update(raw_of(sur.surprise, self.config.raw_scale));
-        event_score = event_score.max(sur.model_score);
-        if out_of_range {
-            event_score = 1.0;
-        }
-        if learn {
-            self.learn(values, &base, &judgement);
-        } else {
-            self.state_baselines.iter_mut().for_each(StateBaselines::skip);
-            self.unlearnt.push_back(self.seen);
-        }
+        self.learn_or_pass(learn, values, &base, &judgement);
         if mode == Mode::Live && event.is_none() {
             event = self.accept_if_lasting(timestamp);
         }
@@ -588,15 +578,39 @@ impl Detector {
             },
             event,
             suppressed,
-            cause: judgement.component.map(|c| {
-                let name = state::component_name(c);
-                if judgement.smoothed {
-                    format!("{name} smoothed")
-                } else {
-                    name.to_string()
-                }
-            }),
+            cause: judgement.cause(),
         })
+    }
+
+    /// Whether `values` are out of range (the rule judges them against what was seen
+    /// before them), then widens the range seen to hold them.
+    fn widen_range(&mut self, values: &[f64]) -> bool {
+        let out_of_range = self.out_of_range(values);
+        for (r, &v) in self.range.iter_mut().zip(values) {
+            *r = (r.0.min(v), r.1.max(v));
+        }
+        out_of_range
+    }
+
+    /// The event score: the likelihood of the surprise against the recent past (or
+    /// the model's own), 1 out of range.
+    fn event_score(&mut self, sur: &Surprise, out_of_range: bool) -> f64 {
+        let (event_score, _) = self.likelihood.update(raw_of(sur.surprise, self.config.raw_scale));
+        if out_of_range {
+            1.0
+        } else {
+            event_score.max(sur.model_score)
+        }
+    }
+
+    /// Learns a normal reading, or steps past one that is not learnt (noting it).
+    fn learn_or_pass(&mut self, learn: bool, values: &[f64], base: &BaselineScores, judgement: &Judgement) {
+        if learn {
+            self.learn(values, base, judgement);
+        } else {
+            self.state_baselines.iter_mut().for_each(StateBaselines::skip);
+            self.unlearnt.push_back(self.seen);
+        }
     }
 
     /// Sets up per-feature state on the first reading and buffers the reading.

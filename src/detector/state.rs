@@ -211,6 +211,21 @@ pub struct Judgement {
     present: [bool; N_COMPONENTS],
 }
 
+impl Judgement {
+    /// The `cause` a verdict names: the deciding component, with ` smoothed` when a
+    /// running average decided.
+    pub fn cause(&self) -> Option<String> {
+        self.component.map(|c| {
+            let name = component_name(c);
+            if self.smoothed {
+                format!("{name} smoothed")
+            } else {
+                name.to_string()
+            }
+        })
+    }
+}
+
 impl StateCalibration {
     /// Forgets a component's history (a new model replaces the old one's errors).
     pub fn reset(&mut self, c: Component) {
