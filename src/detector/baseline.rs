@@ -196,6 +196,8 @@ impl EwStats {
 /// Least run of repeated values that can be judged stuck, whatever the normal
 /// runs were: a value repeated five times over is not yet a stuck sensor.
 pub const MIN_STUCK_RUN: u32 = 5;
+/// Tail probability of a stuck run under the feature's own chance of repeating.
+const STUCK_TAIL: f64 = 1e-4;
 /// Normal readings a feature must have shown before its runs are judged.
 const STUCK_WARM: u32 = 64;
 /// Least share of normal readings that change value for runs to be judged: a
@@ -211,7 +213,7 @@ const STUCK_MOVING: f64 = 0.5;
 ///
 /// ```text
 /// run     readings in a row equal to the one before (0 when it moved)
-/// limit   max(2 · longest normal run + 2, MIN_STUCK_RUN)
+/// limit   max(2 · longest normal run + 2, MIN_STUCK_RUN, ln 1e-4 / ln(1 − moving))
 /// ratio   run / limit, once STUCK_WARM normal readings moved at least
 ///         STUCK_MOVING of the time
 /// ```
@@ -241,9 +243,22 @@ impl Stuck {
         self.last = Some(x);
     }
 
-    /// The run's length that counts as stuck.
+    /// The run's length that counts as stuck: twice the longest normal run, and
+    /// at least as long as a run of independent readings that each repeat with
+    /// the feature's own chance would reach once in 10,000 (the tail the other
+    /// limits read).
     pub fn limit(&self) -> u32 {
-        self.longest.saturating_mul(2).saturating_add(2).max(MIN_STUCK_RUN)
+        let repeat = (1.0 - self.moving).clamp(0.0, 1.0);
+        let chance = if repeat > 0.0 {
+            (STUCK_TAIL.ln() / repeat.ln()).ceil().min(1e6) as u32
+        } else {
+            0
+        };
+        self.longest
+            .saturating_mul(2)
+            .saturating_add(2)
+            .max(MIN_STUCK_RUN)
+            .max(chance)
     }
 
     /// The current run over the limit (0 while the feature is not judged).
@@ -880,6 +895,22 @@ mod tests {
         s.accept();
         assert_eq!(s.limit(), 18);
         assert!(s.ratio() < 1.0);
+    }
+
+    #[test]
+    fn stuck_needs_a_run_that_the_features_own_repeats_would_rarely_make() {
+        // Three moves in five readings, runs of one repeat: twice the longest run
+        // is 4, but a reading repeats with chance 0.4, and 0.4^11 < 1e-4 < 0.4^10.
+        let mut s = Stuck::default();
+        let pattern = (0..600).flat_map(|i| {
+            let b = f64::from(3 * i);
+            [b, b, b + 1.0, b + 2.0, b + 2.0]
+        });
+        feed(&mut s, pattern);
+        assert!((s.moving - 0.6).abs() < 0.01, "{}", s.moving);
+        assert_eq!(s.limit(), 11);
+        assert!(feed(&mut s, [-1.0; 11]) < 1.0);
+        assert_eq!(feed(&mut s, [-1.0]), 1.0);
     }
 
     #[test]
