@@ -225,9 +225,8 @@ pub struct Stuck {
     ended: u32,
     /// Longest run that ended on a normal reading and never reached the limit.
     longest: u32,
-    /// Share of normal readings that changed value (weights 1/n, then 1/512).
-    moving: f64,
-    n: u32,
+    /// Share of normal readings that changed value (the mean, over 512).
+    moving: EwStats,
 }
 
 impl Stuck {
@@ -248,7 +247,7 @@ impl Stuck {
     /// the feature's own chance would reach once in 10,000 (the tail the other
     /// limits read).
     pub fn limit(&self) -> u32 {
-        let repeat = (1.0 - self.moving).clamp(0.0, 1.0);
+        let repeat = (1.0 - self.moving.mean).clamp(0.0, 1.0);
         let chance = if repeat > 0.0 {
             (STUCK_TAIL.ln() / repeat.ln()).ceil().min(1e6) as u32
         } else {
@@ -263,7 +262,7 @@ impl Stuck {
 
     /// The current run over the limit (0 while the feature is not judged).
     pub fn ratio(&self) -> f64 {
-        if self.n < STUCK_WARM || self.moving < STUCK_MOVING {
+        if self.moving.len() < u64::from(STUCK_WARM) || self.moving.mean < STUCK_MOVING {
             return 0.0;
         }
         f64::from(self.run) / f64::from(self.limit())
@@ -272,9 +271,8 @@ impl Stuck {
     /// Learns the newest reading as normal: whether it moved, and the run it ended
     /// (one that reached the limit was stuck, and is never normal).
     pub fn learn(&mut self) {
-        self.n = self.n.saturating_add(1);
         let moved = if self.run == 0 { 1.0 } else { 0.0 };
-        self.moving += (moved - self.moving) / f64::from(self.n.min(512));
+        self.moving.learn(moved, 512);
         if self.run == 0 && self.ended < self.limit() {
             self.longest = self.longest.max(self.ended);
         }
@@ -907,7 +905,7 @@ mod tests {
             [b, b, b + 1.0, b + 2.0, b + 2.0]
         });
         feed(&mut s, pattern);
-        assert!((s.moving - 0.6).abs() < 0.01, "{}", s.moving);
+        assert!((s.moving.mean - 0.6).abs() < 0.01, "{}", s.moving.mean);
         assert_eq!(s.limit(), 11);
         assert!(feed(&mut s, [-1.0; 11]) < 1.0);
         assert_eq!(feed(&mut s, [-1.0]), 1.0);

@@ -37,17 +37,22 @@ pub struct Cadence {
 }
 
 impl Cadence {
+    /// A cadence whose step is the gap `g`, as yet unproven.
+    fn starting_at(g: f64) -> Self {
+        Cadence {
+            step: g,
+            regular: 1.0,
+            n: 1,
+        }
+    }
+
     /// Learns the gap (microseconds) before the newest reading and returns how many
     /// readings are missing in it: 0 unless the stream is regular and the gap spans
     /// at least [`GAP_STEPS`] steps.
     pub fn observe(&mut self, gap: i64) -> u64 {
         let g = gap.max(0) as f64;
         if self.n == 0 || !(self.step > 0.0 && self.step.is_finite()) {
-            *self = Cadence {
-                step: g,
-                regular: 1.0,
-                n: 1,
-            };
+            *self = Cadence::starting_at(g);
             return 0;
         }
         let missing = if self.n >= WARM && self.regular >= REGULAR && g >= GAP_STEPS * self.step {
@@ -65,11 +70,7 @@ impl Cadence {
         } else if self.regular < 0.5 {
             // The step was wrong (the first gap was itself a gap, or the stream
             // changed its rate): start again from this gap.
-            *self = Cadence {
-                step: g,
-                regular: 1.0,
-                n: 1,
-            };
+            *self = Cadence::starting_at(g);
         }
         missing
     }
