@@ -410,6 +410,11 @@ pub struct OnlineAr {
     /// Readings the residual scale averages over (its EWMA weight is the inverse).
     #[serde(default = "fifty")]
     resid_window: usize,
+    /// Lag slots that may still hold an imputed value (a skipped reading's
+    /// prediction, or a gap's guess): learning waits until real readings have
+    /// refilled them, or the fit would learn the imputation's error as the series'.
+    #[serde(default)]
+    stale_lags: usize,
 }
 
 fn fifty() -> usize {
@@ -460,6 +465,7 @@ impl OnlineAr {
             psi: VecDeque::new(),
             psi_sumsq: 1.0,
             resid_window: 50,
+            stale_lags: 0,
         }
     }
 
@@ -536,6 +542,7 @@ impl OnlineAr {
         self.lags.clear();
         self.psi = VecDeque::new();
         self.psi_sumsq = 1.0;
+        self.stale_lags = 0;
     }
 
     /// As [`OnlineAr::skip`], with `x` in the lag slot instead of the prediction
@@ -557,10 +564,8 @@ impl OnlineAr {
         }
         self.psi.push_front(psi_k);
         self.psi_sumsq = (self.psi_sumsq + psi_k * psi_k).min(1e12);
-        if self.lags.len() == self.p {
-            self.lags.pop_back();
-        }
-        self.lags.push_front(pr);
+        self.push_lag(pr);
+        self.stale_lags = self.p;
     }
 
     fn phi(&self) -> Option<Vec<f64>> {
@@ -573,6 +578,12 @@ impl OnlineAr {
     }
 
     fn learn(&mut self, xs: f64) {
+        if self.stale_lags > 0 {
+            // Refills a slot; the forecast stays as uncertain as its imputed lags.
+            self.stale_lags -= 1;
+            self.push_lag(xs);
+            return;
+        }
         if !self.psi.is_empty() {
             self.psi = VecDeque::new();
             self.psi_sumsq = 1.0;
@@ -609,6 +620,10 @@ impl OnlineAr {
                 }
             }
         }
+        self.push_lag(xs);
+    }
+
+    fn push_lag(&mut self, xs: f64) {
         if self.lags.len() == self.p {
             self.lags.pop_back();
         }
@@ -851,6 +866,30 @@ mod tests {
         assert!(late.iter().all(|(_, e)| *e < 1.0), "prediction error stays small");
         let (z, _) = ar.update(1100.0);
         assert!(z > 10.0, "a jump is many residual sds: {z}");
+    }
+
+    #[test]
+    fn ar_refills_skipped_lags_before_it_learns_again() {
+        let sine = |t: usize| (t as f64 * 0.2).sin() * 50.0 + 1000.0;
+        let mut ar = OnlineAr::new(4, 0.999);
+        for t in 0..600 {
+            ar.update(sine(t));
+        }
+        // Ten readings stepped past (a fault), then the series as before: the first
+        // four readings only refill the lags (the fit and residual scale keep what
+        // they knew), and the forecast after them is as good as before the fault.
+        for _ in 600..610 {
+            ar.skip();
+        }
+        let (theta, var) = (ar.theta.clone(), ar.resid_var);
+        for t in 610..614 {
+            ar.learn_value(sine(t));
+        }
+        assert_eq!((&ar.theta, ar.resid_var), (&theta, var));
+        let (z, pred) = ar.score(sine(614));
+        assert!((pred - sine(614)).abs() < 1.0 && z < 4.0, "{pred} {z}");
+        ar.learn_value(sine(614));
+        assert_ne!(ar.theta, theta, "learning resumes once the lags are real");
     }
 
     /// Feeds `xs` to `stuck`, every reading learnt as normal while it is not
