@@ -92,9 +92,10 @@ fn an_absurd_spike_resolves_once_the_cycle_is_back() {
     assert!(resolves(&spike));
 }
 
-/// README's wave: a sine of period 16π with a deterministic ripple.
-fn wave(t: usize) -> f64 {
-    50.0 + 10.0 * (t as f64 / 8.0).sin() + ((t * 7919) % 13) as f64 / 13.0
+/// README's wave, a sine of period 16π with a deterministic ripple, `phase`
+/// radians ahead.
+fn wave(t: usize, phase: f64) -> f64 {
+    50.0 + 10.0 * (t as f64 / 8.0 + phase).sin() + ((t * 7919) % 13) as f64 / 13.0
 }
 
 #[test]
@@ -104,13 +105,11 @@ fn a_disturbance_on_a_wave_is_one_incident_and_the_wave_is_normal_again_after_it
     // from the first readings after it, against those imputed lags, bent the fit
     // and reopened an incident at once.
     let mut det = Detector::new(config()).unwrap();
-    let calm = run(&mut det, 600, &mut |t| vec![wave(t)]);
+    let calm = run(&mut det, 600, &mut |t| vec![wave(t, 0.0)]);
     assert_eq!(opened(&calm[300..]), 0);
-    let shifted =
-        |t: usize| 50.0 + 10.0 * (t as f64 / 8.0 + std::f64::consts::FRAC_PI_2).sin() + ((t * 7919) % 13) as f64 / 13.0;
-    let fault = run(&mut det, 32, &mut |t| vec![shifted(t)]);
+    let fault = run(&mut det, 32, &mut |t| vec![wave(t, std::f64::consts::FRAC_PI_2)]);
     assert_eq!(opened(&fault), 1);
-    let after = run(&mut det, 400, &mut |t| vec![wave(t)]);
+    let after = run(&mut det, 400, &mut |t| vec![wave(t, 0.0)]);
     assert!(resolves(&after[..200]), "the incident resolves once the wave is back");
     assert_eq!(opened(&after), 0, "and nothing reopens");
     assert_eq!(held(&after[200..]), 0.0);

@@ -1198,8 +1198,7 @@ impl Detector {
             .map(|j| ((window[(w - 1) * d + j] as f64) - last[j] / m) / model.errors.feature_scale(j))
             .collect();
         let err = sq.iter().sum::<f64>() / (m * (steps * d) as f64);
-        let total: f64 = sq.iter().sum();
-        let contributions = sq.iter().map(|s| if total > 0.0 { s / total } else { 0.0 }).collect();
+        let contributions = shares(&sq);
         let expected: Vec<f64> = last
             .iter()
             .enumerate()

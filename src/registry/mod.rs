@@ -1678,10 +1678,6 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// Issue 9, checkpoints: a stream's weights are written once per model
-    /// version, its state at every round that finds it changed; a restart
-    /// restores the model from its model file, and model files no state names
-    /// (after a reset) are removed at start.
     /// A registry on a fresh data directory named after `name`, holding stream
     /// `m` with a trained model (version 1, no retraining after it), checkpointed
     /// once. Returns the directory, the config and the registry.
@@ -1720,6 +1716,10 @@ mod tests {
         v
     }
 
+    /// Issue 9, checkpoints: a stream's weights are written once per model
+    /// version, its state at every round that finds it changed; a restart
+    /// restores the model from its model file, and model files no state names
+    /// (after a reset) are removed at start.
     #[test]
     fn checkpoints_write_the_weights_once_per_model_version() {
         use std::os::unix::fs::MetadataExt;
