@@ -225,6 +225,17 @@ impl Stream {
     }
 }
 
+/// A staged file: (temporary, target).
+type StagedFile = (std::path::PathBuf, std::path::PathBuf);
+
+/// A stream whose snapshot is staged: the change it covers from `since`, and the
+/// model file (version, path) its state names.
+struct Taken {
+    stream: Arc<Stream>,
+    since: u64,
+    model: Option<(u64, std::path::PathBuf)>,
+}
+
 /// Stages a stream's files for a checkpoint: its model's weights first when the
 /// snapshot carries them (to `model`, a new file), then its state, which names
 /// `model`. Returns the (temporary, target) pairs, in that order:
@@ -470,6 +481,11 @@ impl Registry {
                 if st.detector.install_job(&job.config, outcome) {
                     st.touch(u64::MAX);
                     stream.note_phase(&st);
+                    let trained = st.detector.model().is_some_and(|m| m.version == job.version);
+                    drop(st);
+                    if trained {
+                        self.save_now(&stream);
+                    }
                 } else {
                     self.metrics.retrain_jobs.with_label_values(&["stale"]).inc();
                 }
@@ -1207,63 +1223,16 @@ impl Registry {
         dirty.truncate(self.config.checkpoint_max_streams.max(1));
         let (mut staged, mut taken, mut failed) = (Vec::new(), Vec::new(), 0);
         for (_, s) in dirty {
-            let (lsn, since, model, snap) = {
-                let mut st = lock(&s.state);
-                let Some(since) = st.dirty.take() else { continue };
-                if st.deleted {
-                    continue;
-                }
-                // The weights only when this model's are not on disk yet (then to a
-                // new file); otherwise the state names the file they are in.
-                let model = st.detector.model().map(|m| match &st.model_saved {
-                    Some((v, file)) if *v == m.version => (m.version, file.clone(), false),
-                    _ => (m.version, snapshot::new_model_file(dir, &s.id, m.version), true),
-                });
-                let weights = model.as_ref().is_some_and(|m| m.2);
-                (st.lsn, since, model, st.detector.snapshot_with(weights))
-            };
-            match stage_stream(dir, &s.id, lsn, model.as_ref().map(|m| m.1.as_path()), &snap) {
-                Ok(files) => {
+            match self.stage_dirty(dir, &s) {
+                Ok(Some((files, t))) => {
                     staged.extend(files);
-                    taken.push((s, since, model.map(|(v, file, _)| (v, file))));
+                    taken.push(t);
                 }
-                Err(e) => {
-                    tracing::error!(stream = %s.id, error = %e, "stream snapshot failed");
-                    lock(&s.state).touch(since);
-                    self.metrics.snapshots.with_label_values(&["error"]).inc();
-                    failed += 1;
-                }
+                Ok(None) => {}
+                Err(()) => failed += 1,
             }
         }
-        if let Err(e) = snapshot::commit(dir, &staged) {
-            for (s, since, _) in &taken {
-                lock(&s.state).touch(*since);
-            }
-            for (tmp, _) in &staged {
-                let _ = std::fs::remove_file(tmp);
-            }
-            self.metrics
-                .snapshots
-                .with_label_values(&["error"])
-                .inc_by(taken.len() as u64);
-            return Err(e);
-        }
-        self.metrics
-            .snapshots
-            .with_label_values(&["ok"])
-            .inc_by(taken.len() as u64);
-        // The states now name their model files: a file a state named before and
-        // names no more can go (any older one, left by a crash, goes at the next
-        // start).
-        for (s, _, model) in taken.iter_mut() {
-            let mut st = lock(&s.state);
-            if st.model_saved != *model {
-                if let Some((_, old)) = st.model_saved.take() {
-                    let _ = std::fs::remove_file(old);
-                }
-                st.model_saved = model.take();
-            }
-        }
+        self.commit_taken(dir, &staged, &mut taken)?;
         let tombstones = std::mem::take(&mut *lock(&self.tombstones));
         for (id, model) in tombstones {
             if self.get(&id).is_none() {
@@ -1290,6 +1259,99 @@ impl Registry {
             wal.truncate(upto)?;
         }
         Ok((taken.len(), failed))
+    }
+
+    /// Stages one stream's snapshot if it has unsaved changes (`None`: it has
+    /// none, or was deleted). On failure the stream stays dirty for a later round.
+    fn stage_dirty(&self, dir: &std::path::Path, s: &Arc<Stream>) -> Result<Option<(Vec<StagedFile>, Taken)>, ()> {
+        let (lsn, since, model, snap) = {
+            let mut st = lock(&s.state);
+            let Some(since) = st.dirty.take() else { return Ok(None) };
+            if st.deleted {
+                return Ok(None);
+            }
+            // The weights only when this model's are not on disk yet (then to a
+            // new file); otherwise the state names the file they are in.
+            let model = st.detector.model().map(|m| match &st.model_saved {
+                Some((v, file)) if *v == m.version => (m.version, file.clone(), false),
+                _ => (m.version, snapshot::new_model_file(dir, &s.id, m.version), true),
+            });
+            let weights = model.as_ref().is_some_and(|m| m.2);
+            (st.lsn, since, model, st.detector.snapshot_with(weights))
+        };
+        match stage_stream(dir, &s.id, lsn, model.as_ref().map(|m| m.1.as_path()), &snap) {
+            Ok(files) => Ok(Some((
+                files,
+                Taken {
+                    stream: s.clone(),
+                    since,
+                    model: model.map(|(v, file, _)| (v, file)),
+                },
+            ))),
+            Err(e) => {
+                tracing::error!(stream = %s.id, error = %e, "stream snapshot failed");
+                lock(&s.state).touch(since);
+                self.metrics.snapshots.with_label_values(&["error"]).inc();
+                Err(())
+            }
+        }
+    }
+
+    /// Puts staged snapshots in place. On failure every stream in `taken` is
+    /// dirty again; on success each state notes the model file it now names, and
+    /// the file it named before goes.
+    fn commit_taken(
+        &self,
+        dir: &std::path::Path,
+        staged: &[StagedFile],
+        taken: &mut [Taken],
+    ) -> Result<(), StorageError> {
+        if let Err(e) = snapshot::commit(dir, staged) {
+            for t in taken.iter() {
+                lock(&t.stream.state).touch(t.since);
+            }
+            for (tmp, _) in staged {
+                let _ = std::fs::remove_file(tmp);
+            }
+            self.metrics
+                .snapshots
+                .with_label_values(&["error"])
+                .inc_by(taken.len() as u64);
+            return Err(e);
+        }
+        self.metrics
+            .snapshots
+            .with_label_values(&["ok"])
+            .inc_by(taken.len() as u64);
+        // (Any older model file, left by a crash, goes at the next start.)
+        for t in taken.iter_mut() {
+            let mut st = lock(&t.stream.state);
+            if st.model_saved != t.model {
+                if let Some((_, old)) = st.model_saved.take() {
+                    let _ = std::fs::remove_file(old);
+                }
+                st.model_saved = t.model.take();
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes one stream's snapshot now, outside the rounds: after a model is
+    /// installed, so that a crash before the next round does not cost the model
+    /// (the log holds readings, not models). A failure is logged and the stream
+    /// stays dirty: the next round tries again.
+    fn save_now(&self, s: &Arc<Stream>) {
+        let Some(dir) = self.streams_dir() else { return };
+        let _round = lock(&self.round);
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            tracing::error!(stream = %s.id, error = %e, "stream snapshot failed");
+            return;
+        }
+        if let Ok(Some((files, t))) = self.stage_dirty(&dir, s)
+            && let Err(e) = self.commit_taken(&dir, &files, &mut [t])
+        {
+            tracing::error!(stream = %s.id, error = %e, "stream snapshot failed");
+        }
     }
 
     /// Streams with changes not yet in their snapshot.
@@ -1757,6 +1819,45 @@ mod tests {
         let again = Registry::open(config, Arc::new(Metrics::new())).unwrap();
         assert!(again.info("m").unwrap().model.is_none());
         assert!(!model.exists(), "an orphan model file is removed at start");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A model is on disk as soon as it is installed, not at the next round: a
+    /// crash (here: the registry dropped, no round ever run) keeps it, and a
+    /// restart scores with it instead of training it again.
+    #[test]
+    fn an_installed_model_survives_a_crash_before_the_next_round() {
+        let dir = std::env::temp_dir().join(format!("anomalyd-install-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = RegistryConfig {
+            data_dir: Some(dir.clone()),
+            ..Default::default()
+        };
+        let reg = Registry::open(config.clone(), Arc::new(Metrics::new())).unwrap();
+        let readings: Vec<Reading> = (0..400)
+            .map(|t| Reading {
+                stream: "w".into(),
+                timestamp: t * 60_000_000,
+                values: vec![50.0 + 10.0 * (t as f64 / 8.0).sin()],
+            })
+            .collect();
+        reg.ingest(&readings).unwrap(); // the first job is queued at 384
+        let streams = dir.join("streams");
+        let saved = || streams.exists() && !model_files(&streams).is_empty();
+        for _ in 0..1500 {
+            if saved() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(saved(), "the weights were written when the model was installed");
+        let version = reg.info("w").unwrap().model.map(|m| m.version);
+        assert_eq!(version, Some(1));
+        drop(reg);
+        let back = Registry::open(config, Arc::new(Metrics::new())).unwrap();
+        let info = back.info("w").unwrap();
+        assert_eq!(info.readings_seen, 400, "the log replays every reading");
+        assert_eq!(info.model.map(|m| m.version), version, "the model came back");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
