@@ -384,6 +384,45 @@ fn a_snapshot_from_before_the_seasonal_baseline_still_restores() {
     }
 }
 
+/// A snapshot written before the change model (no change model in the model's
+/// metadata, six components in the state's calibration) restores and scores; the
+/// next model brings a change model.
+#[test]
+fn a_snapshot_from_before_the_change_model_still_restores() {
+    let mut c = fast_config();
+    c.retrain.first_after = 200;
+    c.retrain.every_readings = 300;
+    let mut det = Detector::new(c).unwrap();
+    let mut rng = StdRng::seed_from_u64(4);
+    let row = |t: usize, rng: &mut StdRng| {
+        let a = seasonal(t) + noise(rng);
+        vec![a, 2.0 * a + noise(rng)]
+    };
+    for t in 0..260usize {
+        det.update_sync(t as i64, &row(t, &mut rng)).unwrap();
+    }
+    assert!(det.model().is_some_and(|m| m.changes.is_some()));
+    let snap = det.snapshot();
+    let mut state = serde_json::to_value(&snap.state).unwrap();
+    assert!(state["model"].as_object_mut().unwrap().remove("changes").is_some());
+    for key in ["ewma", "signed", "instant", "smoothed", "drift"] {
+        let list = state["state"][key].as_array_mut().unwrap();
+        assert_eq!(list.len(), 7, "{key}");
+        list.truncate(6);
+    }
+    let old = anomalyd::detector::DetectorSnapshot {
+        state: serde_json::from_value(state).unwrap(),
+        members: snap.members,
+    };
+    let mut restored = Detector::restore(old).unwrap();
+    assert!(restored.model().is_some_and(|m| m.changes.is_none()));
+    for t in 260..600usize {
+        let v = restored.update_sync(t as i64, &row(t, &mut rng)).unwrap();
+        assert_eq!(v.phase, Phase::Model);
+    }
+    assert!(restored.model().is_some_and(|m| m.version > 1 && m.changes.is_some()));
+}
+
 /// Hardening finding 11: a baseline or likelihood change applies to the running
 /// detector (rebuilt from its learnt buffer) instead of being shown but ignored;
 /// a training change keeps the model.

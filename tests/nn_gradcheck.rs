@@ -11,7 +11,7 @@ use ndarray::{Array2, Array3, s};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use anomalyd::nn::{Autoencoder, AutoencoderConfig, CellKind, Linear, Rnn, RnnConfig, mse};
+use anomalyd::nn::{Autoencoder, AutoencoderConfig, CellKind, DenseAutoencoder, Linear, Rnn, RnnConfig, mse};
 
 const KINDS: [CellKind; 4] = [
     CellKind::RnnTanh,
@@ -207,6 +207,41 @@ fn linear_layer() {
         loss(&lin, &Array2::from_shape_vec((5, 4), v.to_vec()).unwrap())
     });
     assert_close(dx.iter(), num.iter(), RTOL, ATOL, "linear x");
+}
+
+#[test]
+fn dense_autoencoder() {
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut net = DenseAutoencoder::<f64>::new(5, 2, &mut rng);
+    // Larger than the default init so tanh's curve is exercised.
+    for t in net.tensors_mut() {
+        t.iter_mut().for_each(|v| *v *= 3.0);
+    }
+    let x = Array2::from_shape_fn((4, 5), |_| rng.random::<f64>() * 2.0 - 1.0);
+    let g = Array2::from_shape_fn((4, 5), |_| rng.random::<f64>() - 0.5);
+    let loss = |n: &DenseAutoencoder<f64>, x: &Array2<f64>| (n.forward(x.view()) * &g).sum();
+    let (_, cache) = net.forward_train(x.view());
+    let (grads, dx) = net.backward(&cache, g.view());
+    for ti in 0..4 {
+        let mut probe = net.clone();
+        let mut vals = probe.tensors()[ti].to_vec();
+        let num = numeric_grad(&mut vals, |v| {
+            probe.tensors_mut()[ti].copy_from_slice(v);
+            loss(&probe, &x)
+        });
+        assert_close(
+            grads.tensors()[ti].iter(),
+            num.iter(),
+            RTOL,
+            ATOL,
+            &format!("dense tensor {ti}"),
+        );
+    }
+    let mut xv = x.clone();
+    let num = numeric_grad(xv.as_slice_mut().unwrap(), |v| {
+        loss(&net, &Array2::from_shape_vec((4, 5), v.to_vec()).unwrap())
+    });
+    assert_close(dx.iter(), num.iter(), RTOL, ATOL, "dense x");
 }
 
 #[test]

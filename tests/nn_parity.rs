@@ -10,7 +10,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde_json::Value;
 
-use anomalyd::nn::{Adam, AdamParams, CellKind, Optimizer, Rnn, RnnConfig, Scalar, clip_grad_norm};
+use anomalyd::nn::{Adam, AdamParams, CellKind, DenseAutoencoder, Optimizer, Rnn, RnnConfig, Scalar, clip_grad_norm};
 
 const RNN_CASES: [&str; 18] = [
     "rnn_tanh_l1_uni",
@@ -267,4 +267,37 @@ fn f32_parity_tolerance_is_not_trivially_loose() {
     let e = [0.5f64, -0.25];
     let a = [0.5f32 + 1e-3, -0.25];
     assert!(std::panic::catch_unwind(|| assert_close_f32(a.iter(), e.iter(), 1e-4, 1e-5, "perturbed")).is_err());
+}
+
+/// The change model's dense autoencoder against an independent float64 numpy
+/// implementation (`tests/fixtures/dense/generate.py`), in f64 and f32.
+fn dense_case<T: Scalar>(rtol: f64, atol: f64) {
+    let f = fixture("dense/dense_ae.json");
+    let m = |k: &str| tensor(&f[k]);
+    let rows = |key: &str| f[key].as_array().expect("rows").len();
+    let (k, d, n) = (rows("W1"), rows("W2"), rows("x"));
+    let mut net = DenseAutoencoder::<T>::zeros(d, k);
+    for (t, key) in net.tensors_mut().into_iter().zip(["W1", "b1", "W2", "b2"]) {
+        for (p, v) in t.iter_mut().zip(m(key).iter()) {
+            *p = T::lit(*v);
+        }
+    }
+    let to = |a: &ndarray::ArrayD<f64>| {
+        ndarray::Array2::from_shape_vec((n, d), a.iter().map(|&v| T::lit(v)).collect()).unwrap()
+    };
+    let (x, g) = (to(&m("x")), to(&m("g")));
+    let (y, cache) = net.forward_train(x.view());
+    let f64s = |a: &[T]| a.iter().map(|v| v.to_f64_lossy()).collect::<Vec<_>>();
+    assert_close(f64s(y.as_slice().unwrap()).iter(), m("y").iter(), rtol, atol, "dense y");
+    let (grads, dx) = net.backward(&cache, g.view());
+    for (t, key) in grads.tensors().into_iter().zip(["dW1", "db1", "dW2", "db2"]) {
+        assert_close(f64s(t).iter(), m(key).iter(), rtol, atol, key);
+    }
+    assert_close(f64s(dx.as_slice().unwrap()).iter(), m("dx").iter(), rtol, atol, "dx");
+}
+
+#[test]
+fn dense_autoencoder_matches_numpy() {
+    dense_case::<f64>(1e-12, 1e-12);
+    dense_case::<f32>(1e-4, 1e-5);
 }

@@ -7,7 +7,8 @@
 //! ```text
 //! state   every component's surprise (windowed-Gaussian level, AR residual,
 //!         seasonal residual; with a model, each feature's residual and their
-//!         joint rms, in held-out residual sds) against limits learnt from
+//!         joint rms, in held-out residual sds, and on a multivariate stream the
+//!         change model's residual, changes.rs) against limits learnt from
 //!         normal readings only (state.rs)         → score ∈ [0, 1], 0.5 at the limit
 //!         anomaly = score ≥ alert.threshold: true for as long as the fault lasts
 //!         incidents open on the state and resolve after `resolve_after` normal
@@ -22,6 +23,7 @@
 
 pub mod baseline;
 pub mod cadence;
+pub mod changes;
 pub mod config;
 pub mod likelihood;
 pub mod packed;
@@ -249,6 +251,8 @@ struct Surprise {
     model_score: f64,
     /// Each feature's model residual in held-out residual sds (model phase).
     model_z: Option<Vec<f64>>,
+    /// Each feature's change-model residual (model phase, multivariate).
+    change_z: Option<Vec<f64>>,
 }
 
 /// A reading the detector cannot take; the detector is unchanged.
@@ -347,6 +351,8 @@ pub struct ActiveModel {
     pub trained_at: Micros,
     /// How training went.
     pub report: TrainReport,
+    /// The change model (multivariate streams).
+    pub changes: Option<changes::ChangeModel>,
 }
 
 /// One stream's detector state.
@@ -543,10 +549,16 @@ impl Detector {
         let base = self.score_baselines(values);
         let out_of_range = self.widen_range(values);
         let mut sur = self.surprise(&base, values);
-        let judgement = self.judge(&base, sur.model_z.as_deref(), sur.phase);
+        let judgement = self.judge(&base, (sur.model_z.as_deref(), sur.change_z.as_deref()), sur.phase);
         if judgement.component == Some(state::STUCK) {
             // The stuck features are what the incident is about.
             sur.contributions = shares(&base.stuck);
+        }
+        if let (Some(c), Some(z)) = (judgement.component, &sur.change_z)
+            && c == Component::Change as usize
+        {
+            // So are the features whose changes the others do not explain.
+            sur.contributions = shares(&z.iter().map(|v| v * v).collect::<Vec<_>>());
         }
         let score = score_of_ratio(judgement.ratio);
         let anomalous = mode == Mode::Live && sur.phase != Phase::Warmup && score >= self.config.alert.threshold;
@@ -820,6 +832,7 @@ impl Detector {
         match self.phase() {
             Phase::Model => {
                 let (z, err, expected, contributions, model_z) = self.model_surprise();
+                let change_z = self.change_residual();
                 self.drift = 0.98 * self.drift + 0.02 * z;
                 let zg_max = base.zg.iter().cloned().fold(0.0, f64::max);
                 let za_max = base.za.iter().cloned().fold(0.0, f64::max);
@@ -847,6 +860,7 @@ impl Detector {
                     contributions,
                     model_score,
                     model_z: Some(model_z),
+                    change_z,
                 }
             }
             Phase::Warmup => Surprise {
@@ -857,6 +871,7 @@ impl Detector {
                 contributions: vec![0.0; d],
                 model_score: 0.0,
                 model_z: None,
+                change_z: None,
             },
             Phase::Baseline => {
                 let contributions = shares(&base.base_z);
@@ -868,13 +883,33 @@ impl Detector {
                     contributions,
                     model_score: 0.0,
                     model_z: None,
+                    change_z: None,
                 }
             }
         }
     }
 
+    /// The change model's residual of the newest reading's change, per feature
+    /// (`None` without a change model or a reading before it in the buffer).
+    fn change_residual(&self) -> Option<Vec<f64>> {
+        let changes = self.model.as_ref()?.changes.as_ref()?;
+        let d = self.n_features?;
+        let n = self.history.len();
+        if n < 2 * d {
+            return None;
+        }
+        let prev: Vec<f64> = self.history.range(n - 2 * d..n - d).copied().collect();
+        let cur: Vec<f64> = self.history.range(n - d..).copied().collect();
+        Some(changes.residual(&prev, &cur))
+    }
+
     /// Judges the reading's statistics against the limits learnt from normal ones.
-    fn judge(&mut self, base: &BaselineScores, model_z: Option<&[f64]>, phase: Phase) -> Judgement {
+    fn judge(
+        &mut self,
+        base: &BaselineScores,
+        (model_z, change_z): (Option<&[f64]>, Option<&[f64]>),
+        phase: Phase,
+    ) -> Judgement {
         let mut zs: [Option<&[f64]>; N_COMPONENTS] = [None; N_COMPONENTS];
         let kind = self.config.detector;
         let all = matches!(kind, DetectorKind::Autoencoder | DetectorKind::Baselines);
@@ -907,6 +942,7 @@ impl Detector {
                 joint = [(z.iter().map(|v| v * v).sum::<f64>() / z.len() as f64).sqrt()];
                 zs[Component::Joint as usize] = Some(&joint);
             }
+            zs[Component::Change as usize] = change_z;
         }
         let a = &self.config.alert;
         let mut j = self.state.judge(&zs, a.smoothing, a.min_normal as u32);
@@ -1349,6 +1385,10 @@ impl Detector {
                     .map(|z| vec![(z.iter().map(|v| v * v).sum::<f64>() / z.len() as f64).sqrt()])
                     .collect();
                 self.state.seed(Component::Joint, &joint, lambda);
+                match &m.changes {
+                    Some(c) => self.state.seed(Component::Change, &c.calibration, lambda),
+                    None => self.state.reset(Component::Change),
+                }
                 let (at, at_ts) = self.last_job.unwrap_or((self.seen, self.last_ts.unwrap_or(0)));
                 self.model = Some(ActiveModel {
                     version: m.version,
@@ -1358,6 +1398,7 @@ impl Detector {
                     trained_at_reading: at,
                     trained_at: at_ts,
                     report: m.report,
+                    changes: m.changes.map(|c| c.model),
                 });
             }
             TrainOutcome::Diverged(_) => self.failed_jobs += 1,
@@ -1413,6 +1454,7 @@ impl Detector {
                     trained_at_reading: m.trained_at_reading,
                     trained_at: m.trained_at,
                     report: m.report.clone(),
+                    changes: m.changes.as_ref().map(changes::ChangeModel::to_meta),
                 }),
             },
             members: model
@@ -1440,6 +1482,12 @@ impl Detector {
                         snapshot.members.len()
                     )));
                 }
+                let d = s.n_features.unwrap_or(0);
+                let changes = meta
+                    .changes
+                    .map(|c| changes::ChangeModel::from_meta(c, d))
+                    .transpose()
+                    .map_err(|e| ConfigError(format!("inconsistent snapshot: {e}")))?;
                 Some(ActiveModel {
                     version: meta.version,
                     scorers: snapshot.members.iter().map(|m| m.compile()).collect(),
@@ -1448,6 +1496,7 @@ impl Detector {
                     trained_at_reading: meta.trained_at_reading,
                     trained_at: meta.trained_at,
                     report: meta.report,
+                    changes,
                 })
             }
             None => None,
@@ -1649,6 +1698,9 @@ struct ModelMeta {
     trained_at_reading: u64,
     trained_at: Micros,
     report: TrainReport,
+    /// The change model, weights included (small: 2·d·k + d + k values).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    changes: Option<changes::ChangeMeta>,
 }
 
 /// A whole detector at one moment: serde state and model weights.

@@ -4,7 +4,7 @@
 //!
 //! Every surprise the detector computes (per component: the level, its rms over
 //! features, the AR residual, the seasonal residual, the model's per-feature and
-//! joint residuals) is
+//! joint residuals, the change model's residual) is
 //! judged against a limit learnt from that same statistic on *normal* readings only,
 //! never on readings in an anomalous state:
 //!
@@ -23,6 +23,13 @@
 //! score     ρ² / (1 + ρ²)       0.5 at the limit, 0.9 at 3×, 0.99 at 10×
 //! state     ρ ≥ 1
 //! ```
+//!
+//! The change model's statistic is judged by s̄ alone, each |z| capped at
+//! `FLOOR_INSTANT`, against `q50 + 3 (q90 − q50)` floored at `FLOOR_SMOOTHED`
+//! ([`TailHistogram::robust_limit`]): it is seeded from every training change, and
+//! a limit from the body of the distribution does not climb with the first
+//! readings of a slow rise (a tail limit from a few hundred values did, and
+//! learnt TEP's fault 19 as normal).
 //!
 //! The limits come from a decaying log-scale histogram per statistic (a few hundred
 //! bytes), so they follow slow changes of normal behaviour without ever learning a
@@ -115,6 +122,14 @@ impl TailHistogram {
         Self::edge(BINS - 1)
     }
 
+    /// A limit from the body of the distribution, `q50 + 3 (q90 − q50)` (about
+    /// 3.8σ for a Gaussian), never below `floor`: few values move it little, and a
+    /// slow rise must hold a tenth of them before it moves it at all.
+    pub fn robust_limit(&self, floor: f64) -> f64 {
+        let (q50, q90) = (self.quantile(0.5), self.quantile(0.9));
+        (q50 + 3.0 * (q90 - q50).max(0.0)).max(floor)
+    }
+
     /// The limit: an exponential tail through q90 and q99, read at p ≈ 1e-4,
     /// never below `floor`.
     pub fn limit(&self, floor: f64) -> f64 {
@@ -147,10 +162,14 @@ pub enum Component {
     /// The joint level: root mean square over features of the level z (a diagonal
     /// Hotelling T²), for shifts spread thinly over many features.
     JointLevel = 5,
+    /// The change model's per-feature residual ([`super::changes`]): judged by
+    /// its running average alone, each |z| capped at `FLOOR_INSTANT` (a single
+    /// jump is a spike, which the level and AR statistics judge).
+    Change = 6,
 }
 
 /// Number of components.
-pub const N_COMPONENTS: usize = 6;
+pub const N_COMPONENTS: usize = 7;
 
 /// The judgement's component when a feature repeats one value for too long
 /// ([`super::baseline::Stuck`]; its limit is a run length, not a learnt tail).
@@ -158,29 +177,58 @@ pub const STUCK: usize = N_COMPONENTS;
 
 /// Lower-case name of component `c` (its index).
 pub fn component_name(c: usize) -> &'static str {
-    ["level", "ar", "seasonal", "model", "joint", "joint_level", "stuck"]
-        .get(c)
-        .copied()
-        .unwrap_or("unknown")
+    [
+        "level",
+        "ar",
+        "seasonal",
+        "model",
+        "joint",
+        "joint_level",
+        "change",
+        "stuck",
+    ]
+    .get(c)
+    .copied()
+    .unwrap_or("unknown")
 }
 
 /// The per-component statistics of a stream, their EWMAs and limits.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StateCalibration {
     /// Per component: EWMA of each feature's |z|.
+    #[serde(deserialize_with = "per_component_array")]
     ewma: [Vec<f64>; N_COMPONENTS],
     /// Per component: EWMA of each feature's signed z.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "per_component_array")]
     signed: [Vec<f64>; N_COMPONENTS],
     /// Per component: histograms of the instant, smoothed and drift statistics.
+    #[serde(deserialize_with = "per_component")]
     instant: Vec<TailHistogram>,
+    #[serde(deserialize_with = "per_component")]
     smoothed: Vec<TailHistogram>,
-    #[serde(default = "histograms")]
+    #[serde(default = "histograms", deserialize_with = "per_component")]
     drift: Vec<TailHistogram>,
 }
 
 fn histograms() -> Vec<TailHistogram> {
     vec![TailHistogram::default(); N_COMPONENTS]
+}
+
+/// One entry per component: a snapshot written before a component existed has
+/// fewer (the new ones start empty); one from a later build with more is cut.
+fn per_component<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default + Clone,
+{
+    let mut v = Vec::<T>::deserialize(d)?;
+    v.resize(N_COMPONENTS, T::default());
+    Ok(v)
+}
+
+fn per_component_array<'de, D: serde::Deserializer<'de>>(d: D) -> Result<[Vec<f64>; N_COMPONENTS], D::Error> {
+    let v: Vec<Vec<f64>> = per_component(d)?;
+    Ok(v.try_into().expect("sized by per_component"))
 }
 
 impl Default for StateCalibration {
@@ -265,8 +313,14 @@ impl StateCalibration {
             // (Capping the drift's input at a multiple of its own limit would end
             // incidents sooner, but the limit is learnt from those capped values:
             // it shrank round after round and false alarms grew, TEP seed 1's
-            // normal run 0.9% -> 14.8%.)
-            let cap = self.instant[c].limit(FLOOR_INSTANT);
+            // normal run 0.9% -> 14.8%.) The change statistic, judged by its
+            // running average alone, is capped at the instant floor.
+            let change = c == Component::Change as usize;
+            let cap = if change {
+                FLOOR_INSTANT
+            } else {
+                self.instant[c].limit(FLOOR_INSTANT)
+            };
             ewma_update(&mut self.ewma[c], z, lambda, |v| v.abs().min(cap));
             ewma_update(&mut self.signed[c], z, lambda, |v| v.clamp(-cap, cap));
             let inst = z.iter().fold(0.0, |m: f64, v| m.max(v.abs()));
@@ -275,9 +329,9 @@ impl StateCalibration {
             j.stats[c] = (inst, smooth, drift);
             j.present[c] = true;
             if self.instant[c].len() >= min_normal {
-                let ri = inst / self.instant[c].limit(FLOOR_INSTANT);
-                let rs =
-                    (smooth / self.smoothed[c].limit(FLOOR_SMOOTHED)).max(drift / self.drift[c].limit(FLOOR_DRIFT));
+                let (li, ls, ld) = self.limits_at(c);
+                let ri = inst / li;
+                let rs = (smooth / ls).max(drift / ld);
                 let r = ri.max(rs);
                 if r > j.ratio {
                     j.ratio = r;
@@ -320,11 +374,24 @@ impl StateCalibration {
 
     /// The (instant, smoothed, drift) limits of a component.
     pub fn limits(&self, c: Component) -> (f64, f64, f64) {
-        let i = c as usize;
+        self.limits_at(c as usize)
+    }
+
+    /// The limits of component `c`. The change statistic's smoothed limit is
+    /// read from the body of its distribution ([`TailHistogram::robust_limit`]),
+    /// and its instant and drift statistics never decide (infinite limits).
+    fn limits_at(&self, c: usize) -> (f64, f64, f64) {
+        if c == Component::Change as usize {
+            return (
+                f64::INFINITY,
+                self.smoothed[c].robust_limit(FLOOR_SMOOTHED),
+                f64::INFINITY,
+            );
+        }
         (
-            self.instant[i].limit(FLOOR_INSTANT),
-            self.smoothed[i].limit(FLOOR_SMOOTHED),
-            self.drift.get(i).map_or(FLOOR_DRIFT, |h| h.limit(FLOOR_DRIFT)),
+            self.instant[c].limit(FLOOR_INSTANT),
+            self.smoothed[c].limit(FLOOR_SMOOTHED),
+            self.drift.get(c).map_or(FLOOR_DRIFT, |h| h.limit(FLOOR_DRIFT)),
         )
     }
 }

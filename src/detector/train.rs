@@ -145,6 +145,8 @@ pub struct TrainedModel {
     pub calibration: Vec<Vec<f64>>,
     /// How training went.
     pub report: TrainReport,
+    /// The change model and its held-out residuals (multivariate streams).
+    pub changes: Option<Box<super::changes::TrainedChanges>>,
 }
 
 /// The result of a job.
@@ -464,6 +466,15 @@ pub fn train(job: &TrainJob, should_stop: &dyn Fn() -> bool) -> TrainOutcome {
                 .collect()
         })
         .collect();
+    // The change model trains on the same normal readings, with its own seed.
+    let changes = super::changes::train(
+        &job.readings,
+        &job.normal,
+        cfg.model.hidden,
+        job.seed ^ 0x6368_616e_6765,
+        should_stop,
+    )
+    .map(Box::new);
     TrainOutcome::Trained(TrainedModel {
         version: job.version,
         members,
@@ -471,5 +482,6 @@ pub fn train(job: &TrainJob, should_stop: &dyn Fn() -> bool) -> TrainOutcome {
         errors,
         calibration,
         report,
+        changes,
     })
 }

@@ -14,6 +14,7 @@
 
 mod autoencoder;
 mod cell;
+mod dense;
 pub mod init;
 mod linear;
 mod loss;
@@ -23,6 +24,7 @@ mod scalar;
 
 pub use autoencoder::{Autoencoder, AutoencoderCache, AutoencoderConfig, AutoencoderGrads, ScoreWorkspace, Scorer};
 pub use cell::{CellKind, CellParams};
+pub use dense::{DenseAutoencoder, DenseCache};
 pub use linear::Linear;
 pub use loss::mse;
 pub use optim::{Adam, AdamParams, Optimizer, Sgd, clip_grad_norm};

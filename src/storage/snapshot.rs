@@ -428,7 +428,10 @@ mod tests {
             d.update_sync(t, &[(t as f64 / 5.0).sin(), (t as f64 / 7.0).cos()])
                 .unwrap();
         }
-        assert!(d.model().is_some());
+        assert!(
+            d.model().is_some_and(|m| m.changes.is_some()),
+            "two features: a change model too"
+        );
         d
     }
 
