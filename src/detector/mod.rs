@@ -351,8 +351,9 @@ pub struct ActiveModel {
     pub trained_at: Micros,
     /// How training went.
     pub report: TrainReport,
-    /// The change model (multivariate streams).
-    pub changes: Option<changes::ChangeModel>,
+    /// The change model (multivariate streams; boxed: a univariate stream pays
+    /// one pointer for it).
+    pub changes: Option<Box<changes::ChangeModel>>,
 }
 
 /// One stream's detector state.
@@ -1398,7 +1399,7 @@ impl Detector {
                     trained_at_reading: at,
                     trained_at: at_ts,
                     report: m.report,
-                    changes: m.changes.map(|c| c.model),
+                    changes: m.changes.map(|c| Box::new(c.model)),
                 });
             }
             TrainOutcome::Diverged(_) => self.failed_jobs += 1,
@@ -1454,7 +1455,7 @@ impl Detector {
                     trained_at_reading: m.trained_at_reading,
                     trained_at: m.trained_at,
                     report: m.report.clone(),
-                    changes: m.changes.as_ref().map(changes::ChangeModel::to_meta),
+                    changes: m.changes.as_ref().map(|c| c.to_meta()),
                 }),
             },
             members: model
@@ -1485,7 +1486,7 @@ impl Detector {
                 let d = s.n_features.unwrap_or(0);
                 let changes = meta
                     .changes
-                    .map(|c| changes::ChangeModel::from_meta(c, d))
+                    .map(|c| changes::ChangeModel::from_meta(c, d).map(Box::new))
                     .transpose()
                     .map_err(|e| ConfigError(format!("inconsistent snapshot: {e}")))?;
                 Some(ActiveModel {
