@@ -550,7 +550,7 @@ impl Detector {
         let base = self.score_baselines(values);
         let out_of_range = self.widen_range(values);
         let mut sur = self.surprise(&base, values);
-        let judgement = self.judge(&base, (sur.model_z.as_deref(), sur.change_z.as_deref()), sur.phase);
+        let judgement = self.judge(&base, &sur);
         if judgement.component == Some(state::STUCK) {
             // The stuck features are what the incident is about.
             sur.contributions = shares(&base.stuck);
@@ -905,12 +905,7 @@ impl Detector {
     }
 
     /// Judges the reading's statistics against the limits learnt from normal ones.
-    fn judge(
-        &mut self,
-        base: &BaselineScores,
-        (model_z, change_z): (Option<&[f64]>, Option<&[f64]>),
-        phase: Phase,
-    ) -> Judgement {
+    fn judge(&mut self, base: &BaselineScores, sur: &Surprise) -> Judgement {
         let mut zs: [Option<&[f64]>; N_COMPONENTS] = [None; N_COMPONENTS];
         let kind = self.config.detector;
         let all = matches!(kind, DetectorKind::Autoencoder | DetectorKind::Baselines);
@@ -937,13 +932,13 @@ impl Detector {
             zs[Component::Seasonal as usize] = Some(&base.state_seasonal);
         }
         let joint;
-        if let (Some(z), Phase::Model, false) = (model_z, phase, self.model_stale) {
+        if let (Some(z), Phase::Model, false) = (sur.model_z.as_deref(), sur.phase, self.model_stale) {
             zs[Component::Model as usize] = Some(z);
             if z.len() > 1 {
                 joint = [(z.iter().map(|v| v * v).sum::<f64>() / z.len() as f64).sqrt()];
                 zs[Component::Joint as usize] = Some(&joint);
             }
-            zs[Component::Change as usize] = change_z;
+            zs[Component::Change as usize] = sur.change_z.as_deref();
         }
         let a = &self.config.alert;
         let mut j = self.state.judge(&zs, a.smoothing, a.min_normal as u32);

@@ -13,7 +13,8 @@
 use ndarray::{Array2, Array3, ArrayView3, Axis, s};
 use rand::Rng;
 
-use super::{CellKind, CellParams, Linear, Optimizer, Rnn, RnnCache, RnnConfig, Scalar, clip_grad_norm, mse};
+use super::optim::clipped_step;
+use super::{CellKind, CellParams, Linear, Optimizer, Rnn, RnnCache, RnnConfig, Scalar, mse};
 
 /// The shape of an autoencoder.
 #[derive(Clone, Debug, PartialEq)]
@@ -230,12 +231,7 @@ impl<T: Scalar> Autoencoder<T> {
         let (loss, dy) = mse(y.view().into_dyn(), x.into_dyn());
         let dy = dy.into_dimensionality().expect("3-d");
         let mut grads = self.backward(&cache, dy.view());
-        let mut g = grads.tensors_mut();
-        if let Some(max) = max_grad_norm {
-            clip_grad_norm(&mut g, max);
-        }
-        let g: Vec<&[T]> = g.into_iter().map(|s| &*s).collect();
-        opt.step(&mut self.tensors_mut(), &g);
+        clipped_step(opt, &mut self.tensors_mut(), grads.tensors_mut(), max_grad_norm);
         loss
     }
 

@@ -13,7 +13,8 @@
 use ndarray::{Array2, ArrayView2, Zip};
 use rand::Rng;
 
-use super::{Linear, Optimizer, Scalar, clip_grad_norm, mse};
+use super::optim::clipped_step;
+use super::{Linear, Optimizer, Scalar, mse};
 
 /// Weights of a dense autoencoder. The same type holds its gradients.
 #[derive(Clone, Debug, PartialEq)]
@@ -110,12 +111,7 @@ impl<T: Scalar> DenseAutoencoder<T> {
         let (loss, dy) = mse(y.view().into_dyn(), x.into_dyn());
         let dy = dy.into_dimensionality().expect("2-d");
         let (mut grads, _) = self.backward(&cache, dy.view());
-        let mut g = grads.tensors_mut();
-        if let Some(max) = max_grad_norm {
-            clip_grad_norm(&mut g, max);
-        }
-        let g: Vec<&[T]> = g.into_iter().map(|s| &*s).collect();
-        opt.step(&mut self.tensors_mut(), &g);
+        clipped_step(opt, &mut self.tensors_mut(), grads.tensors_mut(), max_grad_norm);
         loss
     }
 }

@@ -192,6 +192,21 @@ pub fn clip_grad_norm<T: Scalar>(grads: &mut [&mut [T]], max_norm: T) -> T {
     total
 }
 
+/// One optimiser step on `params` from `grads` (same order), the gradients first
+/// clipped to a global norm of `max_grad_norm` when one is given.
+pub fn clipped_step<T: Scalar, O: Optimizer<T>>(
+    opt: &mut O,
+    params: &mut [&mut [T]],
+    mut grads: Vec<&mut [T]>,
+    max_grad_norm: Option<T>,
+) {
+    if let Some(max) = max_grad_norm {
+        clip_grad_norm(&mut grads, max);
+    }
+    let grads: Vec<&[T]> = grads.into_iter().map(|g| &*g).collect();
+    opt.step(params, &grads);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
