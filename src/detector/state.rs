@@ -315,11 +315,11 @@ impl StateCalibration {
             // it shrank round after round and false alarms grew, TEP seed 1's
             // normal run 0.9% -> 14.8%.) The change statistic, judged by its
             // running average alone, is capped at the instant floor.
-            let change = c == Component::Change as usize;
-            let cap = if change {
+            let (li, ls, ld) = self.limits_at(c);
+            let cap = if c == Component::Change as usize {
                 FLOOR_INSTANT
             } else {
-                self.instant[c].limit(FLOOR_INSTANT)
+                li
             };
             ewma_update(&mut self.ewma[c], z, lambda, |v| v.abs().min(cap));
             ewma_update(&mut self.signed[c], z, lambda, |v| v.clamp(-cap, cap));
@@ -329,7 +329,6 @@ impl StateCalibration {
             j.stats[c] = (inst, smooth, drift);
             j.present[c] = true;
             if self.instant[c].len() >= min_normal {
-                let (li, ls, ld) = self.limits_at(c);
                 let ri = inst / li;
                 let rs = (smooth / ls).max(drift / ld);
                 let r = ri.max(rs);
