@@ -13,6 +13,7 @@
 use ndarray::{Array2, Array3, ArrayView3, Axis, s};
 use rand::Rng;
 
+use super::aligned::AlignedVec;
 use super::optim::clipped_step;
 use super::{CellKind, CellParams, Linear, Optimizer, Rnn, RnnCache, RnnConfig, Scalar, mse};
 
@@ -336,14 +337,14 @@ impl FastCell {
 /// Scratch space for [`Scorer::reconstruct`], so scoring allocates nothing.
 #[derive(Clone, Debug, Default)]
 pub struct ScoreWorkspace {
-    seq_a: Vec<f32>,
-    seq_b: Vec<f32>,
-    xp: Vec<f32>,
-    ah: Vec<f32>,
-    h: Vec<f32>,
-    c: Vec<f32>,
-    latent: Vec<f32>,
-    out: Vec<f32>,
+    seq_a: AlignedVec,
+    seq_b: AlignedVec,
+    xp: AlignedVec,
+    ah: AlignedVec,
+    h: AlignedVec,
+    c: AlignedVec,
+    latent: AlignedVec,
+    out: AlignedVec,
 }
 
 /// An immutable, inference-only copy of an [`Autoencoder<f32>`], laid out for fast
@@ -546,9 +547,9 @@ impl Scorer {
     }
 }
 
-fn resize(v: &mut Vec<f32>, n: usize) {
+fn resize(v: &mut AlignedVec, n: usize) {
     if v.len() != n {
-        v.resize(n, 0.0);
+        v.resize(n);
     }
 }
 
@@ -571,7 +572,7 @@ fn input_projection<const FMA: bool>(cell: &FastCell, x: &[f32], steps: usize, x
 struct Packed {
     k: usize,
     n: usize,
-    data: Vec<f32>,
+    data: AlignedVec,
 }
 
 const BLOCK_WIDTHS: [usize; 4] = [64, 32, 8, 1];
@@ -590,7 +591,11 @@ impl Packed {
                 j0 += width;
             }
         }
-        Packed { k, n, data }
+        Packed {
+            k,
+            n,
+            data: AlignedVec::from_slice(&data),
+        }
     }
 
     /// The `[k, n]` matrix this was packed from.
@@ -706,7 +711,7 @@ fn run_cell<const FMA: bool>(
     h: &mut [f32],
     c: &mut [f32],
     ah: &mut [f32],
-    mut out: Option<(&mut Vec<f32>, usize, usize)>,
+    mut out: Option<(&mut AlignedVec, usize, usize)>,
 ) {
     let hd = cell.h;
     let gh = ah.len();

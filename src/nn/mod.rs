@@ -12,6 +12,7 @@
 //! Everything is generic over [`Scalar`]: `f32` in production, `f64` for the parity
 //! tests against PyTorch's float64 reference values.
 
+mod aligned;
 mod autoencoder;
 mod cell;
 mod dense;
