@@ -195,7 +195,7 @@ pub fn train(
     });
     let mut best = (loss(&net), net.clone());
     let mut since_best = 0;
-    let mut order = train.clone();
+    let mut order = train;
     for _ in 0..MAX_EPOCHS {
         order.shuffle(&mut rng);
         for chunk in order.chunks(BATCH) {
@@ -216,19 +216,18 @@ pub fn train(
         }
     }
     let net = best.1;
-    let y = net.forward(held_x.view());
-    let resid = &held_x - &y;
-    let rms: Vec<f64> = (0..d)
-        .map(|j| {
-            let col = resid.column(j);
-            (col.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / col.len() as f64).sqrt()
-        })
-        .collect();
-    // The limits learn from every normal change, in time order (the held-out
-    // ones alone are too few for a stable limit; in units of the held-out scale,
-    // the training changes sit a little lower).
+    // Every normal change's residual, in time order: the held-out ones set the
+    // scale, and all of them seed the limits (the held-out ones alone are too few
+    // for a stable limit; in units of the held-out scale, the training changes
+    // sit a little lower).
     let all_x = rows(&(0..n).collect::<Vec<_>>());
     let all = &all_x - &net.forward(all_x.view());
+    let held_resid = all.slice(ndarray::s![held[0].., ..]);
+    let rms: Vec<f64> = held_resid
+        .columns()
+        .into_iter()
+        .map(|col| (col.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / col.len() as f64).sqrt())
+        .collect();
     let calibration = all
         .rows()
         .into_iter()
