@@ -284,6 +284,9 @@ impl DetectorConfig {
         if !(1..=8).contains(&m.ensemble) {
             return bad(format!("model.ensemble must be 1..=8, got {}", m.ensemble));
         }
+        if !(2..=1024).contains(&self.window) {
+            return bad(format!("window must be 2..=1024, got {}", self.window));
+        }
         if m.score_steps > self.window {
             return bad(format!(
                 "model.score_steps must be at most window ({}), got {}",
@@ -304,9 +307,6 @@ impl DetectorConfig {
         }
         if !(0.0..0.9).contains(&m.dropout) {
             return bad(format!("model.dropout must be in [0, 0.9), got {}", m.dropout));
-        }
-        if !(2..=1024).contains(&self.window) {
-            return bad(format!("window must be 2..=1024, got {}", self.window));
         }
         if let Some(n) = self.n_features
             && !(1..=256).contains(&n)
@@ -461,11 +461,14 @@ mod tests {
         let mut c = DetectorConfig::default();
         c.model.cell = "transformer".into();
         assert!(c.validate().unwrap_err().0.contains("model.cell"));
-        let c = DetectorConfig {
-            window: 1,
-            ..Default::default()
-        };
-        assert!(c.validate().unwrap_err().0.contains("window"));
+        for window in [0, 1] {
+            let c = DetectorConfig {
+                window,
+                ..Default::default()
+            };
+            // The window itself is named, not a field that depends on it.
+            assert!(c.validate().unwrap_err().0.starts_with("window must be"));
+        }
         assert!(
             toml::from_str::<DetectorConfig>("windw = 3").is_err(),
             "unknown fields are rejected"
