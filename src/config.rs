@@ -1,61 +1,114 @@
-//! The service's configuration: `anomalyd.toml` (optional), `ANOMALYD_*` environment
-//! variables and command-line flags, in rising precedence, checked into a
-//! [`ServeConfig`] with clear messages.
+//! The service's configuration. Every setting is defined once, in
+//! [`ServeSettings`]: clap reads it from flags and `ANOMALYD_*` environment
+//! variables, serde from `anomalyd.toml`; [`load`] merges the two (flags and
+//! environment win) and checks the result into a [`ServeConfig`] with clear
+//! messages. Defaults are applied in one place, the checks.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::detector::DetectorConfig;
 use crate::registry::RegistryConfig;
 use crate::server::ServerConfig;
+use crate::server::alertmanager::AlertmanagerConfig;
+use crate::storage::wal::SyncPolicy;
 
-/// The file's layout (every field optional); flags and environment fill the same
-/// type, and win.
-#[derive(Clone, Debug, Default, Deserialize)]
+/// The settings of `anomalyd serve`, each one optional: a flag (or its
+/// environment variable) set wins over the file's value, which wins over the
+/// default named in the help.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, clap::Args)]
 #[serde(deny_unknown_fields)]
-pub struct ServeFile {
-    /// Address to listen on.
+pub struct ServeSettings {
+    /// Config file (TOML): the keys below plus a [detector] table for new streams.
+    #[arg(long, env = "ANOMALYD_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "ANOMALYD_LISTEN")]
     pub listen: Option<String>,
-    /// Data directory.
+    /// Data directory for snapshots [default: ./data].
+    #[arg(long, env = "ANOMALYD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// File holding the bearer token.
+    /// File with a bearer token (16+ characters); when set, every /v1 endpoint needs
+    /// `Authorization: Bearer <token>` (or `?access_token=` on the WebSocket).
+    #[arg(long, env = "ANOMALYD_AUTH_TOKEN_FILE")]
     pub auth_token_file: Option<PathBuf>,
-    /// Largest request body.
+    /// Largest request body in bytes [default: 4194304].
+    #[arg(long, env = "ANOMALYD_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
-    /// Most readings per request.
+    /// Most readings in one request [default: 10000].
+    #[arg(long, env = "ANOMALYD_MAX_READINGS_PER_REQUEST")]
     pub max_readings_per_request: Option<usize>,
-    /// Most streams.
+    /// Most streams [default: 100000].
+    #[arg(long, env = "ANOMALYD_MAX_STREAMS")]
     pub max_streams: Option<usize>,
-    /// Most WebSocket subscribers.
+    /// Most WebSocket subscribers [default: 1024].
+    #[arg(long, env = "ANOMALYD_MAX_WS_SUBSCRIBERS")]
     pub max_ws_subscribers: Option<usize>,
-    /// Seconds between snapshots (checkpoints of the write-ahead log).
+    /// Seconds between snapshots (checkpoints): what a restart replays from the
+    /// write-ahead log [default: 60]. A crash loses nothing acknowledged either way.
+    #[arg(long, env = "ANOMALYD_SNAPSHOT_INTERVAL_SECS")]
     pub snapshot_interval_secs: Option<f64>,
-    /// When the write-ahead log is synced: `always` (before each answer) or `never`.
-    pub wal_sync: Option<crate::storage::wal::SyncPolicy>,
-    /// Most streams one snapshot round writes [default: 10000].
+    /// When the write-ahead log is synced [default: always]: `always` answers a
+    /// request only once its readings are on disk (group commit; survives a power
+    /// cut); `never` leaves syncing to checkpoints (survives kill -9, not a power cut).
+    #[arg(long, env = "ANOMALYD_WAL_SYNC", value_enum)]
+    pub wal_sync: Option<SyncPolicy>,
+    /// Most streams one snapshot round writes, those changed longest ago first
+    /// [default: 10000]; the write-ahead log keeps what the others need.
+    #[arg(long, env = "ANOMALYD_CHECKPOINT_MAX_STREAMS")]
     pub checkpoint_max_streams: Option<usize>,
-    /// How far ahead of the server's clock a reading's timestamp may be, in seconds.
+    /// How far ahead of the server's clock a reading's timestamp may be, in seconds
+    /// [default: 86400]; later ones are refused (400), so one wrong timestamp cannot
+    /// lock its stream.
+    #[arg(long, env = "ANOMALYD_MAX_FUTURE_SKEW_SECS")]
     pub max_future_skew_secs: Option<f64>,
-    /// Training threads.
+    /// Threads that retrain models [default: half the cores].
+    #[arg(long, env = "ANOMALYD_TRAINING_THREADS")]
     pub training_threads: Option<usize>,
-    /// Scoring requests in flight at once [default: 4 per core].
+    /// Scoring requests in flight at once [default: 4 per core]; more wait.
+    #[arg(long, env = "ANOMALYD_MAX_INFLIGHT")]
     pub max_inflight: Option<usize>,
-    /// Requests that may wait for a scoring slot [default: 16 per core]; more get 429.
+    /// Requests that may wait for a scoring slot (up to 200 ms) [default: 16 per
+    /// core]; more are answered 429 at once, before their body is read.
+    #[arg(long, env = "ANOMALYD_MAX_WAITERS")]
     pub max_waiters: Option<usize>,
-    /// Open connections at once [default: 4096].
+    /// Open connections at once [default: 4096]; more wait in the accept backlog.
+    #[arg(long, env = "ANOMALYD_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
-    /// Alertmanagers that receive incidents (`http://host:9093`).
+    /// An Alertmanager that receives incidents (`http://host:9093`); repeat it (or
+    /// separate with commas) for an HA pair.
+    #[arg(long = "alertmanager-url", env = "ANOMALYD_ALERTMANAGER_URL", value_delimiter = ',')]
     pub alertmanager_urls: Option<Vec<String>>,
-    /// Seconds between re-sends of firing alerts [default: 60].
+    /// Seconds between re-sends of firing alerts to Alertmanager [default: 60].
+    #[arg(long, env = "ANOMALYD_ALERTMANAGER_RESEND_SECS")]
     pub alertmanager_resend_secs: Option<f64>,
-    /// This service's URL as Alertmanager's users reach it (links in alerts).
+    /// This service's URL as users reach it, for the links in alerts
+    /// [default: http://<listen>].
+    #[arg(long, env = "ANOMALYD_EXTERNAL_URL")]
     pub external_url: Option<String>,
-    /// `human` or `json`.
+    /// Log format: human or json [default: human]. Level from RUST_LOG (default info).
+    #[arg(long, env = "ANOMALYD_LOG_FORMAT")]
     pub log_format: Option<String>,
-    /// Default detector config of new streams.
+    /// Default detector config of new streams (the file's `[detector]` table).
+    #[arg(skip)]
     pub detector: Option<DetectorConfig>,
+}
+
+impl ServeSettings {
+    /// These settings with every field `over` sets replacing this one's.
+    fn overridden_by(self, over: &ServeSettings) -> Result<ServeSettings, String> {
+        let mut base = serde_json::to_value(&self).map_err(|e| e.to_string())?;
+        let over = serde_json::to_value(over).map_err(|e| e.to_string())?;
+        if let (Some(base), Some(over)) = (base.as_object_mut(), over.as_object()) {
+            for (key, value) in over.iter().filter(|(_, v)| !v.is_null()) {
+                base.insert(key.clone(), value.clone());
+            }
+        }
+        serde_json::from_value(base).map_err(|e| e.to_string())
+    }
 }
 
 /// The checked configuration.
@@ -73,121 +126,174 @@ pub struct ServeConfig {
     pub server: ServerConfig,
 }
 
-/// Reads the file (when given, or `./anomalyd.toml` when present), lets every field
-/// set in `o` (flags and environment) win over it, and checks the result.
-pub fn load(file: Option<&Path>, o: ServeFile) -> Result<ServeConfig, String> {
+/// Reads the file (`flags.config`, or `./anomalyd.toml` when present), lets every
+/// setting in `flags` (flags and environment) win over it, and checks the result.
+pub fn load(flags: ServeSettings) -> Result<ServeConfig, String> {
     let default_path = Path::new("anomalyd.toml");
-    let path = file.or_else(|| default_path.exists().then_some(default_path));
-    let f: ServeFile = match path {
-        Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
-            toml::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?
-        }
-        None => ServeFile::default(),
+    let path = flags
+        .config
+        .as_deref()
+        .or_else(|| default_path.exists().then_some(default_path));
+    let file = match path {
+        Some(p) => read_file(p)?,
+        None => ServeSettings::default(),
     };
-    let listen = o.listen.or(f.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
-    let data_dir = o.data_dir.or(f.data_dir).unwrap_or_else(|| PathBuf::from("./data"));
-    let token_file = o.auth_token_file.or(f.auth_token_file);
-    let auth_token = match token_file {
-        Some(p) => {
-            let t = std::fs::read_to_string(&p).map_err(|e| format!("auth token file {}: {e}", p.display()))?;
-            let t = t.trim().to_string();
-            if t.len() < 16 {
-                return Err(format!("auth token in {} must be at least 16 characters", p.display()));
-            }
-            Some(t)
-        }
-        None => None,
-    };
-    let positive = |name: &str, v: Option<usize>, default: usize| -> Result<usize, String> {
-        match v {
-            Some(0) => Err(format!("{name} must be at least 1")),
-            Some(n) => Ok(n),
-            None => Ok(default),
-        }
-    };
-    let snapshot_secs = o.snapshot_interval_secs.or(f.snapshot_interval_secs).unwrap_or(60.0);
+    check(file.overridden_by(&flags)?)
+}
+
+/// The file's settings.
+fn read_file(path: &Path) -> Result<ServeSettings, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Checks merged settings and fills in the defaults.
+pub fn check(s: ServeSettings) -> Result<ServeConfig, String> {
+    let listen = s.listen.clone().unwrap_or_else(|| "127.0.0.1:8080".into());
+    let snapshot_secs = s.snapshot_interval_secs.unwrap_or(60.0);
     if !(0.01..=86_400.0).contains(&snapshot_secs) {
         return Err(format!(
             "snapshot_interval_secs must be in [0.01, 86400], got {snapshot_secs}"
         ));
     }
-    let log_format = o.log_format.or(f.log_format).unwrap_or_else(|| "human".into());
+    let log_format = s.log_format.clone().unwrap_or_else(|| "human".into());
     if !["human", "json"].contains(&log_format.as_str()) {
         return Err(format!("log_format must be human or json, got {log_format:?}"));
     }
-    let detector = o.detector.or(f.detector).unwrap_or_default();
-    detector.validate().map_err(|e| format!("[detector]: {e}"))?;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let registry = RegistryConfig {
-        default_detector: detector,
-        max_streams: positive("max_streams", o.max_streams.or(f.max_streams), 100_000)?,
-        training_threads: positive(
-            "training_threads",
-            o.training_threads.or(f.training_threads),
-            cores.div_ceil(2),
-        )?,
-        data_dir: Some(data_dir),
-        wal_sync: o
-            .wal_sync
-            .or(f.wal_sync)
-            .unwrap_or(crate::storage::wal::SyncPolicy::Always),
-        ..RegistryConfig::default()
-    };
-    let server = ServerConfig {
-        max_body_bytes: positive("max_body_bytes", o.max_body_bytes.or(f.max_body_bytes), 4 << 20)?,
-        max_readings_per_request: positive(
-            "max_readings_per_request",
-            o.max_readings_per_request.or(f.max_readings_per_request),
-            10_000,
-        )?,
-        max_ws_subscribers: positive(
-            "max_ws_subscribers",
-            o.max_ws_subscribers.or(f.max_ws_subscribers),
-            1024,
-        )?,
-        max_future_skew: {
-            let s = o.max_future_skew_secs.or(f.max_future_skew_secs).unwrap_or(86_400.0);
-            if !(s > 0.0 && s <= 3.2e9) {
-                return Err(format!("max_future_skew_secs must be in (0, 3.2e9], got {s}"));
-            }
-            Duration::from_secs_f64(s)
-        },
-        max_inflight: positive("max_inflight", o.max_inflight.or(f.max_inflight), 4 * cores)?,
-        max_waiters: positive("max_waiters", o.max_waiters.or(f.max_waiters), 16 * cores)?,
-        max_connections: positive("max_connections", o.max_connections.or(f.max_connections), 4096)?,
-        alertmanager: {
-            let urls = o.alertmanager_urls.or(f.alertmanager_urls).unwrap_or_default();
-            if let Some(u) = urls.iter().find(|u| !u.starts_with("http://")) {
-                return Err(format!(
-                    "alertmanager_urls: {u:?} must start with http:// (TLS is not built in)"
-                ));
-            }
-            let resend = o
-                .alertmanager_resend_secs
-                .or(f.alertmanager_resend_secs)
-                .unwrap_or(60.0);
-            if !(1.0..=3600.0).contains(&resend) {
-                return Err(format!("alertmanager_resend_secs must be in [1, 3600], got {resend}"));
-            }
-            crate::server::alertmanager::AlertmanagerConfig {
-                urls,
-                resend: Duration::from_secs_f64(resend),
-                external_url: o
-                    .external_url
-                    .or(f.external_url)
-                    .unwrap_or_else(|| format!("http://{listen}")),
-                ..Default::default()
-            }
-        },
-        auth_token,
-        ..ServerConfig::default()
-    };
     Ok(ServeConfig {
+        registry: registry_config(&s)?,
+        server: server_config(&s, &listen)?,
         listen,
         snapshot_interval: Duration::from_secs_f64(snapshot_secs),
         log_format,
-        registry,
-        server,
     })
+}
+
+/// `v`, or `default` when unset; 0 is refused.
+fn positive(name: &str, v: Option<usize>, default: usize) -> Result<usize, String> {
+    match v {
+        Some(0) => Err(format!("{name} must be at least 1")),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The registry's part.
+fn registry_config(s: &ServeSettings) -> Result<RegistryConfig, String> {
+    let detector = s.detector.clone().unwrap_or_default();
+    detector.validate().map_err(|e| format!("[detector]: {e}"))?;
+    Ok(RegistryConfig {
+        default_detector: detector,
+        max_streams: positive("max_streams", s.max_streams, 100_000)?,
+        training_threads: positive("training_threads", s.training_threads, cores().div_ceil(2))?,
+        data_dir: Some(s.data_dir.clone().unwrap_or_else(|| PathBuf::from("./data"))),
+        wal_sync: s.wal_sync.unwrap_or(SyncPolicy::Always),
+        checkpoint_max_streams: positive("checkpoint_max_streams", s.checkpoint_max_streams, 10_000)?,
+        ..RegistryConfig::default()
+    })
+}
+
+/// The HTTP layer's part.
+fn server_config(s: &ServeSettings, listen: &str) -> Result<ServerConfig, String> {
+    let skew = s.max_future_skew_secs.unwrap_or(86_400.0);
+    if !(skew > 0.0 && skew <= 3.2e9) {
+        return Err(format!("max_future_skew_secs must be in (0, 3.2e9], got {skew}"));
+    }
+    Ok(ServerConfig {
+        max_body_bytes: positive("max_body_bytes", s.max_body_bytes, 4 << 20)?,
+        max_readings_per_request: positive("max_readings_per_request", s.max_readings_per_request, 10_000)?,
+        max_ws_subscribers: positive("max_ws_subscribers", s.max_ws_subscribers, 1024)?,
+        max_future_skew: Duration::from_secs_f64(skew),
+        max_inflight: positive("max_inflight", s.max_inflight, 4 * cores())?,
+        max_waiters: positive("max_waiters", s.max_waiters, 16 * cores())?,
+        max_connections: positive("max_connections", s.max_connections, 4096)?,
+        alertmanager: alertmanager_config(s, listen)?,
+        auth_token: s.auth_token_file.as_deref().map(read_token).transpose()?,
+        ..ServerConfig::default()
+    })
+}
+
+/// The bearer token in `path` (at least 16 characters, surrounding space trimmed).
+fn read_token(path: &Path) -> Result<String, String> {
+    let t = std::fs::read_to_string(path).map_err(|e| format!("auth token file {}: {e}", path.display()))?;
+    let t = t.trim().to_string();
+    if t.len() < 16 {
+        return Err(format!(
+            "auth token in {} must be at least 16 characters",
+            path.display()
+        ));
+    }
+    Ok(t)
+}
+
+/// The Alertmanager client's part.
+fn alertmanager_config(s: &ServeSettings, listen: &str) -> Result<AlertmanagerConfig, String> {
+    let urls = s.alertmanager_urls.clone().unwrap_or_default();
+    if let Some(u) = urls.iter().find(|u| !u.starts_with("http://")) {
+        return Err(format!(
+            "alertmanager_urls: {u:?} must start with http:// (TLS is not built in)"
+        ));
+    }
+    let resend = s.alertmanager_resend_secs.unwrap_or(60.0);
+    if !(1.0..=3600.0).contains(&resend) {
+        return Err(format!("alertmanager_resend_secs must be in [1, 3600], got {resend}"));
+    }
+    Ok(AlertmanagerConfig {
+        urls,
+        resend: Duration::from_secs_f64(resend),
+        external_url: s.external_url.clone().unwrap_or_else(|| format!("http://{listen}")),
+        ..Default::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(toml_text: &str) -> ServeSettings {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    #[test]
+    fn a_flag_wins_over_the_file_and_the_file_over_the_default() {
+        let file = settings("listen = \"0.0.0.0:9000\"\nmax_streams = 7\n");
+        let flags = ServeSettings {
+            max_streams: Some(9),
+            ..Default::default()
+        };
+        let c = check(file.overridden_by(&flags).unwrap()).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:9000");
+        assert_eq!(c.registry.max_streams, 9);
+        assert_eq!(c.server.max_body_bytes, 4 << 20);
+    }
+
+    #[test]
+    fn the_files_detector_table_survives_the_merge() {
+        let file = settings("[detector]\nwindow = 16\n");
+        let c = check(file.overridden_by(&ServeSettings::default()).unwrap()).unwrap();
+        assert_eq!(c.registry.default_detector.window, 16);
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        for (text, field) in [
+            ("max_streams = 0", "max_streams"),
+            ("snapshot_interval_secs = 0.0", "snapshot_interval_secs"),
+            ("log_format = \"xml\"", "log_format"),
+            ("alertmanager_urls = [\"https://a\"]", "alertmanager_urls"),
+            ("max_future_skew_secs = -1.0", "max_future_skew_secs"),
+        ] {
+            let err = check(settings(text)).unwrap_err();
+            assert!(err.contains(field), "{text}: {err}");
+        }
+        assert!(toml::from_str::<ServeSettings>("no_such_key = 1").is_err());
+        assert!(
+            toml::from_str::<ServeSettings>("config = \"x.toml\"").is_err(),
+            "the file names no file"
+        );
+    }
 }

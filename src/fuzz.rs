@@ -44,7 +44,7 @@ pub fn timestamp(data: &[u8]) {
 /// included); a config that validates must build a detector that takes readings.
 pub fn config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
-    let _ = toml::from_str::<crate::config::ServeFile>(text).map(|f| f.detector.map(|d| d.validate()));
+    let _ = toml::from_str::<crate::config::ServeSettings>(text).map(|f| f.detector.map(|d| d.validate()));
     let parsed = [
         serde_json::from_str::<DetectorConfig>(text).ok(),
         toml::from_str::<DetectorConfig>(text).ok(),

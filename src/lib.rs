@@ -10,6 +10,7 @@
 //! See ARCHITECTURE.md for the invariants each module keeps.
 
 pub mod bench;
+pub mod cli;
 pub mod config;
 pub mod detector;
 pub mod eval;

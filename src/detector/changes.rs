@@ -15,9 +15,9 @@
 use ndarray::Array2;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
 
-use super::train::{MIN_FEATURE_RMS, Normaliser};
+use super::fit::{Epoch, Schedule, fit};
+use super::normaliser::{MIN_FEATURE_RMS, Normaliser};
 use crate::nn::{Adam, AdamParams, DenseAutoencoder};
 
 /// Least normal changes to train on (fewer: no change model).
@@ -162,11 +162,7 @@ pub fn train(
     if k == 0 {
         return None;
     }
-    let is_normal = |i: usize| normal.get(i).copied().unwrap_or(true);
-    let changes: Vec<Vec<f64>> = (1..readings.len())
-        .filter(|&i| is_normal(i) && is_normal(i - 1))
-        .map(|i| readings[i].iter().zip(&readings[i - 1]).map(|(b, a)| b - a).collect())
-        .collect();
+    let changes = normal_changes(readings, normal);
     if changes.len() < MIN_CHANGES {
         return None;
     }
@@ -174,7 +170,7 @@ pub fn train(
     let rows = |idx: &[usize]| Array2::from_shape_fn((idx.len(), d), |(r, j)| normaliser.apply(j, changes[idx[r]][j]));
     let n = changes.len();
     let n_hold = (n as f64 * HOLDOUT).round() as usize;
-    let (train, held): (Vec<usize>, Vec<usize>) = if n_hold >= MIN_HELD_OUT {
+    let (mut train, held): (Vec<usize>, Vec<usize>) = if n_hold >= MIN_HELD_OUT {
         ((0..n - n_hold).collect(), (n - n_hold..n).collect())
     } else {
         ((0..n).collect(), (0..n).collect())
@@ -188,41 +184,49 @@ pub fn train(
             .unwrap_or(f64::INFINITY)
     };
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut net = DenseAutoencoder::<f32>::new(d, k, &mut rng);
+    let net = DenseAutoencoder::<f32>::new(d, k, &mut rng);
     let mut opt = Adam::new(AdamParams {
         lr: LEARNING_RATE,
         ..Default::default()
     });
-    let mut best = (loss(&net), net.clone());
-    let mut since_best = 0;
-    let mut order = train;
-    for _ in 0..MAX_EPOCHS {
-        order.shuffle(&mut rng);
+    let schedule = Schedule {
+        max_epochs: MAX_EPOCHS,
+        patience: PATIENCE,
+        non_finite_diverges: false,
+        stop: should_stop,
+    };
+    let epoch = |net: &mut DenseAutoencoder<f32>, order: &[usize], _: &mut StdRng| {
         for chunk in order.chunks(BATCH) {
             net.train_step(rows(chunk).view(), &mut opt, Some(1.0));
         }
-        let v = loss(&net);
-        if !v.is_finite() {
-            break;
-        }
-        if v < best.0 {
-            best = (v, net.clone());
-            since_best = 0;
-        } else {
-            since_best += 1;
-        }
-        if since_best >= PATIENCE || should_stop() {
-            break;
-        }
-    }
-    let net = best.1;
-    // Every normal change's residual, in time order: the held-out ones set the
-    // scale, and all of them seed the limits (the held-out ones alone are too few
-    // for a stable limit; in units of the held-out scale, the training changes
-    // sit a little lower).
+        Epoch::Trained(f64::NAN)
+    };
+    let net = fit(net, &mut train, &mut rng, &schedule, loss, epoch).ok()?.model;
     let all_x = rows(&(0..n).collect::<Vec<_>>());
-    let all = &all_x - &net.forward(all_x.view());
-    let held_resid = all.slice(ndarray::s![held[0].., ..]);
+    let (rms, calibration) = calibrate(&net, &all_x, held[0]);
+    Some(TrainedChanges {
+        model: ChangeModel { net, normaliser, rms },
+        calibration,
+    })
+}
+
+/// The changes between consecutive readings both learnt as normal.
+fn normal_changes(readings: &[Vec<f64>], normal: &[bool]) -> Vec<Vec<f64>> {
+    let is_normal = |i: usize| normal.get(i).copied().unwrap_or(true);
+    (1..readings.len())
+        .filter(|&i| is_normal(i) && is_normal(i - 1))
+        .map(|i| readings[i].iter().zip(&readings[i - 1]).map(|(b, a)| b - a).collect())
+        .collect()
+}
+
+/// Every normal change's residual (`all_x`, time order), in units of the
+/// held-out residual scale (the rows from `held_from` on), and that scale. The
+/// held-out ones set the scale, and all of them seed the limits (the held-out ones
+/// alone are too few for a stable limit; in units of the held-out scale, the
+/// training changes sit a little lower).
+fn calibrate(net: &DenseAutoencoder<f32>, all_x: &Array2<f32>, held_from: usize) -> (Vec<f64>, Vec<Vec<f64>>) {
+    let all = all_x - &net.forward(all_x.view());
+    let held_resid = all.slice(ndarray::s![held_from.., ..]);
     let rms: Vec<f64> = held_resid
         .columns()
         .into_iter()
@@ -238,10 +242,7 @@ pub fn train(
                 .collect()
         })
         .collect();
-    Some(TrainedChanges {
-        model: ChangeModel { net, normaliser, rms },
-        calibration,
-    })
+    (rms, calibration)
 }
 
 #[cfg(test)]

@@ -3,8 +3,93 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::MAX_FEATURES;
 use super::likelihood::LikelihoodConfig;
 use crate::nn::CellKind;
+
+/// Defines a closed set of choices a config names by string: (de)serialised by
+/// name, an unknown name refused with the field and the choices named.
+macro_rules! named_choice {
+    ($(#[$doc:meta])* $name:ident, $field:literal { $($(#[$vdoc:meta])* $variant:ident = $text:literal,)+ }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub enum $name {
+            $($(#[$vdoc])* $variant,)+
+        }
+
+        impl $name {
+            /// Its name in configs.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = String;
+            fn try_from(s: String) -> Result<Self, String> {
+                match s.as_str() {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(format!("{} must be one of {}, got {s:?}", $field, [$($text),+].join(", "))),
+                }
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(v: $name) -> String {
+                v.name().into()
+            }
+        }
+    };
+}
+
+named_choice! {
+    /// How the model's surprise meets the baselines' once a model exists.
+    Combine, "model.combine" {
+        /// The model alone.
+        Model = "model",
+        /// The largest surprise.
+        Max = "max",
+        /// Each calibrated by its own likelihood; the larger score.
+        Separate = "separate",
+        /// The mean of the model's, Gaussian's and AR's raw scores.
+        Mean = "mean",
+    }
+}
+
+named_choice! {
+    /// How a reconstruction error becomes a surprise.
+    ErrorScale, "model.error_scale" {
+        /// The root of the error over the training windows' mean error.
+        Rms = "rms",
+        /// z against the training windows' log-error distribution.
+        Calibrated = "calibrated",
+        /// The newest reading's residual against a running residual scale.
+        Running = "running",
+    }
+}
+
+/// `model.cell` by [`CellKind::name`] (the network core has no serde).
+mod cell_name {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::nn::CellKind;
+
+    pub fn serialize<S: Serializer>(kind: &CellKind, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(kind.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<CellKind, D::Error> {
+        let name = String::deserialize(d)?;
+        CellKind::parse(&name).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "model.cell {name:?} is not one of rnn, lstm, gru, gru-reset-before"
+            ))
+        })
+    }
+}
 
 /// What scores a stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,7 +112,8 @@ pub enum DetectorKind {
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
     /// `rnn`, `lstm`, `gru` or `gru-reset-before`.
-    pub cell: String,
+    #[serde(with = "cell_name")]
+    pub cell: CellKind,
     /// Hidden units per direction.
     pub hidden: usize,
     /// Layers in encoder and decoder.
@@ -46,27 +132,27 @@ pub struct ModelConfig {
     /// `model` (the model alone), `max` (the largest surprise), `separate` (each
     /// calibrated by its own likelihood, the larger score) or `mean` (the mean of the
     /// model's, Gaussian's and AR's raw scores).
-    pub combine: String,
+    pub combine: Combine,
     /// How a reconstruction error becomes a surprise: `rms` (the root of the error
     /// over the training windows' mean error: for one scored step, the residual in
     /// standard deviations, on the baselines' scale), `calibrated` (z against the
     /// training windows' log-error distribution) or `running` (the newest reading's
     /// residual against a running residual scale, adapting to local noise).
-    pub error_scale: String,
+    pub error_scale: ErrorScale,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
         ModelConfig {
-            cell: "lstm".into(),
+            cell: CellKind::Lstm,
             hidden: 16,
             layers: 1,
             bidirectional: false,
             dropout: 0.0,
             ensemble: 3,
             score_steps: 1,
-            combine: "max".into(),
-            error_scale: "rms".into(),
+            combine: Combine::Max,
+            error_scale: ErrorScale::Rms,
         }
     }
 }
@@ -266,15 +352,16 @@ pub struct ConfigError(pub String);
 impl DetectorConfig {
     /// Checks every field; the message names the first bad one.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_shape()?;
+        self.validate_training()?;
+        self.validate_baselines()?;
+        self.validate_alert()
+    }
+
+    /// The model, the window and the feature count.
+    fn validate_shape(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError(m));
         let m = &self.model;
-        let t = &self.training;
-        if CellKind::parse(&m.cell).is_none() {
-            return bad(format!(
-                "model.cell {:?} is not one of rnn, lstm, gru, gru-reset-before",
-                m.cell
-            ));
-        }
         if !(1..=512).contains(&m.hidden) {
             return bad(format!("model.hidden must be 1..=512, got {}", m.hidden));
         }
@@ -293,26 +380,21 @@ impl DetectorConfig {
                 self.window, m.score_steps
             ));
         }
-        if !["model", "max", "separate", "mean"].contains(&m.combine.as_str()) {
-            return bad(format!(
-                "model.combine must be model, max, separate or mean, got {:?}",
-                m.combine
-            ));
-        }
-        if !["calibrated", "running", "rms"].contains(&m.error_scale.as_str()) {
-            return bad(format!(
-                "model.error_scale must be rms, calibrated or running, got {:?}",
-                m.error_scale
-            ));
-        }
         if !(0.0..0.9).contains(&m.dropout) {
             return bad(format!("model.dropout must be in [0, 0.9), got {}", m.dropout));
         }
         if let Some(n) = self.n_features
-            && !(1..=256).contains(&n)
+            && !(1..=MAX_FEATURES).contains(&n)
         {
-            return bad(format!("n_features must be 1..=256, got {n}"));
+            return bad(format!("n_features must be 1..={MAX_FEATURES}, got {n}"));
         }
+        Ok(())
+    }
+
+    /// Training and the retrain policy.
+    fn validate_training(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError(m));
+        let t = &self.training;
         if t.buffer < 2 * self.window || t.buffer > 100_000 {
             return bad(format!("training.buffer must be 2×window..=100000, got {}", t.buffer));
         }
@@ -349,6 +431,12 @@ impl DetectorConfig {
         if !(self.retrain.every_seconds >= 0.0 && self.retrain.every_seconds <= 3.2e9) {
             return bad("retrain.every_seconds must be 0..=3.2e9".into());
         }
+        Ok(())
+    }
+
+    /// The baselines, the likelihood and the event score's range rule.
+    fn validate_baselines(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError(m));
         let b = &self.baseline;
         if !(2..=100_000).contains(&b.gaussian_window)
             || !(1..=64).contains(&b.ar_order)
@@ -393,6 +481,12 @@ impl DetectorConfig {
         {
             return bad(format!("range_tolerance must be 0..=1e6, got {tol}"));
         }
+        Ok(())
+    }
+
+    /// The state's limits and the incident rules.
+    fn validate_alert(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError(m));
         let a = &self.alert;
         if !(a.threshold > 0.0 && a.threshold < 1.0) {
             return bad(format!("alert.threshold must be in (0, 1), got {}", a.threshold));
@@ -437,9 +531,9 @@ impl DetectorConfig {
         }
     }
 
-    /// The cell kind (valid after [`DetectorConfig::validate`]).
+    /// The cell kind.
     pub fn cell(&self) -> CellKind {
-        CellKind::parse(&self.model.cell).unwrap_or(CellKind::Lstm)
+        self.model.cell
     }
 }
 
@@ -453,14 +547,19 @@ mod tests {
         let c: DetectorConfig = toml::from_str("").unwrap();
         assert_eq!(c, DetectorConfig::default());
         let c: DetectorConfig = toml::from_str("window = 16\n[model]\ncell = \"gru\"\n").unwrap();
-        assert_eq!((c.window, c.model.cell.as_str(), c.model.hidden), (16, "gru", 16));
+        assert_eq!((c.window, c.model.cell.name(), c.model.hidden), (16, "gru", 16));
     }
 
     #[test]
     fn bad_values_are_named() {
-        let mut c = DetectorConfig::default();
-        c.model.cell = "transformer".into();
-        assert!(c.validate().unwrap_err().0.contains("model.cell"));
+        for (text, field) in [
+            ("[model]\ncell = \"transformer\"", "model.cell"),
+            ("[model]\ncombine = \"min\"", "model.combine"),
+            ("[model]\nerror_scale = \"log\"", "model.error_scale"),
+        ] {
+            let err = toml::from_str::<DetectorConfig>(text).unwrap_err().to_string();
+            assert!(err.contains(field), "{text}: {err}");
+        }
         for window in [0, 1] {
             let c = DetectorConfig {
                 window,

@@ -5,49 +5,11 @@
 use ndarray::{Array3, Axis};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
 
-use super::baseline::std_floor;
 use super::config::DetectorConfig;
+use super::fit::{Epoch, Fitted, Schedule, fit};
+pub use super::normaliser::{MIN_FEATURE_RMS, Normaliser};
 use crate::nn::{Adam, AdamParams, Autoencoder, mse};
-
-/// Per-feature affine normalisation frozen with a model: `(x − center) / scale`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Normaliser {
-    /// Per-feature center.
-    pub center: Vec<f64>,
-    /// Per-feature scale (> 0).
-    pub scale: Vec<f64>,
-}
-
-impl Normaliser {
-    /// Mean and standard deviation of each feature of `rows` (`[n][d]`), with the
-    /// scale floored so flat features do not blow up.
-    pub fn fit(rows: &[Vec<f64>]) -> Self {
-        let d = rows.first().map_or(0, Vec::len);
-        let n = rows.len().max(1) as f64;
-        let mut center = vec![0.0; d];
-        let mut scale = vec![0.0; d];
-        for j in 0..d {
-            let m = rows.iter().map(|r| r[j]).sum::<f64>() / n;
-            let s = (rows.iter().map(|r| (r[j] - m) * (r[j] - m)).sum::<f64>() / n).sqrt();
-            center[j] = m;
-            scale[j] = std_floor(m, s);
-        }
-        Normaliser { center, scale }
-    }
-
-    /// Normalises one value of feature `j`, clamped to ±50 scales so one wild value
-    /// cannot produce non-finite activations.
-    pub fn apply(&self, j: usize, x: f64) -> f32 {
-        ((x - self.center[j]) / self.scale[j]).clamp(-50.0, 50.0) as f32
-    }
-
-    /// Inverse of [`Normaliser::apply`].
-    pub fn invert(&self, j: usize, v: f32) -> f64 {
-        v as f64 * self.scale[j] + self.center[j]
-    }
-}
 
 /// Distribution of a model's window errors on held-out windows: `ln(error + ε)` is
 /// taken as Gaussian with this mean and standard deviation.
@@ -68,10 +30,6 @@ pub struct ErrorStats {
 
 /// ε in `ln(error + ε)`: errors are in normalised units, so this is 1% of a scale².
 pub const ERROR_EPS: f64 = 1e-4;
-
-/// Least per-feature residual scale (normalised units), so a feature the model
-/// reproduces exactly does not divide by ~0.
-pub const MIN_FEATURE_RMS: f64 = 0.02;
 
 impl ErrorStats {
     /// Feature `j`'s residual scale (1 for models saved before it existed).
@@ -267,76 +225,57 @@ impl Windows {
     }
 }
 
-/// How one member's training ended.
-enum MemberOutcome {
-    Trained {
-        model: Box<Autoencoder<f32>>,
-        train_loss: f64,
-        val_loss: f64,
-    },
-    Diverged,
-}
-
 /// Trains one ensemble member with Adam and clipping, keeping its best held-out
-/// weights; stops after `patience` epochs without improvement or when `should_stop`.
+/// weights; stops after `patience` epochs without improvement or when `should_stop`
+/// (checked between batches). `None` when it diverged.
 fn train_member(
     win: &Windows,
     cfg: &DetectorConfig,
-    mut model: Autoencoder<f32>,
+    model: Autoencoder<f32>,
     rng: &mut StdRng,
     report: &mut TrainReport,
     should_stop: &dyn Fn() -> bool,
-) -> MemberOutcome {
+) -> Option<Fitted<Autoencoder<f32>>> {
+    let t = &cfg.training;
     let mut opt = Adam::new(AdamParams {
-        lr: cfg.training.learning_rate,
+        lr: t.learning_rate,
         ..Default::default()
     });
-    let mut best = (win.held_out_loss(&model), model.clone());
     let mut first_loss = None;
-    let mut since_best = 0;
+    let schedule = Schedule {
+        max_epochs: t.epochs,
+        patience: t.patience,
+        non_finite_diverges: true,
+        stop: &|| false,
+    };
     let mut order: Vec<usize> = win.train.clone();
-    let mut last_train = f64::NAN;
-    for _epoch in 0..cfg.training.epochs {
-        order.shuffle(rng);
+    let epoch = |model: &mut Autoencoder<f32>, order: &[usize], rng: &mut StdRng| {
         let mut sum = 0.0;
-        for chunk in order.chunks(cfg.training.batch) {
+        for chunk in order.chunks(t.batch) {
             let x = win.batch(chunk);
-            let loss = model.train_step(x.view(), &mut opt, Some(cfg.training.max_grad_norm as f32), rng) as f64;
+            let loss = model.train_step(x.view(), &mut opt, Some(t.max_grad_norm as f32), rng) as f64;
             let first = *first_loss.get_or_insert(loss.max(1e-6));
             if !loss.is_finite() || loss > 1000.0 * first {
-                report.epochs += 1;
-                return MemberOutcome::Diverged;
+                return Epoch::Diverged;
             }
             sum += loss * chunk.len() as f64;
             if should_stop() {
-                report.budget_exhausted = true;
-                break;
+                return Epoch::OutOfBudget(sum / order.len().max(1) as f64);
             }
         }
-        report.epochs += 1;
-        last_train = sum / order.len().max(1) as f64;
-        let v = win.held_out_loss(&model);
-        if !v.is_finite() {
-            return MemberOutcome::Diverged;
+        Epoch::Trained(sum / order.len().max(1) as f64)
+    };
+    match fit(model, &mut order, rng, &schedule, |m| win.held_out_loss(m), epoch) {
+        Ok(fitted) => {
+            report.epochs += fitted.epochs;
+            report.stopped_early |= fitted.stopped_early;
+            report.budget_exhausted |= fitted.out_of_budget;
+            Some(fitted)
         }
-        if v < best.0 {
-            best = (v, model.clone());
-            since_best = 0;
-        } else {
-            since_best += 1;
-            if since_best >= cfg.training.patience {
-                report.stopped_early = true;
-                break;
-            }
+        Err(epochs) => {
+            report.epochs += epochs;
+            None
         }
-        if report.budget_exhausted {
-            break;
-        }
-    }
-    MemberOutcome::Trained {
-        model: Box::new(best.1),
-        train_loss: last_train,
-        val_loss: best.0,
     }
 }
 
@@ -415,18 +354,12 @@ pub fn train(job: &TrainJob, should_stop: &dyn Fn() -> bool) -> TrainOutcome {
             Some(m) => m.clone(),
             None => Autoencoder::new(ae_cfg.clone(), &mut rng),
         };
-        match train_member(&win, cfg, model, &mut rng, &mut report, should_stop) {
-            MemberOutcome::Diverged => return TrainOutcome::Diverged(report),
-            MemberOutcome::Trained {
-                model,
-                train_loss,
-                val_loss,
-            } => {
-                report.train_loss += train_loss / cfg.model.ensemble as f64;
-                report.val_loss += val_loss / cfg.model.ensemble as f64;
-                members.push(*model);
-            }
-        }
+        let Some(fitted) = train_member(&win, cfg, model, &mut rng, &mut report, should_stop) else {
+            return TrainOutcome::Diverged(report);
+        };
+        report.train_loss += fitted.train_loss / cfg.model.ensemble as f64;
+        report.val_loss += fitted.val_loss / cfg.model.ensemble as f64;
+        members.push(fitted.model);
         if report.budget_exhausted {
             break;
         }

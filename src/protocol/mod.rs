@@ -206,3 +206,72 @@ pub enum WsClientMessage {
         resume_from: Option<u64>,
     },
 }
+
+/// What `GET /v1/streams/{stream}` shows.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StreamInfo {
+    /// Id.
+    pub stream: String,
+    /// Config.
+    pub config: crate::detector::DetectorConfig,
+    /// `warmup`, `baseline` or `model`.
+    pub phase: crate::detector::Phase,
+    /// Features per reading (once known).
+    pub n_features: Option<usize>,
+    /// Readings scored.
+    pub readings_seen: u64,
+    /// The model, once one exists.
+    pub model: Option<ModelInfo>,
+    /// Score at or above which a reading is anomalous.
+    pub threshold: f64,
+    /// The newest verdict's score.
+    pub last_score: Option<f64>,
+    /// The newest verdict's anomaly state.
+    pub anomalous: bool,
+    /// The open incident, if any.
+    pub incident: Option<IncidentInfo>,
+    /// Timestamp of the newest reading (RFC 3339).
+    pub last_timestamp: Option<String>,
+    /// Training jobs that diverged.
+    pub failed_training_jobs: u64,
+}
+
+/// The open incident in [`StreamInfo`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct IncidentInfo {
+    /// Id within the stream.
+    pub id: u64,
+    /// Its first anomalous reading (RFC 3339).
+    pub start: String,
+    /// Highest score so far.
+    pub peak_score: f64,
+    /// Anomalous readings so far.
+    pub anomalous_readings: u64,
+    /// Features that contributed most, `{feature, share}`, largest first.
+    pub top_features: Vec<FeatureShare>,
+}
+
+/// The model part of [`StreamInfo`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ModelInfo {
+    /// Cell kind.
+    pub cell: String,
+    /// Hidden units.
+    pub hidden: usize,
+    /// Layers.
+    pub layers: usize,
+    /// Bidirectional encoder.
+    pub bidirectional: bool,
+    /// Ensemble members.
+    pub members: usize,
+    /// Parameters per member.
+    pub parameters: usize,
+    /// Version.
+    pub version: u64,
+    /// Timestamp of the newest reading in its training data (RFC 3339).
+    pub trained_at: String,
+    /// Training loss of the last epoch.
+    pub train_loss: f64,
+    /// Held-out loss.
+    pub val_loss: f64,
+}

@@ -12,6 +12,7 @@
 
 use super::{Alert, Reading};
 use crate::detector::DetectorConfig;
+use crate::storage::bytes::{Cursor, CutShort};
 
 /// One logged change.
 #[derive(Clone, Debug, PartialEq)]
@@ -108,18 +109,18 @@ impl Record {
     /// If the bytes are not a record this build wrote.
     pub fn decode(bytes: &[u8]) -> Result<Record, String> {
         let (&tag, body) = bytes.split_first().ok_or("empty record")?;
-        let mut r = Cursor { bytes: body, at: 0 };
+        let mut r = Cursor::new(body);
         let record = match tag {
             1 => {
-                let history = r.u8()? != 0;
-                let n = r.u32()? as usize;
+                let history = r.u8().map_err(cut_short)? != 0;
+                let n = r.u32().map_err(cut_short)? as usize;
                 // Each reading takes at least 12 bytes: bound the allocation by the input.
                 let mut readings = Vec::with_capacity(n.min(body.len() / 12));
                 for _ in 0..n {
-                    let stream = r.str()?;
-                    let timestamp = i64::from_le_bytes(r.take(8)?.try_into().expect("8"));
-                    let m = r.u16()? as usize;
-                    let raw = r.take(8 * m)?;
+                    let stream = read_str(&mut r)?;
+                    let timestamp = r.u64().map_err(cut_short)? as i64;
+                    let m = r.u16().map_err(cut_short)? as usize;
+                    let raw = r.take(8 * m).map_err(cut_short)?;
                     let values = raw
                         .chunks_exact(8)
                         .map(|c| f64::from_le_bytes(c.try_into().expect("8")))
@@ -144,44 +145,25 @@ impl Record {
                     config: Box::new(b.config),
                 });
             }
-            4 => Record::Delete(r.str()?),
-            5 => Record::Accept(r.str()?),
+            4 => Record::Delete(read_str(&mut r)?),
+            5 => Record::Accept(read_str(&mut r)?),
             t => return Err(format!("unknown record type {t}")),
         };
-        if r.at != body.len() {
+        if r.remaining() != 0 {
             return Err("trailing bytes after the record".into());
         }
         Ok(record)
     }
 }
 
-struct Cursor<'a> {
-    bytes: &'a [u8],
-    at: usize,
+/// A length-prefixed (u16) UTF-8 string.
+fn read_str(r: &mut Cursor<'_>) -> Result<String, String> {
+    let n = r.u16().map_err(cut_short)? as usize;
+    String::from_utf8(r.take(n).map_err(cut_short)?.to_vec()).map_err(|_| "stream id is not UTF-8".to_string())
 }
 
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let s = self
-            .bytes
-            .get(self.at..self.at.saturating_add(n))
-            .ok_or("record cut short")?;
-        self.at += n;
-        Ok(s)
-    }
-    fn u8(&mut self) -> Result<u8, String> {
-        Ok(self.take(1)?[0])
-    }
-    fn u16(&mut self) -> Result<u16, String> {
-        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2")))
-    }
-    fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
-    }
-    fn str(&mut self) -> Result<String, String> {
-        let n = self.u16()? as usize;
-        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| "stream id is not UTF-8".to_string())
-    }
+fn cut_short(_: CutShort) -> String {
+    "record cut short".into()
 }
 
 #[cfg(test)]

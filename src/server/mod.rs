@@ -6,7 +6,6 @@
 pub mod alertmanager;
 pub mod error;
 pub mod listener;
-pub mod loadgen;
 pub mod prom;
 pub mod ws;
 

@@ -4,9 +4,13 @@
 //! PyTorch's names, so weights move both ways between anomalyd and
 //! `torch.nn.LSTM` / `GRU` / `RNN` / `Linear` unchanged.
 
+pub mod bytes;
 pub mod safetensors;
 pub mod snapshot;
 pub mod wal;
+
+use std::io::Write;
+use std::path::Path;
 
 pub use self::safetensors::{
     decode_autoencoder, decode_rnn, encode_autoencoder, encode_rnn, load_autoencoder, save_autoencoder,
@@ -58,4 +62,34 @@ pub enum StorageError {
         /// The file's dtype.
         dtype: String,
     },
+}
+
+impl From<bytes::CutShort> for StorageError {
+    fn from(_: bytes::CutShort) -> Self {
+        StorageError::Format("truncated".into())
+    }
+}
+
+/// Writes `bytes` to `path` atomically and durably: a temporary file in the same
+/// directory, flushed to disk, renamed over the target, and the directory synced.
+/// The one writer of whole files in anomalyd (a snapshot round stages many files
+/// and makes them durable at once: [`snapshot::commit`]).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
+    let io = |source| StorageError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        f.write_all(bytes).map_err(io)?;
+        f.sync_all().map_err(io)?;
+    }
+    std::fs::rename(&tmp, path).map_err(io)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }

@@ -224,17 +224,10 @@ pub fn decode_autoencoder<T: Scalar>(bytes: &[u8], config: AutoencoderConfig) ->
     Ok(model)
 }
 
-/// Writes an autoencoder to `path` (written to a temporary file, then renamed, so a
-/// crash never leaves half a file under the final name).
+/// Writes an autoencoder to `path` durably (see [`super::write_atomic`]: a crash
+/// never leaves half a file under the final name).
 pub fn save_autoencoder<T: Scalar>(model: &Autoencoder<T>, path: &Path) -> Result<(), StorageError> {
-    let bytes = encode_autoencoder(model)?;
-    let io = |source| StorageError::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    let tmp = path.with_extension("safetensors.tmp");
-    std::fs::write(&tmp, bytes).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    super::write_atomic(path, &encode_autoencoder(model)?)
 }
 
 /// Reads an autoencoder of the given shape from `path`.

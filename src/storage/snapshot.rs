@@ -21,6 +21,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::StorageError;
+use super::bytes::Cursor;
 use crate::detector::{DetectorSnapshot, DetectorState};
 use crate::nn::Autoencoder;
 
@@ -156,36 +157,17 @@ fn unframe<'a>(bytes: &'a [u8], magic: &[u8; 8], what: &str) -> Result<(u32, &'a
     Ok((version, &body[12..]))
 }
 
-/// A cursor over a file's body.
-struct Reader<'a> {
-    body: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], StorageError> {
-        let s = self
-            .body
-            .get(self.at..self.at.saturating_add(n))
-            .ok_or_else(|| StorageError::Format("truncated".into()))?;
-        self.at += n;
-        Ok(s)
+/// The ensemble members that follow a state: a count, then each member's
+/// safetensors bytes behind their length.
+fn read_members(r: &mut Cursor<'_>, state: &DetectorState) -> Result<Vec<Autoencoder<f32>>, StorageError> {
+    let n_members = r.u32()? as usize;
+    let ae = state.config().autoencoder(state.n_features().unwrap_or(1));
+    let mut members = Vec::with_capacity(n_members.min(16));
+    for _ in 0..n_members {
+        let len = r.u64()? as usize;
+        members.push(super::decode_autoencoder::<f32>(r.take(len)?, ae.clone())?);
     }
-
-    fn u32(&mut self) -> Result<u32, StorageError> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
-    }
-
-    fn members(&mut self, state: &DetectorState) -> Result<Vec<Autoencoder<f32>>, StorageError> {
-        let n_members = self.u32()? as usize;
-        let ae = state.config().autoencoder(state.n_features().unwrap_or(1));
-        let mut members = Vec::with_capacity(n_members.min(16));
-        for _ in 0..n_members {
-            let len = u64::from_le_bytes(self.take(8)?.try_into().expect("8")) as usize;
-            members.push(super::decode_autoencoder::<f32>(self.take(len)?, ae.clone())?);
-        }
-        Ok(members)
-    }
+    Ok(members)
 }
 
 /// Decodes and verifies a state file (either format).
@@ -196,12 +178,12 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, StorageError> {
             "snapshot format version {version}, this build reads {VERSION_INLINE} and {VERSION}"
         )));
     }
-    let mut r = Reader { body, at: 0 };
+    let mut r = Cursor::new(body);
     let n = r.u32()? as usize;
     let header: Header =
         serde_json::from_slice(r.take(n)?).map_err(|e| StorageError::Format(format!("bad state: {e}")))?;
     let members = if version == VERSION_INLINE {
-        r.members(&header.state)?
+        read_members(&mut r, &header.state)?
     } else {
         Vec::new()
     };
@@ -224,7 +206,7 @@ pub fn decode_model(bytes: &[u8], state: &DetectorState) -> Result<Vec<Autoencod
             "model file format version {version}, this build reads {MODEL_VERSION}"
         )));
     }
-    Reader { body, at: 0 }.members(state)
+    read_members(&mut Cursor::new(body), state)
 }
 
 /// A stream snapshot read back by [`read`].
@@ -279,28 +261,6 @@ pub fn read(path: &Path) -> Result<Loaded, StorageError> {
         None => {}
     }
     Ok(loaded)
-}
-
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory,
-/// flushed to disk, then renamed over the target.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
-    let io = |source| StorageError::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(bytes).map_err(io)?;
-        f.sync_all().map_err(io)?;
-    }
-    std::fs::rename(&tmp, path).map_err(io)?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 /// Writes `bytes` under `path`'s temporary name (`<path>.tmp`), not yet synced

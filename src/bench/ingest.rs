@@ -1,0 +1,146 @@
+//! `anomalyd bench ingest`: the registry without HTTP, every stream on a model.
+
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+/// `anomalyd bench ingest`: the registry without HTTP — throughput and per-reading
+/// latency of `Registry::ingest`, the baseline the HTTP figures are compared with.
+#[derive(Clone, Debug, Serialize)]
+pub struct IngestBenchReport {
+    /// Streams written round-robin.
+    pub streams: usize,
+    /// Readings per call.
+    pub batch: usize,
+    /// Threads calling `ingest` at once (each on its own streams).
+    pub clients: usize,
+    /// The write-ahead log's sync policy (`none`: no data directory, nothing durable).
+    pub wal: String,
+    /// Retrain policy's `every_readings` (continuous retraining when small).
+    pub retrain_every: usize,
+    /// Readings scored per second (all clients).
+    pub readings_per_s: f64,
+    /// Per-reading latency of an ingest call (call time / batch), median µs.
+    pub score_us_p50: f64,
+    /// Per-reading latency, 99th percentile µs.
+    pub score_us_p99: f64,
+    /// Retraining jobs completed during the run.
+    pub retrain_jobs: u64,
+}
+
+/// What `anomalyd bench ingest` runs.
+#[derive(Clone, Debug)]
+pub struct IngestBenchConfig {
+    /// Streams, split between clients.
+    pub streams: usize,
+    /// Readings per call.
+    pub batch: usize,
+    /// Seconds to measure.
+    pub seconds: f64,
+    /// Retrain every this many readings.
+    pub retrain_every: usize,
+    /// Calling threads.
+    pub clients: usize,
+    /// `None`: no data directory; else a temporary one with this sync policy.
+    pub wal: Option<crate::storage::wal::SyncPolicy>,
+}
+
+/// Warms the streams up past their first model, then ingests for `seconds` from
+/// `clients` threads at once.
+pub fn run_ingest_bench(
+    config: &crate::detector::DetectorConfig,
+    b: &IngestBenchConfig,
+) -> Result<IngestBenchReport, String> {
+    use crate::registry::{Reading, Registry, RegistryConfig};
+    let mut det = config.clone();
+    det.retrain.every_readings = b.retrain_every;
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    let dir = std::env::temp_dir().join(format!("anomalyd-bench-ingest-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let reg = Registry::open(
+        RegistryConfig {
+            default_detector: det,
+            training_threads: 1,
+            data_dir: b.wal.map(|_| dir.clone()),
+            wal_sync: b.wal.unwrap_or(crate::storage::wal::SyncPolicy::Always),
+            ..Default::default()
+        },
+        metrics.clone(),
+    )?;
+    let next = |s: usize, t: i64, rng: &mut StdRng| {
+        let v = 100.0 + 20.0 * (t as f64 / 7.6).sin() + rng.random::<f64>() * 4.0;
+        Reading {
+            stream: format!("s{s}"),
+            timestamp: t,
+            values: vec![v],
+        }
+    };
+    // Warm-up: every stream past its first model.
+    let warm = config.retrain.first_after + 20;
+    let mut rng = StdRng::seed_from_u64(1);
+    for s in 0..b.streams {
+        let rs: Vec<Reading> = (1..=warm as i64).map(|t| next(s, t, &mut rng)).collect();
+        reg.ingest(&rs).map_err(|e| e.to_string())?;
+    }
+    let jobs = || metrics.retrain_jobs.with_label_values(&["completed"]).get();
+    let wait_start = Instant::now();
+    while jobs() < b.streams as u64 && wait_start.elapsed() < Duration::from_secs(600) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let jobs_before = jobs();
+    let start = Instant::now();
+    let clients = b.clients.clamp(1, b.streams);
+    let results: Vec<Result<(usize, Vec<Duration>), String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..clients)
+            .map(|c| {
+                let reg = &reg;
+                scope.spawn(move || {
+                    let mine: Vec<usize> = (c..b.streams).step_by(clients).collect();
+                    let mut t = vec![warm as i64; mine.len()];
+                    let mut rng = StdRng::seed_from_u64(2 + c as u64);
+                    let (mut done, mut per_reading, mut k) = (0usize, Vec::new(), 0usize);
+                    while start.elapsed().as_secs_f64() < b.seconds {
+                        let rs: Vec<Reading> = (0..b.batch)
+                            .map(|_| {
+                                t[k] += 1;
+                                next(mine[k], t[k], &mut rng)
+                            })
+                            .collect();
+                        let call = Instant::now();
+                        reg.ingest(&rs).map_err(|e| e.to_string())?;
+                        per_reading.push(call.elapsed() / b.batch as u32);
+                        done += b.batch;
+                        k = (k + 1) % mine.len();
+                    }
+                    Ok((done, per_reading))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("client thread")).collect()
+    });
+    let elapsed = start.elapsed().as_secs_f64();
+    let (mut done, mut per_reading) = (0, Vec::new());
+    for r in results {
+        let (d, p) = r?;
+        done += d;
+        per_reading.extend(p);
+    }
+    per_reading.sort();
+    let pct = |p: f64| per_reading[((per_reading.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1e6;
+    let report = IngestBenchReport {
+        streams: b.streams,
+        batch: b.batch,
+        clients,
+        wal: b.wal.map_or("none".into(), |w| format!("{w:?}").to_lowercase()),
+        retrain_every: b.retrain_every,
+        readings_per_s: done as f64 / elapsed,
+        score_us_p50: pct(0.5),
+        score_us_p99: pct(0.99),
+        retrain_jobs: jobs() - jobs_before,
+    };
+    drop(reg);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(report)
+}

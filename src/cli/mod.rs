@@ -1,0 +1,84 @@
+//! The `anomalyd` command line: one module per command, each with its arguments
+//! (clap) and its `run`. `main.rs` only parses and dispatches; this is the one
+//! place that uses `anyhow` and prints.
+
+mod bench;
+mod nab;
+mod replay;
+mod serve;
+mod tep;
+
+use std::path::Path;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::config::ServeSettings;
+use crate::detector::DetectorConfig;
+
+/// Streaming anomaly detection with a recurrent autoencoder per stream.
+#[derive(Parser, Debug)]
+#[command(name = "anomalyd", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the service: HTTP and WebSocket API, Prometheus metrics, snapshots in the
+    /// data directory. Settings come from anomalyd.toml (--config, or ./anomalyd.toml
+    /// when present), ANOMALYD_* environment variables and these flags, in rising
+    /// precedence.
+    Serve(Box<ServeSettings>),
+    /// Probe a running service's readiness (for container health checks, which
+    /// then need no shell or curl): exit 0 when GET /readyz answers 200.
+    Healthcheck(serve::HealthcheckArgs),
+    /// Score a CSV file through the detector, one stream, training inline
+    /// (deterministic: the same input and config give the same scores).
+    Replay(replay::ReplayArgs),
+    /// Run the Tennessee Eastman benchmark: learn train/normal.csv as history, score
+    /// each test file with a copy of that stream, print detection and false-alarm
+    /// rates per fault.
+    Tep(tep::TepArgs),
+    /// Run the Numenta Anomaly Benchmark: every <category>/<file>.csv under --data
+    /// through its own detector, NAB result files under --out, and the three NAB
+    /// scores when --windows is given.
+    Nab(nab::NabArgs),
+    /// Measure performance.
+    Bench {
+        #[command(subcommand)]
+        what: bench::BenchCommand,
+    },
+}
+
+/// Parses the command line and runs the command.
+pub fn run() -> Result<()> {
+    serve::cap_malloc_arenas();
+    match Cli::parse().command {
+        Command::Serve(settings) => serve::run(*settings),
+        Command::Healthcheck(a) => serve::healthcheck(&a),
+        Command::Replay(a) => replay::run(&a),
+        Command::Tep(a) => tep::run(&a),
+        Command::Nab(a) => nab::run(&a),
+        Command::Bench { what } => bench::run(what),
+    }
+}
+
+/// The detector config in `path` (TOML), or the defaults; checked.
+fn load_detector_config(path: Option<&Path>) -> Result<DetectorConfig> {
+    let config: DetectorConfig = match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+        }
+        None => DetectorConfig::default(),
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+/// `threads`, or every core.
+fn threads_or_cores(threads: Option<usize>) -> usize {
+    threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}

@@ -1,0 +1,530 @@
+//! The scoring pipeline of one reading, in its steps: admit (buffer it, set up
+//! per-feature state), score the baselines, the surprise (the model's or the
+//! baselines'), judge the state against the learnt limits, and learn it when it
+//! is normal. The incident step between judging and learning is `incident.rs`.
+
+use std::collections::VecDeque;
+
+use super::baseline::{self, OnlineAr, Seasonal, StateBaselines, WindowedGaussian};
+use super::config::{Combine, ErrorScale};
+use super::state::{self, Component, Judgement, N_COMPONENTS, score_of_ratio};
+use super::train::{self, ERROR_EPS};
+use super::{Detector, DetectorKind, IncidentEvent, MAX_MAGNITUDE, PERIOD_SEARCH, Phase, ReadingError, Verdict};
+use crate::nn::ScoreWorkspace;
+use crate::timestamp::Micros;
+
+thread_local! {
+    /// Scratch space of the scorers, one per thread rather than per stream (streams
+    /// are many, scoring threads few).
+    static WORKSPACE: std::cell::RefCell<ScoreWorkspace> = std::cell::RefCell::new(ScoreWorkspace::default());
+}
+
+/// A surprise (in standard deviations) as a raw score in [0, 1):
+/// `1 − exp(−max(z, 0) / raw_scale)`.
+pub(super) fn raw_of(z: f64, raw_scale: f64) -> f64 {
+    1.0 - (-z.max(0.0) / raw_scale).exp()
+}
+
+/// Normal readings the state's level needs before its z is judged.
+pub(super) const WARM_LEVEL: u64 = 128;
+
+/// How a reading is taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// Scored live: state, incidents, and learnt only when normal.
+    Live,
+    /// Taught as known-normal history: learnt, never anomalous.
+    History,
+}
+
+/// Per-feature scores of the baselines for one reading: the event path's (learnt
+/// already) and the state's (not learnt yet).
+pub(super) struct BaselineScores {
+    zg: Vec<f64>,
+    za: Vec<f64>,
+    zs: Vec<f64>,
+    /// The state's level, AR and seasonal z.
+    state_level: Vec<f64>,
+    state_ar: Vec<f64>,
+    state_seasonal: Vec<f64>,
+    /// Each feature's run of repeated values over its limit.
+    stuck: Vec<f64>,
+    /// Seasonal expectation, when the feature has a period and history for it.
+    seasonal_expected: Vec<Option<f64>>,
+    /// The configured baseline's z and expectation per feature.
+    base_z: Vec<f64>,
+    base_expected: Vec<f64>,
+}
+
+/// `values`, each clamped to ±`MAX_MAGNITUDE` (borrowed when none needs it).
+pub(super) fn clamp_magnitude(values: &[f64]) -> std::borrow::Cow<'_, [f64]> {
+    if values.iter().any(|v| v.abs() > MAX_MAGNITUDE) {
+        values.iter().map(|v| v.clamp(-MAX_MAGNITUDE, MAX_MAGNITUDE)).collect()
+    } else {
+        values.into()
+    }
+}
+
+/// Each value's share of their sum (all 0 when the sum is not positive).
+pub(super) fn shares(xs: &[f64]) -> Vec<f64> {
+    let total: f64 = xs.iter().sum();
+    xs.iter().map(|v| if total > 0.0 { v / total } else { 0.0 }).collect()
+}
+
+/// The model-or-baseline surprise of one reading.
+pub(super) struct Surprise {
+    phase: Phase,
+    /// For the event score.
+    surprise: f64,
+    raw_error: f64,
+    expected: Vec<f64>,
+    contributions: Vec<f64>,
+    /// The model's own likelihood score (`combine = "separate"`).
+    model_score: f64,
+    /// Each feature's model residual in held-out residual sds (model phase).
+    model_z: Option<Vec<f64>>,
+    /// Each feature's change-model residual (model phase, multivariate).
+    change_z: Option<Vec<f64>>,
+}
+
+impl Detector {
+    pub(super) fn take(&mut self, timestamp: Micros, values: &[f64], mode: Mode) -> Result<Verdict, ReadingError> {
+        self.check(timestamp, values)?;
+        let values = &clamp_magnitude(values)[..];
+        self.fill_gap(timestamp);
+        self.admit(timestamp, values);
+        let base = self.score_baselines(values);
+        let out_of_range = self.widen_range(values);
+        let mut sur = self.surprise(&base, values);
+        let judgement = self.judge(&base, &sur);
+        if judgement.component == Some(state::STUCK) {
+            // The stuck features are what the incident is about.
+            sur.contributions = shares(&base.stuck);
+        }
+        if let (Some(c), Some(z)) = (judgement.component, &sur.change_z)
+            && c == Component::Change as usize
+        {
+            // So are the features whose changes the others do not explain.
+            sur.contributions = shares(&z.iter().map(|v| v * v).collect::<Vec<_>>());
+        }
+        let score = score_of_ratio(judgement.ratio);
+        let anomalous = mode == Mode::Live && sur.phase != Phase::Warmup && score >= self.config.alert.threshold;
+        let was_recurring = self.recurring.is_some();
+        let (mut event, suppressed) =
+            self.step_incident(timestamp, anomalous, (score, judgement.ratio), &sur.contributions);
+        self.track_stretch(anomalous, was_recurring, &judgement, &event);
+        let event_score = self.event_score(&sur, out_of_range);
+        let learn = mode == Mode::History || (!anomalous && self.incident.is_none());
+        self.learn_or_pass(learn, values, &base, &judgement);
+        if mode == Mode::Live && event.is_none() {
+            event = self.accept_if_lasting(timestamp);
+        }
+        Ok(Verdict {
+            timestamp,
+            score,
+            anomaly: anomalous,
+            event_score,
+            raw_error: sur.raw_error,
+            expected: sur.expected,
+            contributions: sur.contributions,
+            model_version: self.model.as_ref().map_or(0, |m| m.version),
+            phase: sur.phase,
+            out_of_range,
+            // The open incident, or the one this reading resolved.
+            incident: match &event {
+                Some(IncidentEvent::Resolved { incident, .. }) => Some(incident.id),
+                _ => self.incident.as_ref().map(|i| i.id),
+            },
+            event,
+            suppressed,
+            cause: judgement.cause(),
+        })
+    }
+
+    /// Whether `values` are out of range (the rule judges them against what was seen
+    /// before them), then widens the range seen to hold them.
+    pub(super) fn widen_range(&mut self, values: &[f64]) -> bool {
+        let out_of_range = self.out_of_range(values);
+        for (r, &v) in self.range.iter_mut().zip(values) {
+            *r = (r.0.min(v), r.1.max(v));
+        }
+        out_of_range
+    }
+
+    /// The event score: the likelihood of the surprise against the recent past (or
+    /// the model's own), 1 out of range.
+    pub(super) fn event_score(&mut self, sur: &Surprise, out_of_range: bool) -> f64 {
+        let (event_score, _) = self.likelihood.update(raw_of(sur.surprise, self.config.raw_scale));
+        if out_of_range {
+            1.0
+        } else {
+            event_score.max(sur.model_score)
+        }
+    }
+
+    /// Learns a normal reading, or steps past one that is not learnt (noting it).
+    pub(super) fn learn_or_pass(&mut self, learn: bool, values: &[f64], base: &BaselineScores, judgement: &Judgement) {
+        if learn {
+            self.learn(values, base, judgement);
+        } else {
+            self.state_baselines.iter_mut().for_each(StateBaselines::skip);
+            self.unlearnt.push_back(self.seen);
+        }
+    }
+
+    /// Sets up per-feature state on the first reading and buffers the reading.
+    pub(super) fn admit(&mut self, timestamp: Micros, values: &[f64]) {
+        let d = values.len();
+        if self.n_features.is_none() || self.gaussians.is_empty() {
+            self.n_features = Some(d);
+            let b = &self.config.baseline;
+            self.gaussians = (0..d).map(|_| WindowedGaussian::new(b.gaussian_window)).collect();
+            self.ars = (0..d).map(|_| OnlineAr::new(b.ar_order, b.ar_forgetting)).collect();
+            self.seasonals = (0..d).map(|_| Seasonal::new(b.gaussian_window)).collect();
+            self.state_baselines = (0..d)
+                .map(|_| StateBaselines::new(b.ar_order, b.ar_forgetting, b.gaussian_window))
+                .collect();
+            self.range = values.iter().map(|&v| (v, v)).collect();
+        }
+        self.seen += 1;
+        self.last_ts = Some(timestamp);
+        let cap = self.config.training.buffer.max(self.config.window) * d;
+        while self.history.len() + d > cap {
+            self.history.drain(..d);
+        }
+        self.history.extend(values.iter().copied());
+        let oldest = self.seen + 1 - (self.history.len() / d) as u64;
+        for rows in [&mut self.unlearnt, &mut self.filled] {
+            while rows.front().is_some_and(|&n| n < oldest) {
+                rows.pop_front();
+            }
+            if rows.is_empty() && rows.capacity() > 0 {
+                *rows = VecDeque::new();
+            }
+        }
+        let b = &self.config.baseline;
+        if b.seasonal && self.seen.is_multiple_of(b.seasonal_every as u64) {
+            self.estimate_periods();
+        }
+    }
+
+    /// Scores the newest reading with every baseline. The event path's learn it at
+    /// once; the state's only later, if it is normal.
+    pub(super) fn score_baselines(&mut self, values: &[f64]) -> BaselineScores {
+        let d = values.len();
+        let n_rows = self.history.len() / d;
+        let zeros = vec![0.0; d];
+        let mut s = BaselineScores {
+            zg: zeros.clone(),
+            za: zeros.clone(),
+            zs: zeros.clone(),
+            state_level: zeros.clone(),
+            state_ar: zeros.clone(),
+            state_seasonal: zeros.clone(),
+            stuck: zeros.clone(),
+            seasonal_expected: vec![None; d],
+            base_z: zeros.clone(),
+            base_expected: zeros,
+        };
+        for j in 0..d {
+            let (zg, _) = self.gaussians[j].update(values[j]);
+            self.state_baselines[j].stuck.observe(values[j]);
+            s.stuck[j] = self.state_baselines[j].stuck.ratio();
+            let (za, _) = self.ars[j].update(values[j]);
+            // The same phase in earlier periods (validate() bounds their number); the
+            // newest row is this reading.
+            let mut past = [0.0; baseline::MAX_SEASONAL_PERIODS];
+            let n_past = self.seasonal_past(j, n_rows - 1, &mut past);
+            let (lo, hi) = self.range[j];
+            let floor = 5e-3 * (hi - lo);
+            let (zs, seasonal_expected) = self.seasonals[j].update(values[j], &mut past[..n_past], floor);
+            s.seasonal_expected[j] = (n_past > 0).then_some(seasonal_expected);
+            (s.zg[j], s.za[j], s.zs[j]) = (zg, za, zs);
+            (s.state_level[j], s.state_ar[j], s.state_seasonal[j]) =
+                self.state_baselines[j].score(values[j], s.seasonal_expected[j], floor);
+            if !self.state_baselines[j].seasonal_explains() {
+                s.state_seasonal[j] = 0.0;
+            }
+            s.base_z[j] = match self.config.detector {
+                DetectorKind::Gaussian => zg,
+                DetectorKind::Ar => za,
+                DetectorKind::Seasonal => zs,
+                DetectorKind::Autoencoder | DetectorKind::Baselines => zg.max(za).max(zs),
+            };
+            // What is expected comes from the state's side, which never learnt an
+            // anomalous value (the event path's baselines learn every reading).
+            s.base_expected[j] = match self.config.detector {
+                DetectorKind::Seasonal if n_past > 0 => seasonal_expected,
+                _ => self.state_baselines[j].forecast(values[j]),
+            };
+        }
+        s
+    }
+
+    /// Readings since the last gap too long to fill, this one included.
+    pub(super) fn fresh_rows(&self) -> u64 {
+        (self.seen + 1).saturating_sub(self.fresh_from)
+    }
+
+    /// Feature `j`'s values at the same phase as buffered row `row`, one, two, …
+    /// periods before it, from rows after the last long gap (none without a
+    /// period); returns how many.
+    pub(super) fn seasonal_past(
+        &self,
+        j: usize,
+        row: usize,
+        past: &mut [f64; baseline::MAX_SEASONAL_PERIODS],
+    ) -> usize {
+        let d = self.n_features.unwrap_or(1).max(1);
+        let n_rows = self.history.len() / d;
+        // Row `row` is reading number `number` (the newest row is `seen`; `row` may
+        // be the one about to be filled in); how far back the fresh rows reach.
+        let number = (self.seen + 1 + row as u64).saturating_sub(n_rows as u64);
+        let reach = number.saturating_sub(self.fresh_from).min(row as u64) as usize;
+        let mut n = 0;
+        if let Some(p) = self.seasonals[j].period() {
+            // validate() bounds seasonal_periods by MAX_SEASONAL_PERIODS.
+            for k in (1..=self.config.baseline.seasonal_periods).take_while(|k| k * p <= reach) {
+                past[n] = self.history[(row - k * p) * d + j];
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// The range rule: beyond everything seen so far, widened by a fraction of the
+    /// range.
+    pub(super) fn out_of_range(&self, values: &[f64]) -> bool {
+        let Some(tol) = self.config.range_tolerance else {
+            return false;
+        };
+        if self.seen <= self.config.range_after.max(self.config.window) as u64 {
+            return false;
+        }
+        values.iter().zip(&self.range).any(|(&v, &(lo, hi))| {
+            let margin = (hi - lo) * tol;
+            hi > lo && (v > hi + margin || v < lo - margin)
+        })
+    }
+
+    /// The event path's surprise: the model's (with the baselines, per
+    /// `model.combine`) once a model scores, the baselines' before.
+    pub(super) fn surprise(&mut self, base: &BaselineScores, values: &[f64]) -> Surprise {
+        let d = values.len();
+        let base_max = base.base_z.iter().cloned().fold(0.0, f64::max);
+        let raw_scale = self.config.raw_scale;
+        let raw_of = |z: f64| raw_of(z, raw_scale);
+        match self.phase() {
+            Phase::Model => {
+                let (z, err, expected, contributions, model_z) = self.model_surprise();
+                let change_z = self.change_residual();
+                self.drift = 0.98 * self.drift + 0.02 * z;
+                let zg_max = base.zg.iter().cloned().fold(0.0, f64::max);
+                let za_max = base.za.iter().cloned().fold(0.0, f64::max);
+                // While an incident is open (or a new normal awaits a retrained model)
+                // the model knows only the old normal: novelty is judged by the
+                // baselines, which follow every reading.
+                let model_blind = self.incident.is_some() || self.recurring.is_some() || self.model_stale;
+                let (surprise, model_score) = match self.config.model.combine {
+                    _ if model_blind => (base_max, 0.0),
+                    // The model's own likelihood.
+                    Combine::Separate => (base_max, self.model_likelihood.update(raw_of(z)).0),
+                    // Mean of the three raw scores, mapped back to a surprise.
+                    Combine::Mean => {
+                        let raw = (raw_of(z) + raw_of(zg_max) + raw_of(za_max)) / 3.0;
+                        (-raw_scale * (1.0 - raw).ln(), 0.0)
+                    }
+                    Combine::Max => (z.max(base_max), 0.0),
+                    Combine::Model => (z, 0.0),
+                };
+                Surprise {
+                    phase: Phase::Model,
+                    surprise,
+                    raw_error: err,
+                    expected,
+                    contributions,
+                    model_score,
+                    model_z: Some(model_z),
+                    change_z,
+                }
+            }
+            Phase::Warmup => Surprise {
+                phase: Phase::Warmup,
+                surprise: 0.0,
+                raw_error: 0.0,
+                expected: values.to_vec(),
+                contributions: vec![0.0; d],
+                model_score: 0.0,
+                model_z: None,
+                change_z: None,
+            },
+            Phase::Baseline => {
+                let contributions = shares(&base.base_z);
+                Surprise {
+                    phase: Phase::Baseline,
+                    surprise: base_max,
+                    raw_error: base_max,
+                    expected: base.base_expected.clone(),
+                    contributions,
+                    model_score: 0.0,
+                    model_z: None,
+                    change_z: None,
+                }
+            }
+        }
+    }
+
+    /// The change model's residual of the newest reading's change, per feature
+    /// (`None` without a change model or a reading before it in the buffer).
+    pub(super) fn change_residual(&self) -> Option<Vec<f64>> {
+        let changes = self.model.as_ref()?.changes.as_ref()?;
+        let d = self.n_features?;
+        let n = self.history.len();
+        if n < 2 * d {
+            return None;
+        }
+        let prev: Vec<f64> = self.history.range(n - 2 * d..n - d).copied().collect();
+        let cur: Vec<f64> = self.history.range(n - d..).copied().collect();
+        Some(changes.residual(&prev, &cur))
+    }
+
+    /// Judges the reading's statistics against the limits learnt from normal ones.
+    pub(super) fn judge(&mut self, base: &BaselineScores, sur: &Surprise) -> Judgement {
+        let mut zs: [Option<&[f64]>; N_COMPONENTS] = [None; N_COMPONENTS];
+        let kind = self.config.detector;
+        let all = matches!(kind, DetectorKind::Autoencoder | DetectorKind::Baselines);
+        let joint_level;
+        // A statistic joins (and teaches its limit) only once its baseline is warm:
+        // a z against the mean of three readings would set a limit no fault reaches.
+        let level_warm = self
+            .state_baselines
+            .first()
+            .is_some_and(|b| b.level.len() >= WARM_LEVEL);
+        if (all || kind == DetectorKind::Gaussian) && level_warm {
+            zs[Component::Level as usize] = Some(&base.state_level);
+            if base.state_level.len() > 1 {
+                let n = base.state_level.len() as f64;
+                joint_level = [(base.state_level.iter().map(|v| v * v).sum::<f64>() / n).sqrt()];
+                zs[Component::JointLevel as usize] = Some(&joint_level);
+            }
+        }
+        if all || kind == DetectorKind::Ar {
+            zs[Component::Ar as usize] = Some(&base.state_ar);
+        }
+        // The seasonal statistic counts only once a period is in use.
+        if (all || kind == DetectorKind::Seasonal) && base.seasonal_expected.iter().any(Option::is_some) {
+            zs[Component::Seasonal as usize] = Some(&base.state_seasonal);
+        }
+        let joint;
+        if let (Some(z), Phase::Model, false) = (sur.model_z.as_deref(), sur.phase, self.model_stale) {
+            zs[Component::Model as usize] = Some(z);
+            if z.len() > 1 {
+                joint = [(z.iter().map(|v| v * v).sum::<f64>() / z.len() as f64).sqrt()];
+                zs[Component::Joint as usize] = Some(&joint);
+            }
+            zs[Component::Change as usize] = sur.change_z.as_deref();
+        }
+        let a = &self.config.alert;
+        let mut j = self.state.judge(&zs, a.smoothing, a.min_normal as u32);
+        let stuck = base.stuck.iter().cloned().fold(0.0, f64::max);
+        if all && stuck > j.ratio {
+            j.ratio = stuck;
+            j.component = Some(state::STUCK);
+            j.smoothed = false;
+        }
+        j
+    }
+
+    /// Learns a reading judged normal: the state's baselines and limits.
+    pub(super) fn learn(&mut self, values: &[f64], base: &BaselineScores, judgement: &Judgement) {
+        let window = self.config.baseline.gaussian_window;
+        for (j, &x) in values.iter().enumerate() {
+            self.state_baselines[j].learn(x, base.seasonal_expected[j], window);
+            self.state_baselines[j].stuck.learn();
+        }
+        self.state.learn(judgement);
+    }
+
+    /// Reconstructs the window ending at the newest reading with every member.
+    /// Returns (z, mean squared error, expected last values, per-feature shares,
+    /// per-feature residual of the newest reading in held-out residual sds).
+    pub(super) fn model_surprise(&mut self) -> (f64, f64, Vec<f64>, Vec<f64>, Vec<f64>) {
+        let model = self.model.as_ref().expect("model present");
+        let d = self.n_features.unwrap_or(1);
+        let w = self.config.window;
+        let start = self.history.len() - w * d;
+        let window: Vec<f32> = self
+            .history
+            .range(start..)
+            .enumerate()
+            .map(|(i, &x)| model.normaliser.apply(i % d, x))
+            .collect();
+        let steps = train::scored_steps(&self.config);
+        let from = (w - steps) * d;
+        let mut sq = vec![0.0f64; d];
+        let mut last = vec![0.0f64; d];
+        WORKSPACE.with_borrow_mut(|ws| {
+            for scorer in &model.scorers {
+                let y = scorer.reconstruct(&window, ws);
+                for (i, (&a, &b)) in y[from..].iter().zip(&window[from..]).enumerate() {
+                    sq[i % d] += ((a - b) as f64).powi(2);
+                }
+                for j in 0..d {
+                    last[j] += y[(w - 1) * d + j] as f64;
+                }
+            }
+        });
+        let m = model.scorers.len() as f64;
+        let model_z: Vec<f64> = (0..d)
+            .map(|j| ((window[(w - 1) * d + j] as f64) - last[j] / m) / model.errors.feature_scale(j))
+            .collect();
+        let err = sq.iter().sum::<f64>() / (m * (steps * d) as f64);
+        let contributions = shares(&sq);
+        let expected: Vec<f64> = last
+            .iter()
+            .enumerate()
+            .map(|(j, &v)| model.normaliser.invert(j, (v / m) as f32))
+            .collect();
+        if self.config.model.error_scale == ErrorScale::Running {
+            // |x − x̂| of the newest reading against a running scale of such residuals.
+            let typical = (model.errors.log_mean).exp();
+            if self.resid_var.len() != d {
+                self.resid_var = vec![typical; d];
+            }
+            let mut z: f64 = 0.0;
+            for j in 0..d {
+                let r = (window[(w - 1) * d + j] as f64) - last[j] / m;
+                let sd = self.resid_var[j].sqrt().max(1e-3);
+                z = z.max(r.abs() / sd);
+                self.resid_var[j] = 0.98 * self.resid_var[j] + 0.02 * r * r;
+            }
+            return (z, err, expected, contributions, model_z);
+        }
+        if self.config.model.error_scale == ErrorScale::Rms {
+            // Root of the error over the training windows' mean error: for one scored
+            // step, |x − x̂| in residual standard deviations, like the baselines' z.
+            let z = (err / (model.errors.mean + ERROR_EPS)).sqrt();
+            return (z, err, expected, contributions, model_z);
+        }
+        (model.errors.z(err), err, expected, contributions, model_z)
+    }
+
+    /// Re-estimates each feature's period from the buffered readings.
+    pub(super) fn estimate_periods(&mut self) {
+        let d = self.n_features.unwrap_or(1).max(1);
+        let min_acf = self.config.baseline.seasonal_min_acf;
+        let n_rows = self.history.len() / d;
+        let searched = n_rows.min(PERIOD_SEARCH);
+        if self.fresh_rows() < searched as u64 {
+            // A long gap lies in the rows searched: the periods stay until it
+            // has left them.
+            return;
+        }
+        let from = (n_rows - searched) * d;
+        for j in 0..d {
+            let column: Vec<f64> = self.history.range(from..).skip(j).step_by(d).copied().collect();
+            let period = baseline::find_period(&column, 4, min_acf).map(|(p, _)| p);
+            self.seasonals[j].set_period(period);
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! The training hand-off: when the retrain policy asks for a job, the job taken
+//! from the buffered readings, and the outcome installed whole (or, in replay,
+//! trained inline).
+
+use super::state::Component;
+use super::train::{self, TrainJob, TrainOutcome};
+use super::{ActiveModel, Detector, DetectorConfig, DetectorKind, ReadingError, Verdict};
+use crate::timestamp::Micros;
+
+impl Detector {
+    /// Whether the retrain policy asks for a job now (and none is in flight).
+    pub fn training_due(&self) -> bool {
+        let c = &self.config;
+        if c.detector != DetectorKind::Autoencoder || self.job_in_flight {
+            return false;
+        }
+        let n_rows = self.history.len() / self.n_features.unwrap_or(1).max(1);
+        if n_rows < c.window + 1 {
+            return false;
+        }
+        if self.retrain_requested {
+            return true;
+        }
+        let Some((at, at_ts)) = self.last_job else {
+            return self.seen >= c.retrain.first_after as u64;
+        };
+        let since = self.seen - at;
+        let p = &c.retrain;
+        (p.every_readings > 0 && since >= p.every_readings as u64)
+            || (p.every_seconds > 0.0
+                && self
+                    .last_ts
+                    .is_some_and(|t| (t - at_ts) as f64 / 1e6 >= p.every_seconds))
+            || (p.on_drift && self.model.is_some() && since >= 2 * c.window as u64 && self.drift > 2.0)
+    }
+
+    /// Takes a training job from the buffered readings and marks one in flight.
+    pub fn training_job(&mut self) -> TrainJob {
+        let d = self.n_features.unwrap_or(1).max(1);
+        let readings: Vec<Vec<f64>> = self
+            .history
+            .iter()
+            .copied()
+            .collect::<Vec<_>>()
+            .chunks(d)
+            .map(<[f64]>::to_vec)
+            .collect();
+        let n_rows = readings.len();
+        let first = self.seen + 1 - n_rows as u64;
+        let mut normal = vec![true; n_rows];
+        for &n in self.unlearnt.iter().chain(&self.filled) {
+            if let Some(flag) = n.checked_sub(first).and_then(|i| normal.get_mut(i as usize)) {
+                *flag = false;
+            }
+        }
+        let version = self.model.as_ref().map_or(0, |m| m.version) + 1 + self.failed_jobs;
+        self.last_job = Some((self.seen, self.last_ts.unwrap_or(0)));
+        self.job_in_flight = true;
+        self.retrain_requested = false;
+        self.drift = 0.0;
+        TrainJob {
+            config: self.config.clone(),
+            readings,
+            normal,
+            warm_start: self
+                .model
+                .as_ref()
+                .map(|m| m.scorers.iter().map(|s| s.to_model()).collect()),
+            version,
+            seed: self
+                .config
+                .training
+                .seed
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .wrapping_add(version),
+        }
+    }
+
+    /// Installs the outcome of a job taken under `job_config`, unless the stream was
+    /// reshaped since (a model of another shape would score wrongly and its snapshot
+    /// would not decode). Returns whether it was installed.
+    pub fn install_job(&mut self, job_config: &DetectorConfig, outcome: TrainOutcome) -> bool {
+        if !self.config.same_shape(job_config) {
+            return false;
+        }
+        self.install(outcome);
+        true
+    }
+
+    /// Whether a training job is out.
+    pub fn job_in_flight(&self) -> bool {
+        self.job_in_flight
+    }
+
+    /// Installs a job's outcome: a trained model is swapped in whole; a diverged job
+    /// keeps the old model and is counted.
+    pub fn install(&mut self, outcome: TrainOutcome) {
+        self.job_in_flight = false;
+        match outcome {
+            TrainOutcome::Trained(m) => {
+                self.resid_var.clear();
+                self.model_stale = false;
+                // The new model's limits come from its own held-out residuals.
+                let lambda = self.config.alert.smoothing;
+                self.state.seed(Component::Model, &m.calibration, lambda);
+                let joint: Vec<Vec<f64>> = m
+                    .calibration
+                    .iter()
+                    .filter(|z| z.len() > 1)
+                    .map(|z| vec![(z.iter().map(|v| v * v).sum::<f64>() / z.len() as f64).sqrt()])
+                    .collect();
+                self.state.seed(Component::Joint, &joint, lambda);
+                match &m.changes {
+                    Some(c) => self.state.seed(Component::Change, &c.calibration, lambda),
+                    None => self.state.reset(Component::Change),
+                }
+                let (at, at_ts) = self.last_job.unwrap_or((self.seen, self.last_ts.unwrap_or(0)));
+                self.model = Some(ActiveModel {
+                    version: m.version,
+                    scorers: m.members.iter().map(|a| a.compile()).collect(),
+                    normaliser: m.normaliser,
+                    errors: m.errors,
+                    trained_at_reading: at,
+                    trained_at: at_ts,
+                    report: m.report,
+                    changes: m.changes.map(|c| Box::new(c.model)),
+                });
+            }
+            TrainOutcome::Diverged(_) => self.failed_jobs += 1,
+            TrainOutcome::NotEnoughData => {}
+        }
+    }
+
+    /// Scores a reading and, when due, trains inline before returning (replay mode:
+    /// deterministic, the same input gives the same scores bit for bit).
+    pub fn update_sync(&mut self, timestamp: Micros, values: &[f64]) -> Result<Verdict, ReadingError> {
+        let v = self.update(timestamp, values)?;
+        self.train_if_due_sync();
+        Ok(v)
+    }
+
+    /// Trains inline if the policy (or a request) asks for a job.
+    pub fn train_if_due_sync(&mut self) {
+        if self.training_due() {
+            let job = self.training_job();
+            let outcome = train::train(&job, &|| false);
+            self.install(outcome);
+        }
+    }
+}

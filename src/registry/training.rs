@@ -1,0 +1,125 @@
+//! The training pool: a bounded queue of jobs, served by threads of its own (never
+//! the async runtime's); each outcome is installed whole under the stream's lock,
+//! and a trained model is written to disk at once.
+
+use std::sync::mpsc::{Receiver, TrySendError};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
+
+use super::stream::Stream;
+use super::{Registry, RegistryError};
+use crate::detector::{Detector, TrainJob, TrainOutcome};
+
+impl Registry {
+    /// Starts `config.training_threads` threads serving the training queue `rx`;
+    /// each stops when the queue or the registry is gone.
+    pub(super) fn start_training_threads(
+        self: &Arc<Self>,
+        rx: Receiver<(Weak<Stream>, TrainJob)>,
+    ) -> Result<(), String> {
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..self.config.training_threads.max(1) {
+            let rx = rx.clone();
+            let weak = Arc::downgrade(self);
+            std::thread::Builder::new()
+                .name(format!("anomalyd-train-{i}"))
+                .spawn(move || {
+                    loop {
+                        let next = rx.lock().expect("trainer queue").recv();
+                        let Ok((stream, job)) = next else { break };
+                        let Some(reg) = weak.upgrade() else { break };
+                        reg.run_job(stream, job);
+                    }
+                })
+                .map_err(|e| format!("cannot start training thread: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Runs one job and installs its outcome. A panic inside training is caught
+    /// and counted (`outcome="panicked"`): the thread goes on serving the queue and
+    /// the stream may ask again.
+    pub(super) fn run_job(&self, stream: Weak<Stream>, job: TrainJob) {
+        self.metrics.retrain_queue_depth.dec();
+        let start = Instant::now();
+        let budget = self.config.training_budget;
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            crate::detector::train::train(&job, &|| start.elapsed() > budget)
+        }));
+        self.metrics.retrain_duration.observe(start.elapsed().as_secs_f64());
+        let (outcome, label) = match caught {
+            Ok(outcome) => {
+                let label = match &outcome {
+                    TrainOutcome::Trained(m) => {
+                        tracing::info!(
+                            version = m.version,
+                            val_loss = m.report.val_loss,
+                            seconds = start.elapsed().as_secs_f64(),
+                            "model trained"
+                        );
+                        "completed"
+                    }
+                    TrainOutcome::Diverged(_) => "diverged",
+                    TrainOutcome::NotEnoughData => "skipped",
+                };
+                (outcome, label)
+            }
+            Err(_) => {
+                tracing::error!(version = job.version, "training job panicked");
+                (TrainOutcome::NotEnoughData, "panicked")
+            }
+        };
+        self.metrics.retrain_jobs.with_label_values(&[label]).inc();
+        if let Some(stream) = stream.upgrade() {
+            let mut st = stream.state.lock().unwrap_or_else(|p| p.into_inner());
+            if !st.deleted {
+                if st.detector.install_job(&job.config, outcome) {
+                    st.touch(u64::MAX);
+                    stream.note_phase(&st);
+                    let trained = st.detector.model().is_some_and(|m| m.version == job.version);
+                    drop(st);
+                    if trained {
+                        self.save_now(&stream);
+                    }
+                } else {
+                    self.metrics.retrain_jobs.with_label_values(&["stale"]).inc();
+                }
+            }
+        }
+    }
+
+    /// Queues a retraining job for a stream now.
+    pub fn retrain(&self, id: &str) -> Result<(), RegistryError> {
+        let stream = self.get(id).ok_or_else(|| RegistryError::NotFound(id.into()))?;
+        let mut st = stream.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.detector.readings_seen() <= st.detector.config().window as u64 {
+            return Err(RegistryError::NotEnoughData(id.into()));
+        }
+        // One job per stream: a second request while one is out queues nothing more.
+        if st.detector.job_in_flight() {
+            return Ok(());
+        }
+        if self.submit_job(&stream, &mut st.detector) {
+            Ok(())
+        } else {
+            Err(RegistryError::TrainingBusy)
+        }
+    }
+
+    /// Takes a job from `detector` and queues it; a full queue drops it (the detector
+    /// is told, so it can ask again later). Returns whether it was queued.
+    pub(super) fn submit_job(&self, stream: &Arc<Stream>, detector: &mut Detector) -> bool {
+        let job = detector.training_job();
+        match self.trainer.try_send((Arc::downgrade(stream), job)) {
+            Ok(()) => {
+                self.metrics.retrain_queue_depth.inc();
+                true
+            }
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                detector.install(TrainOutcome::NotEnoughData);
+                self.metrics.retrain_jobs.with_label_values(&["dropped"]).inc();
+                false
+            }
+        }
+    }
+}
