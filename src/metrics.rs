@@ -52,112 +52,76 @@ impl Metrics {
     /// Creates and registers every metric, plus the process collector.
     pub fn new() -> Self {
         let registry = Registry::new();
-        let counter = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
-            c
-        };
-        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
-            c
-        };
-        let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("valid metric");
-            registry.register(Box::new(g.clone())).expect("unique metric");
-            g
-        };
-        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
-            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric");
-            registry.register(Box::new(h.clone())).expect("unique metric");
-            h
-        };
-        let streams = IntGaugeVec::new(Opts::new("anomalyd_streams", "Streams by phase."), &["phase"]).expect("valid");
-        registry.register(Box::new(streams.clone())).expect("unique metric");
-        let build = IntGaugeVec::new(
-            Opts::new("anomalyd_build_info", "The build: version of anomalyd (value 1)."),
-            &["version"],
-        )
-        .expect("valid");
-        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        registry.register(Box::new(build)).expect("unique metric");
-        #[cfg(target_os = "linux")]
-        registry
-            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
-            .expect("process collector");
+        let streams = register_fixed(&registry);
+        let r = Registrar(&registry);
         Metrics {
-            readings_ingested: counter("anomalyd_readings_ingested_total", "Readings accepted and scored."),
-            readings_rejected: counter_vec(
+            readings_ingested: r.counter("anomalyd_readings_ingested_total", "Readings accepted and scored."),
+            readings_rejected: r.counter_vec(
                 "anomalyd_readings_rejected_total",
                 "Readings rejected, by reason.",
                 &["reason"],
             ),
-            scoring_latency: histogram(
+            scoring_latency: r.histogram(
                 "anomalyd_scoring_latency_seconds",
                 "Time to score one reading.",
                 prometheus::exponential_buckets(5e-6, 2.0, 16).expect("buckets"),
             ),
-            alerts: counter("anomalyd_alerts_total", "Alerts raised."),
+            alerts: r.counter("anomalyd_alerts_total", "Alerts raised."),
             streams,
-            retrain_jobs: counter_vec(
+            retrain_jobs: r.counter_vec(
                 "anomalyd_retrain_jobs_total",
                 "Retraining jobs by outcome (completed, diverged, dropped).",
                 &["outcome"],
             ),
-            retrain_duration: histogram(
+            retrain_duration: r.histogram(
                 "anomalyd_retrain_duration_seconds",
                 "Duration of retraining jobs.",
                 prometheus::exponential_buckets(0.01, 2.0, 14).expect("buckets"),
             ),
-            retrain_queue_depth: gauge("anomalyd_retrain_queue_depth", "Retraining jobs waiting for a thread."),
-            ws_subscribers: gauge("anomalyd_ws_subscribers", "Connected WebSocket alert subscribers."),
-            ws_lagged: counter(
+            retrain_queue_depth: r.gauge("anomalyd_retrain_queue_depth", "Retraining jobs waiting for a thread."),
+            ws_subscribers: r.gauge("anomalyd_ws_subscribers", "Connected WebSocket alert subscribers."),
+            ws_lagged: r.counter(
                 "anomalyd_ws_lagged_messages_total",
                 "Alerts dropped for lagging subscribers.",
             ),
-            http_requests: counter_vec(
+            http_requests: r.counter_vec(
                 "anomalyd_http_requests_total",
                 "HTTP requests by route and status.",
                 &["route", "status"],
             ),
-            snapshots: counter_vec(
+            snapshots: r.counter_vec(
                 "anomalyd_snapshots_total",
                 "Stream snapshots written, by result.",
                 &["result"],
             ),
-            corrupt_snapshots: counter(
+            corrupt_snapshots: r.counter(
                 "anomalyd_corrupt_snapshots_total",
                 "Damaged snapshot files found at start-up (moved aside, not loaded).",
             ),
-            storage_errors: counter_vec(
+            storage_errors: r.counter_vec(
                 "anomalyd_storage_errors_total",
                 "Storage failures by operation (wal_append, wal_sync).",
                 &["op"],
             ),
-            snapshot_duration: histogram(
+            snapshot_duration: r.histogram(
                 "anomalyd_snapshot_duration_seconds",
                 "Duration of snapshot rounds (checkpoints).",
                 prometheus::exponential_buckets(0.001, 2.0, 18).expect("buckets"),
             ),
-            snapshot_last_success: {
-                let g = Gauge::new(
-                    "anomalyd_snapshot_last_success_timestamp_seconds",
-                    "Unix time of the last snapshot round that wrote everything.",
-                )
-                .expect("valid metric");
-                registry.register(Box::new(g.clone())).expect("unique metric");
-                g
-            },
-            panics: counter(
+            snapshot_last_success: r.float_gauge(
+                "anomalyd_snapshot_last_success_timestamp_seconds",
+                "Unix time of the last snapshot round that wrote everything.",
+            ),
+            panics: r.counter(
                 "anomalyd_panics_total",
                 "Requests whose handler panicked (answered 500).",
             ),
-            remote_write_samples: counter_vec(
+            remote_write_samples: r.counter_vec(
                 "anomalyd_remote_write_samples_total",
                 "Prometheus remote_write samples by outcome (scored, resent, stale, not_finite).",
                 &["outcome"],
             ),
-            alertmanager_notifications: counter_vec(
+            alertmanager_notifications: r.counter_vec(
                 "anomalyd_alertmanager_notifications_total",
                 "Alerts delivered to Alertmanagers by outcome (sent, failed, dropped).",
                 &["outcome"],
@@ -180,4 +144,55 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Registers metrics as they are made.
+struct Registrar<'a>(&'a Registry);
+
+impl Registrar<'_> {
+    fn add<M: prometheus::core::Collector + Clone + 'static>(&self, m: M) -> M {
+        self.0.register(Box::new(m.clone())).expect("unique metric");
+        m
+    }
+
+    fn counter(&self, name: &str, help: &str) -> IntCounter {
+        self.add(IntCounter::new(name, help).expect("valid metric"))
+    }
+
+    fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.add(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.add(IntGauge::new(name, help).expect("valid metric"))
+    }
+
+    fn float_gauge(&self, name: &str, help: &str) -> Gauge {
+        self.add(Gauge::new(name, help).expect("valid metric"))
+    }
+
+    fn histogram(&self, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+        self.add(Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric"))
+    }
+}
+
+/// Registers the streams-by-phase gauge (returned), the build info and the
+/// process collector.
+fn register_fixed(registry: &Registry) -> IntGaugeVec {
+    let r = Registrar(registry);
+    let streams =
+        r.add(IntGaugeVec::new(Opts::new("anomalyd_streams", "Streams by phase."), &["phase"]).expect("valid"));
+    let build = r.add(
+        IntGaugeVec::new(
+            Opts::new("anomalyd_build_info", "The build: version of anomalyd (value 1)."),
+            &["version"],
+        )
+        .expect("valid"),
+    );
+    build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    #[cfg(target_os = "linux")]
+    registry
+        .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+        .expect("process collector");
+    streams
 }

@@ -5,6 +5,8 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::trained_detector;
+use crate::detector::Detector;
+use crate::registry::{Reading, Registry, RegistryConfig};
 
 /// `anomalyd bench checkpoint`: how long snapshot rounds and a restart take with
 /// `streams` streams, each a copy of one stream that has a model.
@@ -43,7 +45,6 @@ pub fn run_checkpoint_bench(
     streams: usize,
     readings: usize,
 ) -> Result<CheckpointBenchReport, String> {
-    use crate::registry::{Reading, Registry, RegistryConfig};
     let dir = std::env::temp_dir().join(format!("anomalyd-bench-checkpoint-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let open = || {
@@ -70,6 +71,44 @@ pub fn run_checkpoint_bench(
         reg.adopt(&format!("s{s}"), template.clone())
             .map_err(|e| e.to_string())?;
     }
+    let rounds = time_rounds(&reg, &template, streams)?;
+    drop(reg);
+    let t = Instant::now();
+    let back = open()?;
+    let restart_s = t.elapsed().as_secs_f64();
+    let restarted_streams = back.len();
+    drop(back);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(CheckpointBenchReport {
+        streams,
+        state_bytes,
+        model_bytes,
+        max_streams_per_round: crate::registry::RegistryConfig::default().checkpoint_max_streams,
+        first_round_s: rounds.first_round_s,
+        rounds_to_write_all: rounds.rounds_to_write_all,
+        write_all_s: rounds.write_all_s,
+        one_percent_round_s: rounds.one_percent_round_s,
+        all_changed_round_s: rounds.all_changed_round_s,
+        idle_round_s: rounds.idle_round_s,
+        restart_s,
+        restarted_streams,
+    })
+}
+
+/// How long the rounds took.
+struct Rounds {
+    first_round_s: f64,
+    rounds_to_write_all: usize,
+    write_all_s: f64,
+    one_percent_round_s: f64,
+    all_changed_round_s: f64,
+    idle_round_s: f64,
+}
+
+/// Times the rounds over `streams` copies of `template`: the first, until every
+/// stream is written, after 1% changed, idle, after all changed; then leaves
+/// readings after the last round for the restart to replay.
+fn time_rounds(reg: &Registry, template: &Detector, streams: usize) -> Result<Rounds, String> {
     let timed = |f: &dyn Fn() -> Result<usize, String>| -> Result<f64, String> {
         let t = Instant::now();
         f()?;
@@ -119,25 +158,12 @@ pub fn run_checkpoint_bench(
         })
         .collect();
     reg.ingest(&more).map_err(|e| e.to_string())?;
-    drop(reg);
-    let t = Instant::now();
-    let back = open()?;
-    let restart_s = t.elapsed().as_secs_f64();
-    let restarted_streams = back.len();
-    drop(back);
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(CheckpointBenchReport {
-        streams,
-        state_bytes,
-        model_bytes,
-        max_streams_per_round: crate::registry::RegistryConfig::default().checkpoint_max_streams,
+    Ok(Rounds {
         first_round_s,
         rounds_to_write_all,
         write_all_s,
         one_percent_round_s,
         all_changed_round_s,
         idle_round_s,
-        restart_s,
-        restarted_streams,
     })
 }

@@ -4,7 +4,14 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use std::sync::Arc;
+
 use serde::Serialize;
+
+use crate::detector::DetectorConfig;
+use crate::metrics::Metrics;
+use crate::registry::{Reading, Registry, RegistryConfig};
+use crate::storage::wal::SyncPolicy;
 
 /// `anomalyd bench ingest`: the registry without HTTP — throughput and per-reading
 /// latency of `Registry::ingest`, the baseline the HTTP figures are compared with.
@@ -49,14 +56,10 @@ pub struct IngestBenchConfig {
 
 /// Warms the streams up past their first model, then ingests for `seconds` from
 /// `clients` threads at once.
-pub fn run_ingest_bench(
-    config: &crate::detector::DetectorConfig,
-    b: &IngestBenchConfig,
-) -> Result<IngestBenchReport, String> {
-    use crate::registry::{Reading, Registry, RegistryConfig};
+pub fn run_ingest_bench(config: &DetectorConfig, b: &IngestBenchConfig) -> Result<IngestBenchReport, String> {
     let mut det = config.clone();
     det.retrain.every_readings = b.retrain_every;
-    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    let metrics = Arc::new(Metrics::new());
     let dir = std::env::temp_dir().join(format!("anomalyd-bench-ingest-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let reg = Registry::open(
@@ -64,27 +67,14 @@ pub fn run_ingest_bench(
             default_detector: det,
             training_threads: 1,
             data_dir: b.wal.map(|_| dir.clone()),
-            wal_sync: b.wal.unwrap_or(crate::storage::wal::SyncPolicy::Always),
+            wal_sync: b.wal.unwrap_or(SyncPolicy::Always),
             ..Default::default()
         },
         metrics.clone(),
     )?;
-    let next = |s: usize, t: i64, rng: &mut StdRng| {
-        let v = 100.0 + 20.0 * (t as f64 / 7.6).sin() + rng.random::<f64>() * 4.0;
-        Reading {
-            stream: format!("s{s}"),
-            timestamp: t,
-            values: vec![v],
-        }
-    };
-    // Warm-up: every stream past its first model.
     let warm = config.retrain.first_after + 20;
-    let mut rng = StdRng::seed_from_u64(1);
-    for s in 0..b.streams {
-        let rs: Vec<Reading> = (1..=warm as i64).map(|t| next(s, t, &mut rng)).collect();
-        reg.ingest(&rs).map_err(|e| e.to_string())?;
-    }
     let jobs = || metrics.retrain_jobs.with_label_values(&["completed"]).get();
+    warm_up(&reg, b.streams, warm)?;
     let wait_start = Instant::now();
     while jobs() < b.streams as u64 && wait_start.elapsed() < Duration::from_secs(600) {
         std::thread::sleep(Duration::from_millis(20));
@@ -92,41 +82,8 @@ pub fn run_ingest_bench(
     let jobs_before = jobs();
     let start = Instant::now();
     let clients = b.clients.clamp(1, b.streams);
-    let results: Vec<Result<(usize, Vec<Duration>), String>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..clients)
-            .map(|c| {
-                let reg = &reg;
-                scope.spawn(move || {
-                    let mine: Vec<usize> = (c..b.streams).step_by(clients).collect();
-                    let mut t = vec![warm as i64; mine.len()];
-                    let mut rng = StdRng::seed_from_u64(2 + c as u64);
-                    let (mut done, mut per_reading, mut k) = (0usize, Vec::new(), 0usize);
-                    while start.elapsed().as_secs_f64() < b.seconds {
-                        let rs: Vec<Reading> = (0..b.batch)
-                            .map(|_| {
-                                t[k] += 1;
-                                next(mine[k], t[k], &mut rng)
-                            })
-                            .collect();
-                        let call = Instant::now();
-                        reg.ingest(&rs).map_err(|e| e.to_string())?;
-                        per_reading.push(call.elapsed() / b.batch as u32);
-                        done += b.batch;
-                        k = (k + 1) % mine.len();
-                    }
-                    Ok((done, per_reading))
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().expect("client thread")).collect()
-    });
+    let (done, mut per_reading) = drive(&reg, b, clients, warm as i64)?;
     let elapsed = start.elapsed().as_secs_f64();
-    let (mut done, mut per_reading) = (0, Vec::new());
-    for r in results {
-        let (d, p) = r?;
-        done += d;
-        per_reading.extend(p);
-    }
     per_reading.sort();
     let pct = |p: f64| per_reading[((per_reading.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1e6;
     let report = IngestBenchReport {
@@ -143,4 +100,64 @@ pub fn run_ingest_bench(
     drop(reg);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(report)
+}
+
+/// Stream `s`'s reading at `t`: a noisy wave.
+fn reading(s: usize, t: i64, rng: &mut StdRng) -> Reading {
+    let v = 100.0 + 20.0 * (t as f64 / 7.6).sin() + rng.random::<f64>() * 4.0;
+    Reading {
+        stream: format!("s{s}"),
+        timestamp: t,
+        values: vec![v],
+    }
+}
+
+/// Feeds every stream readings 1..=`warm` (past its first training job).
+fn warm_up(reg: &Registry, streams: usize, warm: usize) -> Result<(), String> {
+    let mut rng = StdRng::seed_from_u64(1);
+    for s in 0..streams {
+        let rs: Vec<Reading> = (1..=warm as i64).map(|t| reading(s, t, &mut rng)).collect();
+        reg.ingest(&rs).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// `clients` threads, each on its own streams from `from` on, ingest batches for
+/// `b.seconds`. Returns the readings taken and each call's time per reading.
+fn drive(reg: &Registry, b: &IngestBenchConfig, clients: usize, from: i64) -> Result<(usize, Vec<Duration>), String> {
+    let start = Instant::now();
+    let results: Vec<Result<(usize, Vec<Duration>), String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..clients)
+            .map(|c| {
+                scope.spawn(move || {
+                    let mine: Vec<usize> = (c..b.streams).step_by(clients).collect();
+                    let mut t = vec![from; mine.len()];
+                    let mut rng = StdRng::seed_from_u64(2 + c as u64);
+                    let (mut done, mut per_reading, mut k) = (0usize, Vec::new(), 0usize);
+                    while start.elapsed().as_secs_f64() < b.seconds {
+                        let rs: Vec<Reading> = (0..b.batch)
+                            .map(|_| {
+                                t[k] += 1;
+                                reading(mine[k], t[k], &mut rng)
+                            })
+                            .collect();
+                        let call = Instant::now();
+                        reg.ingest(&rs).map_err(|e| e.to_string())?;
+                        per_reading.push(call.elapsed() / b.batch as u32);
+                        done += b.batch;
+                        k = (k + 1) % mine.len();
+                    }
+                    Ok((done, per_reading))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("client thread")).collect()
+    });
+    let (mut done, mut per_reading) = (0, Vec::new());
+    for r in results {
+        let (d, p) = r?;
+        done += d;
+        per_reading.extend(p);
+    }
+    Ok((done, per_reading))
 }

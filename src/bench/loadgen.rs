@@ -140,49 +140,21 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, String> {
         - 86_400_000;
     let refused = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
-    let deadline = start + Duration::from_secs_f64(cfg.seconds);
     let conns = cfg.connections.clamp(1, cfg.series.max(1));
     let tasks: Vec<_> = (0..conns)
         .map(|c| {
-            let (client, url, refused) = (client.clone(), url.clone(), refused.clone());
+            let poster = Poster {
+                client: client.clone(),
+                url: url.clone(),
+                content_type,
+                format: cfg.format,
+                samples: cfg.samples,
+                base_ms,
+                deadline: start + Duration::from_secs_f64(cfg.seconds),
+                refused: refused.clone(),
+            };
             let mine: Vec<usize> = (c..cfg.series).step_by(conns).collect();
-            let (format, samples) = (cfg.format, cfg.samples);
-            tokio::spawn(async move {
-                let (mut ok, mut latencies) = (0usize, Vec::new());
-                let mut step = 0i64;
-                while Instant::now() < deadline {
-                    let (b, n) = body(format, &mine, step, samples, base_ms);
-                    step += 1;
-                    let t = Instant::now();
-                    let r = client
-                        .post(&url)
-                        .header("content-type", content_type)
-                        .header(
-                            "content-encoding",
-                            if format == Format::Json { "identity" } else { "snappy" },
-                        )
-                        .body(b)
-                        .send()
-                        .await;
-                    match r {
-                        Ok(r) if r.status().is_success() => {
-                            let _ = r.bytes().await;
-                            latencies.push(t.elapsed());
-                            ok += n;
-                        }
-                        Ok(r) => {
-                            let _ = r.bytes().await;
-                            refused.fetch_add(1, Ordering::Relaxed);
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                        Err(_) => {
-                            refused.fetch_add(1, Ordering::Relaxed);
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
-                }
-                (ok, latencies)
-            })
+            tokio::spawn(poster.run(mine))
         })
         .collect();
     let (mut samples, mut lat) = (0usize, Vec::new());
@@ -208,4 +180,60 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, String> {
         p99_ms: pct(0.99),
         refused: refused.load(Ordering::Relaxed),
     })
+}
+
+/// One connection's load.
+struct Poster {
+    client: reqwest::Client,
+    url: String,
+    content_type: &'static str,
+    format: Format,
+    samples: usize,
+    base_ms: i64,
+    deadline: Instant,
+    refused: Arc<AtomicU64>,
+}
+
+impl Poster {
+    /// Posts the next samples of `mine` until the deadline; returns the samples
+    /// taken and each accepted request's latency.
+    async fn run(self, mine: Vec<usize>) -> (usize, Vec<Duration>) {
+        let (mut ok, mut latencies) = (0usize, Vec::new());
+        let mut step = 0i64;
+        let encoding = if self.format == Format::Json {
+            "identity"
+        } else {
+            "snappy"
+        };
+        while Instant::now() < self.deadline {
+            let (b, n) = body(self.format, &mine, step, self.samples, self.base_ms);
+            step += 1;
+            let t = Instant::now();
+            let r = self
+                .client
+                .post(&self.url)
+                .header("content-type", self.content_type)
+                .header("content-encoding", encoding)
+                .body(b)
+                .send()
+                .await;
+            match r {
+                Ok(r) if r.status().is_success() => {
+                    let _ = r.bytes().await;
+                    latencies.push(t.elapsed());
+                    ok += n;
+                }
+                Ok(r) => {
+                    let _ = r.bytes().await;
+                    self.refused.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(_) => {
+                    self.refused.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        (ok, latencies)
+    }
 }

@@ -13,52 +13,10 @@ use crate::storage::wal::SyncPolicy;
 pub enum BenchCommand {
     /// The registry without HTTP: readings/s and per-reading latency of ingest calls
     /// (after every stream has its first model), optionally with continuous retraining.
-    Ingest {
-        /// Detector config (TOML); defaults otherwise.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Streams, written round-robin.
-        #[arg(long, default_value_t = 1)]
-        streams: usize,
-        /// Readings per call.
-        #[arg(long, default_value_t = 100)]
-        batch: usize,
-        /// Seconds to measure.
-        #[arg(long, default_value_t = 5.0)]
-        seconds: f64,
-        /// Retrain every this many readings per stream (small: retraining never stops).
-        #[arg(long, default_value_t = 768)]
-        retrain_every: usize,
-        /// Threads calling ingest at once, each on its own streams.
-        #[arg(long, default_value_t = 1)]
-        clients: usize,
-        /// Durability: `none` (no data directory) or the write-ahead log's sync
-        /// policy (`always`, `never`) in a temporary data directory.
-        #[arg(long, default_value = "none")]
-        wal: String,
-    },
+    Ingest(IngestArgs),
     /// Load a running service over HTTP: remote_write (snappy protobuf) or JSON
     /// batches from several connections, every sample new; prints samples/s.
-    Http {
-        /// The service.
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        url: String,
-        /// Body format.
-        #[arg(long, value_enum, default_value = "remote-write")]
-        format: loadgen::Format,
-        /// Series (streams) in all.
-        #[arg(long, default_value_t = 1000)]
-        series: usize,
-        /// Samples per series per request.
-        #[arg(long, default_value_t = 1)]
-        samples: usize,
-        /// Connections posting at once.
-        #[arg(long, default_value_t = 8)]
-        connections: usize,
-        /// Seconds to run.
-        #[arg(long, default_value_t = 10.0)]
-        seconds: f64,
-    },
+    Http(HttpArgs),
     /// Snapshot rounds (checkpoints) and a restart with --streams streams, each a
     /// copy of one stream fed --readings readings (with a model by default).
     Checkpoint {
@@ -97,89 +55,24 @@ pub enum BenchCommand {
     },
     /// The reference autoencoder: encoder RNN(d→H) over W steps, its last state
     /// repeated as the decoder input, decoder RNN(H→H), linear(H→d) on every step.
-    Model {
-        /// Cell kind: rnn, lstm, gru or gru-reset-before.
-        #[arg(long, default_value = "lstm")]
-        cell: String,
-        /// Features per step.
-        #[arg(long, default_value_t = 1)]
-        d_input: usize,
-        /// Window length in steps.
-        #[arg(long, default_value_t = 32)]
-        window: usize,
-        /// Hidden units.
-        #[arg(long, default_value_t = 32)]
-        hidden: usize,
-        /// Worker threads for the throughput figures.
-        #[arg(long, default_value_t = 1)]
-        threads: usize,
-        /// Seconds per measurement.
-        #[arg(long, default_value_t = 2.0)]
-        seconds: f64,
-        /// Figures to measure, comma-separated: latency, batch, train (others print 0).
-        #[arg(long, default_value = "latency,batch,train")]
-        measure: String,
-        /// Print one JSON line (otherwise a readable summary).
-        #[arg(long)]
-        json: bool,
-    },
+    Model(ModelArgs),
 }
 
 /// Runs one benchmark and prints its report.
 pub fn run(what: BenchCommand) -> Result<()> {
     let load = |c: &Option<PathBuf>| super::load_detector_config(c.as_deref());
     let report = match what {
-        BenchCommand::Ingest {
-            config,
-            streams,
-            batch,
-            seconds,
-            retrain_every,
-            clients,
-            wal,
-        } => {
-            if streams == 0 || batch == 0 || retrain_every == 0 || clients == 0 {
-                bail!("--streams, --batch, --clients and --retrain-every must be at least 1");
-            }
-            let wal = match wal.as_str() {
-                "none" => None,
-                "always" => Some(SyncPolicy::Always),
-                "never" => Some(SyncPolicy::Never),
-                other => bail!("--wal must be none, always or never, got {other:?}"),
-            };
-            let b = bench::IngestBenchConfig {
-                streams,
-                batch,
-                seconds,
-                retrain_every,
-                clients,
-                wal,
-            };
-            serde_json::to_value(bench::run_ingest_bench(&load(&config)?, &b).map_err(anyhow::Error::msg)?)?
+        BenchCommand::Ingest(a) => {
+            let b = a.checked()?;
+            serde_json::to_value(bench::run_ingest_bench(&load(&a.config)?, &b).map_err(anyhow::Error::msg)?)?
         }
-        BenchCommand::Http {
-            url,
-            format,
-            series,
-            samples,
-            connections,
-            seconds,
-        } => {
-            if series == 0 || samples == 0 || connections == 0 {
-                bail!("--series, --samples and --connections must be at least 1");
-            }
-            let cfg = loadgen::LoadConfig {
-                url,
-                format,
-                series,
-                samples,
-                connections,
-                seconds,
-            };
-            let report = tokio::runtime::Runtime::new()?
-                .block_on(loadgen::run(cfg))
-                .map_err(anyhow::Error::msg)?;
-            serde_json::to_value(report)?
+        BenchCommand::Http(a) => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            serde_json::to_value(
+                runtime
+                    .block_on(loadgen::run(a.checked()?))
+                    .map_err(anyhow::Error::msg)?,
+            )?
         }
         BenchCommand::Checkpoint {
             config,
@@ -198,19 +91,9 @@ pub fn run(what: BenchCommand) -> Result<()> {
         BenchCommand::Detector { config, jobs } => {
             serde_json::to_value(bench::run_detector_bench(&load(&config)?, jobs).map_err(anyhow::Error::msg)?)?
         }
-        BenchCommand::Model {
-            cell,
-            d_input,
-            window,
-            hidden,
-            threads,
-            seconds,
-            measure,
-            json,
-        } => {
-            let config = model_bench_config(&cell, d_input, window, hidden, threads, seconds, &measure)?;
-            let report = bench::run_model_bench(&config);
-            if !json {
+        BenchCommand::Model(a) => {
+            let report = bench::run_model_bench(&a.checked()?);
+            if !a.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
                 return Ok(());
             }
@@ -221,39 +104,156 @@ pub fn run(what: BenchCommand) -> Result<()> {
     Ok(())
 }
 
-/// `anomalyd bench model`'s arguments, checked.
-fn model_bench_config(
-    cell: &str,
-    d_input: usize,
-    window: usize,
-    hidden: usize,
-    threads: usize,
-    seconds: f64,
-    measure: &str,
-) -> Result<ModelBenchConfig> {
-    let Some(kind) = CellKind::parse(cell) else {
-        bail!("unknown cell {cell:?}: expected rnn, lstm, gru or gru-reset-before");
-    };
-    if d_input == 0 || window == 0 || hidden == 0 || threads == 0 {
-        bail!("--d-input, --window, --hidden and --threads must be at least 1");
-    }
-    if !(seconds > 0.0 && seconds.is_finite()) {
-        bail!("--seconds must be a positive number");
-    }
-    let measure = measure
-        .split(',')
-        .map(|m| {
-            Measure::parse(m.trim())
-                .ok_or_else(|| anyhow::anyhow!("unknown measure {m:?}: expected latency, batch or train"))
+impl IngestArgs {
+    /// The benchmark's settings, checked.
+    fn checked(&self) -> Result<bench::IngestBenchConfig> {
+        if self.streams == 0 || self.batch == 0 || self.retrain_every == 0 || self.clients == 0 {
+            bail!("--streams, --batch, --clients and --retrain-every must be at least 1");
+        }
+        let wal = match self.wal.as_str() {
+            "none" => None,
+            "always" => Some(SyncPolicy::Always),
+            "never" => Some(SyncPolicy::Never),
+            other => bail!("--wal must be none, always or never, got {other:?}"),
+        };
+        Ok(bench::IngestBenchConfig {
+            streams: self.streams,
+            batch: self.batch,
+            seconds: self.seconds,
+            retrain_every: self.retrain_every,
+            clients: self.clients,
+            wal,
         })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(ModelBenchConfig {
-        kind,
-        d_input,
-        window,
-        d_hidden: hidden,
-        threads,
-        seconds,
-        measure,
-    })
+    }
+}
+
+impl HttpArgs {
+    /// The load's settings, checked.
+    fn checked(&self) -> Result<loadgen::LoadConfig> {
+        if self.series == 0 || self.samples == 0 || self.connections == 0 {
+            bail!("--series, --samples and --connections must be at least 1");
+        }
+        Ok(loadgen::LoadConfig {
+            url: self.url.clone(),
+            format: self.format,
+            series: self.series,
+            samples: self.samples,
+            connections: self.connections,
+            seconds: self.seconds,
+        })
+    }
+}
+
+impl ModelArgs {
+    /// The benchmark's settings, checked.
+    fn checked(&self) -> Result<ModelBenchConfig> {
+        let Some(kind) = CellKind::parse(&self.cell) else {
+            bail!(
+                "unknown cell {:?}: expected rnn, lstm, gru or gru-reset-before",
+                self.cell
+            );
+        };
+        if self.d_input == 0 || self.window == 0 || self.hidden == 0 || self.threads == 0 {
+            bail!("--d-input, --window, --hidden and --threads must be at least 1");
+        }
+        if !(self.seconds > 0.0 && self.seconds.is_finite()) {
+            bail!("--seconds must be a positive number");
+        }
+        let measure = self
+            .measure
+            .split(',')
+            .map(|m| {
+                Measure::parse(m.trim())
+                    .ok_or_else(|| anyhow::anyhow!("unknown measure {m:?}: expected latency, batch or train"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ModelBenchConfig {
+            kind,
+            d_input: self.d_input,
+            window: self.window,
+            d_hidden: self.hidden,
+            threads: self.threads,
+            seconds: self.seconds,
+            measure,
+        })
+    }
+}
+
+/// The arguments of `anomalyd bench ingest`.
+#[derive(clap::Args, Debug)]
+pub struct IngestArgs {
+    /// Detector config (TOML); defaults otherwise.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Streams, written round-robin.
+    #[arg(long, default_value_t = 1)]
+    pub streams: usize,
+    /// Readings per call.
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Seconds to measure.
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    /// Retrain every this many readings per stream (small: retraining never stops).
+    #[arg(long, default_value_t = 768)]
+    pub retrain_every: usize,
+    /// Threads calling ingest at once, each on its own streams.
+    #[arg(long, default_value_t = 1)]
+    pub clients: usize,
+    /// Durability: `none` (no data directory) or the write-ahead log's sync
+    /// policy (`always`, `never`) in a temporary data directory.
+    #[arg(long, default_value = "none")]
+    pub wal: String,
+}
+
+/// The arguments of `anomalyd bench http`.
+#[derive(clap::Args, Debug)]
+pub struct HttpArgs {
+    /// The service.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Body format.
+    #[arg(long, value_enum, default_value = "remote-write")]
+    pub format: loadgen::Format,
+    /// Series (streams) in all.
+    #[arg(long, default_value_t = 1000)]
+    pub series: usize,
+    /// Samples per series per request.
+    #[arg(long, default_value_t = 1)]
+    pub samples: usize,
+    /// Connections posting at once.
+    #[arg(long, default_value_t = 8)]
+    pub connections: usize,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+}
+
+/// The arguments of `anomalyd bench model`.
+#[derive(clap::Args, Debug)]
+pub struct ModelArgs {
+    /// Cell kind: rnn, lstm, gru or gru-reset-before.
+    #[arg(long, default_value = "lstm")]
+    pub cell: String,
+    /// Features per step.
+    #[arg(long, default_value_t = 1)]
+    pub d_input: usize,
+    /// Window length in steps.
+    #[arg(long, default_value_t = 32)]
+    pub window: usize,
+    /// Hidden units.
+    #[arg(long, default_value_t = 32)]
+    pub hidden: usize,
+    /// Worker threads for the throughput figures.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 2.0)]
+    pub seconds: f64,
+    /// Figures to measure, comma-separated: latency, batch, train (others print 0).
+    #[arg(long, default_value = "latency,batch,train")]
+    pub measure: String,
+    /// Print one JSON line (otherwise a readable summary).
+    #[arg(long)]
+    pub json: bool,
 }

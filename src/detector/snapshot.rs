@@ -84,33 +84,11 @@ impl Detector {
         s.config.validate()?;
         s.check()
             .map_err(|e| ConfigError(format!("inconsistent snapshot: {e}")))?;
-        let model = match s.model {
-            Some(meta) => {
-                if snapshot.members.is_empty() || snapshot.members.len() > s.config.model.ensemble {
-                    return Err(ConfigError(format!(
-                        "snapshot has {} model members",
-                        snapshot.members.len()
-                    )));
-                }
-                let d = s.n_features.unwrap_or(0);
-                let changes = meta
-                    .changes
-                    .map(|c| changes::ChangeModel::from_meta(c, d).map(Box::new))
-                    .transpose()
-                    .map_err(|e| ConfigError(format!("inconsistent snapshot: {e}")))?;
-                Some(ActiveModel {
-                    version: meta.version,
-                    scorers: snapshot.members.iter().map(|m| m.compile()).collect(),
-                    normaliser: meta.normaliser,
-                    errors: meta.errors,
-                    trained_at_reading: meta.trained_at_reading,
-                    trained_at: meta.trained_at,
-                    report: meta.report,
-                    changes,
-                })
-            }
-            None => None,
-        };
+        let d = s.n_features.unwrap_or(0);
+        let model = s
+            .model
+            .map(|meta| restore_model(meta, &snapshot.members, s.config.model.ensemble, d))
+            .transpose()?;
         // A snapshot from before the seasonal baseline starts it afresh.
         let seasonals = if s.seasonals.len() == s.gaussians.len() {
             s.seasonals
@@ -370,4 +348,32 @@ impl DetectorState {
     pub fn has_model(&self) -> bool {
         self.model.is_some()
     }
+}
+
+/// The active model of a snapshot: its metadata and its `members` (1 to
+/// `ensemble` of them) for `d` features.
+fn restore_model(
+    meta: ModelMeta,
+    members: &[Autoencoder<f32>],
+    ensemble: usize,
+    d: usize,
+) -> Result<ActiveModel, ConfigError> {
+    if members.is_empty() || members.len() > ensemble {
+        return Err(ConfigError(format!("snapshot has {} model members", members.len())));
+    }
+    let changes = meta
+        .changes
+        .map(|c| changes::ChangeModel::from_meta(c, d).map(Box::new))
+        .transpose()
+        .map_err(|e| ConfigError(format!("inconsistent snapshot: {e}")))?;
+    Ok(ActiveModel {
+        version: meta.version,
+        scorers: members.iter().map(|m| m.compile()).collect(),
+        normaliser: meta.normaliser,
+        errors: meta.errors,
+        trained_at_reading: meta.trained_at_reading,
+        trained_at: meta.trained_at,
+        report: meta.report,
+        changes,
+    })
 }

@@ -365,8 +365,32 @@ pub fn train(job: &TrainJob, should_stop: &dyn Fn() -> bool) -> TrainOutcome {
         }
     }
 
-    // The event path's scale: every clean window (held-out ones alone may miss rare
-    // but normal shapes, e.g. a daily transition).
+    let (errors, calibration) = calibrate(&win, cfg, &members);
+    // The change model trains on the same normal readings, with its own seed.
+    let changes = super::changes::train(
+        &job.readings,
+        &job.normal,
+        cfg.model.hidden,
+        job.seed ^ 0x6368_616e_6765,
+        should_stop,
+    )
+    .map(Box::new);
+    TrainOutcome::Trained(TrainedModel {
+        version: job.version,
+        members,
+        normaliser: win.normaliser,
+        errors,
+        calibration,
+        report,
+        changes,
+    })
+}
+
+/// The model's error statistics and the sequence that seeds the state's limits:
+/// the event path's scale from every clean window (held-out ones alone may miss
+/// rare but normal shapes, e.g. a daily transition), each feature's residual
+/// scale and the calibration sequence from the held-out windows only.
+fn calibrate(win: &Windows, cfg: &DetectorConfig, members: &[Autoencoder<f32>]) -> (ErrorStats, Vec<Vec<f64>>) {
     let all: Vec<usize> = {
         let mut a = win.train.clone();
         a.extend(win.held_out.iter().copied());
@@ -374,12 +398,12 @@ pub fn train(job: &TrainJob, should_stop: &dyn Fn() -> bool) -> TrainOutcome {
         a.dedup();
         a
     };
-    let (errs, _) = ensemble_errors(&win, cfg, &members, &all);
+    let (errs, _) = ensemble_errors(win, cfg, members, &all);
     let logs: Vec<f64> = errs.iter().map(|e| (e + ERROR_EPS).ln()).collect();
     let mean = logs.iter().sum::<f64>() / logs.len() as f64;
     let std = (logs.iter().map(|l| (l - mean) * (l - mean)).sum::<f64>() / logs.len() as f64).sqrt();
     // The state's scale: held-out residuals only.
-    let (_, resid) = ensemble_errors(&win, cfg, &members, &win.held_out);
+    let (_, resid) = ensemble_errors(win, cfg, members, &win.held_out);
     let feature_rms: Vec<f64> = (0..win.d)
         .map(|j| (resid.iter().map(|r| r[j] * r[j]).sum::<f64>() / resid.len() as f64).sqrt())
         .collect();
@@ -399,22 +423,5 @@ pub fn train(job: &TrainJob, should_stop: &dyn Fn() -> bool) -> TrainOutcome {
                 .collect()
         })
         .collect();
-    // The change model trains on the same normal readings, with its own seed.
-    let changes = super::changes::train(
-        &job.readings,
-        &job.normal,
-        cfg.model.hidden,
-        job.seed ^ 0x6368_616e_6765,
-        should_stop,
-    )
-    .map(Box::new);
-    TrainOutcome::Trained(TrainedModel {
-        version: job.version,
-        members,
-        normaliser: win.normaliser,
-        errors,
-        calibration,
-        report,
-        changes,
-    })
+    (errors, calibration)
 }

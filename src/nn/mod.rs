@@ -22,8 +22,9 @@ mod loss;
 pub mod optim;
 mod rnn;
 mod scalar;
+mod scorer;
 
-pub use autoencoder::{Autoencoder, AutoencoderCache, AutoencoderConfig, AutoencoderGrads, ScoreWorkspace, Scorer};
+pub use autoencoder::{Autoencoder, AutoencoderCache, AutoencoderConfig, AutoencoderGrads};
 pub use cell::{CellKind, CellParams};
 pub use dense::{DenseAutoencoder, DenseCache};
 pub use linear::Linear;
@@ -31,3 +32,4 @@ pub use loss::mse;
 pub use optim::{Adam, AdamParams, Optimizer, Sgd, clip_grad_norm};
 pub use rnn::{Rnn, RnnCache, RnnConfig, RnnGrads, RnnOutput};
 pub use scalar::{Scalar, exp_f32, matmul, sigmoid_f32, tanh_f32};
+pub use scorer::{ScoreWorkspace, Scorer};

@@ -3,7 +3,7 @@
 //! journalled under those locks, and answered once the log is durable.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 use std::time::Instant;
 
 use super::log::{self, Record};
@@ -39,6 +39,35 @@ pub(super) fn group_by_stream(readings: &[Reading]) -> Result<(Vec<&str>, HashMa
     Ok((ids, per_stream))
 }
 
+/// A batch being taken: its readings, its stream ids in lock order, which
+/// readings go to each, and how they are taken.
+struct Batch<'a> {
+    readings: &'a [Reading],
+    ids: &'a [&'a str],
+    per_stream: &'a HashMap<&'a str, Vec<usize>>,
+    mode: Mode,
+}
+
+/// Drops resent samples (at or before their stream's newest) from `per_stream`,
+/// under the streams' locks, so a retry racing its original is taken once.
+fn drop_resent<'a>(
+    readings: &[Reading],
+    ids: &[&'a str],
+    per_stream: &mut HashMap<&'a str, Vec<usize>>,
+    guards: &[MutexGuard<'_, StreamState>],
+) {
+    for (id, g) in ids.iter().zip(guards) {
+        let mut last = g.detector.last_timestamp();
+        per_stream.get_mut(id).expect("grouped").retain(|&i| {
+            let fresh = last.is_none_or(|l| readings[i].timestamp > l);
+            if fresh {
+                last = Some(readings[i].timestamp);
+            }
+            fresh
+        });
+    }
+}
+
 impl Registry {
     /// Scores a batch of readings, in order. The batch is validated first (stream
     /// ids, widths, finiteness, timestamp order, the stream limit); if anything is
@@ -65,15 +94,17 @@ impl Registry {
         self.take(readings, Mode::History, None)
     }
 
+    /// Takes a batch in `mode`: resolve (and create) its streams, lock them in id
+    /// order, validate and log the batch, apply it, journal its events, and wait
+    /// for the log. A stream deleted between resolving and locking it is resolved
+    /// again (three times at most).
     pub(super) fn take(
         &self,
         readings: &[Reading],
         mode: Mode,
         labels: Option<&SeriesLabels>,
     ) -> Result<Vec<(String, Verdict)>, RegistryError> {
-        let history = mode == Mode::History;
         let (ids, mut per_stream) = group_by_stream(readings)?;
-        // A stream deleted between resolving and locking it is resolved again.
         for _ in 0..3 {
             let (streams, created) = self.resolve(&ids, readings.len())?;
             // One global lock order: stream id. The map lock is never taken while a
@@ -85,34 +116,15 @@ impl Registry {
                 continue;
             }
             if mode == Mode::Remote {
-                // Resent samples (at or before the stream's newest) are dropped here,
-                // under the lock, so a retry racing its original is taken once.
-                for (id, g) in ids.iter().zip(&guards) {
-                    let mut last = g.detector.last_timestamp();
-                    per_stream.get_mut(id).expect("grouped").retain(|&i| {
-                        let fresh = last.is_none_or(|l| readings[i].timestamp > l);
-                        if fresh {
-                            last = Some(readings[i].timestamp);
-                        }
-                        fresh
-                    });
-                }
+                drop_resent(readings, &ids, &mut per_stream, &guards);
             }
-            let checked = ids.iter().zip(&guards).try_for_each(|(id, g)| {
-                let (width, last) = (g.detector.n_features(), g.detector.last_timestamp());
-                self.validate_stream(readings, &per_stream[id], id, width, last)
-            });
-            // Logged before anything is applied: a batch the log refuses changes nothing.
-            let lsn = checked.and_then(|()| {
-                if mode == Mode::Remote {
-                    // Only the readings kept (resends dropped), without copying them.
-                    let kept = ids.iter().flat_map(|id| per_stream[id].iter().map(|&i| &readings[i]));
-                    self.log(&log::encode_readings(false, kept))
-                } else {
-                    self.log(&log::encode_readings(history, readings))
-                }
-            });
-            let lsn = match lsn {
+            let batch = Batch {
+                readings,
+                ids: &ids,
+                per_stream: &per_stream,
+                mode,
+            };
+            let lsn = match self.check_and_log(&batch, &guards) {
                 Ok(lsn) => lsn,
                 Err(e) => {
                     drop(guards);
@@ -120,36 +132,71 @@ impl Registry {
                     return Err(e);
                 }
             };
-            let mut results: Vec<Option<(String, Verdict)>> = vec![None; readings.len()];
-            let mut alerts = Vec::new();
-            for ((id, stream), g) in ids.iter().zip(&streams).zip(guards.iter_mut()) {
-                g.lsn = lsn;
-                self.apply(
-                    readings,
-                    &per_stream[id],
-                    id,
-                    stream,
-                    g,
-                    history,
-                    &mut results,
-                    &mut alerts,
-                );
-                if let Some(l) = labels.and_then(|l| l.get(*id)) {
-                    let mut meta = lock(&stream.meta);
-                    if meta.labels.as_deref() != Some(&l[..]) {
-                        meta.labels = Some(l.clone());
-                    }
-                }
-            }
+            let (results, alerts) = self.apply_all(&batch, &streams, &mut guards, lsn, labels);
             // Still under the stream locks: one stream's events keep their order.
             let alerts_lsn = self.record_events(alerts);
             drop(guards);
-            let taken = results.iter().flatten().count();
-            self.metrics.readings_ingested.inc_by(taken as u64);
+            self.metrics.readings_ingested.inc_by(results.len() as u64);
             self.make_durable(lsn.max(alerts_lsn?))?;
-            return Ok(results.into_iter().flatten().collect());
+            return Ok(results);
         }
         Err(RegistryError::Contended)
+    }
+
+    /// Validates every stream's readings of the batch under its lock, then logs the
+    /// batch (before anything is applied: a batch the log refuses changes nothing).
+    fn check_and_log(&self, batch: &Batch<'_>, guards: &[MutexGuard<'_, StreamState>]) -> Result<u64, RegistryError> {
+        let readings = batch.readings;
+        batch.ids.iter().zip(guards).try_for_each(|(id, g)| {
+            let (width, last) = (g.detector.n_features(), g.detector.last_timestamp());
+            self.validate_stream(readings, &batch.per_stream[id], id, width, last)
+        })?;
+        if batch.mode == Mode::Remote {
+            // Only the readings kept (resends dropped), without copying them.
+            let kept = batch
+                .ids
+                .iter()
+                .flat_map(|id| batch.per_stream[id].iter().map(|&i| &readings[i]));
+            self.log(&log::encode_readings(false, kept))
+        } else {
+            self.log(&log::encode_readings(batch.mode == Mode::History, readings))
+        }
+    }
+
+    /// Applies the logged batch (at `lsn`) stream by stream; returns the verdicts in
+    /// the batch's order and the alerts raised.
+    fn apply_all(
+        &self,
+        batch: &Batch<'_>,
+        streams: &[Arc<Stream>],
+        guards: &mut [MutexGuard<'_, StreamState>],
+        lsn: u64,
+        labels: Option<&SeriesLabels>,
+    ) -> (Vec<(String, Verdict)>, Vec<Alert>) {
+        let mut results: Vec<Option<(String, Verdict)>> = vec![None; batch.readings.len()];
+        let mut alerts = Vec::new();
+        let history = batch.mode == Mode::History;
+        for ((id, stream), g) in batch.ids.iter().zip(streams).zip(guards.iter_mut()) {
+            g.lsn = lsn;
+            let indices = &batch.per_stream[id];
+            self.apply(
+                batch.readings,
+                indices,
+                id,
+                stream,
+                g,
+                history,
+                &mut results,
+                &mut alerts,
+            );
+            if let Some(l) = labels.and_then(|l| l.get(*id)) {
+                let mut meta = lock(&stream.meta);
+                if meta.labels.as_deref() != Some(&l[..]) {
+                    meta.labels = Some(l.clone());
+                }
+            }
+        }
+        (results.into_iter().flatten().collect(), alerts)
     }
 
     /// Appends a record to the write-ahead log; its LSN (0 without a log).

@@ -1,0 +1,135 @@
+//! The seasonal residual: a period found from the autocorrelation of the buffered
+//! readings, and each reading against the same phase in earlier periods.
+
+use super::EwStats;
+
+/// The dominant period of `xs` from its autocorrelation, if it has a clear one:
+/// the highest autocorrelation peak after the function first crosses zero, at lags
+/// `min_lag..=xs.len() / 2` (two periods at least), when it reaches `min_acf`.
+/// Trends (no zero crossing) and noise (peaks near 0) have none. Returns
+/// `(period, autocorrelation at it)`.
+pub fn find_period(xs: &[f64], min_lag: usize, min_acf: f64) -> Option<(usize, f64)> {
+    let n = xs.len();
+    let max_lag = n / 2;
+    if max_lag < min_lag.max(2) {
+        return None;
+    }
+    let m = xs.iter().sum::<f64>() / n as f64;
+    let c: Vec<f64> = xs.iter().map(|x| x - m).collect();
+    let var: f64 = c.iter().map(|x| x * x).sum();
+    if var <= 0.0 || !var.is_finite() {
+        return None;
+    }
+    let acf = |k: usize| c[..n - k].iter().zip(&c[k..]).map(|(a, b)| a * b).sum::<f64>() / var;
+    let mut crossed = false;
+    let mut best: Option<(usize, f64)> = None;
+    let (mut prev2, mut prev) = (1.0, acf(1));
+    crossed |= prev < 0.0;
+    for k in 2..=max_lag {
+        let r = acf(k);
+        // `prev` (at k − 1) is a local peak.
+        if crossed && k > min_lag && prev >= prev2 && prev >= r && best.is_none_or(|(_, b)| prev > b) {
+            best = Some((k - 1, prev));
+        }
+        crossed |= r < 0.0;
+        (prev2, prev) = (prev, r);
+    }
+    best.filter(|&(_, r)| r >= min_acf)
+}
+
+/// Most earlier periods the seasonal expectation may take (`seasonal_periods`).
+pub const MAX_SEASONAL_PERIODS: usize = 16;
+
+/// Seasonal baseline: how far a value lies from the values at the same phase of the
+/// previous periods (their median, robust to one anomalous period), in standard
+/// deviations of such residuals over a recent window. Silent (z = 0) while the
+/// stream has no clear period (see [`find_period`]).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Seasonal {
+    period: Option<usize>,
+    /// Mean and spread of the residuals, exponentially weighted over `window`
+    /// (an EW estimate instead of a window of values: 24 bytes instead of 4 KiB
+    /// per feature, the window's span all the same).
+    #[serde(default)]
+    residuals: EwStats,
+    #[serde(default = "default_window")]
+    window: usize,
+}
+
+fn default_window() -> usize {
+    512
+}
+
+impl Seasonal {
+    /// Whether a deserialised baseline is one this code could have built.
+    pub fn check(&self) -> Result<(), String> {
+        if self.period.is_some_and(|p| p == 0 || p > 1_000_000) {
+            return Err(format!("seasonal period {:?}", self.period));
+        }
+        if self.window == 0 || self.window > 1_000_000 {
+            return Err(format!("seasonal window {}", self.window));
+        }
+        Ok(())
+    }
+
+    /// A baseline whose residual scale is taken over `window` residuals.
+    pub fn new(window: usize) -> Self {
+        Seasonal {
+            period: None,
+            residuals: EwStats::default(),
+            window,
+        }
+    }
+
+    /// The period in use.
+    pub fn period(&self) -> Option<usize> {
+        self.period
+    }
+
+    /// Sets the period (after a re-estimate); a new period starts a new residual scale.
+    pub fn set_period(&mut self, period: Option<usize>) {
+        if period != self.period {
+            self.period = period;
+            self.residuals = EwStats::default();
+        }
+    }
+
+    /// Scores `x` given the values at the same phase one, two, … periods ago (any
+    /// order, sorted in place; empty when there is no period or not enough history) and the smallest
+    /// residual scale that counts (so exactly periodic series do not divide by ~0).
+    /// Returns `(z, expected)`.
+    pub fn update(&mut self, x: f64, past: &mut [f64], floor: f64) -> (f64, f64) {
+        let (z, expected) = self.score(x, past, floor);
+        if !past.is_empty() {
+            self.learn(x - expected);
+        }
+        (z, expected)
+    }
+
+    /// [`Seasonal::update`] without learning: `(z, expected)`.
+    pub fn score(&self, x: f64, past: &mut [f64], floor: f64) -> (f64, f64) {
+        if past.is_empty() {
+            return (0.0, x);
+        }
+        past.sort_by(f64::total_cmp);
+        let p = past;
+        let expected = if p.len() % 2 == 1 {
+            p[p.len() / 2]
+        } else {
+            0.5 * (p[p.len() / 2 - 1] + p[p.len() / 2])
+        };
+        let r = x - expected;
+        let z = if self.residuals.len() < 16 {
+            0.0
+        } else {
+            let sd = self.residuals.var.max(0.0).sqrt();
+            (r - self.residuals.mean).abs() / sd.max(floor).max(1e-12)
+        };
+        (z, expected)
+    }
+
+    /// Learns a residual (value minus its seasonal expectation).
+    pub fn learn(&mut self, residual: f64) {
+        self.residuals.learn(residual, self.window);
+    }
+}
