@@ -46,6 +46,12 @@ pub struct Metrics {
     pub remote_write_samples: IntCounterVec,
     /// Alerts delivered to Alertmanagers by outcome (sent, failed, dropped).
     pub alertmanager_notifications: IntCounterVec,
+    /// HTTP requests being served now.
+    pub http_requests_in_flight: IntGauge,
+    /// Scoring slots held (set at scrape time).
+    pub scoring_slots_in_use: IntGauge,
+    /// Requests waiting for a scoring slot (set at scrape time).
+    pub scoring_waiters: IntGauge,
 }
 
 impl Metrics {
@@ -126,6 +132,9 @@ impl Metrics {
                 "Alerts delivered to Alertmanagers by outcome (sent, failed, dropped).",
                 &["outcome"],
             ),
+            http_requests_in_flight: r.gauge("anomalyd_http_requests_in_flight", "HTTP requests being served now."),
+            scoring_slots_in_use: r.gauge("anomalyd_scoring_slots_in_use", "Scoring slots held by requests."),
+            scoring_waiters: r.gauge("anomalyd_scoring_waiters", "Requests waiting for a scoring slot."),
             registry,
         }
     }

@@ -39,6 +39,18 @@ fn spawn(dir: &Path, port: u16, extra: &[&str]) -> Child {
         .unwrap()
 }
 
+/// Waits (polling) until `f` holds; fails after a minute.
+async fn wait_until(what: &str, f: impl Fn() -> bool) {
+    let start = std::time::Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 async fn wait_up(c: &reqwest::Client, base: &str) {
     for _ in 0..200 {
         if c.get(format!("{base}/healthz")).send().await.is_ok() {
@@ -222,7 +234,11 @@ fn kill_dash_nine_under_load_loses_nothing_acknowledged() {
             let clients: Vec<_> = (0..4)
                 .map(|i| tokio::spawn(client(base.clone(), i, next[i].clone(), ledger.clone())))
                 .collect();
-            tokio::time::sleep(Duration::from_millis(rng.random_range(200..1200))).await;
+            // The kill lands after a random number of acknowledged batches (each
+            // client's batch is 20 readings), in the middle of the load.
+            let total = |l: &Ledger| l.acked.values().sum::<u64>();
+            let target = total(&ledger.lock().unwrap()) + 20 * rng.random_range(5..60u64);
+            wait_until("the load to be under way", || total(&ledger.lock().unwrap()) >= target).await;
             child.kill().unwrap();
             child.wait().unwrap();
             for h in clients {

@@ -102,6 +102,26 @@ async fn scrape(client: &reqwest::Client, addr: &str) -> String {
     r.text().await.unwrap()
 }
 
+/// The value of the first sample of `/metrics` whose line starts with `name`.
+fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+/// Waits until the metric `name` satisfies `ok` (polling `/metrics`).
+async fn wait_for_metric(client: &reqwest::Client, addr: &str, name: &str, ok: impl Fn(f64) -> bool) -> f64 {
+    for _ in 0..400 {
+        let v = metric_value(&scrape(client, addr).await, name);
+        if ok(v) {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{name} never reached the value waited for");
+}
+
 async fn wait_for_model(client: &reqwest::Client, url: &str, version: u64) -> Value {
     for _ in 0..300 {
         let (_, info) = get(client, url).await;
@@ -413,12 +433,7 @@ async fn metrics_parse_and_counters_move() {
     let s = Server::start(&dir, None).await;
     let c = reqwest::Client::new();
     let scrape = || scrape(&c, &s.addr);
-    let value = |text: &str, name: &str| -> f64 {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .map_or(0.0, |v| v.parse().unwrap())
-    };
+    let value = metric_value;
     let before = scrape().await;
     post(&c, &format!("{}/v1/streams/m/readings", s.addr), &readings(0, 50)).await;
     post(
@@ -700,8 +715,11 @@ fn kill_dash_nine_loses_at_most_the_snapshot_interval() {
         up().await;
         post(&c, &format!("{base}/v1/streams/k9/readings"), &readings(0, 500)).await;
         let info = wait_for_model(&c, &format!("{base}/v1/streams/k9"), 1).await;
-        // Wait past one snapshot interval, then kill without warning.
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        // Wait for a snapshot round that ends after the model is in, then kill
+        // without warning.
+        let last_round = "anomalyd_snapshot_last_success_timestamp_seconds";
+        let t0 = metric_value(&scrape(&c, &base).await, last_round);
+        wait_for_metric(&c, &base, last_round, |t| t > t0).await;
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
 
@@ -980,8 +998,9 @@ async fn admission_before_the_body_and_a_cap_on_waiters() {
     )
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let c = reqwest::Client::new();
+    let base = format!("http://{addr}");
+    wait_for_metric(&c, &base, "anomalyd_scoring_slots_in_use", |n| n >= 1.0).await;
     let url = format!("http://{addr}/v1/streams/b/readings");
     // One more may wait for the slot; the next is refused at once, body unread.
     let waiting = tokio::spawn({
@@ -996,7 +1015,7 @@ async fn admission_before_the_body_and_a_cap_on_waiters() {
                 .as_u16()
         }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_for_metric(&c, &base, "anomalyd_scoring_waiters", |n| n >= 1.0).await;
     let t = std::time::Instant::now();
     let r = c.post(&url).json(&readings(0, 5)).send().await.unwrap();
     assert_eq!(r.status(), 429);
@@ -1028,10 +1047,11 @@ fn a_busy_stream_does_not_stall_other_requests() {
         let base = format!("http://{}", s.addr);
         post(&c, &format!("{base}/v1/streams/busy/readings"), &readings(0, 5)).await;
         let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
         let holder = std::thread::spawn(move || {
             registry.with_stream_locked("busy", || {
                 held_tx.send(()).unwrap();
-                std::thread::sleep(Duration::from_secs(4));
+                let _ = release_rx.recv_timeout(Duration::from_secs(30));
             })
         });
         held_rx.recv().unwrap();
@@ -1047,7 +1067,8 @@ fn a_busy_stream_does_not_stall_other_requests() {
                 tokio::spawn(async move { req.send().await.map(|r| r.status().as_u16()) })
             })
             .collect();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The three are being served (the scrape counts itself too).
+        wait_for_metric(&c, &base, "anomalyd_http_requests_in_flight", |n| n >= 4.0).await;
         // ...while everything else still answers at once.
         for path in ["/healthz", "/metrics", "/v1/streams", "/metrics/scores"] {
             let r = tokio::time::timeout(Duration::from_secs(2), c.get(format!("{base}{path}")).send()).await;
@@ -1061,6 +1082,7 @@ fn a_busy_stream_does_not_stall_other_requests() {
         )
         .await;
         assert!(r.is_ok(), "ingest to another stream stalled");
+        release_tx.send(()).unwrap();
         holder.join().unwrap();
         for w in waiting {
             assert!(w.await.unwrap().is_ok());

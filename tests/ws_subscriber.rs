@@ -83,7 +83,11 @@ async fn filters_and_min_score_apply() {
             r#"{"type":"subscribe","streams":["db.*","*-eu"],"min_score":0.8}"#.into(),
         ))
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Messages are taken in order: once the answer to a bad one is back, the
+    // subscription before it is in place.
+    in_tx.unbounded_send(Some("not json".into())).unwrap();
+    let v: Value = serde_json::from_str(&out_rx.next().await.unwrap()).unwrap();
+    assert_eq!(v["type"], "error", "{v}");
     for (s, score) in [("db.main", 0.9), ("web-eu", 0.95), ("web-us", 0.99), ("db.main", 0.5)] {
         reg.journal().push(alert(s, score));
     }

@@ -323,6 +323,12 @@ pub(super) async fn metrics(State(st): State<AppState>) -> Response {
     let registry = st.registry.clone();
     // The map's read lock can wait for a writer: not on an async worker.
     let _ = tokio::task::spawn_blocking(move || registry.update_phase_gauges()).await;
+    let m = st.registry.metrics();
+    let free = st.inflight.available_permits();
+    m.scoring_slots_in_use
+        .set(st.config.max_inflight.max(1).saturating_sub(free) as i64);
+    m.scoring_waiters
+        .set(st.waiters.load(std::sync::atomic::Ordering::Relaxed) as i64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         st.registry.metrics().render(),

@@ -35,6 +35,9 @@ pub(super) async fn count_requests(State(st): State<AppState>, req: Request, nex
         .get::<MatchedPath>()
         .map_or("unmatched".to_string(), |p| p.as_str().to_string());
     let id = request_id(req.headers());
+    let in_flight = st.registry.metrics().http_requests_in_flight.clone();
+    in_flight.inc();
+    let _served = scopeguard(move || in_flight.dec());
     let span = tracing::info_span!("request", id = %id, method = %req.method(), route = %route);
     // The last line of defence: a panicking handler is a counted 500, and a request
     // that takes too long (a client dribbling its body) is cut off.
@@ -134,4 +137,17 @@ pub(super) async fn admit(st: &AppState) -> Result<tokio::sync::OwnedSemaphorePe
         .await
         .map_err(|_| ApiError::overloaded("too many requests in flight; retry shortly"))?
         .map_err(|_| ApiError::overloaded("shutting down"))
+}
+
+/// Runs `f` when dropped (on every way out of the scope, cancellation included).
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }
