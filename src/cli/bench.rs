@@ -19,30 +19,10 @@ pub enum BenchCommand {
     Http(HttpArgs),
     /// Snapshot rounds (checkpoints) and a restart with --streams streams, each a
     /// copy of one stream fed --readings readings (with a model by default).
-    Checkpoint {
-        /// Detector config (TOML); defaults otherwise.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Streams held.
-        #[arg(long, default_value_t = 10_000)]
-        streams: usize,
-        /// Readings fed to the template stream.
-        #[arg(long, default_value_t = 1200)]
-        readings: usize,
-    },
+    Checkpoint(HeldStreamsArgs),
     /// Resident memory per stream: one stream fed --readings readings (training
     /// inline), then --streams copies of it held at once.
-    Memory {
-        /// Detector config (TOML); defaults otherwise.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Streams held.
-        #[arg(long, default_value_t = 10_000)]
-        streams: usize,
-        /// Readings fed first (≥ 384 trains a model with the default config).
-        #[arg(long, default_value_t = 1200)]
-        readings: usize,
-    },
+    Memory(HeldStreamsArgs),
     /// One stream's detector: per-reading scoring time once a model exists, and the
     /// time of a retraining job, with the given (or default) detector config.
     Detector {
@@ -74,19 +54,11 @@ pub fn run(what: BenchCommand) -> Result<()> {
                     .map_err(anyhow::Error::msg)?,
             )?
         }
-        BenchCommand::Checkpoint {
-            config,
-            streams,
-            readings,
-        } => serde_json::to_value(
-            bench::run_checkpoint_bench(&load(&config)?, streams, readings).map_err(anyhow::Error::msg)?,
+        BenchCommand::Checkpoint(a) => serde_json::to_value(
+            bench::run_checkpoint_bench(&load(&a.config)?, a.streams, a.readings).map_err(anyhow::Error::msg)?,
         )?,
-        BenchCommand::Memory {
-            config,
-            streams,
-            readings,
-        } => serde_json::to_value(
-            bench::run_memory_bench(&load(&config)?, streams, readings).map_err(anyhow::Error::msg)?,
+        BenchCommand::Memory(a) => serde_json::to_value(
+            bench::run_memory_bench(&load(&a.config)?, a.streams, a.readings).map_err(anyhow::Error::msg)?,
         )?,
         BenchCommand::Detector { config, jobs } => {
             serde_json::to_value(bench::run_detector_bench(&load(&config)?, jobs).map_err(anyhow::Error::msg)?)?
@@ -256,4 +228,20 @@ pub struct ModelArgs {
     /// Print one JSON line (otherwise a readable summary).
     #[arg(long)]
     pub json: bool,
+}
+
+/// The arguments of `anomalyd bench checkpoint` and `bench memory`: `streams`
+/// copies of one stream fed `readings` readings.
+#[derive(clap::Args, Debug)]
+pub struct HeldStreamsArgs {
+    /// Detector config (TOML); defaults otherwise.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Streams held.
+    #[arg(long, default_value_t = 10_000)]
+    pub streams: usize,
+    /// Readings fed to the stream that is copied (≥ 384 trains a model with the
+    /// default config).
+    #[arg(long, default_value_t = 1200)]
+    pub readings: usize,
 }
