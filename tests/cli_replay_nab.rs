@@ -1,4 +1,4 @@
-//! The `replay` and `nab` commands, run as a user runs them: the real binary on files.
+//! The `replay`, `nab` and `smap` commands, run as a user runs them: the real binary on files.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -299,4 +299,66 @@ fn serve_logs_without_colours_when_not_on_a_terminal() {
     child.wait().unwrap();
     assert!(text.contains("anomalyd listening"), "{text}");
     assert!(!text.contains('\u{1b}'), "escape codes in a log file: {text:?}");
+}
+
+/// Writes `rows` as a gzipped SMAP channel file (timestamp, telemetry, one flag).
+fn smap_file(path: &std::path::Path, start: u64, values: &[f64]) {
+    use std::io::Write;
+    let mut text = String::from("timestamp,telemetry,cmd1\n");
+    for (i, v) in values.iter().enumerate() {
+        text.push_str(&format!("{},{v:.4},{}\n", start + 60 * i as u64, u8::from(i % 97 == 0)));
+    }
+    let file = std::fs::File::create(path).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+    gz.write_all(text.as_bytes()).unwrap();
+    gz.finish().unwrap();
+}
+
+#[test]
+fn smap_smoke_run_counts_every_labelled_sequence_once() {
+    // Two channels of a quiet wave; each test run holds one labelled level shift.
+    let dir = temp_dir("smap");
+    for sub in ["train", "test"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    let wave = |i: usize| 0.3 * (i as f64 / 9.0).sin() + 0.01 * ((i * 7919) % 13) as f64;
+    for channel in ["A-1", "T-1"] {
+        let train: Vec<f64> = (0..700).map(wave).collect();
+        let test: Vec<f64> = (700..1300)
+            .map(|i| wave(i) + if (1000..1060).contains(&i) { 0.8 } else { 0.0 })
+            .collect();
+        smap_file(
+            &dir.join("train").join(format!("{channel}.csv.gz")),
+            1_500_000_000,
+            &train,
+        );
+        smap_file(
+            &dir.join("test").join(format!("{channel}.csv.gz")),
+            1_500_000_000 + 60 * 700,
+            &test,
+        );
+    }
+    std::fs::write(
+        dir.join("labels.csv"),
+        "channel,anomaly_sequences,classes,test_rows\nA-1,\"[[300, 359]]\",[point],600\nT-1,\"[[300, 359]]\",[point],600\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["smap", "--data", dir.to_str().unwrap(), "--json", "--threads", "2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let run = &v["runs"][0];
+    let total = &run["total"];
+    assert_eq!(
+        total["tp"].as_u64().unwrap() + total["fn_"].as_u64().unwrap(),
+        2,
+        "{total}"
+    );
+    assert_eq!(run["channels"].as_array().unwrap().len(), 2);
+    assert_eq!(run["per_kind"].as_object().unwrap().len(), 2, "kinds A and T");
+    assert_eq!(run["with_flags"], false);
+    // A level shift of several spreads on a quiet wave is found.
+    assert_eq!(total["tp"], 2, "{total}");
 }

@@ -1001,6 +1001,9 @@ async fn admission_before_the_body_and_a_cap_on_waiters() {
     let c = reqwest::Client::new();
     let base = format!("http://{addr}");
     wait_for_metric(&c, &base, "anomalyd_scoring_slots_in_use", |n| n >= 1.0).await;
+    // Not a wait for something to happen: the waiter's own request timeout must end
+    // well after the slow one's, which frees the slot, so it arrives later.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let url = format!("http://{addr}/v1/streams/b/readings");
     // One more may wait for the slot; the next is refused at once, body unread.
     let waiting = tokio::spawn({

@@ -6,6 +6,7 @@ mod bench;
 mod nab;
 mod replay;
 mod serve;
+mod smap;
 mod tep;
 
 use std::path::Path;
@@ -45,6 +46,11 @@ enum Command {
     /// through its own detector, NAB result files under --out, and the three NAB
     /// scores when --windows is given.
     Nab(nab::NabArgs),
+    /// Run the SMAP spacecraft telemetry benchmark (the KDD 2018 paper's event-level
+    /// protocol): each channel learns its training run as history, then scores its
+    /// test run; prints event-level precision and recall, per channel kind and with
+    /// each kind left out.
+    Smap(smap::SmapArgs),
     /// Measure performance.
     Bench {
         #[command(subcommand)]
@@ -61,6 +67,7 @@ pub fn run() -> Result<()> {
         Command::Replay(a) => replay::run(&a),
         Command::Tep(a) => tep::run(&a),
         Command::Nab(a) => nab::run(&a),
+        Command::Smap(a) => smap::run(&a),
         Command::Bench { what } => bench::run(what),
     }
 }

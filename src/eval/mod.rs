@@ -1,8 +1,9 @@
-//! Evaluation: the NAB scoring rules and corpus runner, and the Tennessee Eastman
-//! benchmark. Offline, file-based; nothing here is used by the service.
+//! Evaluation: the NAB scoring rules and corpus runner, the Tennessee Eastman
+//! benchmark and the SMAP spacecraft telemetry benchmark. Offline, file-based; nothing here is used by the service.
 
 pub mod nab;
 pub mod replay;
+pub mod smap;
 pub mod tep;
 
 use std::sync::Mutex;

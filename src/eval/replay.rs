@@ -19,11 +19,18 @@ pub struct Series {
     pub rows: Vec<Vec<f64>>,
 }
 
-/// Reads a CSV with a header. `value_columns` empty means every column but the
-/// timestamp.
+/// Reads a CSV with a header (gzipped when its name ends in `.gz`). `value_columns`
+/// empty means every column but the timestamp.
 pub fn read_series(path: &Path, timestamp_column: &str, value_columns: &[String]) -> Result<Series, String> {
     let ctx = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-    let mut rdr = csv::Reader::from_path(path).map_err(|e| ctx(&e))?;
+    let file = std::fs::File::open(path).map_err(|e| ctx(&e))?;
+    // A `.gz` file is read through gzip (the SMAP corpus is stored so).
+    let input: Box<dyn std::io::Read> = if path.extension().is_some_and(|e| e == "gz") {
+        Box::new(flate2::read::GzDecoder::new(file))
+    } else {
+        Box::new(file)
+    };
+    let mut rdr = csv::Reader::from_reader(input);
     let headers: Vec<String> = rdr
         .headers()
         .map_err(|e| ctx(&e))?
