@@ -1,0 +1,76 @@
+//! The scorer allocates nothing once its workspace has grown: a counting global
+//! allocator (this test binary's own) sees no allocation in a second reconstruction
+//! of a window, for every cell kind, stacked and bidirectional.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anomalyd::nn::{Autoencoder, AutoencoderConfig, CellKind, ScoreWorkspace};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's contract is passed on as is.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn a_warm_scorer_allocates_nothing() {
+    let kinds = [
+        CellKind::RnnTanh,
+        CellKind::Lstm,
+        CellKind::Gru,
+        CellKind::GruResetBefore,
+    ];
+    for (i, kind) in kinds.into_iter().enumerate() {
+        for (layers, bidirectional) in [(1, false), (2, true)] {
+            let mut rng = StdRng::seed_from_u64(i as u64);
+            let config = AutoencoderConfig {
+                kind,
+                d_input: 3,
+                d_hidden: 16,
+                n_layers: layers,
+                bidirectional,
+                dropout: 0.0,
+            };
+            let scorer = Autoencoder::<f32>::new(config, &mut rng).compile();
+            let window: Vec<f32> = (0..32 * 3).map(|k| (k as f32 * 0.37).sin()).collect();
+            let mut ws = ScoreWorkspace::default();
+            let cold = ALLOCATIONS.load(Ordering::Relaxed);
+            let n = scorer.reconstruct(&window, &mut ws).len();
+            assert!(
+                ALLOCATIONS.load(Ordering::Relaxed) > cold,
+                "a cold workspace grows (the count works)"
+            );
+            assert_eq!(n, 32 * 3);
+            let first = scorer.reconstruct(&window, &mut ws).to_vec();
+            let before = ALLOCATIONS.load(Ordering::Relaxed);
+            let again = scorer.reconstruct(&window, &mut ws)[0];
+            let allocated = ALLOCATIONS.load(Ordering::Relaxed) - before;
+            assert_eq!(allocated, 0, "{kind:?}, {layers} layers, bidirectional {bidirectional}");
+            assert_eq!(again, first[0], "the same window, the same reconstruction");
+        }
+    }
+}
