@@ -245,3 +245,41 @@ fn the_code_map_names_every_module_and_test_file() {
         missing.join("\n")
     );
 }
+
+#[test]
+fn every_invariant_names_a_test_that_exists() {
+    let doc = std::fs::read_to_string(root().join("ARCHITECTURE.md")).unwrap();
+    let invariants = &doc[doc.find("## Invariants").expect("an invariants section")..];
+    let code: String = rust_files(&root().join("src"))
+        .into_iter()
+        .chain(rust_files(&root().join("tests")))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    let mut problems = Vec::new();
+    for bullet in invariants.split("\n- **").skip(1) {
+        let text = bullet.split_whitespace().collect::<Vec<_>>().join(" ");
+        let title = text.split("**").next().unwrap_or("").to_string();
+        if !text.contains("Kept by") {
+            problems.push(format!("names no test: {title}"));
+        }
+        // Every `module::name` it cites is a function or module of the code.
+        for cited in text.split('`').skip(1).step_by(2) {
+            let is_path = cited.contains("::")
+                && cited
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == ':');
+            let last = cited.rsplit("::").next().unwrap_or("");
+            let found = [format!("fn {last}("), format!("fn {last}<"), format!("mod {last}")]
+                .iter()
+                .any(|needle| code.contains(needle.as_str()));
+            if is_path && !found {
+                problems.push(format!("{title}: `{cited}` is no test"));
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "ARCHITECTURE.md's invariants:\n{}",
+        problems.join("\n")
+    );
+}
