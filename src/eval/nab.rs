@@ -240,8 +240,9 @@ pub fn scores_by_threshold(rows: &[SweepRow], costs: CostMatrix) -> Vec<Threshol
     let (mut tp, mut fp) = (0, 0);
     let mut threshold = 1.1;
     let mut out = Vec::new();
-    for r in &scorable {
-        if r.score != threshold {
+    // One row past the last (`None`) closes the last threshold's score.
+    for r in scorable.iter().map(Some).chain([None]) {
+        if r.is_none_or(|r| r.score != threshold) {
             out.push(ThresholdScore {
                 threshold,
                 score: total,
@@ -250,8 +251,9 @@ pub fn scores_by_threshold(rows: &[SweepRow], costs: CostMatrix) -> Vec<Threshol
                 fp,
                 fn_,
             });
-            threshold = r.score;
         }
+        let Some(r) = r else { break };
+        threshold = r.score;
         match r.kind {
             RowKind::Window(n) => {
                 tp += 1;
@@ -268,14 +270,6 @@ pub fn scores_by_threshold(rows: &[SweepRow], costs: CostMatrix) -> Vec<Threshol
             }
         }
     }
-    out.push(ThresholdScore {
-        threshold,
-        score: total,
-        tp,
-        tn,
-        fp,
-        fn_,
-    });
     out
 }
 

@@ -115,12 +115,6 @@ pub(super) async fn admit(st: &AppState) -> Result<tokio::sync::OwnedSemaphorePe
     if let Ok(p) = st.inflight.clone().try_acquire_owned() {
         return Ok(p);
     }
-    struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
-    impl Drop for Waiting<'_> {
-        fn drop(&mut self) {
-            self.0.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
     if st.waiters.fetch_add(1, Ordering::Relaxed) >= st.config.max_waiters {
         st.waiters.fetch_sub(1, Ordering::Relaxed);
         return Err(ApiError {
@@ -132,7 +126,9 @@ pub(super) async fn admit(st: &AppState) -> Result<tokio::sync::OwnedSemaphorePe
             )
         });
     }
-    let _waiting = Waiting(&st.waiters);
+    let _waiting = scopeguard(|| {
+        st.waiters.fetch_sub(1, Ordering::Relaxed);
+    });
     tokio::time::timeout(st.config.queue_wait, st.inflight.clone().acquire_owned())
         .await
         .map_err(|_| ApiError::overloaded("too many requests in flight; retry shortly"))?
