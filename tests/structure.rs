@@ -44,47 +44,45 @@ fn code_lines(path: &Path) -> Vec<(usize, String)> {
         .collect()
 }
 
-/// Every place in `src/` (outside `allowed` prefixes) whose code contains one of
-/// `needles`.
-fn uses_outside(needles: &[&str], allowed: &[&str]) -> Vec<String> {
+/// Every code line under `dir` (skipping files under the `skip` prefixes) that
+/// `hit` picks, as `path:line: text`.
+fn scan(dir: &str, skip: &[&str], hit: impl Fn(&str) -> bool) -> Vec<String> {
     let mut found = Vec::new();
-    for path in rust_files(&root().join("src")) {
+    for path in rust_files(&root().join(dir)) {
         let name = rel(&path);
-        if allowed.iter().any(|a| name.starts_with(a)) {
+        if skip.iter().any(|a| name.starts_with(a)) {
             continue;
         }
         for (n, line) in code_lines(&path) {
-            if let Some(needle) = needles.iter().find(|needle| line.contains(*needle)) {
-                found.push(format!("{name}:{n}: {needle}"));
+            if hit(&line) {
+                found.push(format!("{name}:{n}: {}", line.trim()));
             }
         }
     }
     found
 }
 
+/// Every place in `src/` (outside the `allowed` prefixes) whose code contains one
+/// of `needles`.
+fn uses_outside(needles: &[&str], allowed: &[&str]) -> Vec<String> {
+    scan("src", allowed, |line| needles.iter().any(|w| line.contains(w)))
+}
+
 #[test]
 fn nn_is_a_leaf() {
-    let mut found = Vec::new();
-    for path in rust_files(&root().join("src/nn")) {
-        for (n, line) in code_lines(&path) {
-            let outside = line.contains("crate::") && !line.contains("crate::nn");
-            let io = [
-                "serde",
-                "tokio",
-                "tracing",
-                "std::fs",
-                "std::io",
-                "std::net",
-                "std::thread",
-                "std::time",
-            ]
-            .iter()
-            .find(|w| line.contains(*w));
-            if outside || io.is_some() {
-                found.push(format!("{}:{n}: {}", rel(&path), line.trim()));
-            }
-        }
-    }
+    let io = [
+        "serde",
+        "tokio",
+        "tracing",
+        "std::fs",
+        "std::io",
+        "std::net",
+        "std::thread",
+        "std::time",
+    ];
+    let found = scan("src/nn", &[], |line| {
+        (line.contains("crate::") && !line.contains("crate::nn")) || io.iter().any(|w| line.contains(w))
+    });
     assert!(
         found.is_empty(),
         "nn imports the crate or does I/O:\n{}",
@@ -103,14 +101,7 @@ fn the_detector_never_reads_the_clock_nor_does_io() {
         "tracing",
         "std::thread",
     ];
-    let mut found = Vec::new();
-    for path in rust_files(&root().join("src/detector")) {
-        for (n, line) in code_lines(&path) {
-            if needles.iter().any(|w| line.contains(w)) {
-                found.push(format!("{}:{n}: {}", rel(&path), line.trim()));
-            }
-        }
-    }
+    let found = scan("src/detector", &[], |line| needles.iter().any(|w| line.contains(w)));
     assert!(
         found.is_empty(),
         "the detector reads the clock or does I/O:\n{}",
@@ -164,17 +155,9 @@ fn long_functions(path: &Path, limit: usize) -> Vec<String> {
     let mut found = Vec::new();
     for (i, line) in lines.iter().enumerate() {
         let t = line.trim_start();
-        let is_fn = [
-            "fn ",
-            "pub fn ",
-            "pub(super) fn ",
-            "pub(crate) fn ",
-            "async fn ",
-            "pub async fn ",
-        ]
-        .iter()
-        .any(|p| t.starts_with(p))
-            || t.starts_with("pub(super) async fn ");
+        let is_fn = ["", "pub ", "pub(super) ", "pub(crate) "]
+            .iter()
+            .any(|vis| t.starts_with(&format!("{vis}fn ")) || t.starts_with(&format!("{vis}async fn ")));
         if !is_fn {
             continue;
         }

@@ -35,9 +35,9 @@ pub(super) async fn count_requests(State(st): State<AppState>, req: Request, nex
         .get::<MatchedPath>()
         .map_or("unmatched".to_string(), |p| p.as_str().to_string());
     let id = request_id(req.headers());
-    let in_flight = st.registry.metrics().http_requests_in_flight.clone();
+    let in_flight = &st.registry.metrics().http_requests_in_flight;
     in_flight.inc();
-    let _served = scopeguard(move || in_flight.dec());
+    let _served = scopeguard(|| in_flight.dec());
     let span = tracing::info_span!("request", id = %id, method = %req.method(), route = %route);
     // The last line of defence: a panicking handler is a counted 500, and a request
     // that takes too long (a client dribbling its body) is cut off.
