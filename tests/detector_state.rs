@@ -669,3 +669,42 @@ fn a_sensor_that_turns_noisy_is_held_by_the_change_model_and_missed_by_the_basel
     assert!(held_by < 0.1, "baselines held {held_by}");
     assert_eq!(clean, 0);
 }
+
+/// A stream whose normal behaviour, from some day on, includes a short dip every
+/// few hundred readings (at no fixed period, so it does not recur in the seasonal
+/// sense): the first dip is an anomaly; the same dip again, within the pruning
+/// window, stands out against nothing recent and opens no incident; a dip well
+/// beyond it does; and a lasting fault afterwards, smaller than that dip, is held
+/// once it has lasted longer than a blip (`SHORT_INCIDENT` readings), to its end.
+#[test]
+fn a_kind_of_blip_seen_again_is_pruned_and_what_stands_out_is_not() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut det = Detector::new(config()).unwrap();
+    let calm = run(&mut det, 3000, &mut |_| vec![10.0 + noise(&mut rng)]);
+    assert_eq!(opened(&calm[1000..]), 0);
+    let mut dips = Vec::new();
+    for _ in 0..8 {
+        let gap = rng.random_range(150..300);
+        let end = det.readings_seen() as usize + gap;
+        let vs = run(&mut det, gap, &mut |t| {
+            let dip = if t + 2 >= end { -12.0 } else { 0.0 };
+            vec![10.0 + noise(&mut rng) + dip]
+        });
+        dips.push(opened(&vs));
+    }
+    assert_eq!(dips[0], 1, "the first dip is an incident: {dips:?}");
+    assert_eq!(
+        dips[1..].iter().sum::<usize>(),
+        0,
+        "the same dip again is pruned: {dips:?}"
+    );
+    let larger = run(&mut det, 20, &mut |t| {
+        vec![10.0 + noise(&mut rng) + if t % 20 < 2 { -40.0 } else { 0.0 }]
+    });
+    assert_eq!(opened(&larger), 1, "a dip well beyond the others stands out");
+    run(&mut det, 200, &mut |_| vec![10.0 + noise(&mut rng)]);
+    let fault = run(&mut det, 400, &mut |_| vec![30.0 + noise(&mut rng)]);
+    let short = anomalyd::detector::SHORT_INCIDENT;
+    assert!(held(&fault[short + 1..]) >= 0.99, "held {}", held(&fault[short + 1..]));
+    assert_eq!(opened(&fault), 1);
+}

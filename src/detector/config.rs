@@ -277,6 +277,12 @@ pub struct AlertConfig {
     pub smoothing: f64,
     /// Normal readings a statistic needs before its limit is used.
     pub min_normal: usize,
+    /// Pruning (`pruning.rs`): an excursion beyond the limit is an anomaly only if
+    /// it goes `prune_margin` beyond the largest ratio of the `prune_window`
+    /// readings before it (0: off).
+    pub prune_window: usize,
+    /// The fraction by which an excursion must exceed the recent largest ratio.
+    pub prune_margin: f64,
 }
 
 impl Default for AlertConfig {
@@ -288,6 +294,8 @@ impl Default for AlertConfig {
             accept_after: 7.0 * 86_400.0,
             smoothing: 0.1,
             min_normal: 64,
+            prune_window: 2048,
+            prune_margin: 0.13,
         }
     }
 }
@@ -505,6 +513,15 @@ impl DetectorConfig {
         }
         if !(8..=100_000).contains(&a.min_normal) {
             return bad(format!("alert.min_normal must be 8..=100000, got {}", a.min_normal));
+        }
+        if a.prune_window > 1_000_000 {
+            return bad(format!(
+                "alert.prune_window must be 0..=1000000, got {}",
+                a.prune_window
+            ));
+        }
+        if !(0.0..=10.0).contains(&a.prune_margin) {
+            return bad(format!("alert.prune_margin must be in [0, 10], got {}", a.prune_margin));
         }
         Ok(())
     }

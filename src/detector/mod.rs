@@ -32,6 +32,7 @@ pub mod likelihood;
 pub mod normaliser;
 pub mod packed;
 mod pipeline;
+pub mod pruning;
 mod retrain;
 mod snapshot;
 pub mod state;
@@ -300,6 +301,8 @@ pub struct Detector {
     incidents: u64,
     /// The last anomalous stretches (at most `MAX_STRETCHES`, oldest first).
     stretches: VecDeque<Stretch>,
+    /// The recent largest ratios and the open excursion's bar (`pruning.rs`).
+    pruning: pruning::Pruning,
     /// The recurring anomalous stretch that is open (no incident opens for it).
     recurring: Option<Recurring>,
     /// Consecutive anomalous readings (for `alert.min_duration`).
@@ -361,6 +364,7 @@ impl Detector {
             retrain_requested: false,
             model_stale: false,
             stretches: VecDeque::new(),
+            pruning: pruning::Pruning::default(),
             recurring: None,
             cadence: Cadence::default(),
             imputed: 0,

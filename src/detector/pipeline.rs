@@ -96,7 +96,7 @@ impl Detector {
         let base = self.score_baselines(values);
         let out_of_range = self.widen_range(values);
         let mut sur = self.surprise(&base, values);
-        let judgement = self.judge(&base, &sur);
+        let mut judgement = self.judge(&base, &sur);
         if judgement.component == Some(state::STUCK) {
             // The stuck features are what the incident is about.
             sur.contributions = shares(&base.stuck);
@@ -107,14 +107,15 @@ impl Detector {
             // So are the features whose changes the others do not explain.
             sur.contributions = shares(&z.iter().map(|v| v * v).collect::<Vec<_>>());
         }
+        let live = mode == Mode::Live && sur.phase != Phase::Warmup;
+        let (excursion, anomalous) = self.prune(&mut judgement, live);
         let score = score_of_ratio(judgement.ratio);
-        let anomalous = mode == Mode::Live && sur.phase != Phase::Warmup && score >= self.config.alert.threshold;
         let was_recurring = self.recurring.is_some();
         let (mut event, suppressed) =
             self.step_incident(timestamp, anomalous, (score, judgement.ratio), &sur.contributions);
-        self.track_stretch(anomalous, was_recurring, &judgement, &event);
+        self.track_stretch(excursion, was_recurring, &judgement, &event);
         let event_score = self.event_score(&sur, out_of_range);
-        let learn = mode == Mode::History || (!anomalous && self.incident.is_none());
+        let learn = mode == Mode::History || (!excursion && self.incident.is_none());
         self.learn_or_pass(learn, values, &base, &judgement);
         if mode == Mode::Live && event.is_none() {
             event = self.accept_if_lasting(timestamp);
@@ -139,6 +140,21 @@ impl Detector {
             suppressed,
             cause: judgement.cause(),
         })
+    }
+
+    /// Holds the judgement's ratio to the pruning bar (`pruning.rs`). Returns
+    /// whether the reading is beyond its limit (an excursion: not learnt) and
+    /// whether it is anomalous (beyond the bar too); `live`: it may be either.
+    pub(super) fn prune(&mut self, judgement: &mut Judgement, live: bool) -> (bool, bool) {
+        let threshold = self.config.alert.threshold;
+        let excursion = live && score_of_ratio(judgement.ratio) >= threshold;
+        let a = &self.config.alert;
+        let held = self.incident.is_some();
+        let (raw, window) = (judgement.ratio, a.prune_window);
+        judgement.ratio /= self.pruning.bar(excursion, held, window, a.prune_margin);
+        let anomalous = excursion && score_of_ratio(judgement.ratio) >= threshold;
+        self.pruning.note(raw, anomalous, held, window);
+        (excursion, anomalous)
     }
 
     /// Whether `values` are out of range (the rule judges them against what was seen
@@ -321,10 +337,13 @@ impl Detector {
                 self.drift = 0.98 * self.drift + 0.02 * z;
                 let zg_max = base.zg.iter().cloned().fold(0.0, f64::max);
                 let za_max = base.za.iter().cloned().fold(0.0, f64::max);
-                // While an incident is open (or a new normal awaits a retrained model)
-                // the model knows only the old normal: novelty is judged by the
+                // While an incident is open, or was as good as open (a pruned
+                // excursion, until `resolve_after` normal readings), or a new normal
+                // awaits a retrained model, the model knows only the old normal: novelty is judged by the
                 // baselines, which follow every reading.
-                let model_blind = self.incident.is_some() || self.recurring.is_some() || self.model_stale;
+                let recently_beyond = self.pruning.recently_beyond(self.config.alert.resolve_after);
+                let model_blind =
+                    self.incident.is_some() || self.recurring.is_some() || recently_beyond || self.model_stale;
                 let (surprise, model_score) = match self.config.model.combine {
                     _ if model_blind => (base_max, 0.0),
                     // The model's own likelihood.

@@ -9,6 +9,7 @@ use super::cadence::Cadence;
 use super::incident::{MAX_STRETCHES, Recurring, Stretch};
 use super::likelihood::Likelihood;
 use super::pipeline::Mode;
+use super::pruning::Pruning;
 use super::state::{Incident, StateCalibration};
 use super::train::{ErrorStats, Normaliser, TrainReport};
 use super::{ActiveModel, ConfigError, Detector, DetectorConfig, MAX_FEATURES, changes, packed};
@@ -42,6 +43,7 @@ impl Detector {
                 retrain_requested: self.retrain_requested,
                 model_stale: self.model_stale,
                 stretches: self.stretches.iter().copied().collect(),
+                pruning: self.pruning.clone(),
                 recurring: self.recurring,
                 cadence: self.cadence,
                 imputed: self.imputed,
@@ -121,6 +123,7 @@ impl Detector {
             retrain_requested: s.retrain_requested,
             model_stale: s.model_stale,
             stretches: s.stretches.into_iter().rev().take(MAX_STRETCHES).rev().collect(),
+            pruning: s.pruning,
             recurring: s.recurring,
             cadence: s.cadence,
             imputed: s.imputed,
@@ -235,6 +238,8 @@ pub struct DetectorState {
     model_stale: bool,
     #[serde(default)]
     stretches: Vec<Stretch>,
+    #[serde(default)]
+    pruning: Pruning,
     #[serde(default)]
     recurring: Option<Recurring>,
     #[serde(default)]

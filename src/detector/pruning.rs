@@ -1,0 +1,246 @@
+//! Pruning: an excursion must stand out against the stream's own recent past.
+//!
+//! The limits say how rare a reading is among the stream's *normal readings*; a
+//! stream whose normal behaviour includes an excursion every few hundred readings
+//! (a periodic dip, a burst of noise after each command) crosses them again and
+//! again, and each crossing is a false incident. Telemanom (Hundman et al., KDD
+//! 2018) prunes such anomalies: one is kept only if its peak exceeds the largest
+//! error of the surrounding window by a margin (13%). The streaming form of that
+//! rule here:
+//!
+//! ```text
+//! M    the largest ratio to the limit over the last `window` readings before the
+//!      excursion began (normal readings, earlier excursions and incidents alike)
+//! bar  max(1, (1 + margin) · M), fixed when the excursion begins and held while
+//!      it lasts and while its incident is open
+//! ρ'   ρ / bar: the ratio that decides the state, the score and incidents
+//! ```
+//!
+//! So the first of a kind of excursion is an anomaly, and the same again within
+//! `window` readings is not, unless it goes `margin` beyond everything recent or
+//! lasts longer than a blip (`SHORT_INCIDENT` readings beyond the limit: then the
+//! bar drops to the limit, and a sustained fault is held for as long as it
+//! lasts).
+//! Readings of a pruned excursion are not learnt by the baselines (they stay
+//! beyond the limit); they teach the limits as a blip does. An anomalous
+//! episode joins the window only if it was a blip (`SHORT_INCIDENT` anomalous
+//! readings at most): a long fault that pauses and returns is judged afresh.
+//!
+//! The maximum is kept over blocks of readings (`BLOCKS` of them): the window is
+//! `window` readings rounded up to whole blocks, in a few dozen bytes per stream.
+
+use serde::{Deserialize, Serialize};
+
+use super::incident::SHORT_INCIDENT;
+
+/// Blocks the window is kept in.
+pub const BLOCKS: usize = 16;
+
+/// The running maximum of recent ratios and the bar of the open excursion.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Pruning {
+    /// Largest ratio of each finished block, a ring.
+    blocks: [f32; BLOCKS],
+    /// Largest ratio of the block being filled.
+    current: f32,
+    /// Readings in the block being filled.
+    filled: u32,
+    /// Ring position of the next block to finish.
+    next: u8,
+    /// The open excursion's bar (0: none open).
+    bar: f32,
+    /// Readings beyond the limit since the open excursion began.
+    beyond: u32,
+    /// Readings since the last one beyond the limit.
+    #[serde(default = "far")]
+    quiet: u32,
+    /// The open anomalous episode's largest ratio and its anomalous readings.
+    episode: f32,
+    episode_len: u32,
+}
+
+fn far() -> u32 {
+    u32::MAX
+}
+
+impl Default for Pruning {
+    fn default() -> Self {
+        Pruning {
+            blocks: [0.0; BLOCKS],
+            current: 0.0,
+            filled: 0,
+            next: 0,
+            bar: 0.0,
+            beyond: 0,
+            quiet: far(),
+            episode: 0.0,
+            episode_len: 0,
+        }
+    }
+}
+
+impl Pruning {
+    /// The largest ratio of the window.
+    fn recent_max(&self) -> f64 {
+        f64::from(self.blocks.iter().fold(self.current, |a, &b| a.max(b)))
+    }
+
+    /// Whether a reading beyond the limit (anomalous or pruned) was among the
+    /// last `readings` (as an incident stays open for `alert.resolve_after`).
+    pub fn recently_beyond(&self, readings: usize) -> bool {
+        (self.quiet as usize) < readings
+    }
+
+    /// The bar of a reading: `excursion`, it is beyond the limit; `held`, an
+    /// incident is open. `window` readings (0: pruning off), `margin` a fraction.
+    pub fn bar(&mut self, excursion: bool, held: bool, window: usize, margin: f64) -> f64 {
+        if window == 0 {
+            return 1.0;
+        }
+        self.quiet = if excursion { 0 } else { self.quiet.saturating_add(1) };
+        if excursion || held {
+            if self.bar == 0.0 {
+                self.bar = ((1.0 + margin) * self.recent_max()).max(1.0) as f32;
+                self.beyond = 0;
+            }
+            self.beyond = self.beyond.saturating_add(u32::from(excursion));
+            if self.beyond as usize > SHORT_INCIDENT {
+                // It has lasted longer than a blip: a sustained fault stands out by
+                // its length.
+                self.bar = 1.0;
+            }
+        } else {
+            self.bar = 0.0;
+        }
+        f64::from(self.bar).max(1.0)
+    }
+
+    /// Notes a reading's ratio to the limit. An anomalous episode's (`anomalous`
+    /// readings, and every reading while `held` by an open incident) joins the
+    /// window when it ends, if it was a blip of at most `SHORT_INCIDENT` anomalous
+    /// readings: a kind of blip seen again is pruned, while a long fault does not
+    /// hide its own return.
+    pub fn note(&mut self, ratio: f64, anomalous: bool, held: bool, window: usize) {
+        if window == 0 {
+            return;
+        }
+        // Kept finite: snapshots are JSON.
+        let r = if ratio.is_nan() { 0.0 } else { ratio.clamp(0.0, 1e12) } as f32;
+        if anomalous || held {
+            self.episode = self.episode.max(r);
+            self.episode_len = self.episode_len.saturating_add(u32::from(anomalous));
+            return;
+        }
+        if self.episode_len as usize <= SHORT_INCIDENT {
+            self.current = self.current.max(self.episode);
+        }
+        (self.episode, self.episode_len) = (0.0, 0);
+        if r >= 1.0 {
+            // Only excursions raise the bar: normal readings close to the limit
+            // would delay every small sustained fault.
+            self.current = self.current.max(r);
+        }
+        self.filled += 1;
+        let per_block = window.div_ceil(BLOCKS).max(1) as u32;
+        if self.filled >= per_block {
+            self.blocks[usize::from(self.next) % BLOCKS] = self.current;
+            self.next = ((usize::from(self.next) + 1) % BLOCKS) as u8;
+            self.current = 0.0;
+            self.filled = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const W: usize = 160;
+    const M: f64 = 0.13;
+
+    /// One reading as the detector takes it: its bar, then its ratio noted;
+    /// returns whether it is anomalous.
+    fn take(p: &mut Pruning, ratio: f64, held: bool) -> bool {
+        let bar = p.bar(ratio >= 1.0, held, W, M);
+        let anomalous = ratio >= 1.0 && ratio / bar >= 1.0;
+        p.note(ratio, anomalous, held, W);
+        anomalous
+    }
+
+    #[test]
+    fn the_first_excursion_meets_the_plain_limit() {
+        let mut p = Pruning::default();
+        for _ in 0..500 {
+            assert!(!take(&mut p, 0.5, false));
+        }
+        assert_eq!(p.bar(true, false, W, M), 1.0);
+    }
+
+    #[test]
+    fn a_blip_like_a_recent_one_is_pruned_unless_it_goes_beyond_by_the_margin() {
+        let mut p = Pruning::default();
+        assert!(take(&mut p, 3.0, false));
+        for _ in 0..50 {
+            take(&mut p, 0.5, false);
+        }
+        assert!(!take(&mut p, 3.3, false));
+        // It holds while the excursion lasts.
+        assert!(!take(&mut p, 3.3, false));
+        take(&mut p, 0.5, false);
+        assert!(!take(&mut p, 3.5, false), "3.5 is within 13% of the 3.3 just seen");
+        take(&mut p, 0.5, false);
+        assert!(take(&mut p, 4.0, false));
+        // And while an incident is open, though the reading is normal.
+        let bar = p.bar(false, true, W, M);
+        assert!((bar - 3.5 * 1.13).abs() < 1e-5, "{bar}");
+    }
+
+    #[test]
+    fn an_excursion_that_lasts_longer_than_a_blip_is_anomalous() {
+        let mut p = Pruning::default();
+        assert!(take(&mut p, 3.0, false));
+        take(&mut p, 0.5, false);
+        let held: Vec<bool> = (0..100).map(|_| take(&mut p, 2.0, false)).collect();
+        assert!(held[..SHORT_INCIDENT].iter().all(|&a| !a));
+        assert!(held[SHORT_INCIDENT..].iter().all(|&a| a));
+    }
+
+    #[test]
+    fn a_long_fault_that_pauses_and_returns_is_judged_afresh() {
+        let mut p = Pruning::default();
+        for _ in 0..100 {
+            assert!(take(&mut p, 5.0, true));
+        }
+        for _ in 0..10 {
+            take(&mut p, 0.5, true);
+        }
+        take(&mut p, 0.5, false);
+        assert!(take(&mut p, 4.0, false));
+    }
+
+    #[test]
+    fn the_window_forgets_old_excursions() {
+        let mut p = Pruning::default();
+        take(&mut p, 3.0, false);
+        for _ in 0..W + W / BLOCKS {
+            take(&mut p, 0.5, false);
+        }
+        assert!(take(&mut p, 2.0, false));
+    }
+
+    #[test]
+    fn a_window_of_zero_turns_it_off() {
+        let mut p = Pruning::default();
+        p.note(3.0, false, false, 0);
+        assert_eq!(p.bar(true, false, 0, M), 1.0);
+    }
+
+    #[test]
+    fn infinite_ratios_stay_finite() {
+        let mut p = Pruning::default();
+        take(&mut p, f64::INFINITY, false);
+        take(&mut p, f64::NAN, false);
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(!json.contains("null"), "{json}");
+    }
+}
