@@ -708,3 +708,48 @@ fn a_kind_of_blip_seen_again_is_pruned_and_what_stands_out_is_not() {
     assert!(held(&fault[short + 1..]) >= 0.99, "held {}", held(&fault[short + 1..]));
     assert_eq!(opened(&fault), 1);
 }
+
+/// A command flag beside a sensor: the flag flips now and then (0/1, a command was
+/// sent), the sensor is noise. The flag is evidently an indicator, so it is
+/// context: no flip is an incident, and a fault of the sensor still is, with the
+/// sensor as its only contributor.
+#[test]
+fn a_flag_flip_alone_is_never_an_incident() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut det = Detector::new(config()).unwrap();
+    let mut flag = 0.0;
+    let mut reading = |rng: &mut StdRng, shift: f64| {
+        if rng.random::<f64>() < 0.01 {
+            flag = 1.0 - flag;
+        }
+        vec![10.0 + noise(rng) + shift, flag]
+    };
+    let calm = run(&mut det, 4000, &mut |_| reading(&mut rng, 0.0));
+    assert_eq!(opened(&calm[500..]), 0, "flips are context");
+    assert!(calm.iter().all(|v| v.contributions[1] == 0.0));
+    let fault = run(&mut det, 200, &mut |_| reading(&mut rng, 15.0));
+    assert_eq!(opened(&fault), 1);
+    assert!(held(&fault) >= 0.95, "held {}", held(&fault));
+    assert!(fault.iter().filter(|v| v.anomaly).all(|v| v.contributions[1] == 0.0));
+}
+
+/// A feature the config names as context is never judged, however far it moves:
+/// a deploy marker that counts up, say. The others are judged as before.
+#[test]
+fn a_feature_named_as_context_is_never_judged() {
+    let mut rng = StdRng::seed_from_u64(12);
+    let mut c = config();
+    c.context = vec![0];
+    let mut det = Detector::new(c).unwrap();
+    let calm = run(&mut det, 3000, &mut |t| vec![(t / 500) as f64, 5.0 + noise(&mut rng)]);
+    assert_eq!(opened(&calm[500..]), 0);
+    let jump = run(&mut det, 50, &mut |_| vec![1e6, 5.0 + noise(&mut rng)]);
+    assert_eq!(opened(&jump), 0, "the context feature jumped");
+    assert!(jump.iter().all(|v| !v.anomaly));
+    let fault = run(&mut det, 50, &mut |_| vec![1e6, 50.0 + noise(&mut rng)]);
+    assert_eq!(opened(&fault), 1);
+    let mut every = config();
+    every.n_features = Some(2);
+    every.context = vec![1, 0];
+    assert!(Detector::new(every).is_err(), "one feature must be judged");
+}

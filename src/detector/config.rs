@@ -331,6 +331,12 @@ pub struct DetectorConfig {
     pub range_after: usize,
     /// Alerting.
     pub alert: AlertConfig,
+    /// Features (by index) the model reads but the state never judges: commands,
+    /// modes, deploy markers (`context.rs`).
+    pub context: Vec<usize>,
+    /// Also treat evident indicators (at most two distinct values) as context, on
+    /// streams of two or more features.
+    pub context_auto: bool,
 }
 
 impl Default for DetectorConfig {
@@ -348,6 +354,8 @@ impl Default for DetectorConfig {
             range_tolerance: Some(0.05),
             range_after: 288,
             alert: AlertConfig::default(),
+            context: Vec::new(),
+            context_auto: true,
         }
     }
 }
@@ -363,7 +371,27 @@ impl DetectorConfig {
         self.validate_shape()?;
         self.validate_training()?;
         self.validate_baselines()?;
-        self.validate_alert()
+        self.validate_alert()?;
+        self.validate_context()
+    }
+
+    /// The context features: known positions, never every feature.
+    fn validate_context(&self) -> Result<(), ConfigError> {
+        let limit = self.n_features.unwrap_or(super::MAX_FEATURES);
+        if let Some(&j) = self.context.iter().find(|&&j| j >= limit) {
+            return Err(ConfigError(format!(
+                "context names feature {j}, but features are numbered 0..{limit}"
+            )));
+        }
+        let mut listed = self.context.clone();
+        listed.sort_unstable();
+        listed.dedup();
+        if self.n_features.is_some_and(|d| listed.len() >= d) {
+            return Err(ConfigError(
+                "context names every feature: at least one must be judged".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// The model, the window and the feature count.

@@ -25,6 +25,7 @@ pub mod baseline;
 pub mod cadence;
 pub mod changes;
 pub mod config;
+pub mod context;
 mod fit;
 mod gaps;
 mod incident;
@@ -303,6 +304,8 @@ pub struct Detector {
     stretches: VecDeque<Stretch>,
     /// The recent largest ratios and the open excursion's bar (`pruning.rs`).
     pruning: pruning::Pruning,
+    /// Per feature: the distinct values it has shown, for `context_auto`.
+    levels: Vec<context::Levels>,
     /// The recurring anomalous stretch that is open (no incident opens for it).
     recurring: Option<Recurring>,
     /// Consecutive anomalous readings (for `alert.min_duration`).
@@ -365,6 +368,7 @@ impl Detector {
             model_stale: false,
             stretches: VecDeque::new(),
             pruning: pruning::Pruning::default(),
+            levels: Vec::new(),
             recurring: None,
             cadence: Cadence::default(),
             imputed: 0,

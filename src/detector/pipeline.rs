@@ -9,7 +9,9 @@ use super::baseline::{self, OnlineAr, Seasonal, StateBaselines, WindowedGaussian
 use super::config::{Combine, ErrorScale};
 use super::state::{self, Component, Judgement, N_COMPONENTS, score_of_ratio};
 use super::train::{self, ERROR_EPS};
-use super::{Detector, DetectorKind, IncidentEvent, MAX_MAGNITUDE, PERIOD_SEARCH, Phase, ReadingError, Verdict};
+use super::{
+    Detector, DetectorKind, IncidentEvent, MAX_MAGNITUDE, PERIOD_SEARCH, Phase, ReadingError, Verdict, context,
+};
 use crate::nn::ScoreWorkspace;
 use crate::timestamp::Micros;
 
@@ -56,6 +58,40 @@ pub(super) struct BaselineScores {
     base_expected: Vec<f64>,
 }
 
+impl BaselineScores {
+    /// Zeroes every statistic of the context features (`mask[j]`).
+    fn mask(&mut self, mask: &[bool]) {
+        for (j, _) in mask.iter().enumerate().filter(|(_, m)| **m) {
+            for v in [
+                &mut self.zg,
+                &mut self.za,
+                &mut self.zs,
+                &mut self.state_level,
+                &mut self.state_ar,
+                &mut self.state_seasonal,
+                &mut self.stuck,
+                &mut self.base_z,
+            ] {
+                v[j] = 0.0;
+            }
+        }
+    }
+}
+
+impl Surprise {
+    /// Zeroes the context features' residuals and shares (`mask[j]`); the other
+    /// features' shares sum to 1 again.
+    fn mask(&mut self, mask: &[bool]) {
+        for (j, _) in mask.iter().enumerate().filter(|(_, m)| **m) {
+            self.contributions[j] = 0.0;
+            for z in [self.model_z.as_mut(), self.change_z.as_mut()].into_iter().flatten() {
+                z[j] = 0.0;
+            }
+        }
+        self.contributions = shares(&self.contributions);
+    }
+}
+
 /// `values`, each clamped to ±`MAX_MAGNITUDE` (borrowed when none needs it).
 pub(super) fn clamp_magnitude(values: &[f64]) -> std::borrow::Cow<'_, [f64]> {
     if values.iter().any(|v| v.abs() > MAX_MAGNITUDE) {
@@ -93,9 +129,16 @@ impl Detector {
         let values = &clamp_magnitude(values)[..];
         self.fill_gap(timestamp);
         self.admit(timestamp, values);
-        let base = self.score_baselines(values);
-        let out_of_range = self.widen_range(values);
+        let context = self.context_mask();
+        let mut base = self.score_baselines(values);
+        if let Some(m) = &context {
+            base.mask(m);
+        }
+        let out_of_range = self.widen_range(values, context.as_deref());
         let mut sur = self.surprise(&base, values);
+        if let Some(m) = &context {
+            sur.mask(m);
+        }
         let mut judgement = self.judge(&base, &sur);
         if judgement.component == Some(state::STUCK) {
             // The stuck features are what the incident is about.
@@ -157,10 +200,20 @@ impl Detector {
         (excursion, anomalous)
     }
 
-    /// Whether `values` are out of range (the rule judges them against what was seen
-    /// before them), then widens the range seen to hold them.
-    pub(super) fn widen_range(&mut self, values: &[f64]) -> bool {
-        let out_of_range = self.out_of_range(values);
+    /// Which features are context (`context.rs`), `None` when none is.
+    pub(super) fn context_mask(&self) -> Option<Vec<bool>> {
+        let d = self.n_features?;
+        if d < 2 && self.config.context.is_empty() {
+            return None;
+        }
+        context::mask(d, &self.config.context, self.config.context_auto, &self.levels)
+    }
+
+    /// Whether `values` (but the `context` ones) are out of range (the rule judges
+    /// them against what was seen before them), then widens the range seen to hold
+    /// them.
+    pub(super) fn widen_range(&mut self, values: &[f64], context: Option<&[bool]>) -> bool {
+        let out_of_range = self.out_of_range(values, context);
         for (r, &v) in self.range.iter_mut().zip(values) {
             *r = (r.0.min(v), r.1.max(v));
         }
@@ -201,6 +254,13 @@ impl Detector {
                 .map(|_| StateBaselines::new(b.ar_order, b.ar_forgetting, b.gaussian_window))
                 .collect();
             self.range = values.iter().map(|&v| (v, v)).collect();
+        }
+        if self.levels.len() != d {
+            // A snapshot from before context features starts counting now.
+            self.levels = vec![context::Levels::default(); d];
+        }
+        for (l, &x) in self.levels.iter_mut().zip(values) {
+            l.observe(x);
         }
         self.seen += 1;
         self.last_ts = Some(timestamp);
@@ -310,16 +370,17 @@ impl Detector {
 
     /// The range rule: beyond everything seen so far, widened by a fraction of the
     /// range.
-    pub(super) fn out_of_range(&self, values: &[f64]) -> bool {
+    pub(super) fn out_of_range(&self, values: &[f64], context: Option<&[bool]>) -> bool {
         let Some(tol) = self.config.range_tolerance else {
             return false;
         };
         if self.seen <= self.config.range_after.max(self.config.window) as u64 {
             return false;
         }
-        values.iter().zip(&self.range).any(|(&v, &(lo, hi))| {
+        values.iter().zip(&self.range).enumerate().any(|(j, (&v, &(lo, hi)))| {
             let margin = (hi - lo) * tol;
-            hi > lo && (v > hi + margin || v < lo - margin)
+            let judged = context.is_none_or(|m| !m[j]);
+            judged && hi > lo && (v > hi + margin || v < lo - margin)
         })
     }
 

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::baseline::{OnlineAr, Seasonal, StateBaselines, WindowedGaussian};
 use super::cadence::Cadence;
+use super::context::Levels;
 use super::incident::{MAX_STRETCHES, Recurring, Stretch};
 use super::likelihood::Likelihood;
 use super::pipeline::Mode;
@@ -44,6 +45,7 @@ impl Detector {
                 model_stale: self.model_stale,
                 stretches: self.stretches.iter().copied().collect(),
                 pruning: self.pruning.clone(),
+                levels: self.levels.clone(),
                 recurring: self.recurring,
                 cadence: self.cadence,
                 imputed: self.imputed,
@@ -124,6 +126,7 @@ impl Detector {
             model_stale: s.model_stale,
             stretches: s.stretches.into_iter().rev().take(MAX_STRETCHES).rev().collect(),
             pruning: s.pruning,
+            levels: s.levels,
             recurring: s.recurring,
             cadence: s.cadence,
             imputed: s.imputed,
@@ -241,6 +244,8 @@ pub struct DetectorState {
     #[serde(default)]
     pruning: Pruning,
     #[serde(default)]
+    levels: Vec<Levels>,
+    #[serde(default)]
     recurring: Option<Recurring>,
     #[serde(default)]
     cadence: Cadence,
@@ -322,6 +327,7 @@ impl DetectorState {
         sized("seasonals", self.seasonals.len())?;
         sized("state_baselines", self.state_baselines.len())?;
         sized("range", self.range.len())?;
+        sized("levels", self.levels.len())?;
         if d == 0 && !self.history.is_empty() || d > 0 && !self.history.len().is_multiple_of(d) {
             return Err(format!("history of {} values for {d} features", self.history.len()));
         }

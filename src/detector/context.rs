@@ -1,0 +1,111 @@
+//! Context features: columns the model reads but the state never judges.
+//!
+//! Real streams carry columns that *explain* the others rather than being judged
+//! beside them: a command was sent, a mode switched, a deploy began, an on/off
+//! state. A flip of such a column is not a fault; judged like a sensor, each flip
+//! is an incident (SMAP with its command flags as features: 3,023 false stretches).
+//!
+//! A feature is context when the config lists its index (`context = [1, 2]`) or,
+//! with `context_auto` (the default) on a stream of two or more features, when it
+//! is evidently an indicator: it has shown at most two distinct values, and either
+//! both (an on/off column) or a single 0 or 1 (a flag that has not flipped yet). A
+//! third distinct value makes it a measurement for good. If every feature would be
+//! context, only the listed ones are (a stream of indicators alone is judged).
+//!
+//! Context features are inputs of the model (it reconstructs the others given
+//! them) and are buffered and learnt like any feature, but no statistic of theirs
+//! enters the state, the range rule, the stuck check or the contributions, so they
+//! are never flagged and never named as a cause.
+
+use serde::{Deserialize, Serialize};
+
+/// The distinct values a feature has shown, up to two.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Levels {
+    seen: [f64; 2],
+    /// Distinct values seen: 0, 1, 2, or 3 for "more than two".
+    n: u8,
+}
+
+impl Levels {
+    /// Notes one value.
+    pub fn observe(&mut self, x: f64) {
+        let n = usize::from(self.n);
+        if n > 2 || self.seen[..n].contains(&x) {
+            return;
+        }
+        if n < 2 {
+            self.seen[n] = x;
+        }
+        self.n += 1;
+    }
+
+    /// Whether the feature looks like an indicator (see the module docs).
+    pub fn is_indicator(&self) -> bool {
+        match self.n {
+            1 => self.seen[0] == 0.0 || self.seen[0] == 1.0,
+            2 => true,
+            _ => false,
+        }
+    }
+}
+
+/// Which of `d` features are context: `listed` (indices; out-of-range ones are
+/// ignored) and, when `auto` and `d ≥ 2`, the indicators among `levels`. `None`
+/// when none is, or when every one would be and the list alone covers fewer.
+pub fn mask(d: usize, listed: &[usize], auto: bool, levels: &[Levels]) -> Option<Vec<bool>> {
+    let mut listed_mask = vec![false; d];
+    for &j in listed.iter().filter(|&&j| j < d) {
+        listed_mask[j] = true;
+    }
+    let mut mask = listed_mask.clone();
+    if auto && d >= 2 {
+        for (m, l) in mask.iter_mut().zip(levels) {
+            *m |= l.is_indicator();
+        }
+    }
+    if mask.iter().all(|&m| m) {
+        mask = listed_mask;
+    }
+    (mask.iter().any(|&m| m) && !mask.iter().all(|&m| m)).then_some(mask)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn levels(values: &[f64]) -> Levels {
+        let mut l = Levels::default();
+        values.iter().for_each(|&x| l.observe(x));
+        l
+    }
+
+    #[test]
+    fn flags_and_on_off_columns_are_indicators_and_measurements_are_not() {
+        assert!(levels(&[0.0, 0.0, 0.0]).is_indicator());
+        assert!(levels(&[1.0]).is_indicator());
+        assert!(levels(&[0.0, 1.0, 0.0, 0.0]).is_indicator());
+        assert!(levels(&[20.0, 80.0, 20.0]).is_indicator());
+        assert!(
+            !levels(&[50.0, 50.0]).is_indicator(),
+            "a constant reading is a measurement"
+        );
+        assert!(!levels(&[0.0, 1.0, 0.5]).is_indicator());
+        assert!(!levels(&[0.0, 1.0, 0.5, 0.0, 1.0]).is_indicator(), "for good");
+        assert!(!levels(&[]).is_indicator());
+    }
+
+    #[test]
+    fn the_mask_takes_the_list_and_the_indicators_but_never_every_feature() {
+        let flag = levels(&[0.0, 1.0]);
+        let sensor = levels(&[0.1, 0.2, 0.3]);
+        assert_eq!(mask(2, &[], true, &[sensor, flag]), Some(vec![false, true]));
+        assert_eq!(mask(2, &[], false, &[sensor, flag]), None);
+        assert_eq!(mask(3, &[0, 7], false, &[sensor; 3]), Some(vec![true, false, false]));
+        // Indicators alone are judged; a univariate stream is always judged.
+        assert_eq!(mask(2, &[], true, &[flag, flag]), None);
+        assert_eq!(mask(2, &[1], true, &[flag, flag]), Some(vec![false, true]));
+        assert_eq!(mask(1, &[], true, &[flag]), None);
+        assert_eq!(mask(2, &[0, 1], false, &[sensor; 2]), None);
+    }
+}
