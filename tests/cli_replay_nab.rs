@@ -72,6 +72,7 @@ fn replay_scores_a_multivariate_csv() {
             "event_score",
             "cause",
             "phase",
+            "readings_needed",
             "model_version",
             "raw_error",
             "expected_cpu",
@@ -81,9 +82,14 @@ fn replay_scores_a_multivariate_csv() {
     let rows: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
     assert_eq!(rows.len(), 700);
     assert_eq!(&rows[0][0], "2023-11-14T22:14:20Z");
-    assert_eq!(&rows[0][10], "warmup");
+    // Not judged yet: no score, the phase says so, with the readings still needed.
+    assert_eq!((&rows[0][3], &rows[0][10]), ("", "warmup"));
+    assert!(rows[0][11].parse::<u64>().unwrap() > 0);
+    let judged = rows.iter().position(|r| &r[10] != "warmup").unwrap();
+    assert!((2..=64).contains(&judged), "judged from reading {judged}");
+    assert_eq!(&rows[judged][11], "0");
     assert_eq!(&rows[699][10], "model");
-    assert!(rows[699][11].parse::<u64>().unwrap() >= 1);
+    assert!(rows[699][12].parse::<u64>().unwrap() >= 1);
     assert_eq!(&rows[650][4], "true", "the memory jump is anomalous");
     assert_eq!(&rows[650][5], "opened", "and opens an incident");
     let id = &rows[650][7];
@@ -92,8 +98,8 @@ fn replay_scores_a_multivariate_csv() {
         "the one-reading fault resolves"
     );
     for r in &rows {
-        // score and event_score
-        for col in [3, 8] {
+        // score (once judged) and event_score
+        for col in [3, 8].into_iter().filter(|&c| c != 3 || &r[10] != "warmup") {
             let s: f64 = r[col].parse().unwrap();
             assert!((0.0..=1.0).contains(&s));
         }
@@ -125,7 +131,8 @@ fn replay_teaches_history_rows_and_skips_them() {
     assert_eq!(rows.len(), 100, "history rows are not written");
     // A model was trained on the history before the first scored row.
     assert_eq!(&rows[0][9], "model");
-    assert_eq!(&rows[0][10], "1");
+    assert_eq!(&rows[0][10], "0", "history is what it needed: nothing to wait for");
+    assert_eq!(&rows[0][11], "1");
     assert!(
         rows.iter().all(|r| &r[3] == "false"),
         "clean data after history raises nothing"

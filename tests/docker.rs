@@ -190,8 +190,10 @@ fn compose_stack() {
         "prometheus",
         "alertmanager",
     ]);
-    let query = "http://127.0.0.1:9090/api/v1/query?query=anomalyd_stream_score%7Bfor%3D%22node_load1%22%7D";
-    wait_for("a score of node_load1 in Prometheus", Duration::from_secs(120), || {
+    // The stream's warm-up state (its score follows once it judges, 64 readings
+    // at the 5 s scrape).
+    let query = "http://127.0.0.1:9090/api/v1/query?query=anomalyd_stream_readings_needed%7Bfor%3D%22node_load1%22%7D";
+    wait_for("node_load1's stream in Prometheus", Duration::from_secs(120), || {
         http("GET", query, None).is_some_and(|(_, v)| {
             v["data"]["result"]
                 .as_array()
@@ -199,7 +201,7 @@ fn compose_stack() {
         })
     });
     eprintln!(
-        "compose up to the first score in Prometheus: {:.1} s",
+        "compose up to the stream in Prometheus: {:.1} s",
         start.elapsed().as_secs_f64()
     );
 }

@@ -152,12 +152,14 @@ remote_write:
         .await
         .unwrap();
     assert!(info["readings_seen"].as_u64().unwrap() >= 1, "{info}");
-    // The scores come back into Prometheus with the original series' labels.
+    // The stream's state comes back into Prometheus with the original series'
+    // labels: at first how many readings it still needs (no score until it
+    // judges: 64 readings at this 1 s scrape), then 0 beside its score.
     let query = format!(
-        "http://127.0.0.1:{prom_port}/api/v1/query?query=anomalyd_stream_score%7Bfor%3D%22prometheus_tsdb_head_series%22%7D"
+        "http://127.0.0.1:{prom_port}/api/v1/query?query=anomalyd_stream_readings_needed%7Bfor%3D%22prometheus_tsdb_head_series%22%7D"
     );
     let result = eventually(
-        "scores to be queryable in Prometheus",
+        "the stream's warm-up to be queryable in Prometheus",
         Duration::from_secs(60),
         async || {
             let v: Value = c.get(&query).send().await.ok()?.json().await.ok()?;
@@ -168,8 +170,8 @@ remote_write:
     .await;
     assert_eq!(result["metric"]["job"], "prometheus", "{result}");
     assert_eq!(result["metric"]["instance"], format!("127.0.0.1:{prom_port}"));
-    let score: f64 = result["value"][1].as_str().unwrap().parse().unwrap();
-    assert!((0.0..=1.0).contains(&score));
+    let needed: f64 = result["value"][1].as_str().unwrap().parse().unwrap();
+    assert!((0.0..=64.0).contains(&needed), "{result}");
     // The expected value sits beside the series for a Grafana panel.
     let expected = format!(
         "http://127.0.0.1:{prom_port}/api/v1/query?query=anomalyd_stream_expected%7Bfor%3D%22prometheus_tsdb_head_series%22%7D"

@@ -150,8 +150,11 @@ async fn ingest_scores_and_protobuf_round_trip() {
     assert_eq!(results[0]["stream"], "web/latency p99");
     assert_eq!(results[0]["timestamp"], "2023-11-14T22:13:20Z");
     for r in results {
-        let score = r["score"].as_f64().unwrap();
-        assert!((0.0..=1.0).contains(&score));
+        // A new stream has judged nothing yet: no score (not a 0 that reads as
+        // normal), the phase says so, and how many readings it still needs.
+        assert!(r["score"].is_null(), "{r}");
+        assert_eq!(r["phase"], "warmup");
+        assert!(r["readings_needed"].as_u64().unwrap() > 0, "{r}");
         assert_eq!(r["expected"].as_array().unwrap().len(), 1);
     }
     // Many streams in one batch, RFC 3339 timestamps, multivariate values.
@@ -195,8 +198,16 @@ async fn ingest_scores_and_protobuf_round_trip() {
     assert_eq!(resp.results.len(), 3);
     assert_eq!(resp.results[0].stream, "web/latency p99");
     assert_eq!(resp.results[2].timestamp, "2023-11-14T22:20:20Z");
+    // Still warming up: the score is absent, not 0.
+    assert_eq!(
+        (resp.results[2].score, resp.results[2].phase.as_str()),
+        (None, "warmup")
+    );
+    assert!(resp.results[2].readings_needed > 0);
     let (_, info) = get(&c, &format!("{}/v1/streams/web%2Flatency%20p99", s.addr)).await;
     assert_eq!(info["readings_seen"], 8);
+    assert_eq!(info["phase"], "warmup");
+    assert!(info["last_score"].is_null() && info["readings_needed"].as_u64().unwrap() > 0);
     // Garbage protobuf is a 400.
     let r = c
         .post(format!("{}/v1/readings", s.addr))
@@ -452,7 +463,8 @@ async fn metrics_parse_and_counters_move() {
         1.0
     );
     assert_eq!(value(&after, "anomalyd_scoring_latency_seconds_count"), 50.0);
-    assert_eq!(value(&after, "anomalyd_streams{phase=\"baseline\"}"), 1.0);
+    // 50 readings: not judged yet (64 normal readings before a limit is used).
+    assert_eq!(value(&after, "anomalyd_streams{phase=\"warmup\"}"), 1.0);
     assert!(after.contains("anomalyd_http_requests_total{route=\"/v1/streams/{stream}/readings\",status=\"200\"} 1"));
     assert!(after.contains("process_resident_memory_bytes"));
     for required in [

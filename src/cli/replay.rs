@@ -22,7 +22,8 @@ pub struct ReplayArgs {
     pub config: Option<PathBuf>,
     /// Output CSV: timestamp, values, score, anomaly (the state), event
     /// (opened/resolved), suppressed (why an anomalous reading opened nothing),
-    /// incident, event_score, cause, phase, model_version, raw_error, expected
+    /// incident, event_score, cause, phase, readings_needed (score empty while
+    /// warming up), model_version, raw_error, expected
     /// values.
     #[arg(long)]
     pub out: PathBuf,

@@ -131,8 +131,11 @@ pub struct Verdict {
     pub contributions: Vec<f64>,
     /// Version of the model that scored (0: none yet).
     pub model_version: u64,
-    /// Which part scored.
+    /// Which part scored; `Warmup` while nothing is judged yet (then `score` is
+    /// 0 and means "not judged", never "normal").
     pub phase: Phase,
+    /// Normal readings still needed before the stream judges (0 once it does).
+    pub readings_needed: u64,
     /// The value left the range seen so far.
     pub out_of_range: bool,
     /// The incident open at this reading (or resolved by it), if any.
@@ -144,6 +147,18 @@ pub struct Verdict {
     /// Which statistic decided the score: `level`, `ar`, `seasonal`, `model` or
     /// `joint`, with `smoothed` when its sustained (EWMA) form did.
     pub cause: Option<String>,
+}
+
+impl Verdict {
+    /// The score, or `None` while the stream was warming up (not judged).
+    pub fn judged_score(&self) -> Option<f64> {
+        (self.phase != Phase::Warmup).then_some(self.score)
+    }
+
+    /// Normal readings still needed, while warming up.
+    pub fn warming_up(&self) -> Option<u64> {
+        (self.phase == Phase::Warmup).then_some(self.readings_needed)
+    }
 }
 
 /// What [`Detector::accept`] did.
@@ -415,8 +430,24 @@ impl Detector {
     }
 
     /// Which part scores the stream now: the phase of the newest reading's verdict,
-    /// or, after a model was installed or restored since, of the next one.
+    /// or, after a model was installed or restored since, of the next one;
+    /// `Warmup` while no statistic has a limit yet ([`Detector::readings_needed`]).
     pub fn phase(&self) -> Phase {
+        if self.readings_needed() > 0 {
+            Phase::Warmup
+        } else {
+            self.scoring_phase()
+        }
+    }
+
+    /// Normal readings the stream still needs before it judges (0 once it does).
+    pub fn readings_needed(&self) -> u64 {
+        u64::from(self.state.readings_needed(self.config.alert.min_normal as u32))
+    }
+
+    /// Which part computes the surprise: the model once it scores, the baselines
+    /// before, nothing for the first two readings.
+    pub(super) fn scoring_phase(&self) -> Phase {
         let d = self.n_features.unwrap_or(1).max(1);
         let window_ready =
             self.history.len() >= self.config.window * d && self.fresh_rows() >= self.config.window as u64;

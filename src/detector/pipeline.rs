@@ -139,6 +139,12 @@ impl Detector {
         if let Some(m) = &context {
             sur.mask(m);
         }
+        // Judged only once a statistic has a limit: before, the score means
+        // "not judged yet" (phase warmup), never "normal".
+        let readings_needed = self.readings_needed();
+        if readings_needed > 0 {
+            sur.phase = Phase::Warmup;
+        }
         let mut judgement = self.judge(&base, &sur);
         if judgement.component == Some(state::STUCK) {
             // The stuck features are what the incident is about.
@@ -173,6 +179,7 @@ impl Detector {
             contributions: sur.contributions,
             model_version: self.model.as_ref().map_or(0, |m| m.version),
             phase: sur.phase,
+            readings_needed,
             out_of_range,
             // The open incident, or the one this reading resolved.
             incident: match &event {
@@ -391,7 +398,7 @@ impl Detector {
         let base_max = base.base_z.iter().cloned().fold(0.0, f64::max);
         let raw_scale = self.config.raw_scale;
         let raw_of = |z: f64| raw_of(z, raw_scale);
-        match self.phase() {
+        match self.scoring_phase() {
             Phase::Model => {
                 let (z, err, expected, contributions, model_z) = self.model_surprise();
                 let change_z = self.change_residual();

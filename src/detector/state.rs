@@ -366,6 +366,14 @@ impl StateCalibration {
         }
     }
 
+    /// Normal readings still needed before any statistic has a limit to judge by
+    /// (`min_normal` each; 0 once one has): the closest statistic's shortfall,
+    /// `min_normal` while none has learnt anything.
+    pub fn readings_needed(&self, min_normal: u32) -> u32 {
+        let known = self.instant.iter().map(TailHistogram::len).max().unwrap_or(0);
+        min_normal.saturating_sub(known)
+    }
+
     /// Normal readings a component has learnt.
     pub fn known(&self, c: Component) -> u32 {
         self.instant[c as usize].len()

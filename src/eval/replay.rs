@@ -147,6 +147,7 @@ pub fn score_rest(
 
 /// `anomalyd replay`: writes timestamp, values, score, anomaly (the state), event
 /// (`opened`/`resolved`), suppressed, incident, event_score, cause, phase,
+/// readings_needed (the score is empty while warming up),
 /// model_version, raw_error and
 /// the expected value of each column, for every row after the first `train_rows`
 /// (taught as history). Returns (rows scored, rows whose timestamp stepped back).
@@ -185,6 +186,7 @@ pub fn replay(
             "event_score",
             "cause",
             "phase",
+            "readings_needed",
             "model_version",
             "raw_error",
         ]
@@ -202,7 +204,7 @@ pub fn replay(
         let mut rec = vec![timestamp::format_rfc3339(*t)];
         rec.extend(row.iter().map(|x| x.to_string()));
         rec.extend([
-            v.score.to_string(),
+            v.judged_score().map_or(String::new(), |s| s.to_string()),
             v.anomaly.to_string(),
             match &v.event {
                 Some(IncidentEvent::Opened(_)) => "opened".to_string(),
@@ -214,6 +216,7 @@ pub fn replay(
             v.event_score.to_string(),
             v.cause.clone().unwrap_or_default(),
             v.phase.name().to_string(),
+            v.readings_needed.to_string(),
             v.model_version.to_string(),
             v.raw_error.to_string(),
         ]);

@@ -70,14 +70,18 @@ pub struct ReadingOut {
     /// RFC 3339, UTC.
     pub timestamp: String,
     /// Anomaly score in [0, 1] against the stream's learnt normal behaviour: 0.5 at
-    /// its calibrated limit, 0.9 at three times it, 0.99 at ten times.
-    pub score: f64,
+    /// its calibrated limit, 0.9 at three times it, 0.99 at ten times; `null` while
+    /// the stream warms up (not judged yet, which is not "normal").
+    pub score: Option<f64>,
     /// The anomaly state: this reading is abnormal.
     pub anomaly: bool,
     /// How new the reading is against the recent past (onset signal), in [0, 1].
     pub event_score: f64,
-    /// `warmup`, `baseline` or `model`.
+    /// `warmup` (not judged yet), `baseline` or `model`.
     pub phase: String,
+    /// While warming up: normal readings still needed before the stream judges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readings_needed: Option<u64>,
     /// Model version (0: none yet).
     pub model_version: u64,
     /// Expected values per feature.
@@ -214,8 +218,10 @@ pub struct StreamInfo {
     pub stream: String,
     /// Config.
     pub config: crate::detector::DetectorConfig,
-    /// `warmup`, `baseline` or `model`.
+    /// `warmup` (not judged yet), `baseline` or `model`.
     pub phase: crate::detector::Phase,
+    /// Normal readings still needed before the stream judges (0 once it does).
+    pub readings_needed: u64,
     /// Features per reading (once known).
     pub n_features: Option<usize>,
     /// Readings scored.
@@ -224,7 +230,7 @@ pub struct StreamInfo {
     pub model: Option<ModelInfo>,
     /// Score at or above which a reading is anomalous.
     pub threshold: f64,
-    /// The newest verdict's score.
+    /// The newest verdict's score (`null` before one was judged).
     pub last_score: Option<f64>,
     /// The newest verdict's anomaly state.
     pub anomalous: bool,

@@ -336,7 +336,8 @@ impl Registry {
         if let (Some(&i), Some(v)) = (indices.last(), &st.last_verdict) {
             let mut meta = lock(&stream.meta);
             meta.values.clone_from(&readings[i].values);
-            meta.score = v.score;
+            meta.score = v.judged_score();
+            meta.readings_needed = v.readings_needed;
             meta.anomaly = v.anomaly;
             meta.expected.clone_from(&v.expected);
             meta.scored = true;

@@ -29,8 +29,10 @@ pub struct StreamMeta {
     pub labels: Option<Arc<[(String, String)]>>,
     /// The newest reading's values.
     pub values: Vec<f64>,
-    /// The newest verdict (score, state, expected values).
-    pub score: f64,
+    /// The newest verdict's score (`None` while warming up: not judged).
+    pub score: Option<f64>,
+    /// Normal readings still needed before the stream judges (0 once it does).
+    pub readings_needed: u64,
     /// The anomaly state.
     pub anomaly: bool,
     /// What the detector expected, per feature.

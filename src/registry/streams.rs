@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use super::log::Record;
 use super::stream::{Stream, StreamMeta, StreamState, accept_into, reconfigure};
 use super::{Registry, RegistryError, lock, try_lock, validate_stream_id};
-use crate::detector::{Detector, DetectorConfig};
+use crate::detector::{Detector, DetectorConfig, Verdict};
 use crate::protocol::{IncidentInfo, ModelInfo, StreamInfo};
 
 impl Registry {
@@ -200,11 +200,12 @@ impl Registry {
         Ok(StreamInfo {
             stream: stream.id.clone(),
             phase: d.phase(),
+            readings_needed: d.readings_needed(),
             n_features: d.n_features(),
             readings_seen: d.readings_seen(),
             model,
             threshold: c.alert.threshold,
-            last_score: st.last_verdict.as_ref().map(|v| v.score),
+            last_score: st.last_verdict.as_ref().and_then(Verdict::judged_score),
             anomalous: st.last_verdict.as_ref().is_some_and(|v| v.anomaly),
             incident: d.incident().map(|i| IncidentInfo {
                 id: i.id,

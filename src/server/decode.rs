@@ -207,10 +207,11 @@ pub(super) fn reading_out(stream: String, v: Verdict) -> ReadingOut {
     ReadingOut {
         stream,
         timestamp: timestamp::format_rfc3339(v.timestamp),
-        score: v.score,
+        score: v.judged_score(),
         anomaly: v.anomaly,
         event_score: v.event_score,
         phase: v.phase.name().to_string(),
+        readings_needed: v.warming_up(),
         model_version: v.model_version,
         expected: v.expected,
         incident: v.incident,

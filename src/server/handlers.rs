@@ -70,6 +70,7 @@ pub(super) async fn ingest(
                     score: r.score,
                     anomaly: r.anomaly,
                     phase: r.phase,
+                    readings_needed: r.readings_needed.unwrap_or(0),
                     model_version: r.model_version,
                     expected: r.expected,
                     event_score: r.event_score,

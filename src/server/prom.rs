@@ -166,13 +166,19 @@ pub fn render_scores(streams: &[(String, StreamMeta)]) -> String {
             "What the detector expected for the newest reading.",
         ),
         ("anomalyd_stream_value", "The newest reading's value."),
+        (
+            "anomalyd_stream_readings_needed",
+            "Normal readings the stream still needs before it judges (0 once it does; no score until then).",
+        ),
     ];
     for (family, help) in families {
         let _ = writeln!(out, "# HELP {family} {help}");
         let _ = writeln!(out, "# TYPE {family} gauge");
         for (id, m) in streams {
             let per_feature: Vec<f64> = match family {
-                "anomalyd_stream_score" => vec![m.score],
+                // Not judged yet: no sample, rather than a 0 that reads as normal.
+                "anomalyd_stream_score" => m.score.into_iter().collect(),
+                "anomalyd_stream_readings_needed" => vec![m.readings_needed as f64],
                 "anomalyd_stream_anomaly" => vec![f64::from(u8::from(m.anomaly))],
                 "anomalyd_stream_expected" => m.expected.clone(),
                 _ => m.values.clone(),
@@ -309,7 +315,8 @@ mod tests {
                 .into(),
             ),
             values: vec![1.5],
-            score: 0.25,
+            score: Some(0.25),
+            readings_needed: 0,
             anomaly: true,
             expected: vec![1.25],
             scored: true,
@@ -329,6 +336,23 @@ mod tests {
         assert!(text.contains("anomalyd_stream_anomaly{for=\"node_load1\",job=\"n\"} 1\n"));
         assert!(
             text.contains("anomalyd_stream_expected{stream=\"cpu \\\"a\\\"\",feature=\"1\"} 2.5\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_stream_warming_up_has_no_score_and_says_how_many_readings_it_needs() {
+        let warming = StreamMeta {
+            values: vec![3.0],
+            expected: vec![3.0],
+            readings_needed: 40,
+            scored: true,
+            ..Default::default()
+        };
+        let text = render_scores(&[("new".into(), warming)]);
+        assert!(!text.contains("anomalyd_stream_score{"), "{text}");
+        assert!(
+            text.contains("anomalyd_stream_readings_needed{stream=\"new\"} 40\n"),
             "{text}"
         );
     }
