@@ -134,7 +134,8 @@ pub struct Verdict {
     /// Which part scored; `Warmup` while nothing is judged yet (then `score` is
     /// 0 and means "not judged", never "normal").
     pub phase: Phase,
-    /// Normal readings still needed before the stream judges (0 once it does).
+    /// Normal readings still needed, after this one, before the stream judges (0
+    /// once it does, and for the last reading of the warm-up).
     pub readings_needed: u64,
     /// The value left the range seen so far.
     pub out_of_range: bool,

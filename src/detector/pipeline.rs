@@ -141,8 +141,7 @@ impl Detector {
         }
         // Judged only once a statistic has a limit: before, the score means
         // "not judged yet" (phase warmup), never "normal".
-        let readings_needed = self.readings_needed();
-        if readings_needed > 0 {
+        if self.readings_needed() > 0 {
             sur.phase = Phase::Warmup;
         }
         let mut judgement = self.judge(&base, &sur);
@@ -179,7 +178,8 @@ impl Detector {
             contributions: sur.contributions,
             model_version: self.model.as_ref().map_or(0, |m| m.version),
             phase: sur.phase,
-            readings_needed,
+            // After this one: what the stream's own state says from now on.
+            readings_needed: self.readings_needed(),
             out_of_range,
             // The open incident, or the one this reading resolved.
             incident: match &event {
