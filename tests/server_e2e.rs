@@ -766,15 +766,20 @@ async fn put_configures_streams_and_retrain_queues_a_job() {
         (Some("gru"), Some(0.7))
     );
     // Invalid configs are refused with the field named, and change nothing.
-    for bad in [
-        json!({"model": {"cell": "transformer"}}),
-        json!({"window": 1}),
-        json!({"windw": 3}),
+    for (bad, field) in [
+        (json!({"model": {"cell": "transformer"}}), "model.cell"),
+        (json!({"model": {"error_scale": 7}}), "model.error_scale"),
+        (json!({"alert": {"prune_margin": "wide"}}), "alert.prune_margin"),
+        (json!({"window": 1}), "window"),
+        (json!({"windw": 3}), "windw"),
+        (json!({"context": [1, "x"]}), "context"),
     ] {
         let r = c.put(&url).json(&bad).send().await.unwrap();
         assert_eq!(r.status(), 400, "{bad}");
         let e: Value = r.json().await.unwrap();
         assert_eq!(e["error"]["code"], "invalid_config");
+        let message = e["error"]["message"].as_str().unwrap();
+        assert!(message.contains(field), "{bad}: {message}");
     }
     assert_eq!(get(&c, &url).await.1["config"]["model"]["cell"], "gru");
     // Train a model, then move the threshold: the model stays (same shape), and a

@@ -100,8 +100,11 @@ impl Registry {
         let merged = |base: &DetectorConfig| -> Result<DetectorConfig, RegistryError> {
             let mut v = serde_json::to_value(base).expect("configs serialise");
             merge_patch(&mut v, patch);
-            let c: DetectorConfig = serde_json::from_value(v)
-                .map_err(|e| RegistryError::Config(crate::detector::ConfigError(e.to_string())))?;
+            // The error names the field (`model.error_scale: unknown variant ...`).
+            let c: DetectorConfig = serde_path_to_error::deserialize(v).map_err(|e| {
+                let message = format!("{}: {}", e.path(), e.inner());
+                RegistryError::Config(crate::detector::ConfigError(message))
+            })?;
             c.validate()?;
             Ok(c)
         };
