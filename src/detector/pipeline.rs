@@ -196,13 +196,11 @@ impl Detector {
     /// whether the reading is beyond its limit (an excursion: not learnt) and
     /// whether it is anomalous (beyond the bar too); `live`: it may be either.
     pub(super) fn prune(&mut self, judgement: &mut Judgement, live: bool) -> (bool, bool) {
-        let threshold = self.config.alert.threshold;
-        let excursion = live && score_of_ratio(judgement.ratio) >= threshold;
         let a = &self.config.alert;
-        let held = self.incident.is_some();
-        let (raw, window) = (judgement.ratio, a.prune_window);
+        let (raw, window, held) = (judgement.ratio, a.prune_window, self.incident.is_some());
+        let excursion = live && score_of_ratio(raw) >= a.threshold;
         judgement.ratio /= self.pruning.bar(excursion, held, window, a.prune_margin);
-        let anomalous = excursion && score_of_ratio(judgement.ratio) >= threshold;
+        let anomalous = excursion && score_of_ratio(judgement.ratio) >= a.threshold;
         self.pruning.note(raw, anomalous, held, window);
         (excursion, anomalous)
     }
@@ -210,7 +208,9 @@ impl Detector {
     /// Which features are context (`context.rs`), `None` when none is.
     pub(super) fn context_mask(&self) -> Option<Vec<bool>> {
         let d = self.n_features?;
-        if d < 2 && self.config.context.is_empty() {
+        let auto = self.config.context_auto && d >= 2 && self.levels.iter().any(context::Levels::is_indicator);
+        if self.config.context.is_empty() && !auto {
+            // The common case, on every reading: nothing to mask, nothing allocated.
             return None;
         }
         context::mask(d, &self.config.context, self.config.context_auto, &self.levels)
@@ -407,8 +407,8 @@ impl Detector {
                 let za_max = base.za.iter().cloned().fold(0.0, f64::max);
                 // While an incident is open, or was as good as open (a pruned
                 // excursion, until `resolve_after` normal readings), or a new normal
-                // awaits a retrained model, the model knows only the old normal: novelty is judged by the
-                // baselines, which follow every reading.
+                // awaits a retrained model, the model knows only the old normal:
+                // novelty is judged by the baselines, which follow every reading.
                 let recently_beyond = self.pruning.recently_beyond(self.config.alert.resolve_after);
                 let model_blind =
                     self.incident.is_some() || self.recurring.is_some() || recently_beyond || self.model_stale;

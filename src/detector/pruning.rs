@@ -9,8 +9,10 @@
 //! rule here:
 //!
 //! ```text
-//! M    the largest ratio to the limit over the last `window` readings before the
-//!      excursion began (normal readings, earlier excursions and incidents alike)
+//! M    the largest ratio to the limit of the excursions among the last `window`
+//!      readings before this one began (pruned excursions, and incidents that
+//!      were blips; normal readings near the limit and long incidents do not
+//!      count)
 //! bar  max(1, (1 + margin) · M), fixed when the excursion begins and held while
 //!      it lasts and while its incident is open
 //! ρ'   ρ / bar: the ratio that decides the state, the score and incidents
@@ -27,7 +29,7 @@
 //! readings at most): a long fault that pauses and returns is judged afresh.
 //!
 //! The maximum is kept over blocks of readings (`BLOCKS` of them): the window is
-//! `window` readings rounded up to whole blocks, in a few dozen bytes per stream.
+//! `window` readings rounded up to whole blocks, in about 100 bytes per stream.
 
 use serde::{Deserialize, Serialize};
 
