@@ -407,7 +407,7 @@ fn a_snapshot_from_before_the_change_model_still_restores() {
     assert!(state["model"].as_object_mut().unwrap().remove("changes").is_some());
     for key in ["ewma", "signed", "instant", "smoothed", "drift"] {
         let list = state["state"][key].as_array_mut().unwrap();
-        assert_eq!(list.len(), 7, "{key}");
+        assert_eq!(list.len(), 8, "{key}");
         list.truncate(6);
     }
     let old = anomalyd::detector::DetectorSnapshot {

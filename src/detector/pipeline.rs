@@ -49,6 +49,9 @@ pub(super) struct BaselineScores {
     state_level: Vec<f64>,
     state_ar: Vec<f64>,
     state_seasonal: Vec<f64>,
+    /// The state's trend z (`None` until the long-run level knows more than the
+    /// level's window).
+    state_trend: Option<Vec<f64>>,
     /// Each feature's run of repeated values over its limit.
     stuck: Vec<f64>,
     /// Seasonal expectation, when the feature has a period and history for it.
@@ -73,6 +76,9 @@ impl BaselineScores {
                 &mut self.base_z,
             ] {
                 v[j] = 0.0;
+            }
+            if let Some(t) = &mut self.state_trend {
+                t[j] = 0.0;
             }
         }
     }
@@ -304,6 +310,7 @@ impl Detector {
             state_level: zeros.clone(),
             state_ar: zeros.clone(),
             state_seasonal: zeros.clone(),
+            state_trend: None,
             stuck: zeros.clone(),
             seasonal_expected: vec![None; d],
             base_z: zeros.clone(),
@@ -341,6 +348,10 @@ impl Detector {
                 _ => self.state_baselines[j].forecast(values[j]),
             };
         }
+        let window = self.config.baseline.gaussian_window;
+        s.state_trend = (0..d)
+            .map(|j| self.state_baselines[j].trend(values[j], window))
+            .collect::<Option<Vec<f64>>>();
         s
     }
 
@@ -495,6 +506,9 @@ impl Detector {
                 zs[Component::JointLevel as usize] = Some(&joint_level);
             }
         }
+        if all || kind == DetectorKind::Gaussian {
+            zs[Component::Trend as usize] = base.state_trend.as_deref();
+        }
         if all || kind == DetectorKind::Ar {
             zs[Component::Ar as usize] = Some(&base.state_ar);
         }
@@ -610,7 +624,10 @@ impl Detector {
         let from = (n_rows - searched) * d;
         for j in 0..d {
             let column: Vec<f64> = self.history.range(from..).skip(j).step_by(d).copied().collect();
-            let period = baseline::find_period(&column, 4, min_acf).map(|(p, _)| p);
+            // The dominant cycle, or a longer one made of whole cycles of it (a
+            // week of days) when the cycles differ in a way that repeats.
+            let period = baseline::find_period(&column, 4, min_acf)
+                .map(|(p, _)| baseline::longer_period(&column, p).unwrap_or(p));
             self.seasonals[j].set_period(period);
         }
     }

@@ -38,6 +38,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::baseline::LONG_RUN;
+
 /// Bins of a [`TailHistogram`]: four per octave from `LOW` up (0.05 … ~51; larger
 /// values share the top bin, smaller ones the first: limits are never under 2).
 const BINS: usize = 40;
@@ -130,6 +132,13 @@ impl TailHistogram {
         (q50 + 3.0 * (q90 - q50).max(0.0)).max(floor)
     }
 
+    /// A limit from the median alone, `6 q50` (4σ for a Gaussian, by the median
+    /// absolute deviation), never below `floor`: a slow rise must hold half the
+    /// values before it moves it much.
+    pub fn median_limit(&self, floor: f64) -> f64 {
+        (6.0 * self.quantile(0.5)).max(floor)
+    }
+
     /// The limit: an exponential tail through q90 and q99, read at p ≈ 1e-4,
     /// never below `floor`.
     pub fn limit(&self, floor: f64) -> f64 {
@@ -145,6 +154,13 @@ pub const FLOOR_SMOOTHED: f64 = 2.0;
 /// Least drift limit: four standard deviations of the EWMA of independent unit
 /// noise at λ = 0.1 (√(λ / (2 − λ)) ≈ 0.23), the instant floor's equivalent.
 pub const FLOOR_DRIFT: f64 = 0.92;
+
+/// Least trend limit: the running average of the trend z must hold 1.5 long-run
+/// standard deviations from the long-run level (about 6.5 standard deviations
+/// of that average on unit noise; [`FLOOR_DRIFT`] is 4). The trend's reference
+/// and limits learn slowly, so it asks for more than the level's drift does, which
+/// judges a shift within the level's window.
+pub const FLOOR_TREND: f64 = 1.5;
 
 /// The components whose surprises the state judges.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -166,10 +182,15 @@ pub enum Component {
     /// its running average alone, each |z| capped at `FLOOR_INSTANT` (a single
     /// jump is a spike, which the level and AR statistics judge).
     Change = 6,
+    /// The level against the long-run normal level ([`super::baseline::LONG_RUN`]
+    /// times the level's window), in the recent level's standard deviations:
+    /// judged by its drift statistic alone, against a limit from the body of its
+    /// distribution, so a slow drift the level follows is still seen.
+    Trend = 7,
 }
 
 /// Number of components.
-pub const N_COMPONENTS: usize = 7;
+pub const N_COMPONENTS: usize = 8;
 
 /// The judgement's component when a feature repeats one value for too long
 /// ([`super::baseline::Stuck`]; its limit is a run length, not a learnt tail).
@@ -185,6 +206,7 @@ pub fn component_name(c: usize) -> &'static str {
         "joint",
         "joint_level",
         "change",
+        "trend",
         "stuck",
     ]
     .get(c)
@@ -208,6 +230,9 @@ pub struct StateCalibration {
     smoothed: Vec<TailHistogram>,
     #[serde(default = "histograms", deserialize_with = "per_component")]
     drift: Vec<TailHistogram>,
+    /// Normal readings the trend has been judged on.
+    #[serde(default)]
+    trend_seen: u64,
 }
 
 fn histograms() -> Vec<TailHistogram> {
@@ -239,6 +264,7 @@ impl Default for StateCalibration {
             instant: histograms(),
             smoothed: histograms(),
             drift: histograms(),
+            trend_seen: 0,
         }
     }
 }
@@ -313,10 +339,10 @@ impl StateCalibration {
             // (Capping the drift's input at a multiple of its own limit would end
             // incidents sooner, but the limit is learnt from those capped values:
             // it shrank round after round and false alarms grew, TEP seed 1's
-            // normal run 0.9% -> 14.8%.) The change statistic, judged by its
-            // running average alone, is capped at the instant floor.
+            // normal run 0.9% -> 14.8%.) The change and trend statistics, judged
+            // by a running average alone, are capped at the instant floor.
             let (li, ls, ld) = self.limits_at(c);
-            let cap = if c == Component::Change as usize {
+            let cap = if c == Component::Change as usize || c == Component::Trend as usize {
                 FLOOR_INSTANT
             } else {
                 li
@@ -345,6 +371,16 @@ impl StateCalibration {
     /// Learns a reading judged normal.
     pub fn learn(&mut self, j: &Judgement) {
         for c in 0..N_COMPONENTS {
+            if c == Component::Trend as usize && j.present[c] {
+                // The trend's limits learn at its reference's pace: one normal
+                // reading in LONG_RUN. Learning every reading, the first few hundred
+                // readings of a slow rise filled a tenth of the histogram and
+                // lifted the limit out of the rise's reach.
+                self.trend_seen += 1;
+                if !(self.trend_seen - 1).is_multiple_of(LONG_RUN as u64) {
+                    continue;
+                }
+            }
             if j.present[c] {
                 self.instant[c].push(j.stats[c].0);
                 self.smoothed[c].push(j.stats[c].1);
@@ -394,6 +430,9 @@ impl StateCalibration {
                 self.smoothed[c].robust_limit(FLOOR_SMOOTHED),
                 f64::INFINITY,
             );
+        }
+        if c == Component::Trend as usize {
+            return (f64::INFINITY, f64::INFINITY, self.drift[c].median_limit(FLOOR_TREND));
         }
         (
             self.instant[c].limit(FLOOR_INSTANT),

@@ -13,8 +13,8 @@ mod state;
 mod stuck;
 
 pub use ar::OnlineAr;
-pub use seasonal::{MAX_SEASONAL_PERIODS, Seasonal, find_period};
-pub use state::StateBaselines;
+pub use seasonal::{MAX_SEASONAL_PERIODS, Seasonal, find_period, longer_period};
+pub use state::{LONG_RUN, StateBaselines};
 pub use stuck::{MIN_STUCK_RUN, Stuck};
 
 use std::collections::VecDeque;

@@ -37,6 +37,34 @@ pub fn find_period(xs: &[f64], min_lag: usize, min_acf: f64) -> Option<(usize, f
     best.filter(|&(_, r)| r >= min_acf)
 }
 
+/// A longer period made of whole cycles of `p` (a week of days), if the stream
+/// has one: the multiple `m·p` (refined to the best lag within ±m, at most
+/// `xs.len() / 2`) whose mean squared difference between readings that far apart
+/// is least, if it is at most three quarters of the same at lag `p`. A day that
+/// differs by weekday leaves much between readings a day apart and little
+/// between readings a week apart; a plain daily cycle leaves the same at both
+/// (the day is kept), and a stream that also wanders leaves more at longer lags.
+pub fn longer_period(xs: &[f64], p: usize) -> Option<usize> {
+    let n = xs.len();
+    let max_lag = n / 2;
+    let vario = |k: usize| xs[k..].iter().zip(xs).map(|(a, b)| (a - b) * (a - b)).sum::<f64>() / (n - k) as f64;
+    if p == 0 || 2 * p > max_lag {
+        return None;
+    }
+    let at_p = vario(p);
+    if !(at_p > 0.0 && at_p.is_finite()) {
+        // Nothing is left between days: no longer period can leave less.
+        return None;
+    }
+    // The best whole multiple, then the best lag near it (p is known to ±1, so
+    // m·p to ±m): O(n·max_lag / p) like the period search, not O(n·max_lag).
+    let least = |ks: &mut dyn Iterator<Item = usize>| ks.map(|k| (k, vario(k))).min_by(|a, b| a.1.total_cmp(&b.1));
+    let (k, _) = least(&mut (2..=max_lag / p).map(|m| m * p))?;
+    let m = k / p;
+    let best = least(&mut ((k - m).max(p + 1)..=(k + m).min(max_lag)));
+    best.filter(|&(_, v)| v.is_finite() && v <= 0.75 * at_p).map(|(k, _)| k)
+}
+
 /// Most earlier periods the seasonal expectation may take (`seasonal_periods`).
 pub const MAX_SEASONAL_PERIODS: usize = 16;
 

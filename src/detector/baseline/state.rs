@@ -17,7 +17,14 @@ pub struct StateBaselines {
     /// Runs of repeated values.
     #[serde(default)]
     pub stuck: Stuck,
+    /// The long-run normal level, over [`LONG_RUN`] times the level's window: a
+    /// slow drift that the level follows leaves it behind.
+    #[serde(default)]
+    pub long: EwStats,
 }
+
+/// How many times longer than the level's window the long-run level remembers.
+pub const LONG_RUN: usize = 16;
 
 impl StateBaselines {
     /// Whether deserialised baselines are ones this code could have built.
@@ -32,6 +39,7 @@ impl StateBaselines {
             ar: OnlineAr::new(ar_order, ar_forgetting).with_resid_window(window),
             seasonal: EwStats::default(),
             stuck: Stuck::default(),
+            long: EwStats::default(),
         }
     }
 
@@ -50,6 +58,18 @@ impl StateBaselines {
             _ => 0.0,
         };
         (zl, za, zs)
+    }
+
+    /// The signed trend z of `x`: its distance from the long-run level in the long
+    /// run's standard deviations (a stream that wanders in normal times has a wide
+    /// one), once the long run knows more readings than the level's `window`
+    /// (before, it is the level); `None` until then.
+    pub fn trend(&self, x: f64, window: usize) -> Option<f64> {
+        if self.long.len() <= window as u64 {
+            return None;
+        }
+        let sd = std_floor(self.long.mean, self.long.var.sqrt());
+        Some(((x - self.long.mean) / sd).clamp(-1e12, 1e12))
     }
 
     /// Whether the seasonal pattern explains this feature: its residual's spread is
@@ -74,6 +94,7 @@ impl StateBaselines {
     /// learnt next).
     pub fn restart_level(&mut self) {
         self.level = EwStats::default();
+        self.long = EwStats::default();
     }
 
     /// Moves past an `x` that is not learnt.
@@ -94,6 +115,7 @@ impl StateBaselines {
     /// Learns a normal `x`.
     pub fn learn(&mut self, x: f64, seasonal_expected: Option<f64>, window: usize) {
         self.level.learn(x, window);
+        self.long.learn(x, LONG_RUN * window);
         self.ar.learn_value(x);
         if let Some(e) = seasonal_expected {
             self.seasonal.learn(x - e, window);

@@ -66,6 +66,36 @@ fn find_period_sees_cycles_but_not_noise_or_trends() {
     assert_eq!(find_period(&cycle[..60], 4, 0.3), None, "under two periods");
 }
 
+/// A day of 48 readings whose last two days of each seven are quieter: the
+/// day is the dominant cycle, the week the longer one. A plain daily cycle keeps
+/// its day, and so does one that also wanders.
+#[test]
+fn longer_period_finds_the_week_of_a_daily_cycle_only_when_the_days_differ() {
+    let mut s = 7u64;
+    let day = |t: usize| (2.0 * std::f64::consts::PI * t as f64 / 48.0).sin();
+    let weekly: Vec<f64> = (0..1024)
+        .map(|t| {
+            let amplitude = if (t / 48) % 7 >= 5 { 2.0 } else { 10.0 };
+            amplitude * day(t) + lcg_noise(&mut s)
+        })
+        .collect();
+    let (p, _) = find_period(&weekly, 4, 0.3).expect("the day");
+    assert_eq!(p, 48);
+    assert_eq!(longer_period(&weekly, p), Some(336));
+    let daily: Vec<f64> = (0..1024).map(|t| 10.0 * day(t) + lcg_noise(&mut s)).collect();
+    assert_eq!(longer_period(&daily, 48), None);
+    let mut walk = 0.0;
+    let wandering: Vec<f64> = (0..1024)
+        .map(|t| {
+            walk += 0.3 * lcg_noise(&mut s);
+            10.0 * day(t) + walk
+        })
+        .collect();
+    assert_eq!(longer_period(&wandering, 48), None);
+    assert_eq!(longer_period(&weekly[..600], 48), None, "under two weeks");
+    assert_eq!(longer_period(&[1.0; 200], 48), None, "constant");
+}
+
 #[test]
 fn seasonal_residual_uses_the_median_of_earlier_periods() {
     let mut s = Seasonal::new(64);
