@@ -417,7 +417,7 @@ impl DetectorConfig {
             ));
         }
         if !(0.0..0.9).contains(&m.dropout) {
-            return bad(format!("model.dropout must be in [0, 0.9), got {}", m.dropout));
+            return bad(format!("model.dropout must be in [0, 0.9), got {}", shown(m.dropout)));
         }
         if let Some(n) = self.n_features
             && !(1..=MAX_FEATURES).contains(&n)
@@ -453,7 +453,10 @@ impl DetectorConfig {
             ));
         }
         if !(0.0..0.9).contains(&t.holdout) {
-            return bad(format!("training.holdout must be in [0, 0.9), got {}", t.holdout));
+            return bad(format!(
+                "training.holdout must be in [0, 0.9), got {}",
+                shown(t.holdout)
+            ));
         }
         if self.retrain.first_after < self.window + 1 || self.retrain.first_after > 10_000_000 {
             return bad(format!(
@@ -510,7 +513,7 @@ impl DetectorConfig {
             return bad("range_after must be at most 10000000".into());
         }
         if !(self.raw_scale > 0.0 && self.raw_scale <= 1e6) {
-            return bad(format!("raw_scale must be positive, got {}", self.raw_scale));
+            return bad(format!("raw_scale must be positive, got {}", shown(self.raw_scale)));
         }
         if let Some(tol) = self.range_tolerance
             && !(0.0..=1e6).contains(&tol)
@@ -525,7 +528,7 @@ impl DetectorConfig {
         let bad = |m: String| Err(ConfigError(m));
         let a = &self.alert;
         if !(a.threshold > 0.0 && a.threshold < 1.0) {
-            return bad(format!("alert.threshold must be in (0, 1), got {}", a.threshold));
+            return bad(format!("alert.threshold must be in (0, 1), got {}", shown(a.threshold)));
         }
         if !(1..=100_000).contains(&a.min_duration) || !(1..=100_000).contains(&a.resolve_after) {
             return bad("alert.min_duration and alert.resolve_after must be 1..=100000".into());
@@ -537,7 +540,7 @@ impl DetectorConfig {
             ));
         }
         if !(a.smoothing > 0.0 && a.smoothing <= 1.0) {
-            return bad(format!("alert.smoothing must be in (0, 1], got {}", a.smoothing));
+            return bad(format!("alert.smoothing must be in (0, 1], got {}", shown(a.smoothing)));
         }
         if !(8..=100_000).contains(&a.min_normal) {
             return bad(format!("alert.min_normal must be 8..=100000, got {}", a.min_normal));
@@ -549,7 +552,10 @@ impl DetectorConfig {
             ));
         }
         if !(0.0..=10.0).contains(&a.prune_margin) {
-            return bad(format!("alert.prune_margin must be in [0, 10], got {}", a.prune_margin));
+            return bad(format!(
+                "alert.prune_margin must be in [0, 10], got {}",
+                shown(a.prune_margin)
+            ));
         }
         Ok(())
     }
@@ -579,6 +585,16 @@ impl DetectorConfig {
     /// The cell kind.
     pub fn cell(&self) -> CellKind {
         self.model.cell
+    }
+}
+
+/// A number as a config error shows it: plainly when it is of a usual size, in
+/// scientific notation otherwise (1e308 is not 309 digits).
+fn shown(x: f64) -> String {
+    if x == 0.0 || (1e-4..1e9).contains(&x.abs()) || !x.is_finite() {
+        format!("{x}")
+    } else {
+        format!("{x:e}")
     }
 }
 
@@ -617,5 +633,15 @@ mod tests {
             toml::from_str::<DetectorConfig>("windw = 3").is_err(),
             "unknown fields are rejected"
         );
+    }
+
+    #[test]
+    fn an_absurd_number_is_shown_short() {
+        let mut c = DetectorConfig::default();
+        c.alert.prune_margin = 1e308;
+        let err = c.validate().unwrap_err().0;
+        assert_eq!(err, "alert.prune_margin must be in [0, 10], got 1e308");
+        c.alert.prune_margin = 11.5;
+        assert!(c.validate().unwrap_err().0.ends_with("got 11.5"));
     }
 }
