@@ -97,8 +97,9 @@ pub struct ReadingOut {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suppressed: Option<String>,
     /// The statistic that decided the score: `level`, `ar`, `seasonal`, `model`,
-    /// `joint` or `joint_level`, with ` smoothed` when its sustained form did, or
-    /// `stuck` (a feature repeats one value for too long).
+    /// `joint`, `joint_level`, `change` or `trend`, with ` smoothed` when its
+    /// sustained form did (always for `change` and `trend`), or `stuck` (a feature
+    /// repeats one value for too long).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause: Option<String>,
 }
