@@ -108,3 +108,28 @@ fn a_slow_drift_towards_a_failure_is_flagged_before_it_is_far() {
     assert!(held(&ramp[2000..]) >= 0.95, "held {}", held(&ramp[2000..]));
     assert!(opened(&ramp).len() <= 3, "opened {:?}", opened(&ramp));
 }
+
+/// The same slow rise on one of three sensors: when the trend decides, the
+/// incident names that sensor (its share of the trend), not the others.
+#[test]
+fn a_slow_drift_names_the_feature_that_drifts() {
+    let mut c = config();
+    c.alert.accept_after = 0.0;
+    let mut det = Detector::new(c).unwrap();
+    let mut rng = StdRng::seed_from_u64(9);
+    let mut row = |rng: &mut StdRng, rise: f64| vec![50.0 + noise(rng), 20.0 + noise(rng) + rise, 5.0 + noise(rng)];
+    for t in 0..4000 {
+        det.update_sync(t * 300_000_000, &row(&mut rng, 0.0)).unwrap();
+    }
+    let by_trend: Vec<Verdict> = (0..3000)
+        .map(|i| {
+            det.update_sync((4000 + i) * 300_000_000, &row(&mut rng, 0.003 * i as f64))
+                .unwrap()
+        })
+        .filter(|v| v.anomaly && v.cause.as_deref() == Some("trend smoothed"))
+        .collect();
+    assert!(by_trend.len() > 500, "{} readings flagged by the trend", by_trend.len());
+    for v in &by_trend {
+        assert!(v.contributions[1] > 0.5, "{:?}", v.contributions);
+    }
+}

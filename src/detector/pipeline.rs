@@ -161,6 +161,11 @@ impl Detector {
             // So are the features whose changes the others do not explain.
             sur.contributions = shares(&z.iter().map(|v| v * v).collect::<Vec<_>>());
         }
+        if judgement.component == Some(Component::Trend as usize) {
+            // And the features that have drifted from their long-run level.
+            let running = self.state.running(Component::Trend);
+            sur.contributions = shares(&running.iter().map(|v| v * v).collect::<Vec<_>>());
+        }
         let live = mode == Mode::Live && sur.phase != Phase::Warmup;
         let (excursion, anomalous) = self.prune(&mut judgement, live);
         let score = score_of_ratio(judgement.ratio);

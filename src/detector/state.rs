@@ -410,6 +410,12 @@ impl StateCalibration {
         min_normal.saturating_sub(known)
     }
 
+    /// A component's running average of each feature's signed z (its drift
+    /// statistic, per feature), as of the last judgement.
+    pub fn running(&self, c: Component) -> &[f64] {
+        &self.signed[c as usize]
+    }
+
     /// Normal readings a component has learnt.
     pub fn known(&self, c: Component) -> u32 {
         self.instant[c as usize].len()
