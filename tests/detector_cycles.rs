@@ -117,7 +117,7 @@ fn a_slow_drift_names_the_feature_that_drifts() {
     c.alert.accept_after = 0.0;
     let mut det = Detector::new(c).unwrap();
     let mut rng = StdRng::seed_from_u64(9);
-    let mut row = |rng: &mut StdRng, rise: f64| vec![50.0 + noise(rng), 20.0 + noise(rng) + rise, 5.0 + noise(rng)];
+    let row = |rng: &mut StdRng, rise: f64| vec![50.0 + noise(rng), 20.0 + noise(rng) + rise, 5.0 + noise(rng)];
     for t in 0..4000 {
         det.update_sync(t * 300_000_000, &row(&mut rng, 0.0)).unwrap();
     }
