@@ -18,6 +18,14 @@ fn config() -> DetectorConfig {
     c
 }
 
+/// A detector whose lasting anomalies are never accepted as the new normal
+/// (`accept_after` off), so a drift is held to the end of a test.
+fn never_accepting() -> Detector {
+    let mut c = config();
+    c.alert.accept_after = 0.0;
+    Detector::new(c).unwrap()
+}
+
 /// Runs `f` for `n` readings, `step_s` seconds apart.
 fn run(det: &mut Detector, n: usize, step_s: i64, f: &mut dyn FnMut(usize) -> f64) -> Vec<Verdict> {
     let start = det.readings_seen() as usize;
@@ -93,9 +101,7 @@ fn a_holiday_that_breaks_the_weekly_shape_is_an_incident_and_ordinary_mondays_ar
 /// would take the new level as normal, at this 5-minute step 2,016 readings.)
 #[test]
 fn a_slow_drift_towards_a_failure_is_flagged_before_it_is_far() {
-    let mut c = config();
-    c.alert.accept_after = 0.0;
-    let mut det = Detector::new(c).unwrap();
+    let mut det = never_accepting();
     let mut rng = StdRng::seed_from_u64(8);
     let calm = run(&mut det, 4000, 300, &mut |_| 50.0 + noise(&mut rng));
     assert!(opened(&calm[1000..]).is_empty(), "calm: {:?}", opened(&calm[1000..]));
@@ -113,9 +119,7 @@ fn a_slow_drift_towards_a_failure_is_flagged_before_it_is_far() {
 /// incident names that sensor (its share of the trend), not the others.
 #[test]
 fn a_slow_drift_names_the_feature_that_drifts() {
-    let mut c = config();
-    c.alert.accept_after = 0.0;
-    let mut det = Detector::new(c).unwrap();
+    let mut det = never_accepting();
     let mut rng = StdRng::seed_from_u64(9);
     let row = |rng: &mut StdRng, rise: f64| vec![50.0 + noise(rng), 20.0 + noise(rng) + rise, 5.0 + noise(rng)];
     for t in 0..4000 {

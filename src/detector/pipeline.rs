@@ -113,6 +113,11 @@ pub(super) fn shares(xs: &[f64]) -> Vec<f64> {
     xs.iter().map(|v| if total > 0.0 { v / total } else { 0.0 }).collect()
 }
 
+/// Each feature's share of the summed squares of `z`.
+fn shares_of_squares(z: &[f64]) -> Vec<f64> {
+    shares(&z.iter().map(|v| v * v).collect::<Vec<_>>())
+}
+
 /// The model-or-baseline surprise of one reading.
 pub(super) struct Surprise {
     phase: Phase,
@@ -159,12 +164,11 @@ impl Detector {
             && c == Component::Change as usize
         {
             // So are the features whose changes the others do not explain.
-            sur.contributions = shares(&z.iter().map(|v| v * v).collect::<Vec<_>>());
+            sur.contributions = shares_of_squares(z);
         }
         if judgement.component == Some(Component::Trend as usize) {
             // And the features that have drifted from their long-run level.
-            let running = self.state.running(Component::Trend);
-            sur.contributions = shares(&running.iter().map(|v| v * v).collect::<Vec<_>>());
+            sur.contributions = shares_of_squares(self.state.running(Component::Trend));
         }
         let live = mode == Mode::Live && sur.phase != Phase::Warmup;
         let (excursion, anomalous) = self.prune(&mut judgement, live);

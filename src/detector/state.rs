@@ -182,10 +182,11 @@ pub enum Component {
     /// its running average alone, each |z| capped at `FLOOR_INSTANT` (a single
     /// jump is a spike, which the level and AR statistics judge).
     Change = 6,
-    /// The level against the long-run normal level ([`super::baseline::LONG_RUN`]
-    /// times the level's window), in the recent level's standard deviations:
-    /// judged by its drift statistic alone, against a limit from the body of its
-    /// distribution, so a slow drift the level follows is still seen.
+    /// Each reading against the long-run normal level ([`super::baseline::LONG_RUN`]
+    /// times the level's window), in the long run's standard deviations: judged by
+    /// its drift statistic alone, against a limit from the median of its values
+    /// ([`TailHistogram::median_limit`], learnt one normal reading in `LONG_RUN`),
+    /// so a slow drift the level follows is still seen.
     Trend = 7,
 }
 
