@@ -675,7 +675,8 @@ fn a_sensor_that_turns_noisy_is_held_by_the_change_model_and_missed_by_the_basel
 /// sense): the first dip is an anomaly; the same dip again, within the pruning
 /// window, stands out against nothing recent and opens no incident; a dip well
 /// beyond it does; and a lasting fault afterwards, smaller than that dip, is held
-/// once it has lasted longer than a blip (`SHORT_INCIDENT` readings), to its end.
+/// once it has lasted longer than a blip (`SHORT_INCIDENT` readings and the model's
+/// window), to its end.
 #[test]
 fn a_kind_of_blip_seen_again_is_pruned_and_what_stands_out_is_not() {
     let mut rng = StdRng::seed_from_u64(7);
@@ -704,8 +705,9 @@ fn a_kind_of_blip_seen_again_is_pruned_and_what_stands_out_is_not() {
     assert_eq!(opened(&larger), 1, "a dip well beyond the others stands out");
     run(&mut det, 200, &mut |_| vec![10.0 + noise(&mut rng)]);
     let fault = run(&mut det, 400, &mut |_| vec![30.0 + noise(&mut rng)]);
-    let short = anomalyd::detector::SHORT_INCIDENT;
-    assert!(held(&fault[short + 1..]) >= 0.99, "held {}", held(&fault[short + 1..]));
+    // A blip lasts SHORT_INCIDENT readings and its echo in the model's window.
+    let blip = anomalyd::detector::SHORT_INCIDENT + config().window;
+    assert!(held(&fault[blip + 1..]) >= 0.99, "held {}", held(&fault[blip + 1..]));
     assert_eq!(opened(&fault), 1);
 }
 

@@ -10,7 +10,8 @@ use super::config::{Combine, ErrorScale};
 use super::state::{self, Component, Judgement, N_COMPONENTS, score_of_ratio};
 use super::train::{self, ERROR_EPS};
 use super::{
-    Detector, DetectorKind, IncidentEvent, MAX_MAGNITUDE, PERIOD_SEARCH, Phase, ReadingError, Verdict, context,
+    Detector, DetectorKind, IncidentEvent, MAX_MAGNITUDE, PERIOD_SEARCH, Phase, ReadingError, SHORT_INCIDENT, Verdict,
+    context,
 };
 use crate::nn::ScoreWorkspace;
 use crate::timestamp::Micros;
@@ -214,7 +215,14 @@ impl Detector {
         let a = &self.config.alert;
         let (raw, window, held) = (judgement.ratio, a.prune_window, self.incident.is_some());
         let excursion = live && score_of_ratio(raw) >= a.threshold;
-        judgement.ratio /= self.pruning.bar(excursion, held, window, a.prune_margin);
+        // One odd reading echoes in the model's residuals while it is in the window.
+        let echo = if self.scoring_phase() == Phase::Model {
+            self.config.window
+        } else {
+            0
+        };
+        let sustained = SHORT_INCIDENT + echo;
+        judgement.ratio /= self.pruning.bar(excursion, held, window, a.prune_margin, sustained);
         let anomalous = excursion && score_of_ratio(judgement.ratio) >= a.threshold;
         self.pruning.note(raw, anomalous, held, window);
         (excursion, anomalous)

@@ -20,9 +20,11 @@
 //!
 //! So the first of a kind of excursion is an anomaly, and the same again within
 //! `window` readings is not, unless it goes `margin` beyond everything recent or
-//! lasts longer than a blip (`SHORT_INCIDENT` readings beyond the limit: then the
+//! lasts longer than a blip (`sustained` readings beyond the limit: then the
 //! bar drops to the limit, and a sustained fault is held for as long as it
-//! lasts).
+//! lasts). A blip is as long as it echoes: `SHORT_INCIDENT` readings, and the
+//! model's window more once a model judges, since one odd reading keeps the
+//! model's residuals high for as long as it is in the window the model reads.
 //! Readings of a pruned excursion are not learnt by the baselines (they stay
 //! beyond the limit); they teach the limits as a blip does. An anomalous
 //! episode joins the window only if it was a blip (`SHORT_INCIDENT` anomalous
@@ -94,8 +96,9 @@ impl Pruning {
     }
 
     /// The bar of a reading: `excursion`, it is beyond the limit; `held`, an
-    /// incident is open. `window` readings (0: pruning off), `margin` a fraction.
-    pub fn bar(&mut self, excursion: bool, held: bool, window: usize, margin: f64) -> f64 {
+    /// incident is open. `window` readings (0: pruning off), `margin` a fraction;
+    /// an excursion longer than `sustained` readings is a fault by its length.
+    pub fn bar(&mut self, excursion: bool, held: bool, window: usize, margin: f64, sustained: usize) -> f64 {
         if window == 0 {
             return 1.0;
         }
@@ -106,7 +109,7 @@ impl Pruning {
                 self.beyond = 0;
             }
             self.beyond = self.beyond.saturating_add(u32::from(excursion));
-            if self.beyond as usize > SHORT_INCIDENT {
+            if self.beyond as usize > sustained {
                 // It has lasted longer than a blip: a sustained fault stands out by
                 // its length.
                 self.bar = 1.0;
@@ -163,7 +166,7 @@ mod tests {
     /// One reading as the detector takes it: its bar, then its ratio noted;
     /// returns whether it is anomalous.
     fn take(p: &mut Pruning, ratio: f64, held: bool) -> bool {
-        let bar = p.bar(ratio >= 1.0, held, W, M);
+        let bar = p.bar(ratio >= 1.0, held, W, M, SHORT_INCIDENT);
         let anomalous = ratio >= 1.0 && ratio / bar >= 1.0;
         p.note(ratio, anomalous, held, W);
         anomalous
@@ -175,7 +178,7 @@ mod tests {
         for _ in 0..500 {
             assert!(!take(&mut p, 0.5, false));
         }
-        assert_eq!(p.bar(true, false, W, M), 1.0);
+        assert_eq!(p.bar(true, false, W, M, SHORT_INCIDENT), 1.0);
     }
 
     #[test]
@@ -193,7 +196,7 @@ mod tests {
         take(&mut p, 0.5, false);
         assert!(take(&mut p, 4.0, false));
         // And while an incident is open, though the reading is normal.
-        let bar = p.bar(false, true, W, M);
+        let bar = p.bar(false, true, W, M, SHORT_INCIDENT);
         assert!((bar - 3.5 * 1.13).abs() < 1e-5, "{bar}");
     }
 
@@ -205,6 +208,31 @@ mod tests {
         let held: Vec<bool> = (0..100).map(|_| take(&mut p, 2.0, false)).collect();
         assert!(held[..SHORT_INCIDENT].iter().all(|&a| !a));
         assert!(held[SHORT_INCIDENT..].iter().all(|&a| a));
+    }
+
+    #[test]
+    fn the_echo_of_a_blip_seen_before_is_not_taken_for_a_sustained_fault() {
+        // A blip like a recent one, then its echo in a window-reading model: the
+        // residuals stay just beyond the limit while the blip is in the window.
+        let window = 32;
+        let take = |p: &mut Pruning, ratio: f64, sustained: usize| {
+            let bar = p.bar(ratio >= 1.0, false, W, M, sustained);
+            let anomalous = ratio >= 1.0 && ratio / bar >= 1.0;
+            p.note(ratio, anomalous, false, W);
+            anomalous
+        };
+        for sustained in [SHORT_INCIDENT, SHORT_INCIDENT + window] {
+            let mut p = Pruning::default();
+            take(&mut p, 5.0, sustained);
+            take(&mut p, 0.5, sustained);
+            let echo: Vec<bool> = std::iter::once(5.0)
+                .chain(std::iter::repeat_n(1.5, window + 5))
+                .map(|r| take(&mut p, r, sustained))
+                .collect();
+            let flagged = echo.iter().any(|&a| a);
+            // Counted as long as a plain blip, the echo outlasts it; allowed for, not.
+            assert_eq!(flagged, sustained == SHORT_INCIDENT, "sustained {sustained}");
+        }
     }
 
     #[test]
@@ -234,7 +262,7 @@ mod tests {
     fn a_window_of_zero_turns_it_off() {
         let mut p = Pruning::default();
         p.note(3.0, false, false, 0);
-        assert_eq!(p.bar(true, false, 0, M), 1.0);
+        assert_eq!(p.bar(true, false, 0, M, SHORT_INCIDENT), 1.0);
     }
 
     #[test]

@@ -164,7 +164,12 @@ pub struct SmapRun {
 
 /// Scores one channel: learns `train/<channel>.csv.gz` as history, scores
 /// `test/<channel>.csv.gz`, and matches its stretches against `label`.
-fn score_channel(dir: &Path, label: &Label, config: &DetectorConfig, with_flags: bool) -> Result<SmapChannel, String> {
+pub fn score_channel(
+    dir: &Path,
+    label: &Label,
+    config: &DetectorConfig,
+    with_flags: bool,
+) -> Result<SmapChannel, String> {
     let columns: Vec<String> = if with_flags {
         Vec::new()
     } else {
