@@ -369,3 +369,32 @@ fn smap_smoke_run_counts_every_labelled_sequence_once() {
     // A level shift of several spreads on a quiet wave is found.
     assert_eq!(total["tp"], 2, "{total}");
 }
+
+/// `ANOMALYD_ISA` caps the kernels' instruction set, `bench model` shows the path
+/// taken, and a name that is not a path is refused with the names that are.
+#[test]
+fn the_kernel_path_can_be_capped_and_is_shown() {
+    let bench = |isa: &str| {
+        bin()
+            .env("ANOMALYD_ISA", isa)
+            .args(["bench", "model", "--cell", "gru", "--window", "4", "--hidden", "3"])
+            .args(["--seconds", "0.01", "--measure", "latency", "--json"])
+            .output()
+            .unwrap()
+    };
+    let out = bench("portable");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["kernels"], "portable", "{report}");
+    assert!(["portable", "avx2", "avx512"].contains(&report["cpu_kernels"].as_str().unwrap()));
+    let out = bench("");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["kernels"], report["cpu_kernels"], "unset: the widest");
+    let out = bench("sse9");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ANOMALYD_ISA=\"sse9\" is not one of portable, avx2, avx512"),
+        "{err}"
+    );
+}

@@ -10,6 +10,7 @@ use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use anomalyd::nn::isa::Isa;
 use anomalyd::nn::{Autoencoder, AutoencoderConfig, CellKind, Rnn, RnnConfig, ScoreWorkspace};
 
 fn kind_strategy() -> impl Strategy<Value = CellKind> {
@@ -128,12 +129,15 @@ proptest! {
         prop_assert_eq!(scorer.n_params(), model.n_params());
         let mut ws = ScoreWorkspace::default();
         let window: Vec<f32> = x.iter().copied().collect();
-        let fast: Vec<f64> = scorer.reconstruct(&window, &mut ws).iter().map(|&v| v as f64).collect();
         let generic: Vec<f64> = generic.iter().map(|&v| v as f64).collect();
-        assert_close(fast.iter(), generic.iter(), 1e-4, 1e-5, "scorer");
-        // The f64 model agrees too: the f32 kernels are accurate, not just consistent.
         let exact = model.cast::<f64>().forward(x.mapv(|v| v as f64).view());
-        assert_close(fast.iter(), exact.iter(), 1e-4, 1e-5, "scorer vs f64");
+        // Every kernel path this CPU has, each on its own.
+        for isa in Isa::ALL.into_iter().filter(|i| i.supported()) {
+            let fast: Vec<f64> = scorer.reconstruct_on(isa, &window, &mut ws).iter().map(|&v| v as f64).collect();
+            assert_close(fast.iter(), generic.iter(), 1e-4, 1e-5, &format!("scorer ({})", isa.name()));
+            // The f64 model agrees too: the f32 kernels are accurate, not just consistent.
+            assert_close(fast.iter(), exact.iter(), 1e-4, 1e-5, &format!("scorer vs f64 ({})", isa.name()));
+        }
     }
 }
 

@@ -74,6 +74,12 @@ pub struct ModelBenchReport {
     pub hidden: usize,
     /// Worker threads.
     pub threads: usize,
+    /// The kernels' instruction-set path ([`crate::nn::isa`]): `avx512`, `avx2` or
+    /// `portable`.
+    pub kernels: &'static str,
+    /// The widest path this CPU supports (wider than `kernels` when `ANOMALYD_ISA`
+    /// caps it).
+    pub cpu_kernels: &'static str,
     /// Median µs to reconstruct one window at batch 1 (one thread).
     pub score_latency_us: f64,
     /// Windows reconstructed per second in batches of 256.
@@ -203,6 +209,8 @@ pub fn run_model_bench(cfg: &ModelBenchConfig) -> ModelBenchReport {
         window: w,
         hidden: cfg.d_hidden,
         threads: cfg.threads,
+        kernels: crate::nn::isa::active().name(),
+        cpu_kernels: crate::nn::isa::widest().name(),
         score_latency_us: latency.as_secs_f64() * 1e6,
         score_windows_per_s: per_s(256.0, batch_time),
         train_windows_per_s: per_s(32.0, train_time),

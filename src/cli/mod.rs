@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::ServeSettings;
 use crate::detector::DetectorConfig;
+use crate::nn::isa::{self, Isa};
 
 /// Streaming anomaly detection with a recurrent autoencoder per stream.
 #[derive(Parser, Debug)]
@@ -61,6 +62,7 @@ enum Command {
 /// Parses the command line and runs the command.
 pub fn run() -> Result<()> {
     serve::cap_malloc_arenas();
+    limit_kernels(std::env::var("ANOMALYD_ISA").ok().as_deref())?;
     match Cli::parse().command {
         Command::Serve(settings) => serve::run(*settings),
         Command::Healthcheck(a) => serve::healthcheck(&a),
@@ -69,6 +71,29 @@ pub fn run() -> Result<()> {
         Command::Nab(a) => nab::run(&a),
         Command::Smap(a) => smap::run(&a),
         Command::Bench { what } => bench::run(what),
+    }
+}
+
+/// Caps the kernels' instruction set at `ANOMALYD_ISA` (`portable`, `avx2`,
+/// `avx512`), for comparisons and tests; unset or empty, the widest the CPU has.
+fn limit_kernels(env: Option<&str>) -> Result<()> {
+    let Some(name) = env.filter(|n| !n.trim().is_empty()) else {
+        return Ok(());
+    };
+    let names: Vec<_> = Isa::ALL.iter().map(|i| i.name()).collect();
+    let isa =
+        Isa::parse(name).ok_or_else(|| anyhow::anyhow!("ANOMALYD_ISA={name:?} is not one of {}", names.join(", ")))?;
+    isa::limit(isa);
+    Ok(())
+}
+
+/// The kernels' path, for logs and benchmarks: `avx2 (cpu: avx512, capped by ANOMALYD_ISA)`.
+pub(crate) fn kernels_shown() -> String {
+    let (active, widest) = (isa::active(), isa::widest());
+    if active == widest {
+        active.name().to_string()
+    } else {
+        format!("{} (cpu: {}, capped by ANOMALYD_ISA)", active.name(), widest.name())
     }
 }
 

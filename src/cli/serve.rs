@@ -20,8 +20,21 @@ pub fn run(flags: ServeSettings) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(&cfg.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
-        tracing::info!(addr = %listener.local_addr()?, data_dir = ?cfg.registry.data_dir, streams = registry.len(), "anomalyd listening");
-        crate::server::run(listener, registry, cfg.server, cfg.snapshot_interval, std::future::pending()).await?;
+        tracing::info!(
+            addr = %listener.local_addr()?,
+            data_dir = ?cfg.registry.data_dir,
+            streams = registry.len(),
+            kernels = %super::kernels_shown(),
+            "anomalyd listening"
+        );
+        crate::server::run(
+            listener,
+            registry,
+            cfg.server,
+            cfg.snapshot_interval,
+            std::future::pending(),
+        )
+        .await?;
         Ok(())
     })
 }

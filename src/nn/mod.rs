@@ -17,6 +17,7 @@ mod autoencoder;
 mod cell;
 mod dense;
 pub mod init;
+pub mod isa;
 mod linear;
 mod loss;
 pub mod optim;

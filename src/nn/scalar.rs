@@ -12,6 +12,8 @@ use std::ops::{AddAssign, DivAssign, MulAssign, SubAssign};
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 
+use super::isa::{self, Isa};
+
 /// A floating-point element type usable in every `nn` layer.
 pub trait Scalar:
     num_traits::Float
@@ -62,26 +64,10 @@ impl Scalar for f64 {
 
 impl Scalar for f32 {
     fn sigmoid_inplace(xs: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2_fma() {
-            // SAFETY: the CPU supports avx2 and fma (checked just above).
-            unsafe { sigmoid_f32_avx2(xs) };
-            return;
-        }
-        for x in xs {
-            *x = sigmoid_f32(*x);
-        }
+        map_on(isa::active(), xs, sigmoid_f32);
     }
     fn tanh_inplace(xs: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2_fma() {
-            // SAFETY: the CPU supports avx2 and fma (checked just above).
-            unsafe { tanh_f32_avx2(xs) };
-            return;
-        }
-        for x in xs {
-            *x = tanh_f32(*x);
-        }
+        map_on(isa::active(), xs, tanh_f32);
     }
     #[inline(always)]
     fn lit(v: f64) -> f32 {
@@ -93,26 +79,35 @@ impl Scalar for f32 {
     }
 }
 
-/// True when this CPU has AVX2 and FMA (cached by `std` after the first call).
-#[cfg(target_arch = "x86_64")]
-#[inline]
-pub fn has_avx2_fma() -> bool {
-    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn sigmoid_f32_avx2(xs: &mut [f32]) {
-    for x in xs {
-        *x = sigmoid_f32(*x);
+/// `x = f(x)` for every element, compiled for the path `isa` (narrowed to what
+/// this CPU supports). `f` (a function item, so statically known) is inlined into
+/// each path, and a branch-free `f` vectorises at that path's width.
+#[inline(always)]
+fn map_on<F: Fn(f32) -> f32 + Copy>(isa: Isa, xs: &mut [f32], f: F) {
+    #[inline(always)]
+    fn each<F: Fn(f32) -> f32>(xs: &mut [f32], f: F) {
+        for x in xs {
+            *x = f(*x);
+        }
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn tanh_f32_avx2(xs: &mut [f32]) {
-    for x in xs {
-        *x = tanh_f32(*x);
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+    unsafe fn avx512<F: Fn(f32) -> f32>(xs: &mut [f32], f: F) {
+        each(xs, f)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2<F: Fn(f32) -> f32>(xs: &mut [f32], f: F) {
+        each(xs, f)
+    }
+    match isa.min(isa::widest()) {
+        // SAFETY: the CPU supports the path (`widest` detected it).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { avx512(xs, f) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2(xs, f) },
+        _ => each(xs, f),
     }
 }
 

@@ -3,6 +3,7 @@
 //! form every stream scores with.
 
 use super::aligned::AlignedVec;
+use super::isa::{self, Isa};
 use ndarray::{Array3, ArrayView3};
 
 use super::{Autoencoder, AutoencoderConfig, CellKind, CellParams, Linear, Rnn, RnnConfig};
@@ -185,19 +186,30 @@ impl Scorer {
     /// # Panics
     /// If `window.len()` is not a positive multiple of `d_input`.
     pub fn reconstruct<'w>(&self, window: &[f32], ws: &'w mut ScoreWorkspace) -> &'w [f32] {
+        self.reconstruct_on(isa::active(), window, ws)
+    }
+
+    /// [`reconstruct`](Scorer::reconstruct) on the path `isa` (narrowed to what
+    /// this CPU supports), for comparing the paths.
+    ///
+    /// # Panics
+    /// As [`reconstruct`](Scorer::reconstruct).
+    pub fn reconstruct_on<'w>(&self, isa: Isa, window: &[f32], ws: &'w mut ScoreWorkspace) -> &'w [f32] {
         let d = self.config.d_input;
         assert!(
             !window.is_empty() && window.len().is_multiple_of(d),
             "window of {} values for {d} features",
             window.len()
         );
-        #[cfg(target_arch = "x86_64")]
-        if super::scalar::has_avx2_fma() {
-            // SAFETY: the CPU supports avx2 and fma (checked just above).
-            unsafe { self.reconstruct_avx2(window, ws) };
-            return &ws.out;
+        match isa.min(isa::widest()) {
+            // SAFETY: the CPU supports the path (`widest` detected it).
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { self.reconstruct_avx512(window, ws) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { self.reconstruct_avx2(window, ws) },
+            _ => self.reconstruct_impl::<false>(window, ws),
         }
-        self.reconstruct_impl::<false>(window, ws);
         &ws.out
     }
 
@@ -205,6 +217,12 @@ impl Scorer {
     /// (matrix-matrix) path.
     pub fn reconstruct_batch(&self, x: ArrayView3<f32>) -> Array3<f32> {
         self.to_model().forward(x)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+    unsafe fn reconstruct_avx512(&self, window: &[f32], ws: &mut ScoreWorkspace) {
+        self.reconstruct_impl::<true>(window, ws)
     }
 
     #[cfg(target_arch = "x86_64")]
