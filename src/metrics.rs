@@ -18,12 +18,8 @@ pub struct Metrics {
     pub alerts: IntCounter,
     /// Streams by phase (set at scrape time).
     pub streams: IntGaugeVec,
-    /// Retraining jobs by outcome: completed, diverged, dropped (queue full).
-    pub retrain_jobs: IntCounterVec,
-    /// Duration of retraining jobs.
-    pub retrain_duration: Histogram,
-    /// Jobs waiting for a training thread.
-    pub retrain_queue_depth: IntGauge,
+    /// The training queue and its jobs.
+    pub training: TrainingMetrics,
     /// Connected WebSocket subscribers.
     pub ws_subscribers: IntGauge,
     /// Alerts dropped for lagging subscribers.
@@ -74,17 +70,7 @@ impl Metrics {
             ),
             alerts: r.counter("anomalyd_alerts_total", "Alerts raised."),
             streams,
-            retrain_jobs: r.counter_vec(
-                "anomalyd_retrain_jobs_total",
-                "Retraining jobs by outcome (completed, diverged, dropped).",
-                &["outcome"],
-            ),
-            retrain_duration: r.histogram(
-                "anomalyd_retrain_duration_seconds",
-                "Duration of retraining jobs.",
-                prometheus::exponential_buckets(0.01, 2.0, 14).expect("buckets"),
-            ),
-            retrain_queue_depth: r.gauge("anomalyd_retrain_queue_depth", "Retraining jobs waiting for a thread."),
+            training: TrainingMetrics::new(&r),
             ws_subscribers: r.gauge("anomalyd_ws_subscribers", "Connected WebSocket alert subscribers."),
             ws_lagged: r.counter(
                 "anomalyd_ws_lagged_messages_total",
@@ -156,6 +142,42 @@ impl Default for Metrics {
 }
 
 /// Registers metrics as they are made.
+/// The training queue and its jobs.
+#[derive(Clone, Debug)]
+pub struct TrainingMetrics {
+    /// Retraining jobs by outcome: completed, diverged, dropped (queue full).
+    pub jobs: IntCounterVec,
+    /// Duration of retraining jobs.
+    pub duration: Histogram,
+    /// Jobs waiting for a training thread.
+    pub queue_depth: IntGauge,
+    /// How long jobs waited in the queue for a training thread.
+    pub wait: Histogram,
+}
+
+impl TrainingMetrics {
+    fn new(r: &Registrar) -> Self {
+        TrainingMetrics {
+            jobs: r.counter_vec(
+                "anomalyd_retrain_jobs_total",
+                "Retraining jobs by outcome (completed, diverged, dropped).",
+                &["outcome"],
+            ),
+            duration: r.histogram(
+                "anomalyd_retrain_duration_seconds",
+                "Duration of retraining jobs.",
+                prometheus::exponential_buckets(0.01, 2.0, 14).expect("buckets"),
+            ),
+            queue_depth: r.gauge("anomalyd_retrain_queue_depth", "Retraining jobs waiting for a thread."),
+            wait: r.histogram(
+                "anomalyd_retrain_wait_seconds",
+                "How long retraining jobs waited in the queue for a training thread.",
+                prometheus::exponential_buckets(0.01, 2.0, 18).expect("buckets"),
+            ),
+        }
+    }
+}
+
 struct Registrar<'a>(&'a Registry);
 
 impl Registrar<'_> {

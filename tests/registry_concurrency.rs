@@ -69,7 +69,7 @@ fn wave(stream: &str, from: usize, to: usize) -> Vec<Reading> {
 /// Waits until `n` jobs have ended with `outcome` (the metric counts them).
 fn wait_jobs(metrics: &Metrics, outcome: &str, n: u64) {
     for _ in 0..600 {
-        if metrics.retrain_jobs.with_label_values(&[outcome]).get() >= n {
+        if metrics.training.jobs.with_label_values(&[outcome]).get() >= n {
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -112,14 +112,14 @@ fn retrain_queues_one_job_per_stream() {
         reg.retrain("r").unwrap();
     }
     // Training takes far longer than five calls: more than one job queued would show.
-    assert!(metrics.retrain_queue_depth.get() <= 1, "one job queued");
+    assert!(metrics.training.queue_depth.get() <= 1, "one job queued");
     wait_jobs(&metrics, "completed", 1);
     // One more request once that job is done, behind anything the five queued: the
     // one training thread serves the queue in order, so when this job is done any
     // other would be too.
     reg.retrain("r").unwrap();
     wait_jobs(&metrics, "completed", 2);
-    assert_eq!(metrics.retrain_jobs.with_label_values(&["completed"]).get(), 2);
+    assert_eq!(metrics.training.jobs.with_label_values(&["completed"]).get(), 2);
 }
 
 #[test]

@@ -820,6 +820,14 @@ async fn put_configures_streams_and_retrain_queues_a_job() {
     let r = c.post(format!("{url}/retrain")).send().await.unwrap();
     assert_eq!(r.status(), 202);
     wait_for_model(&c, &url, v1 + 1).await;
+    // The training queue is visible: each job's wait, its outcome, the depth.
+    let text = scrape(&c, &s.addr).await;
+    assert!(
+        metric_value(&text, "anomalyd_retrain_wait_seconds_count") >= 2.0,
+        "{text}"
+    );
+    assert!(metric_value(&text, "anomalyd_retrain_jobs_total{outcome=\"completed\"}") >= 2.0);
+    assert_eq!(metric_value(&text, "anomalyd_retrain_queue_depth"), 0.0);
     // A new shape would discard the model and readings: refused unless explicit.
     let reshape = json!({"model": {"cell": "lstm", "hidden": 8}});
     let r = c.put(&url).json(&reshape).send().await.unwrap();

@@ -73,7 +73,7 @@ pub fn run_ingest_bench(config: &DetectorConfig, b: &IngestBenchConfig) -> Resul
         metrics.clone(),
     )?;
     let warm = config.retrain.first_after + 20;
-    let jobs = || metrics.retrain_jobs.with_label_values(&["completed"]).get();
+    let jobs = || metrics.training.jobs.with_label_values(&["completed"]).get();
     warm_up(&reg, b.streams, warm)?;
     let wait_start = Instant::now();
     while jobs() < b.streams as u64 && wait_start.elapsed() < Duration::from_secs(600) {

@@ -29,17 +29,18 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{SyncSender, sync_channel};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 pub use journal::{Alert, AlertJournal, AlertKind};
 pub use stream::{Stream, StreamMeta};
 pub use streams::merge_patch;
 
-use crate::detector::{ConfigError, DetectorConfig, ReadingError, TrainJob};
+use crate::detector::{ConfigError, DetectorConfig, ReadingError};
 use crate::metrics::Metrics;
 use crate::storage::wal::{SyncPolicy, Wal};
 use crate::timestamp::Micros;
+use training::QueuedJob;
 
 /// Largest stream id in bytes.
 pub const MAX_STREAM_ID_BYTES: usize = 256;
@@ -167,7 +168,7 @@ pub struct Registry {
     streams: RwLock<HashMap<String, Arc<Stream>>>,
     journal: AlertJournal,
     metrics: Arc<Metrics>,
-    trainer: SyncSender<(Weak<Stream>, TrainJob)>,
+    trainer: SyncSender<QueuedJob>,
     /// Deleted streams whose snapshot files are still to be removed.
     /// Deleted streams whose files go at the next round: id, and the model file
     /// their state named.
@@ -188,7 +189,7 @@ impl Registry {
     /// If the default detector config is invalid or the data directory is unusable.
     pub fn open(config: RegistryConfig, metrics: Arc<Metrics>) -> Result<Arc<Self>, String> {
         config.default_detector.validate().map_err(|e| e.to_string())?;
-        let (tx, rx) = sync_channel::<(Weak<Stream>, TrainJob)>(config.training_queue.max(1));
+        let (tx, rx) = sync_channel::<QueuedJob>(config.training_queue.max(1));
         let registry = Arc::new(Registry {
             journal: AlertJournal::new(config.journal_capacity, config.subscriber_buffer),
             streams: RwLock::new(HashMap::new()),

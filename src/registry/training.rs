@@ -10,13 +10,13 @@ use super::stream::Stream;
 use super::{Registry, RegistryError};
 use crate::detector::{Detector, TrainJob, TrainOutcome};
 
+/// A job in the training queue: its stream, the job, and when it was queued.
+pub(super) type QueuedJob = (Weak<Stream>, TrainJob, Instant);
+
 impl Registry {
     /// Starts `config.training_threads` threads serving the training queue `rx`;
     /// each stops when the queue or the registry is gone.
-    pub(super) fn start_training_threads(
-        self: &Arc<Self>,
-        rx: Receiver<(Weak<Stream>, TrainJob)>,
-    ) -> Result<(), String> {
+    pub(super) fn start_training_threads(self: &Arc<Self>, rx: Receiver<QueuedJob>) -> Result<(), String> {
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..self.config.training_threads.max(1) {
             let rx = rx.clone();
@@ -26,8 +26,9 @@ impl Registry {
                 .spawn(move || {
                     loop {
                         let next = rx.lock().expect("trainer queue").recv();
-                        let Ok((stream, job)) = next else { break };
+                        let Ok((stream, job, queued)) = next else { break };
                         let Some(reg) = weak.upgrade() else { break };
+                        reg.metrics.training.wait.observe(queued.elapsed().as_secs_f64());
                         reg.run_job(stream, job);
                     }
                 })
@@ -40,13 +41,13 @@ impl Registry {
     /// and counted (`outcome="panicked"`): the thread goes on serving the queue and
     /// the stream may ask again.
     pub(super) fn run_job(&self, stream: Weak<Stream>, job: TrainJob) {
-        self.metrics.retrain_queue_depth.dec();
+        self.metrics.training.queue_depth.dec();
         let start = Instant::now();
         let budget = self.config.training_budget;
         let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             crate::detector::train::train(&job, &|| start.elapsed() > budget)
         }));
-        self.metrics.retrain_duration.observe(start.elapsed().as_secs_f64());
+        self.metrics.training.duration.observe(start.elapsed().as_secs_f64());
         let (outcome, label) = match caught {
             Ok(outcome) => {
                 let label = match &outcome {
@@ -69,7 +70,7 @@ impl Registry {
                 (TrainOutcome::NotEnoughData, "panicked")
             }
         };
-        self.metrics.retrain_jobs.with_label_values(&[label]).inc();
+        self.metrics.training.jobs.with_label_values(&[label]).inc();
         if let Some(stream) = stream.upgrade() {
             let mut st = stream.state.lock().unwrap_or_else(|p| p.into_inner());
             if !st.deleted {
@@ -82,7 +83,7 @@ impl Registry {
                         self.save_now(&stream);
                     }
                 } else {
-                    self.metrics.retrain_jobs.with_label_values(&["stale"]).inc();
+                    self.metrics.training.jobs.with_label_values(&["stale"]).inc();
                 }
             }
         }
@@ -110,14 +111,14 @@ impl Registry {
     /// is told, so it can ask again later). Returns whether it was queued.
     pub(super) fn submit_job(&self, stream: &Arc<Stream>, detector: &mut Detector) -> bool {
         let job = detector.training_job();
-        match self.trainer.try_send((Arc::downgrade(stream), job)) {
+        match self.trainer.try_send((Arc::downgrade(stream), job, Instant::now())) {
             Ok(()) => {
-                self.metrics.retrain_queue_depth.inc();
+                self.metrics.training.queue_depth.inc();
                 true
             }
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 detector.install(TrainOutcome::NotEnoughData);
-                self.metrics.retrain_jobs.with_label_values(&["dropped"]).inc();
+                self.metrics.training.jobs.with_label_values(&["dropped"]).inc();
                 false
             }
         }
