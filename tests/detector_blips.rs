@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use anomalyd::detector::DetectorConfig;
 use anomalyd::eval::smap::{read_labels, score_channel};
 
-/// A real spacecraft status channel (SMAP G-7, `../shared/data/smap`): it sits at 1
+/// A real spacecraft status channel (SMAP G-7, copied from `../shared/data/smap`
+/// to `tests/fixtures/smap`): it sits at 1
 /// and, in its training run, dips to -1 for a reading or two every ~90 readings.
 /// In its test run the dips go to -0.2 instead, a value the model never saw, so the
 /// model reconstructs each window that holds one poorly and the dip echoes in its
@@ -18,7 +19,7 @@ use anomalyd::eval::smap::{read_labels, score_channel};
 /// outlasted "a blip" and 32 dips became false incidents.
 #[test]
 fn a_kind_of_blip_seen_before_and_its_echo_in_the_model_window_are_not_incidents() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/smap");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smap");
     let labels = read_labels(&dir.join("labels.csv")).unwrap();
     let g7 = labels.iter().find(|l| l.channel == "G-7").unwrap();
     let mut config = DetectorConfig::default();
