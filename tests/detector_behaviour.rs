@@ -456,3 +456,34 @@ fn a_config_change_of_the_same_shape_is_applied_not_just_shown() {
     assert_eq!(state(&same)["ars"], state(&det)["ars"]);
     assert!(!same.training_due());
 }
+
+/// A model that does not drift is retrained less and less often: after the first
+/// model, the interval is `every_readings`, then doubles with each model up to
+/// `max_every_readings`. Each retrain restarts the model's limits from its
+/// held-out residuals, and a tail of one in 10,000 needs thousands of normal
+/// readings to read.
+#[test]
+fn a_model_that_does_not_drift_is_retrained_less_and_less_often() {
+    let c = fast_config();
+    let (every, max) = (c.retrain.every_readings, c.retrain.max_every_readings);
+    let mut det = Detector::new(c).unwrap();
+    let mut rng = StdRng::seed_from_u64(9);
+    let mut swaps = Vec::new();
+    let mut version = 0;
+    for t in 0..12_000usize {
+        det.update_sync(t as i64 * 60_000_000, &[seasonal(t) + noise(&mut rng)])
+            .unwrap();
+        let v = det.model().map_or(0, |m| m.version);
+        if v != version {
+            swaps.push(t);
+            version = v;
+        }
+    }
+    let gaps: Vec<usize> = swaps.windows(2).map(|w| w[1] - w[0]).collect();
+    assert_eq!(
+        gaps[..4],
+        [every, 2 * every, (4 * every).min(max), (8 * every).min(max)],
+        "models at {swaps:?}"
+    );
+    assert_eq!(det.retrain_interval(), max as u64);
+}

@@ -59,6 +59,7 @@ pub struct IngestBenchConfig {
 pub fn run_ingest_bench(config: &DetectorConfig, b: &IngestBenchConfig) -> Result<IngestBenchReport, String> {
     let mut det = config.clone();
     det.retrain.every_readings = b.retrain_every;
+    det.retrain.max_every_readings = b.retrain_every;
     let metrics = Arc::new(Metrics::new());
     let dir = std::env::temp_dir().join(format!("anomalyd-bench-ingest-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

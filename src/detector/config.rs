@@ -203,8 +203,14 @@ impl Default for TrainConfig {
 pub struct RetrainPolicy {
     /// Readings before the first model is trained.
     pub first_after: usize,
-    /// Retrain after this many readings since the last job (0: never).
+    /// Retrain after this many readings since the last job (0: never); the
+    /// interval doubles with each model, up to `max_every_readings`.
     pub every_readings: usize,
+    /// The longest interval the doubling reaches. Each retrain restarts the
+    /// model's limits from its held-out residuals, and a tail of one in 10,000
+    /// needs thousands of normal readings to read, so a model that does not
+    /// drift is kept longer (a drifting one is retrained early by `on_drift`).
+    pub max_every_readings: usize,
     /// Retrain after this much stream time since the last job (0: never).
     pub every_seconds: f64,
     /// Retrain early when the model's recent error drifts far above its held-out error.
@@ -216,6 +222,7 @@ impl Default for RetrainPolicy {
         RetrainPolicy {
             first_after: 384,
             every_readings: 768,
+            max_every_readings: 3072,
             every_seconds: 0.0,
             on_drift: true,
         }
@@ -464,8 +471,8 @@ impl DetectorConfig {
                 self.window
             ));
         }
-        if self.retrain.every_readings > 10_000_000 {
-            return bad("retrain.every_readings must be at most 10000000".into());
+        if self.retrain.every_readings > 10_000_000 || self.retrain.max_every_readings > 10_000_000 {
+            return bad("retrain.every_readings and retrain.max_every_readings must be at most 10000000".into());
         }
         if !(self.retrain.every_seconds >= 0.0 && self.retrain.every_seconds <= 3.2e9) {
             return bad("retrain.every_seconds must be 0..=3.2e9".into());

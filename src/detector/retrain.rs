@@ -26,12 +26,23 @@ impl Detector {
         };
         let since = self.seen - at;
         let p = &c.retrain;
-        (p.every_readings > 0 && since >= p.every_readings as u64)
+        (p.every_readings > 0 && since >= self.retrain_interval())
             || (p.every_seconds > 0.0
                 && self
                     .last_ts
                     .is_some_and(|t| (t - at_ts) as f64 / 1e6 >= p.every_seconds))
             || (p.on_drift && self.model.is_some() && since >= 2 * c.window as u64 && self.drift > 2.0)
+    }
+
+    /// Readings between periodic retrains now: `every_readings`, doubled with
+    /// each model after the first, up to `max_every_readings` (never below
+    /// `every_readings`).
+    pub fn retrain_interval(&self) -> u64 {
+        let p = &self.config.retrain;
+        let every = p.every_readings as u64;
+        let models = self.model.as_ref().map_or(1, |m| m.version.max(1));
+        let doubled = every.saturating_mul(1u64 << (models - 1).min(32));
+        doubled.min(p.max_every_readings as u64).max(every)
     }
 
     /// Takes a training job from the buffered readings and marks one in flight.
