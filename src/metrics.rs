@@ -141,7 +141,6 @@ impl Default for Metrics {
     }
 }
 
-/// Registers metrics as they are made.
 /// The training queue and its jobs.
 #[derive(Clone, Debug)]
 pub struct TrainingMetrics {
@@ -178,6 +177,7 @@ impl TrainingMetrics {
     }
 }
 
+/// Registers metrics as they are made.
 struct Registrar<'a>(&'a Registry);
 
 impl Registrar<'_> {

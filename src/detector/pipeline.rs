@@ -172,7 +172,7 @@ impl Detector {
             sur.contributions = shares_of_squares(self.state.running(Component::Trend));
         }
         let live = mode == Mode::Live && sur.phase != Phase::Warmup;
-        let (excursion, anomalous) = self.prune(&mut judgement, live);
+        let (excursion, anomalous) = self.prune(&mut judgement, live, sur.phase);
         let score = score_of_ratio(judgement.ratio);
         let was_recurring = self.recurring.is_some();
         let (mut event, suppressed) =
@@ -210,17 +210,14 @@ impl Detector {
 
     /// Holds the judgement's ratio to the pruning bar (`pruning.rs`). Returns
     /// whether the reading is beyond its limit (an excursion: not learnt) and
-    /// whether it is anomalous (beyond the bar too); `live`: it may be either.
-    pub(super) fn prune(&mut self, judgement: &mut Judgement, live: bool) -> (bool, bool) {
+    /// whether it is anomalous (beyond the bar too); `live`: it may be either;
+    /// `phase`: what scored the reading.
+    pub(super) fn prune(&mut self, judgement: &mut Judgement, live: bool, phase: Phase) -> (bool, bool) {
         let a = &self.config.alert;
         let (raw, window, held) = (judgement.ratio, a.prune_window, self.incident.is_some());
         let excursion = live && score_of_ratio(raw) >= a.threshold;
         // One odd reading echoes in the model's residuals while it is in the window.
-        let echo = if self.scoring_phase() == Phase::Model {
-            self.config.window
-        } else {
-            0
-        };
+        let echo = if phase == Phase::Model { self.config.window } else { 0 };
         let sustained = SHORT_INCIDENT + echo;
         judgement.ratio /= self.pruning.bar(excursion, held, window, a.prune_margin, sustained);
         let anomalous = excursion && score_of_ratio(judgement.ratio) >= a.threshold;
