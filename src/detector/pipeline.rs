@@ -219,7 +219,9 @@ impl Detector {
         // One odd reading echoes in the model's residuals while it is in the window.
         let echo = if phase == Phase::Model { self.config.window } else { 0 };
         let sustained = SHORT_INCIDENT + echo;
-        judgement.ratio /= self.pruning.bar(excursion, held, window, a.prune_margin, sustained);
+        judgement.ratio /= self
+            .pruning
+            .bar(excursion, held, window, a.prune_margin, sustained, judgement.strong);
         let anomalous = excursion && score_of_ratio(judgement.ratio) >= a.threshold;
         self.pruning.note(raw, anomalous, held, window);
         (excursion, anomalous)

@@ -14,9 +14,18 @@
 //!      were blips; normal readings near the limit and long incidents do not
 //!      count)
 //! bar  max(1, (1 + margin) · M), fixed when the excursion begins and held while
-//!      it lasts and while its incident is open
+//!      it lasts and while its incident is open; at least `STRONG` (4/3) for
+//!      the first `CONFIRM − 1` (2) readings of an excursion until one of them
+//!      is anomalous
 //! ρ'   ρ / bar: the ratio that decides the state, the score and incidents
 //! ```
+//!
+//! The confirmation is for the many statistics judged at once: each limit is
+//! read at p ≈ 1e-4, and with a dozen statistics per feature a single reading
+//! just beyond one of them is the tails' own noise a few times in every 10,000
+//! readings. A fault is either strong (one decade further down the tail) or
+//! lasting (three readings in a row beyond the limit, as the smoothed
+//! statistics of a small shift are); a weak onset is flagged two readings late.
 //!
 //! So the first of a kind of excursion is an anomaly, and the same again within
 //! `window` readings is not, unless it goes `margin` beyond everything recent or
@@ -40,6 +49,18 @@ use super::incident::SHORT_INCIDENT;
 /// Blocks the window is kept in.
 pub const BLOCKS: usize = 16;
 
+/// Readings beyond the limit after which a new excursion is anomalous at the
+/// limit itself; before, it must reach `STRONG` times it.
+pub const CONFIRM: usize = 3;
+
+/// Normal readings that may separate the crossings of one unconfirmed excursion.
+pub const CONFIRM_GAP: usize = 10;
+
+/// The ratio at which one reading alone is anomalous: one decade further down
+/// the limits' exponential tail (`q90 + 4 (q99 − q90)` against the limit's
+/// `q90 + 3 (q99 − q90)`) is at most 4/3 of the limit.
+pub const STRONG: f64 = 4.0 / 3.0;
+
 /// The running maximum of recent ratios and the bar of the open excursion.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Pruning {
@@ -61,6 +82,9 @@ pub struct Pruning {
     /// The open anomalous episode's largest ratio and its anomalous readings.
     episode: f32,
     episode_len: u32,
+    /// Whether the open excursion has had an anomalous reading (it is confirmed).
+    #[serde(default)]
+    confirmed: bool,
 }
 
 fn far() -> u32 {
@@ -79,6 +103,7 @@ impl Default for Pruning {
             quiet: far(),
             episode: 0.0,
             episode_len: 0,
+            confirmed: false,
         }
     }
 }
@@ -98,7 +123,16 @@ impl Pruning {
     /// The bar of a reading: `excursion`, it is beyond the limit; `held`, an
     /// incident is open. `window` readings (0: pruning off), `margin` a fraction;
     /// an excursion longer than `sustained` readings is a fault by its length.
-    pub fn bar(&mut self, excursion: bool, held: bool, window: usize, margin: f64, sustained: usize) -> f64 {
+    /// `strong`: the ratio at which this reading alone is anomalous (see `CONFIRM`).
+    pub fn bar(
+        &mut self,
+        excursion: bool,
+        held: bool,
+        window: usize,
+        margin: f64,
+        sustained: usize,
+        strong: f64,
+    ) -> f64 {
         if window == 0 {
             return 1.0;
         }
@@ -107,6 +141,7 @@ impl Pruning {
             if self.bar == 0.0 {
                 self.bar = ((1.0 + margin) * self.recent_max()).max(1.0) as f32;
                 self.beyond = 0;
+                self.confirmed = false;
             }
             self.beyond = self.beyond.saturating_add(u32::from(excursion));
             if self.beyond as usize > sustained {
@@ -114,10 +149,19 @@ impl Pruning {
                 // its length.
                 self.bar = 1.0;
             }
-        } else {
+        } else if self.confirmed || self.bar > 1.0 || self.quiet as usize > CONFIRM_GAP {
             self.bar = 0.0;
         }
-        f64::from(self.bar).max(1.0)
+        // (An excursion held back only by its weakness stays open across short
+        // gaps: crossings that recur close together confirm each other. One
+        // held back by pruning ends as before, and the next meets a new bar.)
+        let bar = f64::from(self.bar).max(1.0);
+        if excursion && !held && !self.confirmed && (self.beyond as usize) < CONFIRM {
+            // A new excursion stands out by its strength or by lasting a few
+            // readings; one weak crossing alone is the tail's own noise.
+            return bar.max(strong.clamp(1.0, STRONG));
+        }
+        bar
     }
 
     /// Notes a reading's ratio to the limit. An anomalous episode's (`anomalous`
@@ -131,6 +175,7 @@ impl Pruning {
         }
         // Kept finite: snapshots are JSON.
         let r = if ratio.is_nan() { 0.0 } else { ratio.clamp(0.0, 1e12) } as f32;
+        self.confirmed |= anomalous;
         if anomalous || held {
             self.episode = self.episode.max(r);
             self.episode_len = self.episode_len.saturating_add(u32::from(anomalous));
@@ -166,7 +211,7 @@ mod tests {
     /// One reading as the detector takes it: its bar, then its ratio noted;
     /// returns whether it is anomalous.
     fn take(p: &mut Pruning, ratio: f64, held: bool) -> bool {
-        let bar = p.bar(ratio >= 1.0, held, W, M, SHORT_INCIDENT);
+        let bar = p.bar(ratio >= 1.0, held, W, M, SHORT_INCIDENT, STRONG);
         let anomalous = ratio >= 1.0 && ratio / bar >= 1.0;
         p.note(ratio, anomalous, held, W);
         anomalous
@@ -178,7 +223,38 @@ mod tests {
         for _ in 0..500 {
             assert!(!take(&mut p, 0.5, false));
         }
-        assert_eq!(p.bar(true, false, W, M, SHORT_INCIDENT), 1.0);
+        // It must be strong until it has lasted `CONFIRM` readings; then the
+        // limit itself is the bar.
+        for _ in 1..CONFIRM {
+            assert_eq!(p.bar(true, false, W, M, SHORT_INCIDENT, STRONG), STRONG);
+        }
+        assert_eq!(p.bar(true, false, W, M, SHORT_INCIDENT, STRONG), 1.0);
+    }
+
+    #[test]
+    fn a_new_weak_crossing_is_anomalous_only_once_it_lasts_and_a_strong_one_at_once() {
+        let mut p = Pruning::default();
+        for _ in 0..500 {
+            take(&mut p, 0.5, false);
+        }
+        // One or two readings just beyond the limit: the tail's own noise.
+        assert!(!take(&mut p, 1.2, false));
+        assert!(!take(&mut p, 1.2, false));
+        // The third in a row confirms it, and it holds while it lasts.
+        assert!(take(&mut p, 1.2, false));
+        assert!(take(&mut p, 1.05, false));
+        for _ in 0..W + W / BLOCKS {
+            take(&mut p, 0.5, false);
+        }
+        // Strong enough alone: anomalous at once, and the weaker readings after
+        // it in the same excursion stay anomalous.
+        assert!(take(&mut p, STRONG, false));
+        assert!(take(&mut p, 1.1, false));
+        // While an incident is open, no confirmation is needed.
+        for _ in 0..W + W / BLOCKS {
+            take(&mut p, 0.5, false);
+        }
+        assert!(take(&mut p, 1.1, true));
     }
 
     #[test]
@@ -196,7 +272,7 @@ mod tests {
         take(&mut p, 0.5, false);
         assert!(take(&mut p, 4.0, false));
         // And while an incident is open, though the reading is normal.
-        let bar = p.bar(false, true, W, M, SHORT_INCIDENT);
+        let bar = p.bar(false, true, W, M, SHORT_INCIDENT, STRONG);
         assert!((bar - 3.5 * 1.13).abs() < 1e-5, "{bar}");
     }
 
@@ -216,7 +292,7 @@ mod tests {
         // residuals stay just beyond the limit while the blip is in the window.
         let window = 32;
         let take = |p: &mut Pruning, ratio: f64, sustained: usize| {
-            let bar = p.bar(ratio >= 1.0, false, W, M, sustained);
+            let bar = p.bar(ratio >= 1.0, false, W, M, sustained, STRONG);
             let anomalous = ratio >= 1.0 && ratio / bar >= 1.0;
             p.note(ratio, anomalous, false, W);
             anomalous
@@ -262,7 +338,7 @@ mod tests {
     fn a_window_of_zero_turns_it_off() {
         let mut p = Pruning::default();
         p.note(3.0, false, false, 0);
-        assert_eq!(p.bar(true, false, 0, M, SHORT_INCIDENT), 1.0);
+        assert_eq!(p.bar(true, false, 0, M, SHORT_INCIDENT, STRONG), 1.0);
     }
 
     #[test]

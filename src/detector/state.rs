@@ -145,6 +145,16 @@ impl TailHistogram {
         let (q90, q99) = (self.quantile(0.9), self.quantile(0.99));
         (q90 + 3.0 * (q99 - q90).max(0.0)).max(floor)
     }
+
+    /// The same tail read one decade further (p ≈ 1e-5), over [`Self::limit`]:
+    /// at most 4/3, and close to 1 when the floor holds the limit far above
+    /// the values seen.
+    pub fn decade_beyond(&self, floor: f64) -> f64 {
+        let (q90, q99) = (self.quantile(0.9), self.quantile(0.99));
+        let spread = (q99 - q90).max(0.0);
+        let limit = (q90 + 3.0 * spread).max(floor);
+        ((q90 + 4.0 * spread).max(floor) / limit).clamp(1.0, 4.0 / 3.0)
+    }
 }
 
 /// Least instant limit, in standard deviations: no stream alarms below 4σ.
@@ -280,6 +290,11 @@ pub struct Judgement {
     pub component: Option<usize>,
     /// Whether that ratio came from the smoothed (or drift) statistic.
     pub smoothed: bool,
+    /// How far beyond its limit that statistic is strong (`ratio` at least this
+    /// is anomalous on one reading; see `pruning.rs`): one decade further down
+    /// its tail, 1 for statistics judged by a running average alone and for
+    /// readings within their limits.
+    pub strong: f64,
     /// Per component: (instant, smoothed, drift) statistics, to learn once the
     /// reading is known to be normal.
     stats: [(f64, f64, f64); N_COMPONENTS],
@@ -329,6 +344,7 @@ impl StateCalibration {
             self.drift = histograms();
         }
         let mut j = Judgement::default();
+        let mut winner = 0;
         for (c, z) in zs.iter().enumerate() {
             let Some(z) = z else { continue };
             if z.is_empty() {
@@ -363,10 +379,34 @@ impl StateCalibration {
                     j.ratio = r;
                     j.component = Some(c);
                     j.smoothed = rs > ri;
+                    winner = if ri >= rs {
+                        0
+                    } else if smooth / ls >= drift / ld {
+                        1
+                    } else {
+                        2
+                    };
                 }
             }
         }
+        j.strong = match j.component {
+            Some(c) if j.ratio >= 1.0 => self.decade_beyond(c, winner),
+            _ => 1.0,
+        };
         j
+    }
+
+    /// How much further than its limit statistic `which` (0 instant, 1 smoothed,
+    /// 2 drift) of component `c` is one decade further down its tail.
+    fn decade_beyond(&self, c: usize, which: usize) -> f64 {
+        if c == Component::Change as usize || c == Component::Trend as usize {
+            return 1.0;
+        }
+        match which {
+            0 => self.instant[c].decade_beyond(FLOOR_INSTANT),
+            1 => self.smoothed[c].decade_beyond(FLOOR_SMOOTHED),
+            _ => self.drift.get(c).map_or(1.0, |h| h.decade_beyond(FLOOR_DRIFT)),
+        }
     }
 
     /// Learns a reading judged normal.
@@ -580,6 +620,36 @@ mod tests {
         assert!((q99 - 2.576).abs() < 0.15, "{q99}");
         let l = h.limit(0.0);
         assert!((4.0..5.0).contains(&l), "{l}");
+        // One decade further down a Gaussian tail is about 1.2 times the limit
+        // (q90 + 4 (q99 − q90) = 5.37 against 4.44).
+        let d = h.decade_beyond(0.0);
+        assert!((1.15..1.27).contains(&d), "{d}");
+        // A floor far above every value seen leaves no decade to ask for.
+        assert_eq!(h.decade_beyond(20.0), 1.0);
+    }
+
+    #[test]
+    fn a_strong_reading_is_one_decade_further_down_the_tail_of_its_own_statistic() {
+        let mut cal = StateCalibration::default();
+        // An exponential-like statistic: q90 small against q99 − q90.
+        for k in 0..4000 {
+            let p = (k * 1237 % 4000) as f64 / 4000.0;
+            let z = [-(1.0 - p).ln() * 3.0];
+            let mut zs: [Option<&[f64]>; N_COMPONENTS] = [None; N_COMPONENTS];
+            zs[0] = Some(&z);
+            let j = cal.judge(&zs, 0.1, 64);
+            cal.learn(&j);
+        }
+        let mut zs: [Option<&[f64]>; N_COMPONENTS] = [None; N_COMPONENTS];
+        let (li, _, _) = cal.limits(Component::Level);
+        // Within the limits, no reading needs to be strong.
+        let z = [0.5 * li];
+        zs[0] = Some(&z);
+        assert_eq!(cal.clone().judge(&zs, 0.1, 64).strong, 1.0);
+        let z = [1.1 * li];
+        zs[0] = Some(&z);
+        let j = cal.judge(&zs, 0.1, 64);
+        assert!(j.ratio > 1.0 && j.strong > 1.15 && j.strong <= 4.0 / 3.0, "{j:?}");
     }
 
     #[test]
