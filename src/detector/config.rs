@@ -71,6 +71,35 @@ named_choice! {
     }
 }
 
+named_choice! {
+    /// What the model is asked for at the newest step of each window.
+    Objective, "model.objective" {
+        /// The newest step is hidden from the model (the step before it stands
+        /// in), so its error there is a one-step forecast from the window
+        /// before it; the other steps are reconstructed.
+        Forecast = "forecast",
+        /// Every step is reconstructed from the whole window, the newest reading
+        /// included.
+        Reconstruct = "reconstruct",
+    }
+}
+
+impl Objective {
+    /// What models saved before the choice existed did: reconstruct every step.
+    pub fn legacy() -> Self {
+        Objective::Reconstruct
+    }
+
+    /// The model's input for a window `[W, d]` (row-major) it scores or learns:
+    /// the window itself, or with its newest step replaced by the one before.
+    pub fn hide_newest(self, window: &mut [f32], d: usize) {
+        let w = window.len().checked_div(d).unwrap_or(0);
+        if self == Objective::Forecast && w >= 2 {
+            window.copy_within((w - 2) * d..(w - 1) * d, (w - 1) * d);
+        }
+    }
+}
+
 /// `model.cell` by [`CellKind::name`] (the network core has no serde).
 mod cell_name {
     use serde::{Deserialize, Deserializer, Serializer};
@@ -139,6 +168,12 @@ pub struct ModelConfig {
     /// training windows' log-error distribution) or `running` (the newest reading's
     /// residual against a running residual scale, adapting to local noise).
     pub error_scale: ErrorScale,
+    /// What the model is asked for at the newest step: `reconstruct` (every
+    /// step from the whole window; the default) or `forecast` (the newest
+    /// reading is hidden from it, so its error there is a one-step forecast
+    /// error: fewer false alarms at a higher `alert.threshold`, see
+    /// BENCHMARKS.md, but a fault the model can extrapolate is held less).
+    pub objective: Objective,
 }
 
 impl Default for ModelConfig {
@@ -153,6 +188,7 @@ impl Default for ModelConfig {
             score_steps: 1,
             combine: Combine::Max,
             error_scale: ErrorScale::Rms,
+            objective: Objective::Reconstruct,
         }
     }
 }
@@ -624,6 +660,7 @@ mod tests {
             ("[model]\ncell = \"transformer\"", "model.cell"),
             ("[model]\ncombine = \"min\"", "model.combine"),
             ("[model]\nerror_scale = \"log\"", "model.error_scale"),
+            ("[model]\nobjective = \"predict\"", "model.objective"),
         ] {
             let err = toml::from_str::<DetectorConfig>(text).unwrap_err().to_string();
             assert!(err.contains(field), "{text}: {err}");
@@ -640,6 +677,23 @@ mod tests {
             toml::from_str::<DetectorConfig>("windw = 3").is_err(),
             "unknown fields are rejected"
         );
+    }
+
+    #[test]
+    fn a_forecast_hides_the_newest_step_and_a_reconstruction_nothing() {
+        let window = [1.0, 10.0, 2.0, 20.0, 3.0, 30.0];
+        let mut f = window;
+        Objective::Forecast.hide_newest(&mut f, 2);
+        assert_eq!(f, [1.0, 10.0, 2.0, 20.0, 2.0, 20.0]);
+        let mut r = window;
+        Objective::Reconstruct.hide_newest(&mut r, 2);
+        assert_eq!(r, window);
+        // One step has nothing before it to stand in.
+        let mut one = [5.0, 6.0];
+        Objective::Forecast.hide_newest(&mut one, 2);
+        assert_eq!(one, [5.0, 6.0]);
+        let c: DetectorConfig = toml::from_str("[model]\nobjective = \"forecast\"").unwrap();
+        assert_eq!(c.model.objective, Objective::Forecast);
     }
 
     #[test]

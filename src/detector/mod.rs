@@ -43,7 +43,7 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-pub use config::{ConfigError, DetectorConfig, DetectorKind};
+pub use config::{ConfigError, DetectorConfig, DetectorKind, Objective};
 pub use train::{TrainJob, TrainOutcome, TrainReport, TrainedModel};
 
 use baseline::{OnlineAr, Seasonal, StateBaselines, WindowedGaussian};
@@ -264,6 +264,9 @@ pub struct ActiveModel {
     pub normaliser: Normaliser,
     /// Held-out error distribution.
     pub errors: ErrorStats,
+    /// What the members were trained for at the newest step (scoring hides the
+    /// newest reading from a forecasting model as training did).
+    pub objective: config::Objective,
     /// Readings seen when the training data was taken.
     pub trained_at_reading: u64,
     /// Timestamp of the last reading in its training data.

@@ -580,9 +580,12 @@ impl Detector {
         let from = (w - steps) * d;
         let mut sq = vec![0.0f64; d];
         let mut last = vec![0.0f64; d];
+        // A forecasting model sees the window as in training: the newest step hidden.
+        let mut input = window.clone();
+        model.objective.hide_newest(&mut input, d);
         WORKSPACE.with_borrow_mut(|ws| {
             for scorer in &model.scorers {
-                let y = scorer.reconstruct(&window, ws);
+                let y = scorer.reconstruct(&input, ws);
                 for (i, (&a, &b)) in y[from..].iter().zip(&window[from..]).enumerate() {
                     sq[i % d] += ((a - b) as f64).powi(2);
                 }

@@ -131,6 +131,7 @@ impl Detector {
                     scorers: m.members.iter().map(|a| a.compile()).collect(),
                     normaliser: m.normaliser,
                     errors: m.errors,
+                    objective: m.objective,
                     trained_at_reading: at,
                     trained_at: at_ts,
                     report: m.report,

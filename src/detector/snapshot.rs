@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::baseline::{OnlineAr, Seasonal, StateBaselines, WindowedGaussian};
 use super::cadence::Cadence;
+use super::config::Objective;
 use super::context::Levels;
 use super::incident::{MAX_STRETCHES, Recurring, Stretch};
 use super::likelihood::Likelihood;
@@ -65,6 +66,7 @@ impl Detector {
                     version: m.version,
                     normaliser: m.normaliser.clone(),
                     errors: m.errors.clone(),
+                    objective: m.objective,
                     trained_at_reading: m.trained_at_reading,
                     trained_at: m.trained_at,
                     report: m.report.clone(),
@@ -275,6 +277,9 @@ struct ModelMeta {
     version: u64,
     normaliser: Normaliser,
     errors: ErrorStats,
+    /// Models saved before the choice existed reconstructed every step.
+    #[serde(default = "Objective::legacy")]
+    objective: Objective,
     trained_at_reading: u64,
     trained_at: Micros,
     report: TrainReport,
@@ -382,6 +387,7 @@ fn restore_model(
         scorers: members.iter().map(|m| m.compile()).collect(),
         normaliser: meta.normaliser,
         errors: meta.errors,
+        objective: meta.objective,
         trained_at_reading: meta.trained_at_reading,
         trained_at: meta.trained_at,
         report: meta.report,

@@ -6,7 +6,7 @@ use ndarray::{Array3, Axis};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use super::config::DetectorConfig;
+use super::config::{DetectorConfig, Objective};
 use super::fit::{Epoch, Fitted, Schedule, fit};
 pub use super::normaliser::{MIN_FEATURE_RMS, Normaliser};
 use crate::nn::{Adam, AdamParams, Autoencoder, mse};
@@ -98,6 +98,8 @@ pub struct TrainedModel {
     pub normaliser: Normaliser,
     /// Held-out error distribution, for scoring.
     pub errors: ErrorStats,
+    /// What the members were trained for at the newest step.
+    pub objective: Objective,
     /// Per held-out reading in time order, each feature's residual in units of
     /// `errors.feature_rms`: seeds the state's limits for this model.
     pub calibration: Vec<Vec<f64>>,
@@ -122,6 +124,8 @@ pub enum TrainOutcome {
 struct Windows {
     w: usize,
     d: usize,
+    /// What the model is asked for at the newest step.
+    objective: Objective,
     normaliser: Normaliser,
     /// Normalised readings, flattened `[n][d]`.
     norm: Vec<f32>,
@@ -200,11 +204,23 @@ impl Windows {
         Some(Windows {
             w,
             d,
+            objective: cfg.model.objective,
             normaliser,
             norm,
             train,
             held_out,
         })
+    }
+
+    /// The model's input for windows `x` (`[w, B, d]`): the newest step hidden
+    /// when the objective is a forecast ([`Objective::hide_newest`]).
+    fn input(&self, x: &Array3<f32>) -> Array3<f32> {
+        let mut m = x.clone();
+        if self.objective == Objective::Forecast && self.w >= 2 {
+            let prev = x.index_axis(Axis(0), self.w - 2).to_owned();
+            m.index_axis_mut(Axis(0), self.w - 1).assign(&prev);
+        }
+        m
     }
 
     /// The windows starting at `idx`, `[w, idx.len(), d]`.
@@ -218,7 +234,7 @@ impl Windows {
         let mut total = 0.0;
         for chunk in self.held_out.chunks(256) {
             let x = self.batch(chunk);
-            let y = m.forward(x.view());
+            let y = m.forward(self.input(&x).view());
             total += mse(y.view().into_dyn(), x.view().into_dyn()).0 as f64 * chunk.len() as f64;
         }
         total / self.held_out.len() as f64
@@ -253,7 +269,8 @@ fn train_member(
         let mut sum = 0.0;
         for chunk in order.chunks(t.batch) {
             let x = win.batch(chunk);
-            let loss = model.train_step(x.view(), &mut opt, Some(t.max_grad_norm as f32), rng) as f64;
+            let xi = win.input(&x);
+            let loss = model.train_step_to(xi.view(), x.view(), &mut opt, Some(t.max_grad_norm as f32), rng) as f64;
             let first = *first_loss.get_or_insert(loss.max(1e-6));
             if !loss.is_finite() || loss > 1000.0 * first {
                 return Epoch::Diverged;
@@ -297,7 +314,7 @@ fn ensemble_errors(
         let mut err = vec![0.0f64; chunk.len()];
         let mut last = vec![vec![0.0f64; d]; chunk.len()];
         for member in members {
-            let y = member.forward(x.view());
+            let y = member.forward(win.input(&x).view());
             let sq = (&y - &x)
                 .slice(ndarray::s![w - steps.., .., ..])
                 .mapv(|v| (v as f64) * (v as f64));
@@ -380,6 +397,7 @@ pub fn train(job: &TrainJob, should_stop: &dyn Fn() -> bool) -> TrainOutcome {
         members,
         normaliser: win.normaliser,
         errors,
+        objective: cfg.model.objective,
         calibration,
         report,
         changes,

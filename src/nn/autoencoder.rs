@@ -227,8 +227,20 @@ impl<T: Scalar> Autoencoder<T> {
         max_grad_norm: Option<T>,
         rng: &mut R,
     ) -> T {
+        self.train_step_to(x, x, opt, max_grad_norm, rng)
+    }
+
+    /// As [`train_step`](Autoencoder::train_step), against `target` instead of `x`.
+    pub fn train_step_to<R: Rng + ?Sized, O: Optimizer<T>>(
+        &mut self,
+        x: ArrayView3<T>,
+        target: ArrayView3<T>,
+        opt: &mut O,
+        max_grad_norm: Option<T>,
+        rng: &mut R,
+    ) -> T {
         let (y, cache) = self.forward_train(x, rng);
-        let (loss, dy) = mse(y.view().into_dyn(), x.into_dyn());
+        let (loss, dy) = mse(y.view().into_dyn(), target.into_dyn());
         let dy = dy.into_dimensionality().expect("3-d");
         let mut grads = self.backward(&cache, dy.view());
         clipped_step(opt, &mut self.tensors_mut(), grads.tensors_mut(), max_grad_norm);
