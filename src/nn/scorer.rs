@@ -1,6 +1,7 @@
 //! The scorer: an autoencoder compiled for one window at a time (weights packed
-//! once, on 64-byte lines; AVX2+FMA or portable kernels chosen at run time), the
-//! form every stream scores with.
+//! once, on 64-byte lines; AVX-512, AVX2+FMA or portable kernels chosen at run
+//! time, the FMA paths with their activations' polynomials fused too), the form
+//! every stream scores with.
 
 use super::aligned::AlignedVec;
 use super::isa::{self, Isa};
@@ -444,16 +445,16 @@ fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[inline(always)]
-fn sigmoid_all(xs: &mut [f32]) {
+fn sigmoid_all<const FMA: bool>(xs: &mut [f32]) {
     for x in xs {
-        *x = super::sigmoid_f32(*x);
+        *x = sig::<FMA>(*x);
     }
 }
 
 #[inline(always)]
-fn tanh_all(xs: &mut [f32]) {
+fn tanh_all<const FMA: bool>(xs: &mut [f32]) {
     for x in xs {
-        *x = super::tanh_f32(*x);
+        *x = th::<FMA>(*x);
     }
 }
 
@@ -506,15 +507,15 @@ fn cell_step<const FMA: bool>(cell: &FastCell, x_row: &[f32], h: &mut [f32], c: 
         CellKind::RnnTanh => {
             ah.copy_from_slice(x_row);
             cell.w_hh_t.gemv_acc::<FMA>(ah, h);
-            tanh_all(ah);
+            tanh_all::<FMA>(ah);
             h.copy_from_slice(ah);
         }
         CellKind::Lstm => {
             ah.copy_from_slice(x_row);
             cell.w_hh_t.gemv_acc::<FMA>(ah, h);
-            sigmoid_all(&mut ah[..2 * hd]);
-            tanh_all(&mut ah[2 * hd..3 * hd]);
-            sigmoid_all(&mut ah[3 * hd..]);
+            sigmoid_all::<FMA>(&mut ah[..2 * hd]);
+            tanh_all::<FMA>(&mut ah[2 * hd..3 * hd]);
+            sigmoid_all::<FMA>(&mut ah[3 * hd..]);
             let (i, rest) = ah.split_at(hd);
             let (f, rest) = rest.split_at(hd);
             let (g, o) = rest.split_at(hd);
@@ -522,7 +523,7 @@ fn cell_step<const FMA: bool>(cell: &FastCell, x_row: &[f32], h: &mut [f32], c: 
                 *cj = fj * *cj + ij * gj;
             }
             for ((hj, &cj), &oj) in h.iter_mut().zip(c.iter()).zip(o) {
-                *hj = oj * super::tanh_f32(cj);
+                *hj = oj * th::<FMA>(cj);
             }
         }
         CellKind::Gru => {
@@ -530,11 +531,11 @@ fn cell_step<const FMA: bool>(cell: &FastCell, x_row: &[f32], h: &mut [f32], c: 
             cell.w_hh_t.gemv_acc::<FMA>(ah, h);
             let (rz, n) = ah.split_at_mut(2 * hd);
             for (a, &xv) in rz.iter_mut().zip(&x_row[..2 * hd]) {
-                *a = super::sigmoid_f32(xv + *a);
+                *a = sig::<FMA>(xv + *a);
             }
             let (r, z) = rz.split_at(hd);
             for (((nj, &xn), &rj), &bn) in n.iter_mut().zip(&x_row[2 * hd..]).zip(r).zip(&cell.b_hn) {
-                *nj = super::tanh_f32(xn + rj * (*nj + bn));
+                *nj = th::<FMA>(xn + rj * (*nj + bn));
             }
             for ((hj, &zj), &nj) in h.iter_mut().zip(z).zip(n.iter()) {
                 *hj = (1.0 - zj) * nj + zj * *hj;
@@ -546,7 +547,7 @@ fn cell_step<const FMA: bool>(cell: &FastCell, x_row: &[f32], h: &mut [f32], c: 
             rz.fill(0.0);
             cell.w_hh_t.gemv_acc::<FMA>(rz, h);
             for (a, &xv) in rz.iter_mut().zip(&x_row[..2 * hd]) {
-                *a = super::sigmoid_f32(xv + *a);
+                *a = sig::<FMA>(xv + *a);
             }
             let (r, z) = rz.split_at(hd);
             for ((nj, &xn), &bn) in n.iter_mut().zip(&x_row[2 * hd..]).zip(&cell.b_hn) {
@@ -557,10 +558,53 @@ fn cell_step<const FMA: bool>(cell: &FastCell, x_row: &[f32], h: &mut [f32], c: 
                 *rh = rk * hk;
             }
             cell.w_hn_t.gemv_acc::<FMA>(n, c);
-            tanh_all(n);
+            tanh_all::<FMA>(n);
             for ((hj, &zj), &nj) in h.iter_mut().zip(z).zip(n.iter()) {
                 *hj = (1.0 - zj) * nj + zj * *hj;
             }
         }
+    }
+}
+
+/// [`super::exp_f32`] with its polynomial in fused multiply-adds (FMA paths only:
+/// without the instruction `mul_add` is a library call).
+#[inline(always)]
+fn exp_fused(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.3, 88.3);
+    let shifted = x.mul_add(LOG2E, ROUND);
+    let n = shifted - ROUND;
+    let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, x));
+    let mut p = 1.987_569_1e-4_f32;
+    p = p.mul_add(r, 1.398_199_9e-3);
+    p = p.mul_add(r, 8.333_452e-3);
+    p = p.mul_add(r, 4.166_579_6e-2);
+    p = p.mul_add(r, 1.666_666_5e-1);
+    p = p.mul_add(r, 0.5);
+    let er = (p * r).mul_add(r, r + 1.0);
+    let n_int = shifted.to_bits().wrapping_sub(ROUND.to_bits());
+    let scale = f32::from_bits(n_int.wrapping_add(127) << 23);
+    er * scale
+}
+
+#[inline(always)]
+fn sig<const FMA: bool>(x: f32) -> f32 {
+    if FMA {
+        1.0 / (1.0 + exp_fused(-x))
+    } else {
+        super::sigmoid_f32(x)
+    }
+}
+
+#[inline(always)]
+fn th<const FMA: bool>(x: f32) -> f32 {
+    if FMA {
+        let x = x.clamp(-10.0, 10.0);
+        1.0 - 2.0 / (exp_fused(2.0 * x) + 1.0)
+    } else {
+        super::tanh_f32(x)
     }
 }
