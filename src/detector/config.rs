@@ -98,6 +98,19 @@ impl Objective {
             window.copy_within((w - 2) * d..(w - 1) * d, (w - 1) * d);
         }
     }
+
+    /// The model's input for `window` (steps of `d` values): borrowed when
+    /// nothing is hidden, so a reconstructing model copies nothing.
+    pub fn input<'a>(self, window: &'a [f32], d: usize) -> std::borrow::Cow<'a, [f32]> {
+        match self {
+            Objective::Reconstruct => std::borrow::Cow::Borrowed(window),
+            Objective::Forecast => {
+                let mut hidden = window.to_vec();
+                self.hide_newest(&mut hidden, d);
+                std::borrow::Cow::Owned(hidden)
+            }
+        }
+    }
 }
 
 /// `model.cell` by [`CellKind::name`] (the network core has no serde).

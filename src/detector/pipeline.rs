@@ -581,8 +581,7 @@ impl Detector {
         let mut sq = vec![0.0f64; d];
         let mut last = vec![0.0f64; d];
         // A forecasting model sees the window as in training: the newest step hidden.
-        let mut input = window.clone();
-        model.objective.hide_newest(&mut input, d);
+        let input = model.objective.input(&window, d);
         WORKSPACE.with_borrow_mut(|ws| {
             for scorer in &model.scorers {
                 let y = scorer.reconstruct(&input, ws);

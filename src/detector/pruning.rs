@@ -14,9 +14,10 @@
 //!      were blips; normal readings near the limit and long incidents do not
 //!      count)
 //! bar  max(1, (1 + margin) · M), fixed when the excursion begins and held while
-//!      it lasts and while its incident is open; at least `STRONG` (4/3) for
-//!      the first `CONFIRM − 1` (2) readings of an excursion until one of them
-//!      is anomalous
+//!      it lasts and while its incident is open; for the first `CONFIRM − 1`
+//!      (2) crossings of an excursion, until one of them is anomalous, at least
+//!      the deciding statistic's `strong` ratio (one decade further down its
+//!      own tail: about 1.2 for a Gaussian tail, at most `STRONG`, 4/3)
 //! ρ'   ρ / bar: the ratio that decides the state, the score and incidents
 //! ```
 //!
@@ -24,8 +25,9 @@
 //! read at p ≈ 1e-4, and with a dozen statistics per feature a single reading
 //! just beyond one of them is the tails' own noise a few times in every 10,000
 //! readings. A fault is either strong (one decade further down the tail) or
-//! lasting (three readings in a row beyond the limit, as the smoothed
-//! statistics of a small shift are); a weak onset is flagged two readings late.
+//! lasting (three crossings, at most `CONFIRM_GAP` readings apart, as the
+//! smoothed statistics of a small shift are); a weak onset is flagged two
+//! readings late.
 //!
 //! So the first of a kind of excursion is an anomaly, and the same again within
 //! `window` readings is not, unless it goes `margin` beyond everything recent or
@@ -49,16 +51,16 @@ use super::incident::SHORT_INCIDENT;
 /// Blocks the window is kept in.
 pub const BLOCKS: usize = 16;
 
-/// Readings beyond the limit after which a new excursion is anomalous at the
-/// limit itself; before, it must reach `STRONG` times it.
+/// Crossings after which a new excursion is anomalous at the bar itself;
+/// before, it must reach its statistic's `strong` ratio too.
 pub const CONFIRM: usize = 3;
 
 /// Normal readings that may separate the crossings of one unconfirmed excursion.
 pub const CONFIRM_GAP: usize = 10;
 
-/// The ratio at which one reading alone is anomalous: one decade further down
-/// the limits' exponential tail (`q90 + 4 (q99 − q90)` against the limit's
-/// `q90 + 3 (q99 − q90)`) is at most 4/3 of the limit.
+/// The most a `strong` ratio asks: one decade further down the limits'
+/// exponential tail (`q90 + 4 (q99 − q90)` against the limit's `q90 + 3 (q99 −
+/// q90)`) is at most 4/3 of the limit ([`super::state::TailHistogram::decade_beyond`]).
 pub const STRONG: f64 = 4.0 / 3.0;
 
 /// The running maximum of recent ratios and the bar of the open excursion.
@@ -123,7 +125,8 @@ impl Pruning {
     /// The bar of a reading: `excursion`, it is beyond the limit; `held`, an
     /// incident is open. `window` readings (0: pruning off), `margin` a fraction;
     /// an excursion longer than `sustained` readings is a fault by its length.
-    /// `strong`: the ratio at which this reading alone is anomalous (see `CONFIRM`).
+    /// `strong`: the ratio at which this reading alone is anomalous (see `CONFIRM`;
+    /// 1 or less asks nothing more).
     pub fn bar(
         &mut self,
         excursion: bool,
@@ -159,7 +162,7 @@ impl Pruning {
         if excursion && !held && !self.confirmed && (self.beyond as usize) < CONFIRM {
             // A new excursion stands out by its strength or by lasting a few
             // readings; one weak crossing alone is the tail's own noise.
-            return bar.max(strong.clamp(1.0, STRONG));
+            return bar.max(strong);
         }
         bar
     }

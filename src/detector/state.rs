@@ -39,6 +39,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::baseline::LONG_RUN;
+use super::pruning::STRONG;
 
 /// Bins of a [`TailHistogram`]: four per octave from `LOW` up (0.05 … ~51; larger
 /// values share the top bin, smaller ones the first: limits are never under 2).
@@ -142,18 +143,21 @@ impl TailHistogram {
     /// The limit: an exponential tail through q90 and q99, read at p ≈ 1e-4,
     /// never below `floor`.
     pub fn limit(&self, floor: f64) -> f64 {
-        let (q90, q99) = (self.quantile(0.9), self.quantile(0.99));
-        (q90 + 3.0 * (q99 - q90).max(0.0)).max(floor)
+        self.tail(3.0, floor)
     }
 
     /// The same tail read one decade further (p ≈ 1e-5), over [`Self::limit`]:
-    /// at most 4/3, and close to 1 when the floor holds the limit far above
-    /// the values seen.
+    /// at most [`STRONG`] (4/3), and close to 1 when the floor holds the limit
+    /// far above the values seen.
     pub fn decade_beyond(&self, floor: f64) -> f64 {
+        (self.tail(4.0, floor) / self.limit(floor)).clamp(1.0, STRONG)
+    }
+
+    /// `q90 + spreads (q99 − q90)`, never below `floor`: the exponential tail
+    /// through q90 and q99, read `spreads` decades past q90.
+    fn tail(&self, spreads: f64, floor: f64) -> f64 {
         let (q90, q99) = (self.quantile(0.9), self.quantile(0.99));
-        let spread = (q99 - q90).max(0.0);
-        let limit = (q90 + 3.0 * spread).max(floor);
-        ((q90 + 4.0 * spread).max(floor) / limit).clamp(1.0, 4.0 / 3.0)
+        (q90 + spreads * (q99 - q90).max(0.0)).max(floor)
     }
 }
 
@@ -372,8 +376,8 @@ impl StateCalibration {
             j.stats[c] = (inst, smooth, drift);
             j.present[c] = true;
             if self.instant[c].len() >= min_normal {
-                let ri = inst / li;
-                let rs = (smooth / ls).max(drift / ld);
+                let (ri, r_smooth, r_drift) = (inst / li, smooth / ls, drift / ld);
+                let rs = r_smooth.max(r_drift);
                 let r = ri.max(rs);
                 if r > j.ratio {
                     j.ratio = r;
@@ -381,7 +385,7 @@ impl StateCalibration {
                     j.smoothed = rs > ri;
                     winner = if ri >= rs {
                         0
-                    } else if smooth / ls >= drift / ld {
+                    } else if r_smooth >= r_drift {
                         1
                     } else {
                         2

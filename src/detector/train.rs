@@ -2,7 +2,7 @@
 //! previous weights) to an outcome. It never reads the clock; a wall-time budget is
 //! a `should_stop` predicate supplied by the caller, checked between batches.
 
-use ndarray::{Array3, Axis};
+use ndarray::{Array3, Axis, CowArray, Ix3};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -212,15 +212,19 @@ impl Windows {
         })
     }
 
-    /// The model's input for windows `x` (`[w, B, d]`): the newest step hidden
-    /// when the objective is a forecast ([`Objective::hide_newest`]).
-    fn input(&self, x: &Array3<f32>) -> Array3<f32> {
-        let mut m = x.clone();
-        if self.objective == Objective::Forecast && self.w >= 2 {
-            let prev = x.index_axis(Axis(0), self.w - 2).to_owned();
-            m.index_axis_mut(Axis(0), self.w - 1).assign(&prev);
+    /// The model's input for windows `x` (`[w, B, d]`, standard layout, so each
+    /// step's `B·d` values are contiguous): [`Objective::input`].
+    fn input<'a>(&self, x: &'a Array3<f32>) -> CowArray<'a, f32, Ix3> {
+        match self.objective {
+            Objective::Reconstruct => CowArray::from(x.view()),
+            Objective::Forecast => {
+                let mut m = x.clone();
+                let step = x.len_of(Axis(1)) * self.d;
+                self.objective
+                    .hide_newest(m.as_slice_mut().expect("standard layout"), step);
+                CowArray::from(m)
+            }
         }
-        m
     }
 
     /// The windows starting at `idx`, `[w, idx.len(), d]`.
@@ -313,8 +317,9 @@ fn ensemble_errors(
         let x = win.batch(chunk);
         let mut err = vec![0.0f64; chunk.len()];
         let mut last = vec![vec![0.0f64; d]; chunk.len()];
+        let input = win.input(&x);
         for member in members {
-            let y = member.forward(win.input(&x).view());
+            let y = member.forward(input.view());
             let sq = (&y - &x)
                 .slice(ndarray::s![w - steps.., .., ..])
                 .mapv(|v| (v as f64) * (v as f64));

@@ -118,6 +118,20 @@ fn map_on<F: Fn(f32) -> f32 + Copy>(isa: Isa, xs: &mut [f32], f: F) {
 /// over the clamped range [-87.3, 88.3] (outside it the result saturates).
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
+    exp_f32_on::<false>(x)
+}
+
+/// `a · b + c`, fused into one rounding when `FUSED` (only where the CPU has
+/// FMA: elsewhere `mul_add` is a library call).
+#[inline(always)]
+pub fn madd<const FUSED: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FUSED { a.mul_add(b, c) } else { a * b + c }
+}
+
+/// [`exp_f32`], its reduction and polynomial in fused multiply-adds when `FUSED`
+/// (the scorer's FMA paths); unfused, exactly [`exp_f32`].
+#[inline(always)]
+pub fn exp_f32_on<const FUSED: bool>(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
@@ -125,16 +139,19 @@ pub fn exp_f32(x: f32) -> f32 {
     // which has no SSE2 instruction and would become a library call.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.3, 88.3);
-    let shifted = x * LOG2E + ROUND;
+    let shifted = madd::<FUSED>(x, LOG2E, ROUND);
     let n = shifted - ROUND;
-    let r = x - n * LN2_HI - n * LN2_LO;
+    let r = madd::<FUSED>(n, -LN2_LO, madd::<FUSED>(n, -LN2_HI, x));
     let mut p = 1.987_569_1e-4_f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5; // Cephes writes 5.0000001e-1, which is 0.5 in f32
-    let er = p * r * r + r + 1.0;
+    // Cephes writes the last 5.0000001e-1, which is 0.5 in f32.
+    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
+        p = madd::<FUSED>(p, r, c);
+    }
+    let er = if FUSED {
+        (p * r).mul_add(r, r + 1.0)
+    } else {
+        p * r * r + r + 1.0
+    };
     // `shifted`'s low mantissa bits hold n itself: integer arithmetic on the bits gives
     // 2^n without a float→int cast (Rust's saturating `as` does not vectorise).
     let n_int = shifted.to_bits().wrapping_sub(ROUND.to_bits());
@@ -145,15 +162,27 @@ pub fn exp_f32(x: f32) -> f32 {
 /// `1 / (1 + exp(-x))` for f32, branch-free (see [`exp_f32`]).
 #[inline(always)]
 pub fn sigmoid_f32(x: f32) -> f32 {
-    1.0 / (1.0 + exp_f32(-x))
+    sigmoid_f32_on::<false>(x)
+}
+
+/// [`sigmoid_f32`] on [`exp_f32_on`].
+#[inline(always)]
+pub fn sigmoid_f32_on<const FUSED: bool>(x: f32) -> f32 {
+    1.0 / (1.0 + exp_f32_on::<FUSED>(-x))
 }
 
 /// `tanh(x)` for f32 as `1 - 2 / (exp(2x) + 1)`, branch-free. Absolute error ≤ 2e-7;
 /// |x| ≥ 10 gives ±1 exactly, as f32 rounds tanh there.
 #[inline(always)]
 pub fn tanh_f32(x: f32) -> f32 {
+    tanh_f32_on::<false>(x)
+}
+
+/// [`tanh_f32`] on [`exp_f32_on`].
+#[inline(always)]
+pub fn tanh_f32_on<const FUSED: bool>(x: f32) -> f32 {
     let x = x.clamp(-10.0, 10.0);
-    1.0 - 2.0 / (exp_f32(2.0 * x) + 1.0)
+    1.0 - 2.0 / (exp_f32_on::<FUSED>(2.0 * x) + 1.0)
 }
 
 /// `c = a · b` (or `c += a · b` when `accumulate`), for any strides.

@@ -460,7 +460,18 @@ fn tanh_all<const FMA: bool>(xs: &mut [f32]) {
 
 #[inline(always)]
 fn fma<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if FMA { a.mul_add(b, c) } else { a * b + c }
+    super::scalar::madd::<FMA>(a, b, c)
+}
+
+/// The activations, fused on the FMA paths.
+#[inline(always)]
+fn sig<const FMA: bool>(x: f32) -> f32 {
+    super::scalar::sigmoid_f32_on::<FMA>(x)
+}
+
+#[inline(always)]
+fn th<const FMA: bool>(x: f32) -> f32 {
+    super::scalar::tanh_f32_on::<FMA>(x)
 }
 
 /// Runs one cell over `steps` steps. `xp` holds the input projections (one row per
@@ -563,48 +574,5 @@ fn cell_step<const FMA: bool>(cell: &FastCell, x_row: &[f32], h: &mut [f32], c: 
                 *hj = (1.0 - zj) * nj + zj * *hj;
             }
         }
-    }
-}
-
-/// [`super::exp_f32`] with its polynomial in fused multiply-adds (FMA paths only:
-/// without the instruction `mul_add` is a library call).
-#[inline(always)]
-fn exp_fused(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    const ROUND: f32 = 12_582_912.0;
-    let x = x.clamp(-87.3, 88.3);
-    let shifted = x.mul_add(LOG2E, ROUND);
-    let n = shifted - ROUND;
-    let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, x));
-    let mut p = 1.987_569_1e-4_f32;
-    p = p.mul_add(r, 1.398_199_9e-3);
-    p = p.mul_add(r, 8.333_452e-3);
-    p = p.mul_add(r, 4.166_579_6e-2);
-    p = p.mul_add(r, 1.666_666_5e-1);
-    p = p.mul_add(r, 0.5);
-    let er = (p * r).mul_add(r, r + 1.0);
-    let n_int = shifted.to_bits().wrapping_sub(ROUND.to_bits());
-    let scale = f32::from_bits(n_int.wrapping_add(127) << 23);
-    er * scale
-}
-
-#[inline(always)]
-fn sig<const FMA: bool>(x: f32) -> f32 {
-    if FMA {
-        1.0 / (1.0 + exp_fused(-x))
-    } else {
-        super::sigmoid_f32(x)
-    }
-}
-
-#[inline(always)]
-fn th<const FMA: bool>(x: f32) -> f32 {
-    if FMA {
-        let x = x.clamp(-10.0, 10.0);
-        1.0 - 2.0 / (exp_fused(2.0 * x) + 1.0)
-    } else {
-        super::tanh_f32(x)
     }
 }
