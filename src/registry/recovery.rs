@@ -27,15 +27,28 @@ impl Registry {
         self.load_snapshots(&dir)?;
         let wal_dir = dir.with_file_name("wal");
         let mut replayed = 0usize;
-        let (wal, torn) = Wal::open(&wal_dir, self.config.wal_sync, 0, |lsn, payload| {
-            match Record::decode(payload) {
+        // New records are numbered after every record a snapshot holds, or replay
+        // would take them for records the snapshot already has.
+        let held = self
+            .streams
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|s| lock(&s.state).lsn)
+            .max()
+            .unwrap_or(0);
+        let (wal, torn) = Wal::open(
+            &wal_dir,
+            self.config.wal_sync,
+            held,
+            |lsn, payload| match Record::decode(payload) {
                 Ok(record) => {
                     self.replay(lsn, record);
                     replayed += 1;
                 }
                 Err(e) => tracing::error!(lsn, error = %e, "unreadable log record skipped"),
-            }
-        })
+            },
+        )
         .map_err(|e| e.to_string())?;
         if torn > 0 {
             self.metrics.corrupt_snapshots.inc();

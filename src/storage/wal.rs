@@ -166,7 +166,10 @@ impl Wal {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let mut last = min_lsn;
         let mut torn = 0;
-        for (_, path) in segments(dir)? {
+        for (first, path) in segments(dir)? {
+            // A segment is named by its first LSN: the ones before it were used,
+            // even when a checkpoint removed them and this segment is empty.
+            last = last.max(first.saturating_sub(1));
             let mut bytes = Vec::new();
             File::open(&path)
                 .and_then(|mut f| f.read_to_end(&mut bytes))
@@ -403,6 +406,24 @@ mod tests {
         drop(wal);
         let got: Vec<Vec<u8>> = records(&dir).into_iter().map(|(_, p)| p).collect();
         assert_eq!(got, vec![b"b".to_vec()]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn numbering_goes_on_after_a_checkpoint_emptied_the_log() {
+        let dir = tmp("renumber");
+        let (wal, _) = Wal::open(&dir, SyncPolicy::Always, 0, |_, _| {}).unwrap();
+        wal.append(b"a").unwrap();
+        let cut = wal.rotate().unwrap();
+        assert_eq!(wal.truncate(cut).unwrap(), 1);
+        drop(wal);
+        // Only the empty segment the rotation started is left: a snapshot holds
+        // record 1, so a new record numbered 1 again would be skipped on replay.
+        let (wal, _) = Wal::open(&dir, SyncPolicy::Always, 0, |_, _| {}).unwrap();
+        assert_eq!(wal.append(b"b").unwrap(), 2);
+        drop(wal);
+        let (wal, _) = Wal::open(&tmp("renumber-empty"), SyncPolicy::Always, 41, |_, _| {}).unwrap();
+        assert_eq!(wal.append(b"c").unwrap(), 42, "numbered after what the snapshots hold");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
