@@ -13,6 +13,7 @@ use crate::detector::DetectorConfig;
 use crate::registry::RegistryConfig;
 use crate::server::ServerConfig;
 use crate::server::alertmanager::AlertmanagerConfig;
+use crate::server::backfill::BackfillConfig;
 use crate::storage::wal::SyncPolicy;
 
 /// The settings of `anomalyd serve`, each one optional: a flag (or its
@@ -89,6 +90,22 @@ pub struct ServeSettings {
     /// [default: http://<listen>].
     #[arg(long, env = "ANOMALYD_EXTERNAL_URL")]
     pub external_url: Option<String>,
+    /// The Prometheus that sends remote_write (`http://host:9090`): a new series
+    /// asks it for its past and learns it as history while it warms up.
+    #[arg(long, env = "ANOMALYD_PROMETHEUS_URL")]
+    pub prometheus_url: Option<String>,
+    /// How far back a new series' past is asked for, seconds [default: 604800].
+    #[arg(long, env = "ANOMALYD_BACKFILL_LOOKBACK_SECS")]
+    pub backfill_lookback_secs: Option<f64>,
+    /// Most past readings learnt per series, the newest [default: 10000].
+    #[arg(long, env = "ANOMALYD_BACKFILL_MAX_POINTS")]
+    pub backfill_max_points: Option<usize>,
+    /// Queries per second to Prometheus at most (two per series) [default: 10].
+    #[arg(long, env = "ANOMALYD_BACKFILL_RATE")]
+    pub backfill_rate: Option<f64>,
+    /// Longest a query to Prometheus may take, seconds [default: 10].
+    #[arg(long, env = "ANOMALYD_BACKFILL_TIMEOUT_SECS")]
+    pub backfill_timeout_secs: Option<f64>,
     /// Log format: human or json [default: human]. Level from RUST_LOG (default info).
     #[arg(long, env = "ANOMALYD_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -212,6 +229,7 @@ fn server_config(s: &ServeSettings, listen: &str) -> Result<ServerConfig, String
         max_waiters: positive("max_waiters", s.max_waiters, 16 * cores())?,
         max_connections: positive("max_connections", s.max_connections, 4096)?,
         alertmanager: alertmanager_config(s, listen)?,
+        backfill: backfill_config(s)?,
         auth_token: s.auth_token_file.as_deref().map(read_token).transpose()?,
         ..ServerConfig::default()
     })
@@ -228,6 +246,44 @@ fn read_token(path: &Path) -> Result<String, String> {
         ));
     }
     Ok(t)
+}
+
+/// The backfill's part.
+fn backfill_config(s: &ServeSettings) -> Result<BackfillConfig, String> {
+    if let Some(u) = s.prometheus_url.as_deref().filter(|u| !u.starts_with("http://")) {
+        return Err(format!(
+            "prometheus_url: {u:?} must start with http:// (TLS is not built in)"
+        ));
+    }
+    let within = |name: &str, v: Option<f64>, default: f64, lo: f64, hi: f64| {
+        let v = v.unwrap_or(default);
+        if (lo..=hi).contains(&v) {
+            Ok(v)
+        } else {
+            Err(format!("{name} must be in [{lo}, {hi}], got {v}"))
+        }
+    };
+    let d = BackfillConfig::default();
+    Ok(BackfillConfig {
+        url: s.prometheus_url.clone(),
+        lookback: Duration::from_secs_f64(within(
+            "backfill_lookback_secs",
+            s.backfill_lookback_secs,
+            604_800.0,
+            60.0,
+            3.2e8,
+        )?),
+        max_points: positive("backfill_max_points", s.backfill_max_points, d.max_points)?,
+        rate: within("backfill_rate", s.backfill_rate, d.rate, 0.01, 10_000.0)?,
+        timeout: Duration::from_secs_f64(within(
+            "backfill_timeout_secs",
+            s.backfill_timeout_secs,
+            10.0,
+            0.1,
+            600.0,
+        )?),
+        ..d
+    })
 }
 
 /// The Alertmanager client's part.
@@ -285,6 +341,9 @@ mod tests {
             ("snapshot_interval_secs = 0.0", "snapshot_interval_secs"),
             ("log_format = \"xml\"", "log_format"),
             ("alertmanager_urls = [\"https://a\"]", "alertmanager_urls"),
+            ("prometheus_url = \"https://p\"", "prometheus_url"),
+            ("backfill_rate = 0", "backfill_rate"),
+            ("backfill_max_points = 0", "backfill_max_points"),
             ("max_future_skew_secs = -1.0", "max_future_skew_secs"),
         ] {
             let err = check(settings(text)).unwrap_err();

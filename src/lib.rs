@@ -17,11 +17,13 @@
 //! - [`storage`]: the only place that serialises model state (safetensors with
 //!   PyTorch's names, snapshots, the write-ahead log).
 //! - [`eval`]: offline runners: replay, NAB, Tennessee Eastman.
+//! - [`chart`]: a stream's chart as SVG (the console and `replay --plot`).
 //! - [`bench`]: the `anomalyd bench` measurements and the HTTP load generator.
 //! - [`timestamp`]: timestamps and their parsing; [`fuzz`]: the fuzz targets'
 //!   entry points.
 
 pub mod bench;
+pub mod chart;
 pub mod cli;
 pub mod config;
 pub mod detector;

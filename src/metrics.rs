@@ -42,6 +42,12 @@ pub struct Metrics {
     pub remote_write_samples: IntCounterVec,
     /// Alerts delivered to Alertmanagers by outcome (sent, failed, dropped).
     pub alertmanager_notifications: IntCounterVec,
+    /// Backfills from Prometheus by outcome (learnt, empty, failed, too_late, dropped).
+    pub backfill_jobs: IntCounterVec,
+    /// Past readings learnt from Prometheus.
+    pub backfill_points: IntCounter,
+    /// Backfills waiting in the queue or for a retry.
+    pub backfill_pending: IntGauge,
     /// HTTP requests being served now.
     pub http_requests_in_flight: IntGauge,
     /// Scoring slots held (set at scrape time).
@@ -117,6 +123,19 @@ impl Metrics {
                 "anomalyd_alertmanager_notifications_total",
                 "Alerts delivered to Alertmanagers by outcome (sent, failed, dropped).",
                 &["outcome"],
+            ),
+            backfill_jobs: r.counter_vec(
+                "anomalyd_backfill_jobs_total",
+                "Backfills of new streams' past from Prometheus by outcome (learnt, empty, failed, too_late, dropped).",
+                &["outcome"],
+            ),
+            backfill_points: r.counter(
+                "anomalyd_backfill_points_total",
+                "Past readings learnt from Prometheus.",
+            ),
+            backfill_pending: r.gauge(
+                "anomalyd_backfill_pending",
+                "Backfills waiting in the queue or for a retry.",
             ),
             http_requests_in_flight: r.gauge("anomalyd_http_requests_in_flight", "HTTP requests being served now."),
             scoring_slots_in_use: r.gauge("anomalyd_scoring_slots_in_use", "Scoring slots held by requests."),

@@ -5,15 +5,18 @@
 //! - `detector.rs`: one stream's scoring and retraining time; memory per stream.
 //! - `ingest.rs`: the registry's ingest throughput without HTTP.
 //! - `checkpoint.rs`: snapshot rounds and restarts with many streams.
+//! - `console.rs`: the console's requests with many streams, over HTTP.
 //! - `loadgen.rs`: an HTTP load generator (remote_write or JSON) for a running service.
 
 pub mod checkpoint;
+pub mod console;
 pub mod detector;
 pub mod ingest;
 pub mod loadgen;
 pub mod model;
 
 pub use checkpoint::{CheckpointBenchReport, run_checkpoint_bench};
+pub use console::{ConsoleBenchReport, run_console_bench};
 pub use detector::{DetectorBenchReport, MemoryBenchReport, run_detector_bench, run_memory_bench};
 pub use ingest::{IngestBenchConfig, IngestBenchReport, run_ingest_bench};
 use rand::rngs::StdRng;

@@ -20,6 +20,16 @@ pub enum BenchCommand {
     /// Snapshot rounds (checkpoints) and a restart with --streams streams, each a
     /// copy of one stream fed --readings readings (with a model by default).
     Checkpoint(HeldStreamsArgs),
+    /// The console's requests (its pages, a stream's chart) timed over HTTP with
+    /// --streams streams held.
+    Console {
+        /// Streams held.
+        #[arg(long, default_value_t = 100_000)]
+        streams: usize,
+        /// Requests of each kind.
+        #[arg(long, default_value_t = 21)]
+        rounds: usize,
+    },
     /// Resident memory per stream: one stream fed --readings readings (training
     /// inline), then --streams copies of it held at once.
     Memory(HeldStreamsArgs),
@@ -60,6 +70,9 @@ pub fn run(what: BenchCommand) -> Result<()> {
         BenchCommand::Memory(a) => serde_json::to_value(
             bench::run_memory_bench(&load(&a.config)?, a.streams, a.readings).map_err(anyhow::Error::msg)?,
         )?,
+        BenchCommand::Console { streams, rounds } => {
+            serde_json::to_value(bench::run_console_bench(streams, rounds).map_err(anyhow::Error::msg)?)?
+        }
         BenchCommand::Detector { config, jobs } => {
             serde_json::to_value(bench::run_detector_bench(&load(&config)?, jobs).map_err(anyhow::Error::msg)?)?
         }

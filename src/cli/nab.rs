@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 
 use crate::detector::DetectorConfig;
 use crate::eval::nab::{self, Profile, Windows};
-use crate::eval::replay::{self, NabRun, NabScore};
+use crate::eval::replay::{self, NabOutput, NabRun, NabScore};
 
 /// The arguments of `anomalyd nab`.
 #[derive(clap::Args, Debug)]
@@ -44,10 +44,23 @@ pub struct NabArgs {
     /// Which verdict score NAB judges.
     #[arg(long, value_enum, default_value = "event")]
     pub score: NabScore,
+    /// Also draw each file (`<out>/<category>/<file>.svg`: the console's chart,
+    /// as `replay --plot`).
+    #[arg(long)]
+    pub plots: bool,
     /// Also print each category's (and with -vv each file's) share under the
     /// standard profile: raw score, windows detected, false positives.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+impl NabArgs {
+    fn output(&self) -> NabOutput {
+        NabOutput {
+            score: self.score,
+            plots: self.plots,
+        }
+    }
 }
 
 /// Runs `anomalyd nab`.
@@ -88,7 +101,7 @@ fn run_seeds(a: &NabArgs, config: &DetectorConfig, windows: &Windows, profiles: 
         config.training.seed = seed;
         let dir = a.out.join(format!("seed-{seed}"));
         let start = std::time::Instant::now();
-        let run = replay::run_nab(&a.data, &dir, &config, Some(windows), profiles, threads, a.score)
+        let run = replay::run_nab(&a.data, &dir, &config, Some(windows), profiles, threads, a.output())
             .map_err(anyhow::Error::msg)?;
         let mut scores: Vec<f64> = run.results.iter().map(|r| r.normalized).collect();
         // The first profile again, each category at the threshold of the others.
@@ -167,7 +180,7 @@ fn run_once(a: &NabArgs, config: &DetectorConfig, windows: Option<&Windows>, pro
             windows,
             profiles,
             super::threads_or_cores(a.threads),
-            a.score,
+            a.output(),
         ),
     }
     .map_err(anyhow::Error::msg)?;

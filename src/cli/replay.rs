@@ -31,6 +31,10 @@ pub struct ReplayArgs {
     /// and train on them before scoring the rest; they are not written.
     #[arg(long, default_value_t = 0)]
     pub train_rows: usize,
+    /// Also draw the run as an SVG chart (the console's: values, expected, band,
+    /// anomalous readings and incidents shaded, the score below).
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
 }
 
 /// Runs `anomalyd replay`.
@@ -43,9 +47,13 @@ pub fn run(a: &ReplayArgs) -> Result<()> {
         &config,
         a.train_rows,
         &a.out,
+        a.plot.as_deref(),
     )
     .map_err(anyhow::Error::msg)?;
     eprintln!("scored {n} rows into {}", a.out.display());
+    if let Some(plot) = &a.plot {
+        eprintln!("chart written to {}", plot.display());
+    }
     if backwards > 0 {
         eprintln!("{backwards} rows had a timestamp older than the row before; scored in file order");
     }

@@ -25,6 +25,10 @@ pub struct TepArgs {
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also draw each test file (`<DIR>/seed-<n>/<file>.svg`: the console's
+    /// chart of the four features that moved most, as `replay --plot`).
+    #[arg(long)]
+    pub plots: Option<PathBuf>,
 }
 
 /// `anomalyd tep`: one run per seed, per-file rows, means over seeds.
@@ -35,7 +39,8 @@ pub fn run(a: &TepArgs) -> Result<()> {
     for &seed in seeds {
         let mut config = config.clone();
         config.training.seed = seed;
-        let run = tep::run_tep(&a.data, &config, threads).map_err(anyhow::Error::msg)?;
+        let plots = a.plots.as_ref().map(|d| d.join(format!("seed-{seed}")));
+        let run = tep::run_tep(&a.data, &config, threads, plots.as_deref()).map_err(anyhow::Error::msg)?;
         if !json {
             println!("seed {seed}: {:.1} s", run.seconds);
             println!(

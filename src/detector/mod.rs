@@ -34,6 +34,7 @@ pub mod normaliser;
 pub mod packed;
 mod pipeline;
 pub mod pruning;
+pub mod recent;
 mod retrain;
 mod snapshot;
 pub mod state;
@@ -351,6 +352,8 @@ pub struct Detector {
     /// Per-feature running mean square of the model's last-step residual (normalised
     /// units), for `error_scale = "running"`.
     resid_var: Vec<f64>,
+    /// The newest readings and their verdicts, for charts.
+    recent: recent::Recent,
 }
 
 impl Detector {
@@ -395,6 +398,7 @@ impl Detector {
             drift: 0.0,
             failed_jobs: 0,
             resid_var: Vec::new(),
+            recent: recent::Recent::default(),
         })
     }
 
@@ -484,6 +488,11 @@ impl Detector {
     /// As [`Detector::update`].
     pub fn update_history(&mut self, timestamp: Micros, values: &[f64]) -> Result<Verdict, ReadingError> {
         self.take(timestamp, values, Mode::History)
+    }
+
+    /// The newest readings and their verdicts (for charts).
+    pub fn recent(&self) -> &recent::Recent {
+        &self.recent
     }
 
     /// Asks for a training job at the next chance (after history was taught).

@@ -184,7 +184,7 @@ impl Detector {
         if mode == Mode::Live && event.is_none() {
             event = self.accept_if_lasting(timestamp);
         }
-        Ok(Verdict {
+        let verdict = Verdict {
             timestamp,
             score,
             anomaly: anomalous,
@@ -205,7 +205,9 @@ impl Detector {
             event,
             suppressed,
             cause: judgement.cause(),
-        })
+        };
+        self.recent.push(&verdict, values, mode == Mode::History);
+        Ok(verdict)
     }
 
     /// Holds the judgement's ratio to the pruning bar (`pruning.rs`). Returns

@@ -62,6 +62,7 @@ impl Detector {
                 drift: self.drift,
                 failed_jobs: self.failed_jobs,
                 resid_var: self.resid_var.clone(),
+                recent: self.recent.clone(),
                 model: model.map(|m| ModelMeta {
                     version: m.version,
                     normaliser: m.normaliser.clone(),
@@ -146,6 +147,7 @@ impl Detector {
             drift: s.drift,
             failed_jobs: s.failed_jobs,
             resid_var: s.resid_var,
+            recent: s.recent,
         })
     }
 
@@ -209,6 +211,7 @@ impl Detector {
         fresh.failed_jobs = self.failed_jobs;
         fresh.model = self.model.clone();
         fresh.resid_var = self.resid_var.clone();
+        fresh.recent = self.recent.clone();
         fresh.model_stale = self.model.is_some();
         fresh.retrain_requested = self.model.is_some() || self.retrain_requested;
         Ok(fresh)
@@ -268,6 +271,9 @@ pub struct DetectorState {
     drift: f64,
     failed_jobs: u64,
     resid_var: Vec<f64>,
+    /// Absent in snapshots from before charts: none kept.
+    #[serde(default)]
+    recent: super::recent::Recent,
     model: Option<ModelMeta>,
 }
 
@@ -340,6 +346,7 @@ impl DetectorState {
         self.ars.iter().try_for_each(OnlineAr::check)?;
         self.seasonals.iter().try_for_each(Seasonal::check)?;
         self.state_baselines.iter().try_for_each(StateBaselines::check)?;
+        self.recent.check(d)?;
         Ok(())
     }
 

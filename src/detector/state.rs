@@ -523,6 +523,8 @@ pub enum Resolution {
     /// The new behaviour was accepted as normal (by the operator or the
     /// `incident.accept_after` rule).
     Accepted,
+    /// The stream was started over (`POST /v1/streams/{id}/reset`).
+    Reset,
 }
 
 impl Resolution {
@@ -531,6 +533,7 @@ impl Resolution {
         match self {
             Resolution::Normal => "normal",
             Resolution::Accepted => "accepted",
+            Resolution::Reset => "reset",
         }
     }
 }

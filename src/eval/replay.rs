@@ -4,6 +4,8 @@
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
+use crate::chart;
+use crate::detector::recent::{self, RecentPoint};
 use crate::detector::{Detector, DetectorConfig, IncidentEvent, Verdict};
 use crate::eval::nab::{self, Profile, ProfileResult, ScoredFile, Windows};
 use crate::timestamp::{self, Micros};
@@ -158,6 +160,7 @@ pub fn replay(
     config: &DetectorConfig,
     train_rows: usize,
     out: &Path,
+    plot: Option<&Path>,
 ) -> Result<(usize, usize), String> {
     let series = read_series(input, timestamp_column, value_columns)?;
     let tty = std::io::stderr().is_terminal();
@@ -224,7 +227,34 @@ pub fn replay(
         w.write_record(&rec).map_err(|e| e.to_string())?;
     }
     w.flush().map_err(|e| e.to_string())?;
+    if let Some(plot) = plot {
+        let title = input
+            .file_name()
+            .map_or(String::new(), |f| f.to_string_lossy().into_owned());
+        let svg = chart_of(&title, &series, &scored.verdicts, skip, config.alert.threshold);
+        std::fs::write(plot, svg).map_err(|e| format!("{}: {e}", plot.display()))?;
+    }
     Ok((n - skip, scored.backwards))
+}
+
+/// The chart of a replay (the console's, over every scored row): the features
+/// that moved most at the anomalous readings, named by their columns.
+pub fn chart_of(title: &str, series: &Series, verdicts: &[Verdict], skip: usize, threshold: f64) -> String {
+    let points: Vec<RecentPoint> = verdicts
+        .iter()
+        .zip(&series.rows[skip..])
+        .map(|(v, row)| RecentPoint::of(v, row, false))
+        .collect();
+    let band = recent::band(&points);
+    let features = chart::pick_features(&points, &band, chart::MAX_PANELS);
+    chart::render(&chart::Chart {
+        title,
+        points: &points,
+        band: &band,
+        threshold,
+        names: &series.columns,
+        features: &features,
+    })
 }
 
 /// The result of `anomalyd nab`.
@@ -248,7 +278,7 @@ pub fn run_nab(
     windows: Option<&Windows>,
     profiles: &[Profile],
     threads: usize,
-    pick: NabScore,
+    output: NabOutput,
 ) -> Result<NabRun, String> {
     let names = nab::list_corpus(data)?;
     if names.is_empty() {
@@ -258,7 +288,7 @@ pub fn run_nab(
     let scored = super::parallel_map(
         &names,
         threads,
-        |name| score_file(data, out, name, config, pick),
+        |name| score_file(data, out, name, config, output),
         |d| {
             if tty {
                 eprint!("\r{d}/{} files", names.len());
@@ -314,6 +344,15 @@ pub fn score_existing(data: &Path, out: &Path, windows: &Windows, profiles: &[Pr
     })
 }
 
+/// What `anomalyd nab` writes per file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NabOutput {
+    /// Which score goes in the result file.
+    pub score: NabScore,
+    /// Also the file's chart (`<out>/<category>/<file>.svg`, as `replay --plot`).
+    pub plots: bool,
+}
+
 /// Which verdict score NAB judges.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum NabScore {
@@ -348,13 +387,19 @@ fn score_file(
     out: &Path,
     name: &str,
     config: &DetectorConfig,
-    pick: NabScore,
+    output: NabOutput,
 ) -> Result<(ScoredFile, usize), String> {
+    let pick = output.score;
     let series = read_series(&data.join(name), "timestamp", &["value".to_string()])?;
     let scored = run_series(&series, config, 0, &|_| {})?;
     let path: PathBuf = out.join(name);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    if output.plots {
+        let svg = chart_of(name, &series, &scored.verdicts, 0, config.alert.threshold);
+        let plot = path.with_extension("svg");
+        std::fs::write(&plot, svg).map_err(|e| format!("{}: {e}", plot.display()))?;
     }
     let mut w = csv::Writer::from_path(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     w.write_record(["timestamp", "anomaly_score"])

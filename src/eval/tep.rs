@@ -66,7 +66,13 @@ fn shift_after(series: &mut Series, after: i64) {
     }
 }
 
-fn score_file(taught: &Detector, dir: &Path, name: &str, fault: usize, history_end: i64) -> Result<TepFile, String> {
+fn score_file(
+    taught: &Detector,
+    dir: &Path,
+    (name, fault): (&str, usize),
+    history_end: i64,
+    plots: Option<&Path>,
+) -> Result<TepFile, String> {
     let mut series = read_series(&dir.join("test").join(format!("{name}.csv")), "timestamp", &[])?;
     if let Some(label) = series.columns.iter().position(|c| c == "label") {
         series.columns.remove(label);
@@ -77,6 +83,13 @@ fn score_file(taught: &Detector, dir: &Path, name: &str, fault: usize, history_e
     shift_after(&mut series, history_end);
     let mut det = taught.clone();
     let scored = score_rest(&mut det, &series, 0, &|_| {})?;
+    if let Some(plots) = plots {
+        let svg = super::replay::chart_of(name, &series, &scored.verdicts, 0, taught.config().alert.threshold);
+        let path = plots.join(format!("{name}.svg"));
+        std::fs::create_dir_all(plots)
+            .and_then(|()| std::fs::write(&path, svg))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
     let flags: Vec<bool> = scored.verdicts.iter().map(|v| v.anomaly).collect();
     let incidents = scored
         .verdicts
@@ -108,8 +121,9 @@ fn score_file(taught: &Detector, dir: &Path, name: &str, fault: usize, history_e
 }
 
 /// Runs the benchmark under `dir` (`train/normal.csv`, `test/normal.csv`,
-/// `test/faultNN.csv`), test files in parallel on `threads` threads.
-pub fn run_tep(dir: &Path, config: &DetectorConfig, threads: usize) -> Result<TepRun, String> {
+/// `test/faultNN.csv`), test files in parallel on `threads` threads; with
+/// `plots`, each test file's chart goes there (`<name>.svg`).
+pub fn run_tep(dir: &Path, config: &DetectorConfig, threads: usize, plots: Option<&Path>) -> Result<TepRun, String> {
     let start = std::time::Instant::now();
     let train = read_series(&dir.join("train").join("normal.csv"), "timestamp", &[])?;
     let mut taught = Detector::new(config.clone()).map_err(|e| e.to_string())?;
@@ -120,7 +134,7 @@ pub fn run_tep(dir: &Path, config: &DetectorConfig, threads: usize) -> Result<Te
     let files = super::parallel_map(
         &names,
         threads,
-        |(name, fault)| score_file(&taught, dir, name, *fault, history_end),
+        |(name, fault)| score_file(&taught, dir, (name, *fault), history_end, plots),
         |_| {},
     )
     .into_iter()

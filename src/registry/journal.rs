@@ -264,6 +264,20 @@ impl AlertJournal {
             .collect()
     }
 
+    /// The newest `limit` alerts (newest first) of the streams `pattern` matches
+    /// (a glob, see [`glob_match`]; all when None), before sequence `before`.
+    pub fn newest(&self, pattern: Option<&str>, before: Option<u64>, limit: usize) -> Vec<Arc<Alert>> {
+        let inner = self.lock();
+        inner
+            .alerts
+            .iter()
+            .rev()
+            .filter(|a| before.is_none_or(|b| a.seq < b) && pattern.is_none_or(|p| glob_match(p, &a.stream)))
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
     /// Serialises the journal (for snapshots).
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(&*self.lock()).expect("alerts serialise")
@@ -282,4 +296,24 @@ impl AlertJournal {
         inner.next_seq = loaded.next_seq;
         Ok(())
     }
+}
+
+/// `*` matches any run of characters (including none); everything else literally.
+pub fn glob_match(pattern: &str, s: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == s;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !s.starts_with(first) || s.len() < first.len() + last.len() || !s.ends_with(last) {
+        return false;
+    }
+    let mut rest = &s[first.len()..s.len() - last.len()];
+    for p in &parts[1..parts.len() - 1] {
+        match rest.find(p) {
+            Some(i) => rest = &rest[i + p.len()..],
+            None => return false,
+        }
+    }
+    true
 }

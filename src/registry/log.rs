@@ -37,6 +37,11 @@ pub enum Record {
     Delete(String),
     /// A stream's recent behaviour accepted as normal.
     Accept(String),
+    /// A stream started over under its config.
+    Reset(String),
+    /// A warming-up stream's past, fetched from Prometheus: it starts over
+    /// having learnt these readings and then its own as history.
+    Backfill(Vec<Reading>),
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -81,6 +86,12 @@ impl Record {
     pub fn encode(&self) -> Vec<u8> {
         match self {
             Record::Readings { history, readings } => encode_readings(*history, readings),
+            Record::Backfill(readings) => {
+                // A batch's layout under its own tag.
+                let mut out = encode_readings(false, readings);
+                out[0] = 7;
+                out
+            }
             Record::Alerts(alerts) => {
                 let mut out = vec![2];
                 serde_json::to_writer(&mut out, alerts).expect("alerts serialise");
@@ -95,8 +106,13 @@ impl Record {
                 serde_json::to_writer(&mut out, &body).expect("config serialises");
                 out
             }
-            Record::Delete(s) | Record::Accept(s) => {
-                let mut out = vec![if matches!(self, Record::Delete(_)) { 4 } else { 5 }];
+            Record::Delete(s) | Record::Accept(s) | Record::Reset(s) => {
+                let tag = match self {
+                    Record::Delete(_) => 4,
+                    Record::Accept(_) => 5,
+                    _ => 6,
+                };
+                let mut out = vec![tag];
                 put_str(&mut out, s);
                 out
             }
@@ -111,7 +127,7 @@ impl Record {
         let (&tag, body) = bytes.split_first().ok_or("empty record")?;
         let mut r = Cursor::new(body);
         let record = match tag {
-            1 => {
+            1 | 7 => {
                 let history = r.u8().map_err(cut_short)? != 0;
                 let n = r.u32().map_err(cut_short)? as usize;
                 // Each reading takes at least 12 bytes: bound the allocation by the input.
@@ -131,7 +147,11 @@ impl Record {
                         values,
                     });
                 }
-                Record::Readings { history, readings }
+                if tag == 7 {
+                    Record::Backfill(readings)
+                } else {
+                    Record::Readings { history, readings }
+                }
             }
             2 => {
                 return serde_json::from_slice(body)
@@ -147,6 +167,7 @@ impl Record {
             }
             4 => Record::Delete(read_str(&mut r)?),
             5 => Record::Accept(read_str(&mut r)?),
+            6 => Record::Reset(read_str(&mut r)?),
             t => return Err(format!("unknown record type {t}")),
         };
         if r.remaining() != 0 {
@@ -193,6 +214,12 @@ mod tests {
             },
             Record::Delete("gone".into()),
             Record::Accept("ok".into()),
+            Record::Reset("again".into()),
+            Record::Backfill(vec![Reading {
+                stream: "up{job=\"a\"}".into(),
+                timestamp: 1_700_000_000_000_000,
+                values: vec![0.25],
+            }]),
             Record::Alerts(vec![]),
         ]
     }

@@ -18,12 +18,14 @@
 pub mod journal;
 pub mod log;
 
+mod backfill;
 mod checkpoint;
 mod ingest;
 mod recovery;
 mod stream;
 mod streams;
 mod training;
+mod views;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -32,9 +34,11 @@ use std::sync::mpsc::{SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+pub use backfill::{BackfillJob, BackfillOutcome};
 pub use journal::{Alert, AlertJournal, AlertKind};
 pub use stream::{Stream, StreamMeta};
 pub use streams::merge_patch;
+pub use views::{RecentView, SPARKLINE, StreamSummary};
 
 use crate::detector::{ConfigError, DetectorConfig, ReadingError};
 use crate::metrics::Metrics;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::log::Record;
-use super::stream::{Stream, accept_into, reconfigure, replay_reading};
+use super::stream::{Stream, accept_into, backfill_before, backfill_into, reconfigure, replay_reading, reset_into};
 use super::{Registry, lock};
 use crate::detector::Detector;
 use crate::storage::snapshot;
@@ -185,6 +185,27 @@ impl Registry {
                 if let Some(s) = behind(&map, &id) {
                     let mut st = lock(&s.state);
                     let _ = accept_into(&id, &mut st);
+                    st.lsn = lsn;
+                    st.touch(lsn);
+                }
+            }
+            Record::Backfill(past) => {
+                let Some(id) = past.first().map(|r| r.stream.clone()) else {
+                    return;
+                };
+                if let Some(s) = behind(&map, &id) {
+                    let mut st = lock(&s.state);
+                    if backfill_before(&st.detector).is_some() {
+                        backfill_into(&mut st, &past);
+                    }
+                    st.lsn = lsn;
+                    st.touch(lsn);
+                }
+            }
+            Record::Reset(id) => {
+                if let Some(s) = behind(&map, &id) {
+                    let mut st = lock(&s.state);
+                    let _ = reset_into(&id, &mut st);
                     st.lsn = lsn;
                     st.touch(lsn);
                 }

@@ -20,6 +20,8 @@ pub struct Stream {
     /// What `/metrics/scores` shows, behind its own short lock (taken after the
     /// state's, never the other way round).
     pub(super) meta: Mutex<StreamMeta>,
+    /// Offered a backfill of its past from Prometheus (once per process).
+    pub(super) backfill_offered: std::sync::atomic::AtomicBool,
 }
 
 /// A stream's exported view: its Prometheus labels and its newest verdict.
@@ -52,6 +54,7 @@ impl Stream {
             id: id.to_string(),
             phase,
             meta: Mutex::new(StreamMeta::default()),
+            backfill_offered: Default::default(),
             state: Mutex::new(StreamState {
                 detector,
                 dirty,
@@ -158,4 +161,56 @@ pub(super) fn accept_into(id: &str, st: &mut StreamState) -> (usize, Option<Aler
         _ => None,
     };
     (accepted.readings, alert)
+}
+
+/// Starts a stream over under its config (model, readings, limits and recent
+/// verdicts discarded); returns the alert of the incident that was open, now
+/// resolved as `reset`.
+pub(super) fn reset_into(id: &str, st: &mut StreamState) -> Option<Alert> {
+    let d = &st.detector;
+    let version = d.model().map_or(0, |m| m.version);
+    let alert = d.incident().map(|inc| {
+        let at = d.last_timestamp().unwrap_or(inc.start);
+        Alert::resolved(id, inc, at, crate::detector::Resolution::Reset, at, version)
+    });
+    match Detector::new(d.config().clone()) {
+        Ok(fresh) => st.detector = fresh,
+        // A config in use was validated when it was set.
+        Err(e) => tracing::error!(stream = id, error = %e, "reset refused its own config"),
+    }
+    st.model_saved = None;
+    st.last_verdict = None;
+    st.touch(u64::MAX);
+    alert
+}
+
+/// Where a warming-up stream's past may still go: before its first reading, as
+/// long as every reading it took is among its recent ones (they are learnt again
+/// after the past) and nothing judged it yet. `None`: too late.
+pub(super) fn backfill_before(d: &Detector) -> Option<crate::timestamp::Micros> {
+    let recent = d.recent();
+    let untouched = d.phase() == Phase::Warmup && d.model().is_none() && d.incident().is_none();
+    let all_recent = d.readings_seen() == recent.len() as u64;
+    recent.first_timestamp().filter(|_| untouched && all_recent)
+}
+
+/// Starts a warming-up stream over having learnt `past` (its readings before its
+/// first, oldest first) and then its own readings, all as history; it then
+/// trains. Readings it would refuse (out of order) are skipped.
+pub(super) fn backfill_into(st: &mut StreamState, past: &[Reading]) {
+    let d = &st.detector;
+    let own = d.recent().points(usize::MAX);
+    let Ok(mut fresh) = Detector::new(d.config().clone()) else {
+        return;
+    };
+    let past = past.iter().map(|r| (r.timestamp, &r.values[..]));
+    for (t, values) in past.chain(own.iter().map(|p| (p.timestamp, &p.values[..]))) {
+        if fresh.check(t, values).is_ok() {
+            let _ = fresh.update_history(t, values);
+        }
+    }
+    fresh.request_retrain();
+    st.detector = fresh;
+    st.model_saved = None;
+    st.touch(u64::MAX);
 }

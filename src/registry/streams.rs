@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::log::Record;
-use super::stream::{Stream, StreamMeta, StreamState, accept_into, reconfigure};
+use super::stream::{Stream, StreamMeta, StreamState, accept_into, reconfigure, reset_into};
 use super::{Registry, RegistryError, lock, try_lock, validate_stream_id};
-use crate::detector::{Detector, DetectorConfig, Verdict};
+use crate::detector::{Detector, DetectorConfig};
 use crate::protocol::{IncidentInfo, ModelInfo, StreamInfo};
 
 impl Registry {
@@ -35,6 +35,34 @@ impl Registry {
         drop(st);
         self.make_durable(lsn.max(alerts_lsn?))?;
         Ok((accepted, resolved))
+    }
+
+    /// Starts a stream over under its config: its model, readings, limits and
+    /// recent verdicts are discarded and it warms up again; an open incident
+    /// resolves as `reset`. Returns the incident resolved.
+    pub fn reset(&self, id: &str) -> Result<Option<u64>, RegistryError> {
+        let stream = self.get(id).ok_or_else(|| RegistryError::NotFound(id.into()))?;
+        let mut st = lock(&stream.state);
+        if st.deleted {
+            return Err(RegistryError::NotFound(id.into()));
+        }
+        let lsn = self.log(&Record::Reset(id.to_string()).encode())?;
+        let alert = reset_into(id, &mut st);
+        st.lsn = lsn;
+        let resolved = alert.as_ref().map(|a| a.incident);
+        stream.note_phase(&st);
+        {
+            let mut meta = lock(&stream.meta);
+            let labels = meta.labels.take();
+            *meta = StreamMeta {
+                labels,
+                ..StreamMeta::default()
+            };
+        }
+        let alerts_lsn = self.record_events(alert.into_iter().collect());
+        drop(st);
+        self.make_durable(lsn.max(alerts_lsn?))?;
+        Ok(resolved)
     }
 
     /// Creates a stream with `config`, or reconfigures an existing one. A new shape
@@ -208,8 +236,9 @@ impl Registry {
             readings_seen: d.readings_seen(),
             model,
             threshold: c.alert.threshold,
-            last_score: st.last_verdict.as_ref().and_then(Verdict::judged_score),
-            anomalous: st.last_verdict.as_ref().is_some_and(|v| v.anomaly),
+            // From the verdicts kept with the detector: they survive a restart.
+            last_score: d.recent().last().and_then(|(score, _)| score),
+            anomalous: d.recent().last().is_some_and(|(_, anomaly)| anomaly),
             incident: d.incident().map(|i| IncidentInfo {
                 id: i.id,
                 start: crate::timestamp::format_rfc3339(i.start),

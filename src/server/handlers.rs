@@ -12,7 +12,7 @@ use prost::Message as _;
 use serde::Deserialize;
 
 use super::*;
-use crate::protocol::{self, IngestOut, ReadingOut, pb};
+use crate::protocol::{IngestOut, ReadingOut, pb};
 
 pub(super) async fn ingest(
     st: AppState,
@@ -123,22 +123,6 @@ pub(super) async fn ingest_batch(
     ingest(st, headers, body, None, false).await
 }
 
-#[derive(Deserialize)]
-pub(super) struct ListQuery {
-    after: Option<String>,
-    limit: Option<usize>,
-}
-
-pub(super) async fn list_streams(
-    State(st): State<AppState>,
-    ApiQuery(q): ApiQuery<ListQuery>,
-) -> Json<serde_json::Value> {
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let ids = st.registry.list(q.after.as_deref(), limit);
-    let next = (ids.len() == limit).then(|| ids.last().cloned()).flatten();
-    Json(serde_json::json!({"streams": ids, "next_after": next, "total": st.registry.len()}))
-}
-
 pub(super) async fn get_stream(
     State(st): State<AppState>,
     ApiPath(stream): ApiPath<String>,
@@ -199,28 +183,6 @@ pub(super) async fn retrain_stream(
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"status": "queued"}))).into_response())
 }
 
-#[derive(Deserialize)]
-pub(super) struct AlertsQuery {
-    stream: Option<String>,
-    since: Option<u64>,
-    limit: Option<usize>,
-}
-
-pub(super) async fn list_alerts(
-    State(st): State<AppState>,
-    ApiQuery(q): ApiQuery<AlertsQuery>,
-) -> Json<serde_json::Value> {
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let alerts: Vec<protocol::AlertOut> = st
-        .registry
-        .journal()
-        .query(q.stream.as_deref(), q.since, limit)
-        .iter()
-        .map(|a| ws::alert_out(a))
-        .collect();
-    Json(serde_json::json!({"alerts": alerts, "latest_seq": st.registry.journal().latest_seq()}))
-}
-
 /// Largest WebSocket message a client may send (subscribe messages are small).
 pub const WS_MAX_MESSAGE: usize = 64 << 10;
 
@@ -237,7 +199,12 @@ pub(super) async fn alerts_ws(
     let registry = st.registry.clone();
     let heartbeat = st.config.heartbeat;
     // Clients only send small subscribe messages.
-    let upgrade = upgrade.max_message_size(WS_MAX_MESSAGE).max_frame_size(WS_MAX_MESSAGE);
+    // A browser that offers subprotocols (the console's `anomalyd`, beside its
+    // token) must have one chosen, or it drops the connection.
+    let upgrade = upgrade
+        .protocols(["anomalyd"])
+        .max_message_size(WS_MAX_MESSAGE)
+        .max_frame_size(WS_MAX_MESSAGE);
     Ok(upgrade.on_upgrade(move |socket| async move {
         let _slot = slot;
         gauge.inc();
@@ -292,11 +259,23 @@ pub(super) async fn remote_write(State(st): State<AppState>, body: Body) -> Resu
     if write.readings.is_empty() {
         return Ok(StatusCode::NO_CONTENT);
     }
-    let (scored, resent) = blocking(&st.registry, move |r| {
+    let wants_past = st.backfill.is_some();
+    let (scored, resent, new_streams) = blocking(&st.registry, move |r| {
         let _permit = permit;
-        r.ingest_remote(&write.readings, &write.labels)
+        let (scored, resent) = r.ingest_remote(&write.readings, &write.labels)?;
+        // New series learn their past from Prometheus while they warm up.
+        let ids = write.labels.keys().map(String::as_str);
+        let new_streams = if wants_past {
+            r.backfill_candidates(ids)
+        } else {
+            Vec::new()
+        };
+        Ok((scored, resent, new_streams))
     })
     .await?;
+    if let Some(b) = &st.backfill {
+        b.offer(new_streams);
+    }
     m.remote_write_samples
         .with_label_values(&["scored"])
         .inc_by(scored as u64);

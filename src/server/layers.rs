@@ -83,16 +83,21 @@ pub(super) async fn auth(State(st): State<AppState>, req: Request, next: Next) -
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
-        // Browsers cannot set headers on WebSockets: `?access_token=` works there,
-        // and only there (elsewhere it would end up in proxies' access logs).
-        let query_ok = req.uri().path() == "/v1/alerts/ws"
+        // Browsers cannot set headers on WebSockets: there the token may come as
+        // a subprotocol (`bearer.<base64url of the token>`, as the console sends
+        // it) or as `?access_token=`, and only there (elsewhere a query would end
+        // up in proxies' access logs).
+        let ws = req.uri().path() == "/v1/alerts/ws";
+        let query_ok = ws
             && req.uri().query().is_some_and(|q| {
                 q.split('&').any(|kv| {
                     kv.strip_prefix("access_token=")
                         .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()))
                 })
             });
-        if !header_ok && !query_ok {
+        let protocol_ok =
+            ws && subprotocol_token(req.headers()).is_some_and(|t| constant_time_eq(&t, token.as_bytes()));
+        if !header_ok && !query_ok && !protocol_ok {
             return ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -102,6 +107,18 @@ pub(super) async fn auth(State(st): State<AppState>, req: Request, next: Next) -
         }
     }
     next.run(req).await
+}
+
+/// The token a WebSocket client offers as the subprotocol `bearer.<base64url>`.
+fn subprotocol_token(headers: &HeaderMap) -> Option<Vec<u8>> {
+    use base64::Engine;
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix("bearer."))
+        .and_then(|b| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(b).ok())
 }
 
 pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -4,14 +4,17 @@
 //! answers overload with 503 + Retry-After.
 
 pub mod alertmanager;
+pub mod backfill;
 pub mod error;
 pub mod listener;
 pub mod prom;
 pub mod ws;
 
+mod console;
 mod decode;
 mod handlers;
 mod layers;
+mod views;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +36,7 @@ use decode::*;
 pub use handlers::WS_MAX_MESSAGE;
 use handlers::*;
 use layers::*;
+use views::*;
 
 /// Limits and settings of the HTTP layer.
 #[derive(Clone, Debug)]
@@ -61,6 +65,8 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// Where incidents are sent (no URLs: nowhere).
     pub alertmanager: alertmanager::AlertmanagerConfig,
+    /// Where new remote_write streams fetch their past (no URL: nowhere).
+    pub backfill: backfill::BackfillConfig,
     /// How far ahead of this server's clock a timestamp may be. A stream's readings
     /// must not go back in time, so one reading from the far future (milliseconds
     /// sent as seconds, a `9999-12-31`) would lock its stream until it is deleted.
@@ -83,6 +89,7 @@ impl Default for ServerConfig {
             auth_token: None,
             max_future_skew: Duration::from_secs(86_400),
             alertmanager: alertmanager::AlertmanagerConfig::default(),
+            backfill: backfill::BackfillConfig::default(),
         }
     }
 }
@@ -98,6 +105,8 @@ pub struct AppState {
     ws_slots: Arc<Semaphore>,
     /// Requests waiting for an `inflight` permit.
     waiters: Arc<std::sync::atomic::AtomicUsize>,
+    /// The backfill queue, when a Prometheus URL is set and the service runs.
+    backfill: Option<backfill::Backfill>,
 }
 
 /// `Query` whose rejection is the JSON error (400 `invalid_query`), not axum's text.
@@ -130,7 +139,12 @@ impl<T: serde::de::DeserializeOwned + Send, S: Send + Sync> axum::extract::FromR
 
 /// The router (separate from `main` so tests drive it with `oneshot` or real TCP).
 pub fn router(registry: Arc<Registry>, config: ServerConfig) -> Router {
+    app(registry, config, None)
+}
+
+fn app(registry: Arc<Registry>, config: ServerConfig, backfill: Option<backfill::Backfill>) -> Router {
     let state = AppState {
+        backfill,
         inflight: Arc::new(Semaphore::new(config.max_inflight.max(1))),
         ws_slots: Arc::new(Semaphore::new(config.max_ws_subscribers)),
         waiters: Arc::default(),
@@ -147,6 +161,9 @@ pub fn router(registry: Arc<Registry>, config: ServerConfig) -> Router {
         .route("/v1/streams/{stream}/retrain", post(retrain_stream))
         .route("/v1/streams/{stream}/history", post(history_stream))
         .route("/v1/streams/{stream}/accept", post(accept_stream))
+        .route("/v1/streams/{stream}/reset", post(reset_stream))
+        .route("/v1/streams/{stream}/recent", get(recent_stream))
+        .route("/v1/streams/{stream}/chart.svg", get(chart_stream))
         .route("/v1/readings", post(ingest_batch))
         .route("/v1/alerts", get(list_alerts))
         .route("/v1/alerts/ws", get(alerts_ws))
@@ -154,6 +171,7 @@ pub fn router(registry: Arc<Registry>, config: ServerConfig) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(v1)
+        .merge(console::routes())
         .route("/metrics", get(metrics))
         .route("/metrics/scores", get(metrics_scores))
         .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
@@ -187,8 +205,9 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let snapshotter = registry.spawn_snapshotter(snapshot_interval);
     let notifier = alertmanager::spawn(registry.clone(), config.alertmanager.clone());
+    let (backfill, backfiller) = backfill::spawn(registry.clone(), config.backfill.clone()).unzip();
     let listener = listener::LimitedListener::new(listener, config.max_connections, config.idle_timeout);
-    let app = router(registry.clone(), config);
+    let app = app(registry.clone(), config, backfill);
     let signal = async move {
         tokio::select! {
             _ = shutdown => {}
@@ -198,8 +217,8 @@ pub async fn run(
     };
     axum::serve(listener, app).with_graceful_shutdown(signal).await?;
     snapshotter.abort();
-    if let Some(n) = notifier {
-        n.abort();
+    for task in notifier.into_iter().chain(backfiller) {
+        task.abort();
     }
     let r = registry.clone();
     match tokio::task::spawn_blocking(move || r.snapshot()).await {

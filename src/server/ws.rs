@@ -26,25 +26,7 @@ impl Filter {
     }
 }
 
-/// `*` matches any run of characters (including none); everything else literally.
-pub fn glob_match(pattern: &str, s: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == s;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !s.starts_with(first) || s.len() < first.len() + last.len() || !s.ends_with(last) {
-        return false;
-    }
-    let mut rest = &s[first.len()..s.len() - last.len()];
-    for p in &parts[1..parts.len() - 1] {
-        match rest.find(p) {
-            Some(i) => rest = &rest[i + p.len()..],
-            None => return false,
-        }
-    }
-    true
-}
+pub use crate::registry::journal::glob_match;
 
 /// Converts a journal alert to its wire form.
 pub fn alert_out(a: &Alert) -> AlertOut {

@@ -1,0 +1,253 @@
+//! What a stream judged lately: its newest readings with their verdicts, kept
+//! compact (values and expectations as `f32`, the score in 16 bits) and bounded
+//! per stream, for charts (`GET /v1/streams/{id}/recent`, the console, `replay
+//! --plot`). It travels with the detector's snapshot, so a restart keeps it.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use super::Verdict;
+use crate::timestamp::Micros;
+
+/// Most readings kept per stream.
+pub const RECENT_READINGS: usize = 128;
+/// Bytes a stream's recent readings may hold: a stream of many features keeps
+/// fewer of them (52 features: 19), never fewer than [`MIN_READINGS`].
+const RECENT_BYTES: usize = 8 * 1024;
+/// Fewest readings kept, however many features.
+const MIN_READINGS: usize = 16;
+/// The stored score of a reading that was not judged (warm-up).
+const NOT_JUDGED: u16 = u16::MAX;
+const SCORE_STEPS: f64 = (u16::MAX - 1) as f64;
+
+const ANOMALY: u8 = 1;
+const INCIDENT: u8 = 2;
+const HISTORY: u8 = 4;
+
+/// A stream's newest readings and verdicts, oldest first (columns, so a
+/// univariate reading costs 19 bytes).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Recent {
+    times: VecDeque<Micros>,
+    scores: VecDeque<u16>,
+    flags: VecDeque<u8>,
+    /// `[n][d]`.
+    values: VecDeque<f32>,
+    /// `[n][d]`.
+    expected: VecDeque<f32>,
+}
+
+/// One recent reading as the API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RecentPoint {
+    /// The reading's timestamp (RFC 3339 in JSON).
+    #[serde(serialize_with = "rfc3339")]
+    pub timestamp: Micros,
+    /// Its score (`None`: not judged, the stream was warming up).
+    pub score: Option<f64>,
+    /// The anomaly state.
+    pub anomaly: bool,
+    /// An incident was open at it (or resolved by it).
+    pub incident: bool,
+    /// Taught as history (learnt as normal, never judged anomalous).
+    pub history: bool,
+    /// The reading's values.
+    pub values: Vec<f64>,
+    /// What the detector expected, per feature.
+    pub expected: Vec<f64>,
+}
+
+impl RecentPoint {
+    /// The point of a verdict on `values` (`history`: taught as history).
+    pub fn of(v: &Verdict, values: &[f64], history: bool) -> RecentPoint {
+        RecentPoint {
+            timestamp: v.timestamp,
+            score: v.judged_score(),
+            anomaly: v.anomaly,
+            incident: v.incident.is_some(),
+            history,
+            values: values.to_vec(),
+            expected: v.expected.clone(),
+        }
+    }
+}
+
+fn rfc3339<S: serde::Serializer>(t: &Micros, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::timestamp::format_rfc3339(*t))
+}
+
+/// `x` as f32, beyond f32's range at its largest finite value (a snapshot holds
+/// finite numbers only).
+fn narrow(x: f64) -> f32 {
+    if x.is_nan() {
+        0.0
+    } else {
+        x.clamp(-f64::from(f32::MAX), f64::from(f32::MAX)) as f32
+    }
+}
+
+/// Readings kept for a stream of `d` features.
+pub fn capacity(d: usize) -> usize {
+    let per_reading = 8 + 2 + 1 + 8 * d;
+    (RECENT_BYTES / per_reading).clamp(MIN_READINGS, RECENT_READINGS)
+}
+
+impl Recent {
+    /// Readings held.
+    pub fn len(&self) -> usize {
+        self.times.len()
+    }
+
+    /// Nothing held yet.
+    pub fn is_empty(&self) -> bool {
+        self.times.is_empty()
+    }
+
+    /// Adds a verdict on `values` (dropping the oldest when full); `history`: the
+    /// reading was taught as history.
+    pub fn push(&mut self, v: &Verdict, values: &[f64], history: bool) {
+        let d = values.len();
+        if d == 0 || v.expected.len() != d {
+            return;
+        }
+        if self.times.len() >= capacity(d) {
+            self.times.pop_front();
+            self.scores.pop_front();
+            self.flags.pop_front();
+            self.values.drain(..d);
+            self.expected.drain(..d);
+        }
+        self.times.push_back(v.timestamp);
+        let score = v
+            .judged_score()
+            .map_or(NOT_JUDGED, |s| (s.clamp(0.0, 1.0) * SCORE_STEPS).round() as u16);
+        self.scores.push_back(score);
+        let flags = (if v.anomaly { ANOMALY } else { 0 })
+            | (if v.incident.is_some() { INCIDENT } else { 0 })
+            | (if history { HISTORY } else { 0 });
+        self.flags.push_back(flags);
+        self.values.extend(values.iter().map(|&x| narrow(x)));
+        self.expected.extend(v.expected.iter().map(|&x| narrow(x)));
+    }
+
+    /// The oldest reading's timestamp.
+    pub fn first_timestamp(&self) -> Option<Micros> {
+        self.times.front().copied()
+    }
+
+    /// The newest reading's score (`None`: not judged) and anomaly state.
+    pub fn last(&self) -> Option<(Option<f64>, bool)> {
+        let i = self.times.len().checked_sub(1)?;
+        let score = (self.scores[i] != NOT_JUDGED).then(|| f64::from(self.scores[i]) / SCORE_STEPS);
+        Some((score, self.flags[i] & ANOMALY != 0))
+    }
+
+    /// The newest `limit` readings, oldest first.
+    pub fn points(&self, limit: usize) -> Vec<RecentPoint> {
+        let n = self.times.len();
+        let d = self.values.len().checked_div(n).unwrap_or(0);
+        let column = |c: &VecDeque<f32>, i: usize| c.range(i * d..(i + 1) * d).map(|&x| f64::from(x)).collect();
+        (n.saturating_sub(limit)..n)
+            .map(|i| RecentPoint {
+                timestamp: self.times[i],
+                score: (self.scores[i] != NOT_JUDGED).then(|| f64::from(self.scores[i]) / SCORE_STEPS),
+                anomaly: self.flags[i] & ANOMALY != 0,
+                incident: self.flags[i] & INCIDENT != 0,
+                history: self.flags[i] & HISTORY != 0,
+                values: column(&self.values, i),
+                expected: column(&self.expected, i),
+            })
+            .collect()
+    }
+
+    /// Drops what a reset or a change of shape makes meaningless.
+    pub fn clear(&mut self) {
+        *self = Recent::default();
+    }
+
+    /// Checks the columns agree with each other and with `d` features (a
+    /// snapshot from disk).
+    pub(super) fn check(&self, d: usize) -> Result<(), String> {
+        let n = self.times.len();
+        let ok = self.scores.len() == n
+            && self.flags.len() == n
+            && self.values.len() == n * d
+            && self.expected.len() == n * d
+            && n <= capacity(d.max(1));
+        ok.then_some(())
+            .ok_or_else(|| "recent readings' columns disagree".into())
+    }
+}
+
+/// Per feature, the half-width of the band around the expectation that held 99% of
+/// the points' normal judged readings (`None` for a feature with fewer than 8):
+/// what "usual" looked like lately, for charts, not a limit the detector applies.
+pub fn band(points: &[RecentPoint]) -> Vec<Option<f64>> {
+    let d = points.first().map_or(0, |p| p.values.len());
+    (0..d)
+        .map(|f| {
+            let mut gaps: Vec<f64> = points
+                .iter()
+                .filter(|p| p.score.is_some() && !p.anomaly && !p.incident)
+                .map(|p| (p.values[f] - p.expected[f]).abs())
+                .filter(|g| g.is_finite())
+                .collect();
+            if gaps.len() < 8 {
+                return None;
+            }
+            gaps.sort_unstable_by(f64::total_cmp);
+            let at = ((gaps.len() - 1) as f64 * 0.99).round() as usize;
+            Some(gaps[at])
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detector::{Detector, DetectorConfig};
+
+    #[test]
+    fn a_stream_keeps_its_newest_verdicts_up_to_its_share_of_memory() {
+        assert_eq!(capacity(1), RECENT_READINGS);
+        assert_eq!(capacity(52), 19);
+        assert_eq!(capacity(10_000), MIN_READINGS);
+        let mut det = Detector::new(DetectorConfig::default()).unwrap();
+        for t in 0..300i64 {
+            let v = if t == 299 { 1e4 } else { 10.0 + (t % 7) as f64 };
+            det.update(t * 1_000_000, &[v]).unwrap();
+        }
+        let points = det.recent().points(usize::MAX);
+        assert_eq!(points.len(), RECENT_READINGS);
+        assert_eq!(points[0].timestamp, (300 - RECENT_READINGS as i64) * 1_000_000);
+        let last = points.last().unwrap();
+        assert_eq!(last.values, vec![1e4]);
+        assert!(last.anomaly && last.score.unwrap() > 0.5, "{last:?}");
+        assert!(points[..RECENT_READINGS - 1].iter().all(|p| !p.anomaly));
+        assert_eq!(det.recent().points(3).len(), 3);
+    }
+
+    #[test]
+    fn a_warming_up_reading_has_no_score_and_the_band_needs_judged_readings() {
+        let mut det = Detector::new(DetectorConfig::default()).unwrap();
+        det.update(0, &[1.0]).unwrap();
+        let points = det.recent().points(10);
+        assert_eq!(points.len(), 1);
+        assert_eq!(points[0].score, None);
+        assert_eq!(band(&points), vec![None]);
+        let judged: Vec<RecentPoint> = (0..20)
+            .map(|i| RecentPoint {
+                timestamp: i,
+                score: Some(0.1),
+                anomaly: i == 19,
+                incident: false,
+                history: false,
+                values: vec![i as f64],
+                expected: vec![0.0],
+            })
+            .collect();
+        // The anomalous reading (19 away) is not part of what was usual.
+        assert_eq!(band(&judged), vec![Some(18.0)]);
+    }
+}
