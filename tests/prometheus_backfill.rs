@@ -233,6 +233,7 @@ async fn a_new_series_learns_its_past_from_prometheus_and_a_prometheus_down_is_r
     // Prometheus scrapes host a every second and remote-writes it: its stream
     // learns the stored past and has a model before its 10th live reading.
     let prom = start_prometheus(&dir, prom_port, Some((exporter, server.addr)));
+    let started = Instant::now();
     let a = series("a", exporter);
     let (live, i) = eventually("host a's model", Duration::from_secs(60), async || {
         let i = info(&c, &base, &a).await;
@@ -245,6 +246,10 @@ async fn a_new_series_learns_its_past_from_prometheus_and_a_prometheus_down_is_r
         (i["model"]["version"].as_u64().unwrap_or(0) >= 1).then_some((live, i))
     })
     .await;
+    eprintln!(
+        "host a: a model after {live} live readings, {:.1} s after Prometheus started",
+        started.elapsed().as_secs_f64()
+    );
     assert!((1..10).contains(&live), "a model after {live} live readings: {i}");
     assert_eq!(i["readings_needed"], 0, "judging already");
     let learnt = metric(&c, &base, "anomalyd_backfill_points_total").await;
