@@ -175,6 +175,18 @@ fn label(v: f64) -> String {
     }
 }
 
+/// Axis labels: each value at its height, left of the panel.
+fn ticks(svg: &mut String, at: &[(f64, f64)]) {
+    for &(v, y) in at {
+        let _ = write!(
+            svg,
+            r#"<text class="tick" x="{:.1}" y="{y:.1}">{}</text>"#,
+            LEFT - 4.0,
+            label(v)
+        );
+    }
+}
+
 /// Draws one feature's panel at `top`.
 fn feature_panel(svg: &mut String, c: &Chart<'_>, axis: &Axis, f: usize, top: f64) {
     let pts = c.points;
@@ -223,14 +235,7 @@ fn feature_panel(svg: &mut String, c: &Chart<'_>, axis: &Axis, f: usize, top: f6
         svg,
         r#"<path class="expected" d="{expected}"/><path class="value" d="{values}"/>"#
     );
-    for (v, at) in [(hi, top + 10.0), (lo, top + PANEL - 2.0)] {
-        let _ = write!(
-            svg,
-            r#"<text class="tick" x="{:.1}" y="{at:.1}">{}</text>"#,
-            LEFT - 4.0,
-            label(v)
-        );
-    }
+    ticks(svg, &[(hi, top + 10.0), (lo, top + PANEL - 2.0)]);
     svg.push_str("</g>");
 }
 
@@ -259,18 +264,14 @@ fn score_panel(svg: &mut String, c: &Chart<'_>, axis: &Axis, top: f64) {
             .map(|p| (axis.x(p.timestamp), p.score.map_or(f64::NAN, y))),
     );
     let _ = write!(svg, r#"<path class="scoreline" d="{d}"/>"#);
-    for (v, at) in [
-        (1.0, top + 10.0),
-        (c.threshold, t + 4.0),
-        (0.0, top + SCORE_PANEL - 2.0),
-    ] {
-        let _ = write!(
-            svg,
-            r#"<text class="tick" x="{:.1}" y="{at:.1}">{}</text>"#,
-            LEFT - 4.0,
-            label(v)
-        );
-    }
+    ticks(
+        svg,
+        &[
+            (1.0, top + 10.0),
+            (c.threshold, t + 4.0),
+            (0.0, top + SCORE_PANEL - 2.0),
+        ],
+    );
     svg.push_str("</g>");
 }
 

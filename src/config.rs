@@ -90,6 +90,14 @@ pub struct ServeSettings {
     /// [default: http://<listen>].
     #[arg(long, env = "ANOMALYD_EXTERNAL_URL")]
     pub external_url: Option<String>,
+    /// Seconds after Prometheus ended a series (a staleness marker) with no reading
+    /// since that its stream is retired (deleted) [default: 3600; 0: never].
+    #[arg(long, env = "ANOMALYD_RETIRE_STALE_AFTER_SECS")]
+    pub retire_stale_after_secs: Option<f64>,
+    /// Seconds without a reading after which any stream is retired (deleted)
+    /// [default: 0: never]. For series churn (pods that come and go).
+    #[arg(long, env = "ANOMALYD_RETIRE_IDLE_AFTER_SECS")]
+    pub retire_idle_after_secs: Option<f64>,
     /// The Prometheus that sends remote_write (`http://host:9090`): a new series
     /// asks it for its past and learns it as history while it warms up.
     #[arg(long, env = "ANOMALYD_PROMETHEUS_URL")]
@@ -210,8 +218,22 @@ fn registry_config(s: &ServeSettings) -> Result<RegistryConfig, String> {
         data_dir: Some(s.data_dir.clone().unwrap_or_else(|| PathBuf::from("./data"))),
         wal_sync: s.wal_sync.unwrap_or(SyncPolicy::Always),
         checkpoint_max_streams: positive("checkpoint_max_streams", s.checkpoint_max_streams, 10_000)?,
+        retire_stale_after: retire_after("retire_stale_after_secs", s.retire_stale_after_secs, 3600.0)?,
+        retire_idle_after: retire_after("retire_idle_after_secs", s.retire_idle_after_secs, 0.0)?,
         ..RegistryConfig::default()
     })
+}
+
+/// A retirement delay: 0 is never, else at least a minute.
+fn retire_after(name: &str, secs: Option<f64>, default: f64) -> Result<Option<Duration>, String> {
+    let s = secs.unwrap_or(default);
+    if s == 0.0 {
+        Ok(None)
+    } else if (60.0..=3.2e8).contains(&s) {
+        Ok(Some(Duration::from_secs_f64(s)))
+    } else {
+        Err(format!("{name} must be 0 (never) or in [60, 3.2e8], got {s}"))
+    }
 }
 
 /// The HTTP layer's part.
@@ -343,6 +365,7 @@ mod tests {
             ("alertmanager_urls = [\"https://a\"]", "alertmanager_urls"),
             ("prometheus_url = \"https://p\"", "prometheus_url"),
             ("backfill_rate = 0", "backfill_rate"),
+            ("retire_idle_after_secs = 5", "retire_idle_after_secs"),
             ("backfill_max_points = 0", "backfill_max_points"),
             ("max_future_skew_secs = -1.0", "max_future_skew_secs"),
         ] {

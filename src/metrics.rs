@@ -38,10 +38,13 @@ pub struct Metrics {
     pub snapshot_last_success: Gauge,
     /// Requests whose handler panicked (answered 500).
     pub panics: IntCounter,
-    /// Prometheus remote_write samples by outcome (scored, resent, stale, not_finite).
+    /// Prometheus remote_write samples by outcome (scored, resent, stale,
+    /// not_finite, stream_limit).
     pub remote_write_samples: IntCounterVec,
     /// Alerts delivered to Alertmanagers by outcome (sent, failed, dropped).
     pub alertmanager_notifications: IntCounterVec,
+    /// Streams retired by reason (stale, idle).
+    pub streams_retired: IntCounterVec,
     /// Backfills from Prometheus by outcome (learnt, empty, failed, too_late, dropped).
     pub backfill_jobs: IntCounterVec,
     /// Past readings learnt from Prometheus.
@@ -116,13 +119,18 @@ impl Metrics {
             ),
             remote_write_samples: r.counter_vec(
                 "anomalyd_remote_write_samples_total",
-                "Prometheus remote_write samples by outcome (scored, resent, stale, not_finite).",
+                "Prometheus remote_write samples by outcome (scored, resent, stale, not_finite, stream_limit: new series over --max-streams).",
                 &["outcome"],
             ),
             alertmanager_notifications: r.counter_vec(
                 "anomalyd_alertmanager_notifications_total",
                 "Alerts delivered to Alertmanagers by outcome (sent, failed, dropped).",
                 &["outcome"],
+            ),
+            streams_retired: r.counter_vec(
+                "anomalyd_streams_retired_total",
+                "Streams retired by reason: stale (their series ended), idle (no reading for --retire-idle-after-secs).",
+                &["reason"],
             ),
             backfill_jobs: r.counter_vec(
                 "anomalyd_backfill_jobs_total",

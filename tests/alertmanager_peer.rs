@@ -3,14 +3,14 @@
 //! stream and its annotations, and its resolution ends it in both.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
 mod common;
-use common::{TestServer, free_port};
+use common::{Killed, TestServer, eventually, free_port};
 
 use anomalyd::detector::DetectorConfig;
 use anomalyd::metrics::Metrics;
@@ -18,13 +18,9 @@ use anomalyd::registry::{Registry, RegistryConfig};
 use anomalyd::server::ServerConfig;
 use anomalyd::server::alertmanager::AlertmanagerConfig;
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// [`eventually`] with a minute to spare.
+async fn eventually_60s<T>(what: &str, f: impl AsyncFnMut() -> Option<T>) -> T {
+    eventually(what, Duration::from_secs(60), f).await
 }
 
 fn seasonal(t: usize) -> f64 {
@@ -36,20 +32,6 @@ fn readings(range: std::ops::Range<usize>, shift: f64) -> Value {
         .map(|t| json!({"timestamp": 1_700_000_000 + t as i64 * 60, "value": seasonal(t) + shift}))
         .collect();
     json!({ "readings": rs })
-}
-
-async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,7 +106,7 @@ async fn incidents_open_and_resolve_in_two_alertmanagers() {
             .unwrap()
     };
     post("history", readings(0..600, 0.0)).await;
-    eventually("a model", async || {
+    eventually_60s("a model", async || {
         let v: Value = c.get(&url).send().await.ok()?.json().await.ok()?;
         v["model"]["version"].as_u64().filter(|&v| v >= 1)
     })
@@ -149,7 +131,7 @@ async fn incidents_open_and_resolve_in_two_alertmanagers() {
             .collect()
     };
     for (port, _) in &ams {
-        let a = eventually("the alert in Alertmanager", async || {
+        let a = eventually_60s("the alert in Alertmanager", async || {
             let a = alerts(*port).await;
             (a.len() == 1).then(|| a[0].clone())
         })
@@ -175,7 +157,7 @@ async fn incidents_open_and_resolve_in_two_alertmanagers() {
         "{r}"
     );
     for (port, _) in &ams {
-        eventually("the alert to end", async || {
+        eventually_60s("the alert to end", async || {
             alerts(*port).await.is_empty().then_some(())
         })
         .await;

@@ -3,24 +3,16 @@
 //! journal newest first, the reset action; and that recent readings and a reset
 //! survive a restart and a crash.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
 
 mod common;
-use common::TestServer;
+use common::{TestServer, temp_dir};
 
 use anomalyd::metrics::Metrics;
 use anomalyd::registry::{Reading, Registry, RegistryConfig};
 use anomalyd::server::ServerConfig;
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("anomalyd-console-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// A slow cycle, `shift` added in `fault`.
 fn value(i: usize, fault: &std::ops::Range<usize>, shift: f64) -> f64 {
@@ -36,6 +28,9 @@ fn body(from: usize, n: usize, fault: std::ops::Range<usize>) -> Value {
 }
 
 async fn call(c: &reqwest::Client, method: reqwest::Method, url: &str) -> (u16, Value) {
+    if method == reqwest::Method::GET {
+        return common::get_json(c, url).await;
+    }
     let r = c.request(method, url).send().await.unwrap();
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
@@ -132,7 +127,7 @@ fn reading(i: usize) -> Reading {
 
 #[test]
 fn recent_readings_survive_a_restart_and_a_reset_survives_a_crash() {
-    let dir = temp_dir("restart");
+    let dir = temp_dir("console-restart");
     let config = || RegistryConfig {
         data_dir: Some(dir.clone()),
         ..Default::default()

@@ -7,7 +7,7 @@
 //! `target/tmp/console/`.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,7 @@ use base64::Engine;
 use serde_json::{Value, json};
 
 mod common;
-use common::{TestServer, free_port};
+use common::{Killed, TestServer, free_port, peer};
 
 use anomalyd::metrics::Metrics;
 use anomalyd::registry::{Registry, RegistryConfig};
@@ -26,28 +26,7 @@ const TOKEN: &str = "console-test-token-0123456789";
 
 /// chromedriver and chromium, or None where they are absent and CI is not set.
 fn browser() -> Option<(&'static str, &'static str)> {
-    let driver = Command::new("chromedriver").arg("--version").output().is_ok();
-    let chromium = ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|b| Command::new(b).arg("--version").output().is_ok());
-    let found = driver && chromium.is_some();
-    assert!(
-        found || std::env::var_os("CI").is_none(),
-        "chromium and chromedriver are required in CI (.ci/run installs them)"
-    );
-    if !found {
-        eprintln!("skipped: chromium / chromedriver not installed");
-    }
-    chromium.filter(|_| driver).map(|c| ("chromedriver", c))
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    Some((peer("chromedriver")?, peer("chromium")?))
 }
 
 /// A WebDriver session on a headless browser.
@@ -320,18 +299,8 @@ async fn with_a_token_set_the_console_asks_for_it_and_keeps_it_out_of_urls() {
 /// nginx serving anomalyd under `/anomalyd/` (the prefix stripped, WebSockets
 /// upgraded), as a reverse proxy in front of the console would.
 fn nginx_in_front(upstream: std::net::SocketAddr) -> Option<(Killed, u16)> {
-    let found = Command::new("nginx").arg("-v").output().is_ok();
-    assert!(
-        found || std::env::var_os("CI").is_none(),
-        "nginx is required in CI (.ci/run installs it)"
-    );
-    if !found {
-        eprintln!("skipped: nginx not installed");
-        return None;
-    }
-    let dir = std::env::temp_dir().join(format!("anomalyd-console-nginx-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    peer("nginx")?;
+    let dir = common::temp_dir("console-nginx");
     let port = free_port();
     let d = dir.display();
     let conf = format!(

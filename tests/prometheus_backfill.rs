@@ -6,8 +6,8 @@
 //! reading. With Prometheus stopped, ingest (from another sender) goes on and the
 //! backfill is retried until Prometheus is back.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -15,7 +15,7 @@ use prost::Message as _;
 use serde_json::Value;
 
 mod common;
-use common::{TestServer, free_port};
+use common::{Killed, TestServer, eventually, free_port, peer, temp_dir};
 
 use anomalyd::metrics::Metrics;
 use anomalyd::protocol::{percent_encode, prompb};
@@ -26,27 +26,6 @@ use anomalyd::server::backfill::BackfillConfig;
 /// The stored past's step, seconds: the scrape interval.
 const STEP: i64 = 1;
 const PAST: i64 = 2_000;
-
-fn peer(bin: &str) -> bool {
-    let found = Command::new(bin).arg("--version").output().is_ok();
-    assert!(
-        found || std::env::var_os("CI").is_none(),
-        "{bin} is required in CI (.ci/run installs it)"
-    );
-    if !found {
-        eprintln!("skipped: {bin} not installed");
-    }
-    found
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn value(host: &str, t: i64) -> f64 {
     let phase = if host == "a" { 0.0 } else { 1.0 };
@@ -126,17 +105,6 @@ async fn exporter() -> u16 {
     port
 }
 
-async fn eventually<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// One sample of host `host`'s series, as another sender would remote-write it.
 fn write_body(host: &str, t: i64, exporter: u16) -> Vec<u8> {
     let label = |name: &str, value: &str| prompb::Label {
@@ -185,32 +153,18 @@ async fn info(c: &reqwest::Client, base: &str, id: &str) -> Value {
 }
 
 async fn metric(c: &reqwest::Client, base: &str, line: &str) -> f64 {
-    let text = c
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::get_text(c, &format!("{base}/metrics")).await;
     text.lines()
         .find_map(|l| l.strip_prefix(line).and_then(|v| v.trim().parse().ok()))
         .unwrap_or(0.0)
 }
 
-fn temp_dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("anomalyd-backfill-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_series_learns_its_past_from_prometheus_and_a_prometheus_down_is_retried() {
-    if !peer("prometheus") || !peer("promtool") {
+    if peer("prometheus").is_none() || peer("promtool").is_none() {
         return;
     }
-    let dir = temp_dir();
+    let dir = temp_dir("backfill");
     let exporter = exporter().await;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
     let end = now - 5;
@@ -254,14 +208,7 @@ async fn a_new_series_learns_its_past_from_prometheus_and_a_prometheus_down_is_r
     assert_eq!(i["readings_needed"], 0, "judging already");
     let learnt = metric(&c, &base, "anomalyd_backfill_points_total").await;
     assert!(learnt >= PAST as f64 - 10.0, "{learnt} past readings learnt");
-    let recent: Value = c
-        .get(format!("{base}/v1/streams/{}/recent", percent_encode(&a)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, recent) = common::get_json(&c, &format!("{base}/v1/streams/{}/recent", percent_encode(&a))).await;
     assert_eq!(recent["points"][0]["history"], true, "the past shows as history");
 
     // Prometheus down: host b's first readings (from another sender) are taken

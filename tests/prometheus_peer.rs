@@ -4,65 +4,24 @@
 //! original series' labels.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
 mod common;
 use anomalyd::protocol::percent_encode;
-use common::{TestServer, free_port};
+use common::{Killed, TestServer, eventually, free_port, peer, temp_dir};
 
 use anomalyd::metrics::Metrics;
 use anomalyd::registry::{Registry, RegistryConfig};
 use anomalyd::server::ServerConfig;
 
-/// The binary, or None where it is absent and CI is not set (in CI its absence
-/// fails the test).
-pub fn peer(bin: &str) -> Option<&str> {
-    let found = Command::new(bin).arg("--version").output().is_ok();
-    assert!(
-        found || std::env::var_os("CI").is_none(),
-        "{bin} is required in CI (.ci/run installs it)"
-    );
-    if !found {
-        eprintln!("skipped: {bin} not installed");
-    }
-    found.then_some(bin)
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("anomalyd-peer-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn eventually<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_remote_writes_in_and_scrapes_scores_back_with_the_labels() {
     let Some(prometheus) = peer("prometheus") else { return };
-    let dir = temp_dir("prom");
+    let dir = temp_dir("peer-prom");
     // A stream has no score until it judges (64 readings by default, a minute
     // at this 1 s scrape); 8 lets every dashboard panel have data in time.
     let mut default_detector = anomalyd::detector::DetectorConfig::default();

@@ -2,7 +2,9 @@
 //! stream under the streams' locks (taken in id order), its incident events
 //! journalled under those locks, and answered once the log is durable.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 use std::time::Instant;
 
@@ -68,6 +70,17 @@ fn drop_resent<'a>(
     }
 }
 
+/// What a remote_write batch did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RemoteTaken {
+    /// Samples scored.
+    pub scored: usize,
+    /// Samples skipped as resent (at or before their stream's newest).
+    pub resent: usize,
+    /// Samples of new series left out at the stream limit.
+    pub refused: usize,
+}
+
 impl Registry {
     /// Scores a batch of readings, in order. The batch is validated first (stream
     /// ids, widths, finiteness, timestamp order, the stream limit); if anything is
@@ -82,9 +95,50 @@ impl Registry {
     /// retries whole requests) and is skipped, not scored again nor refused.
     /// `labels` gives each stream's series labels (for `/metrics/scores`).
     /// Returns (samples scored, samples skipped as resent).
-    pub fn ingest_remote(&self, readings: &[Reading], labels: &SeriesLabels) -> Result<(usize, usize), RegistryError> {
-        let scored = self.take(readings, Mode::Remote, Some(labels))?.len();
-        Ok((scored, readings.len() - scored))
+    pub fn ingest_remote(&self, readings: &[Reading], labels: &SeriesLabels) -> Result<RemoteTaken, RegistryError> {
+        for _ in 0..3 {
+            let (kept, refused) = self.within_stream_limit(readings);
+            match self.take(&kept, Mode::Remote, Some(labels)) {
+                // Another batch took the room meanwhile: count again.
+                Err(RegistryError::TooManyStreams(_)) => continue,
+                Err(e) => return Err(e),
+                Ok(results) => {
+                    return Ok(RemoteTaken {
+                        scored: results.len(),
+                        resent: kept.len() - results.len(),
+                        refused,
+                    });
+                }
+            }
+        }
+        Err(RegistryError::Contended)
+    }
+
+    /// The readings of a batch that fit the stream limit: every existing stream's,
+    /// and new streams' up to the limit (the first ids in order); and how many
+    /// were left out.
+    fn within_stream_limit<'a>(&self, readings: &'a [Reading]) -> (Cow<'a, [Reading]>, usize) {
+        let map = self.streams.read().unwrap_or_else(|p| p.into_inner());
+        let mut new: Vec<&str> = readings
+            .iter()
+            .map(|r| r.stream.as_str())
+            .filter(|id| !map.contains_key(*id))
+            .collect();
+        new.sort_unstable();
+        new.dedup();
+        let free = self.config.max_streams.saturating_sub(map.len());
+        drop(map);
+        if new.len() <= free {
+            return (Cow::Borrowed(readings), 0);
+        }
+        let refused: std::collections::HashSet<&str> = new[free..].iter().copied().collect();
+        let kept: Vec<Reading> = readings
+            .iter()
+            .filter(|r| !refused.contains(r.stream.as_str()))
+            .cloned()
+            .collect();
+        let left_out = readings.len() - kept.len();
+        (Cow::Owned(kept), left_out)
     }
 
     /// Teaches streams readings known to be normal (their history), validated and
@@ -351,6 +405,8 @@ impl Registry {
         let lsn = st.lsn;
         st.touch(lsn);
         stream.note_phase(st);
+        stream.last_seen.store(super::stream::unix_now(), Ordering::Relaxed);
+        stream.stale_since.store(0, Ordering::Relaxed);
     }
 
     /// Journals incident events (their sequence numbers assigned and logged

@@ -22,6 +22,7 @@ mod backfill;
 mod checkpoint;
 mod ingest;
 mod recovery;
+mod retire;
 mod stream;
 mod streams;
 mod training;
@@ -35,6 +36,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 pub use backfill::{BackfillJob, BackfillOutcome};
+pub use ingest::RemoteTaken;
 pub use journal::{Alert, AlertJournal, AlertKind};
 pub use stream::{Stream, StreamMeta};
 pub use streams::merge_patch;
@@ -91,6 +93,11 @@ pub struct RegistryConfig {
     /// Most streams one snapshot round writes (those changed longest ago first);
     /// the log keeps what the rest need until a later round.
     pub checkpoint_max_streams: usize,
+    /// A stream whose series ended (a staleness marker) and took no reading since
+    /// is retired after this (`None`: never).
+    pub retire_stale_after: Option<Duration>,
+    /// A stream that took no reading for this long is retired (`None`: never).
+    pub retire_idle_after: Option<Duration>,
 }
 
 impl Default for RegistryConfig {
@@ -106,6 +113,8 @@ impl Default for RegistryConfig {
             data_dir: None,
             wal_sync: SyncPolicy::Always,
             checkpoint_max_streams: 10_000,
+            retire_stale_after: Some(Duration::from_secs(3600)),
+            retire_idle_after: None,
         }
     }
 }

@@ -22,6 +22,19 @@ pub struct Stream {
     pub(super) meta: Mutex<StreamMeta>,
     /// Offered a backfill of its past from Prometheus (once per process).
     pub(super) backfill_offered: std::sync::atomic::AtomicBool,
+    /// Unix seconds of the last batch that brought it readings (or of its
+    /// loading): how long it has been idle.
+    pub(super) last_seen: std::sync::atomic::AtomicU64,
+    /// Unix seconds of the staleness marker that ended its series, when no reading
+    /// came since (0: none).
+    pub(super) stale_since: std::sync::atomic::AtomicU64,
+}
+
+/// Seconds since 1970 now (the registry's clock for idleness).
+pub(super) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// A stream's exported view: its Prometheus labels and its newest verdict.
@@ -55,6 +68,8 @@ impl Stream {
             phase,
             meta: Mutex::new(StreamMeta::default()),
             backfill_offered: Default::default(),
+            last_seen: unix_now().into(),
+            stale_since: Default::default(),
             state: Mutex::new(StreamState {
                 detector,
                 dirty,

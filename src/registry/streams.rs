@@ -178,6 +178,12 @@ impl Registry {
 
     /// Removes a stream (and, at the next snapshot, its file).
     pub fn delete(&self, id: &str) -> Result<(), RegistryError> {
+        self.delete_if(id, |_| true).map(|_| ())
+    }
+
+    /// Removes a stream if `still` holds for it once it is locked (no batch can
+    /// slip in between); returns whether it was removed.
+    pub(super) fn delete_if(&self, id: &str, still: impl Fn(&Stream) -> bool) -> Result<bool, RegistryError> {
         loop {
             let stream = self.get(id).ok_or_else(|| RegistryError::NotFound(id.into()))?;
             // Wait for a busy stream without the map's lock: holding it here would
@@ -191,6 +197,9 @@ impl Registry {
             let Some(mut st) = try_lock(&stream.state) else {
                 continue;
             };
+            if !still(&stream) {
+                return Ok(false);
+            }
             let lsn = self.log(&Record::Delete(id.to_string()).encode())?;
             map.remove(id);
             st.deleted = true;
@@ -198,7 +207,7 @@ impl Registry {
             drop(st);
             drop(map);
             lock(&self.tombstones).push((id.to_string(), model));
-            return self.make_durable(lsn);
+            return self.make_durable(lsn).map(|()| true);
         }
     }
 

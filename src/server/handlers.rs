@@ -256,13 +256,18 @@ pub(super) async fn remote_write(State(st): State<AppState>, body: Body) -> Resu
     m.remote_write_samples
         .with_label_values(&["not_finite"])
         .inc_by(write.skipped as u64);
-    if write.readings.is_empty() {
+    if write.readings.is_empty() && write.ended.is_empty() {
         return Ok(StatusCode::NO_CONTENT);
     }
     let wants_past = st.backfill.is_some();
-    let (scored, resent, new_streams) = blocking(&st.registry, move |r| {
+    let (taken, new_streams) = blocking(&st.registry, move |r| {
         let _permit = permit;
-        let (scored, resent) = r.ingest_remote(&write.readings, &write.labels)?;
+        let taken = if write.readings.is_empty() {
+            Default::default()
+        } else {
+            r.ingest_remote(&write.readings, &write.labels)?
+        };
+        r.mark_stale(write.ended.iter().map(String::as_str));
         // New series learn their past from Prometheus while they warm up.
         let ids = write.labels.keys().map(String::as_str);
         let new_streams = if wants_past {
@@ -270,18 +275,28 @@ pub(super) async fn remote_write(State(st): State<AppState>, body: Body) -> Resu
         } else {
             Vec::new()
         };
-        Ok((scored, resent, new_streams))
+        Ok((taken, new_streams))
     })
     .await?;
     if let Some(b) = &st.backfill {
         b.offer(new_streams);
     }
-    m.remote_write_samples
-        .with_label_values(&["scored"])
-        .inc_by(scored as u64);
-    m.remote_write_samples
-        .with_label_values(&["resent"])
-        .inc_by(resent as u64);
+    for (outcome, n) in [
+        ("scored", taken.scored),
+        ("resent", taken.resent),
+        ("stream_limit", taken.refused),
+    ] {
+        m.remote_write_samples.with_label_values(&[outcome]).inc_by(n as u64);
+    }
+    if taken.refused > 0 {
+        // Take what fits, refuse the rest: a 4xx would make Prometheus drop the
+        // samples of the streams that fit too, a 5xx resend the batch forever.
+        tracing::warn!(
+            samples = taken.refused,
+            max_streams = st.registry.config().max_streams,
+            "new series left out at the stream limit"
+        );
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -181,6 +181,9 @@ fn app(registry: Arc<Registry>, config: ServerConfig, backfill: Option<backfill:
         .with_state(state)
 }
 
+/// How often, at most, streams whose series ended are looked for.
+const RETIRE_EVERY: Duration = Duration::from_secs(30);
+
 /// Runs a registry call that takes locks on the blocking pool, never on an async
 /// worker (a stream's lock may be held for a whole batch).
 async fn blocking<T: Send + 'static>(
@@ -204,6 +207,17 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let snapshotter = registry.spawn_snapshotter(snapshot_interval);
+    // Often enough to retire a stream within a quarter of its delay past it.
+    let delay = [
+        registry.config().retire_stale_after,
+        registry.config().retire_idle_after,
+    ];
+    let every = delay
+        .into_iter()
+        .flatten()
+        .min()
+        .map_or(RETIRE_EVERY, |d| (d / 4).clamp(Duration::from_secs(1), RETIRE_EVERY));
+    let retirer = registry.spawn_retirer(every);
     let notifier = alertmanager::spawn(registry.clone(), config.alertmanager.clone());
     let (backfill, backfiller) = backfill::spawn(registry.clone(), config.backfill.clone()).unzip();
     let listener = listener::LimitedListener::new(listener, config.max_connections, config.idle_timeout);
@@ -217,6 +231,7 @@ pub async fn run(
     };
     axum::serve(listener, app).with_graceful_shutdown(signal).await?;
     snapshotter.abort();
+    retirer.abort();
     for task in notifier.into_iter().chain(backfiller) {
         task.abort();
     }

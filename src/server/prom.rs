@@ -33,6 +33,8 @@ pub struct RemoteWrite {
     pub stale: usize,
     /// Other non-finite samples skipped.
     pub skipped: usize,
+    /// Series whose newest sample is a staleness marker: Prometheus ended them.
+    pub ended: Vec<String>,
 }
 
 fn escape(v: &str, out: &mut String) {
@@ -117,6 +119,9 @@ pub fn decode(body: &[u8], max_samples: usize) -> Result<RemoteWrite, ApiError> 
         let id = stream_id(&labels);
         let mut samples = ts.samples;
         samples.sort_by_key(|s| s.timestamp);
+        if samples.last().is_some_and(|s| s.value.to_bits() == STALE_NAN) {
+            out.ended.push(id.clone());
+        }
         let before = out.readings.len();
         for s in samples {
             if !s.value.is_finite() {

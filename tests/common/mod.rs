@@ -132,3 +132,59 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// The binary, or None where it is absent and CI is not set (in CI its absence
+/// fails the test: `.ci/run` installs every peer).
+pub fn peer(bin: &str) -> Option<&str> {
+    let found = std::process::Command::new(bin).arg("--version").output().is_ok();
+    assert!(
+        found || std::env::var_os("CI").is_none(),
+        "{bin} is required in CI (.ci/run installs it)"
+    );
+    if !found {
+        eprintln!("skipped: {bin} not installed");
+    }
+    found.then_some(bin)
+}
+
+/// A fresh directory under the system's temporary one, named for the test.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("anomalyd-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A child process, killed (and reaped) when dropped.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `f` every 200 ms until it gives a value; fails after `timeout`.
+pub async fn eventually<T>(what: &str, timeout: std::time::Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// GET `url` as JSON (`Null` when the body is not JSON), with its status.
+pub async fn get_json(c: &reqwest::Client, url: &str) -> (u16, Value) {
+    let r = c.get(url).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// GET `url`'s body as text.
+pub async fn get_text(c: &reqwest::Client, url: &str) -> String {
+    c.get(url).send().await.unwrap().text().await.unwrap()
+}
