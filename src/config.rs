@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::detector::DetectorConfig;
-use crate::registry::RegistryConfig;
+use crate::registry::{Ownership, RegistryConfig};
 use crate::server::ServerConfig;
 use crate::server::alertmanager::AlertmanagerConfig;
 use crate::server::backfill::BackfillConfig;
@@ -90,6 +90,24 @@ pub struct ServeSettings {
     /// [default: http://<listen>].
     #[arg(long, env = "ANOMALYD_EXTERNAL_URL")]
     pub external_url: Option<String>,
+    /// Shards in the deployment (fixed for its life; must divide 10000, e.g. 16 or
+    /// 80) [default: none: one node holds every stream]. See README, scale-out.
+    #[arg(long, env = "ANOMALYD_SHARD_COUNT")]
+    pub shard_count: Option<u32>,
+    /// The shards this node owns, e.g. `0-15,32` (or use --node-ordinal and --nodes).
+    #[arg(long, env = "ANOMALYD_SHARDS")]
+    pub shards: Option<String>,
+    /// This node's number, from 0 (a StatefulSet's pod ordinal): with --nodes, it
+    /// owns its contiguous share of the shards.
+    #[arg(long, env = "ANOMALYD_NODE_ORDINAL")]
+    pub node_ordinal: Option<u32>,
+    /// Nodes in the deployment (with --node-ordinal).
+    #[arg(long, env = "ANOMALYD_NODES")]
+    pub nodes: Option<u32>,
+    /// The labels whose values place a remote_write series on a shard, as in the
+    /// Prometheus `hashmod` rule [default: __name__,instance,job].
+    #[arg(long, env = "ANOMALYD_SHARD_LABELS", value_delimiter = ',')]
+    pub shard_labels: Option<Vec<String>>,
     /// Seconds after Prometheus ended a series (a staleness marker) with no reading
     /// since that its stream is retired (deleted) [default: 3600; 0: never].
     #[arg(long, env = "ANOMALYD_RETIRE_STALE_AFTER_SECS")]
@@ -220,8 +238,38 @@ fn registry_config(s: &ServeSettings) -> Result<RegistryConfig, String> {
         checkpoint_max_streams: positive("checkpoint_max_streams", s.checkpoint_max_streams, 10_000)?,
         retire_stale_after: retire_after("retire_stale_after_secs", s.retire_stale_after_secs, 3600.0)?,
         retire_idle_after: retire_after("retire_idle_after_secs", s.retire_idle_after_secs, 0.0)?,
+        shards: ownership(s)?,
         ..RegistryConfig::default()
     })
+}
+
+/// The shards this node owns, when the deployment is sharded.
+fn ownership(s: &ServeSettings) -> Result<Option<Ownership>, String> {
+    let Some(count) = s.shard_count else {
+        if s.shards.is_some() || s.node_ordinal.is_some() || s.nodes.is_some() {
+            return Err("shards, node_ordinal and nodes need shard_count".into());
+        }
+        return Ok(None);
+    };
+    let labels = s
+        .shard_labels
+        .clone()
+        .unwrap_or_else(|| crate::shard::DEFAULT_LABELS.map(String::from).to_vec());
+    let function = crate::shard::ShardFunction::new(count, labels)?;
+    let owned = match (&s.shards, s.node_ordinal, s.nodes) {
+        (Some(list), None, None) => crate::shard::parse_list(list, count)?,
+        (None, Some(i), Some(n)) if n > 0 && i < n && n <= count => crate::shard::of_node(i, n, count),
+        (None, Some(i), Some(n)) => {
+            return Err(format!(
+                "node_ordinal {i} of nodes {n}: needs 0 <= node_ordinal < nodes <= shard_count"
+            ));
+        }
+        _ => return Err("with shard_count, give either shards or both node_ordinal and nodes".into()),
+    };
+    if owned.is_empty() {
+        return Err("this node would own no shard".into());
+    }
+    Ok(Some(Ownership::new(function, &owned)))
 }
 
 /// A retirement delay: 0 is never, else at least a minute.
@@ -366,6 +414,11 @@ mod tests {
             ("prometheus_url = \"https://p\"", "prometheus_url"),
             ("backfill_rate = 0", "backfill_rate"),
             ("retire_idle_after_secs = 5", "retire_idle_after_secs"),
+            ("shard_count = 64\nshards = \"0\"", "shard count 64"),
+            ("shard_count = 16\nshards = \"0-16\"", "shards"),
+            ("shards = \"0\"", "need shard_count"),
+            ("shard_count = 16\nnode_ordinal = 3\nnodes = 3", "node_ordinal 3"),
+            ("shard_count = 16", "either shards"),
             ("backfill_max_points = 0", "backfill_max_points"),
             ("max_future_skew_secs = -1.0", "max_future_skew_secs"),
         ] {

@@ -17,6 +17,8 @@
 //! - [`storage`]: the only place that serialises model state (safetensors with
 //!   PyTorch's names, snapshots, the write-ahead log).
 //! - [`eval`]: offline runners: replay, NAB, Tennessee Eastman.
+//! - [`shard`]: which of a deployment's fixed shards a stream belongs to (the
+//!   owner function Prometheus' `hashmod` and nginx's `split_clients` share).
 //! - [`chart`]: a stream's chart as SVG (the console and `replay --plot`).
 //! - [`bench`]: the `anomalyd bench` measurements and the HTTP load generator.
 //! - [`timestamp`]: timestamps and their parsing; [`fuzz`]: the fuzz targets'
@@ -34,5 +36,6 @@ pub mod nn;
 pub mod protocol;
 pub mod registry;
 pub mod server;
+pub mod shard;
 pub mod storage;
 pub mod timestamp;

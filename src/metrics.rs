@@ -65,6 +65,7 @@ impl Metrics {
         let registry = Registry::new();
         let streams = register_fixed(&registry);
         let r = Registrar(&registry);
+        let lifecycle = lifecycle_metrics(&r);
         Metrics {
             readings_ingested: r.counter("anomalyd_readings_ingested_total", "Readings accepted and scored."),
             readings_rejected: r.counter_vec(
@@ -127,24 +128,10 @@ impl Metrics {
                 "Alerts delivered to Alertmanagers by outcome (sent, failed, dropped).",
                 &["outcome"],
             ),
-            streams_retired: r.counter_vec(
-                "anomalyd_streams_retired_total",
-                "Streams retired by reason: stale (their series ended), idle (no reading for --retire-idle-after-secs).",
-                &["reason"],
-            ),
-            backfill_jobs: r.counter_vec(
-                "anomalyd_backfill_jobs_total",
-                "Backfills of new streams' past from Prometheus by outcome (learnt, empty, failed, too_late, dropped).",
-                &["outcome"],
-            ),
-            backfill_points: r.counter(
-                "anomalyd_backfill_points_total",
-                "Past readings learnt from Prometheus.",
-            ),
-            backfill_pending: r.gauge(
-                "anomalyd_backfill_pending",
-                "Backfills waiting in the queue or for a retry.",
-            ),
+            streams_retired: lifecycle.0,
+            backfill_jobs: lifecycle.1,
+            backfill_points: lifecycle.2,
+            backfill_pending: lifecycle.3,
             http_requests_in_flight: r.gauge("anomalyd_http_requests_in_flight", "HTTP requests being served now."),
             scoring_slots_in_use: r.gauge("anomalyd_scoring_slots_in_use", "Scoring slots held by requests."),
             scoring_waiters: r.gauge("anomalyd_scoring_waiters", "Requests waiting for a scoring slot."),
@@ -160,6 +147,30 @@ impl Metrics {
             .expect("utf-8 metrics");
         buf
     }
+}
+
+/// The streams' lifecycle beyond ingest: retirement and backfill.
+fn lifecycle_metrics(r: &Registrar<'_>) -> (IntCounterVec, IntCounterVec, IntCounter, IntGauge) {
+    (
+        r.counter_vec(
+            "anomalyd_streams_retired_total",
+            "Streams retired by reason: stale (their series ended), idle (no reading for --retire-idle-after-secs).",
+            &["reason"],
+        ),
+        r.counter_vec(
+            "anomalyd_backfill_jobs_total",
+            "Backfills of new streams' past from Prometheus by outcome (learnt, empty, failed, too_late, dropped).",
+            &["outcome"],
+        ),
+        r.counter(
+            "anomalyd_backfill_points_total",
+            "Past readings learnt from Prometheus.",
+        ),
+        r.gauge(
+            "anomalyd_backfill_pending",
+            "Backfills waiting in the queue or for a retry.",
+        ),
+    )
 }
 
 impl Default for Metrics {

@@ -304,7 +304,7 @@ fn nginx_in_front(upstream: std::net::SocketAddr) -> Option<(Killed, u16)> {
     let port = free_port();
     let d = dir.display();
     let conf = format!(
-        r#"daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;
+        r#"daemon off; master_process off; pid {d}/nginx.pid; error_log {d}/error.log;
 events {{ worker_connections 64; }}
 http {{
   access_log {d}/access.log;

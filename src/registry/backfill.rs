@@ -92,10 +92,10 @@ impl Registry {
     /// stream starts over having learnt it and its own readings as history, and
     /// trains. Blocking.
     pub fn backfill(&self, id: &str, past: &[(Micros, f64)]) -> Result<BackfillOutcome, RegistryError> {
-        let stream = self.get(id).ok_or_else(|| RegistryError::NotFound(id.into()))?;
+        let stream = self.get(id).ok_or_else(|| self.missing(id))?;
         let mut st = lock(&stream.state);
         if st.deleted {
-            return Err(RegistryError::NotFound(id.into()));
+            return Err(self.missing(id));
         }
         let Some(before) = backfill_before(&st.detector) else {
             return Ok(BackfillOutcome::TooLate);

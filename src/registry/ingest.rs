@@ -79,6 +79,8 @@ pub struct RemoteTaken {
     pub resent: usize,
     /// Samples of new series left out at the stream limit.
     pub refused: usize,
+    /// Samples of new series of shards this node does not own, left out.
+    pub not_owned: usize,
 }
 
 impl Registry {
@@ -97,7 +99,7 @@ impl Registry {
     /// Returns (samples scored, samples skipped as resent).
     pub fn ingest_remote(&self, readings: &[Reading], labels: &SeriesLabels) -> Result<RemoteTaken, RegistryError> {
         for _ in 0..3 {
-            let (kept, refused) = self.within_stream_limit(readings);
+            let (kept, refused, not_owned) = self.within_stream_limit(readings);
             match self.take(&kept, Mode::Remote, Some(labels)) {
                 // Another batch took the room meanwhile: count again.
                 Err(RegistryError::TooManyStreams(_)) => continue,
@@ -107,6 +109,7 @@ impl Registry {
                         scored: results.len(),
                         resent: kept.len() - results.len(),
                         refused,
+                        not_owned,
                     });
                 }
             }
@@ -114,10 +117,10 @@ impl Registry {
         Err(RegistryError::Contended)
     }
 
-    /// The readings of a batch that fit the stream limit: every existing stream's,
-    /// and new streams' up to the limit (the first ids in order); and how many
-    /// were left out.
-    fn within_stream_limit<'a>(&self, readings: &'a [Reading]) -> (Cow<'a, [Reading]>, usize) {
+    /// The readings of a batch this node takes: every existing stream's, and new
+    /// streams' of its own shards up to the limit (the first ids in order); and
+    /// how many were left out at the limit, and as another node's.
+    fn within_stream_limit<'a>(&self, readings: &'a [Reading]) -> (Cow<'a, [Reading]>, usize, usize) {
         let map = self.streams.read().unwrap_or_else(|p| p.into_inner());
         let mut new: Vec<&str> = readings
             .iter()
@@ -128,17 +131,35 @@ impl Registry {
         new.dedup();
         let free = self.config.max_streams.saturating_sub(map.len());
         drop(map);
-        if new.len() <= free {
-            return (Cow::Borrowed(readings), 0);
+        let (mine, foreign): (Vec<&str>, Vec<&str>) = new.into_iter().partition(|id| self.owns(id).is_ok());
+        if mine.len() <= free && foreign.is_empty() {
+            return (Cow::Borrowed(readings), 0, 0);
         }
-        let refused: std::collections::HashSet<&str> = new[free..].iter().copied().collect();
+        let over: std::collections::HashSet<&str> = mine.iter().skip(free).copied().collect();
+        let foreign: std::collections::HashSet<&str> = foreign.into_iter().collect();
+        let (mut at_limit, mut not_owned) = (0, 0);
         let kept: Vec<Reading> = readings
             .iter()
-            .filter(|r| !refused.contains(r.stream.as_str()))
+            .filter(|r| {
+                let id = r.stream.as_str();
+                at_limit += usize::from(over.contains(id));
+                not_owned += usize::from(foreign.contains(id));
+                !over.contains(id) && !foreign.contains(id)
+            })
             .cloned()
             .collect();
-        let left_out = readings.len() - kept.len();
-        (Cow::Owned(kept), left_out)
+        (Cow::Owned(kept), at_limit, not_owned)
+    }
+
+    /// Whether this node may hold stream `id` (its shard is one it owns).
+    pub(super) fn owns(&self, id: &str) -> Result<(), RegistryError> {
+        match self.config.shards.as_ref().and_then(|o| o.foreign(id)) {
+            Some(shard) => Err(RegistryError::NotOwned {
+                stream: id.to_string(),
+                shard,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Teaches streams readings known to be normal (their history), validated and
@@ -284,6 +305,16 @@ impl Registry {
         let found: Vec<Option<Arc<Stream>>> = ids.iter().map(|id| self.get(id)).collect();
         if found.iter().all(Option::is_some) {
             return Ok((found.into_iter().flatten().collect(), Vec::new()));
+        }
+        // A node never creates a stream of a shard it does not own.
+        for (id, _) in ids.iter().zip(&found).filter(|(_, f)| f.is_none()) {
+            if let Err(e) = self.owns(id) {
+                self.metrics
+                    .readings_rejected
+                    .with_label_values(&["not_owned"])
+                    .inc_by(n_readings as u64);
+                return Err(e);
+            }
         }
         let mut fresh: Vec<Arc<Stream>> = Vec::new();
         for (id, f) in ids.iter().zip(&found) {

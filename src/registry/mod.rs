@@ -98,6 +98,36 @@ pub struct RegistryConfig {
     pub retire_stale_after: Option<Duration>,
     /// A stream that took no reading for this long is retired (`None`: never).
     pub retire_idle_after: Option<Duration>,
+    /// The shards this node owns (`None`: not sharded, every stream is its own).
+    pub shards: Option<Ownership>,
+}
+
+/// The shards a node owns, and the function that places a stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ownership {
+    /// The deployment's owner function.
+    pub function: crate::shard::ShardFunction,
+    /// Per shard, whether this node owns it.
+    pub owned: Vec<bool>,
+}
+
+impl Ownership {
+    /// `owned` of `function`'s shards.
+    pub fn new(function: crate::shard::ShardFunction, owned: &[u32]) -> Ownership {
+        let mut bits = vec![false; function.count as usize];
+        for &s in owned {
+            if let Some(b) = bits.get_mut(s as usize) {
+                *b = true;
+            }
+        }
+        Ownership { function, owned: bits }
+    }
+
+    /// Stream `id`'s shard when this node does not own it.
+    pub fn foreign(&self, id: &str) -> Option<u32> {
+        let shard = self.function.of_id(id);
+        (!self.owned[shard as usize]).then_some(shard)
+    }
 }
 
 impl Default for RegistryConfig {
@@ -115,6 +145,7 @@ impl Default for RegistryConfig {
             checkpoint_max_streams: 10_000,
             retire_stale_after: Some(Duration::from_secs(3600)),
             retire_idle_after: None,
+            shards: None,
         }
     }
 }
@@ -152,6 +183,14 @@ pub enum RegistryError {
     /// No such stream.
     #[error("stream {0:?} not found")]
     NotFound(String),
+    /// The stream belongs to a shard this node does not own.
+    #[error("stream {stream:?} belongs to shard {shard}, which this node does not own")]
+    NotOwned {
+        /// The stream.
+        stream: String,
+        /// Its shard.
+        shard: u32,
+    },
     /// The config is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -243,6 +282,17 @@ impl Registry {
             .values()
             .cloned()
             .collect()
+    }
+
+    /// The error for a stream this node lacks: another node's (421), or none's.
+    fn missing(&self, id: &str) -> RegistryError {
+        match self.config.shards.as_ref().and_then(|o| o.foreign(id)) {
+            Some(shard) => RegistryError::NotOwned {
+                stream: id.to_string(),
+                shard,
+            },
+            None => RegistryError::NotFound(id.to_string()),
+        }
     }
 
     fn get(&self, id: &str) -> Option<Arc<Stream>> {

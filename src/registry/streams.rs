@@ -16,10 +16,10 @@ impl Registry {
     /// learnt are learnt, and the model retrains. Returns (readings learnt, the
     /// incident resolved).
     pub fn accept(&self, id: &str) -> Result<(usize, Option<u64>), RegistryError> {
-        let stream = self.get(id).ok_or_else(|| RegistryError::NotFound(id.into()))?;
+        let stream = self.get(id).ok_or_else(|| self.missing(id))?;
         let mut st = lock(&stream.state);
         if st.deleted {
-            return Err(RegistryError::NotFound(id.into()));
+            return Err(self.missing(id));
         }
         st.lsn = self.log(&Record::Accept(id.to_string()).encode())?;
         let (accepted, alert) = accept_into(id, &mut st);
@@ -41,10 +41,10 @@ impl Registry {
     /// recent verdicts are discarded and it warms up again; an open incident
     /// resolves as `reset`. Returns the incident resolved.
     pub fn reset(&self, id: &str) -> Result<Option<u64>, RegistryError> {
-        let stream = self.get(id).ok_or_else(|| RegistryError::NotFound(id.into()))?;
+        let stream = self.get(id).ok_or_else(|| self.missing(id))?;
         let mut st = lock(&stream.state);
         if st.deleted {
-            return Err(RegistryError::NotFound(id.into()));
+            return Err(self.missing(id));
         }
         let lsn = self.log(&Record::Reset(id.to_string()).encode())?;
         let alert = reset_into(id, &mut st);
@@ -83,6 +83,7 @@ impl Registry {
                 return Ok(false);
             }
         }
+        self.owns(id)?;
         let detector = Detector::new(config)?;
         let mut map = self.streams.write().unwrap_or_else(|p| p.into_inner());
         if !map.contains_key(id) && map.len() >= self.config.max_streams {
@@ -185,7 +186,7 @@ impl Registry {
     /// slip in between); returns whether it was removed.
     pub(super) fn delete_if(&self, id: &str, still: impl Fn(&Stream) -> bool) -> Result<bool, RegistryError> {
         loop {
-            let stream = self.get(id).ok_or_else(|| RegistryError::NotFound(id.into()))?;
+            let stream = self.get(id).ok_or_else(|| self.missing(id))?;
             // Wait for a busy stream without the map's lock: holding it here would
             // stall every request that needs the map behind one long batch.
             drop(lock(&stream.state));
@@ -221,7 +222,7 @@ impl Registry {
 
     /// What `GET /v1/streams/{stream}` shows.
     pub fn info(&self, id: &str) -> Result<StreamInfo, RegistryError> {
-        let stream = self.get(id).ok_or_else(|| RegistryError::NotFound(id.into()))?;
+        let stream = self.get(id).ok_or_else(|| self.missing(id))?;
         let st = stream.state.lock().unwrap_or_else(|p| p.into_inner());
         let d = &st.detector;
         let c = d.config().clone();

@@ -91,7 +91,7 @@ impl Registry {
 
     /// Queues a retraining job for a stream now.
     pub fn retrain(&self, id: &str) -> Result<(), RegistryError> {
-        let stream = self.get(id).ok_or_else(|| RegistryError::NotFound(id.into()))?;
+        let stream = self.get(id).ok_or_else(|| self.missing(id))?;
         let mut st = stream.state.lock().unwrap_or_else(|p| p.into_inner());
         if st.detector.readings_seen() <= st.detector.config().window as u64 {
             return Err(RegistryError::NotEnoughData(id.into()));

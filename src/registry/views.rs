@@ -104,7 +104,7 @@ impl Registry {
     /// A stream's newest `limit` readings with their verdicts, and the band its
     /// normal readings kept to lately (`GET /v1/streams/{id}/recent`).
     pub fn recent(&self, id: &str, limit: usize) -> Result<RecentView, RegistryError> {
-        let stream = self.get(id).ok_or_else(|| RegistryError::NotFound(id.into()))?;
+        let stream = self.get(id).ok_or_else(|| self.missing(id))?;
         let st = lock(&stream.state);
         let d = &st.detector;
         let points = d.recent().points(limit);

@@ -77,6 +77,7 @@ impl From<RegistryError> for ApiError {
             RegistryError::StreamId(_) => ApiError::bad_request("invalid_stream_id", msg),
             RegistryError::TooManyStreams(_) => ApiError::new(StatusCode::CONFLICT, "stream_limit", msg),
             RegistryError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", msg),
+            RegistryError::NotOwned { .. } => ApiError::new(StatusCode::MISDIRECTED_REQUEST, "misdirected", msg),
             RegistryError::Config(_) => ApiError::bad_request("invalid_config", msg),
             RegistryError::NotEnoughData(_) => ApiError::new(StatusCode::CONFLICT, "not_enough_data", msg),
             RegistryError::TrainingBusy | RegistryError::Contended => ApiError::overloaded(msg),

@@ -281,12 +281,20 @@ pub(super) async fn remote_write(State(st): State<AppState>, body: Body) -> Resu
     if let Some(b) = &st.backfill {
         b.offer(new_streams);
     }
-    for (outcome, n) in [
+    let outcomes = [
         ("scored", taken.scored),
         ("resent", taken.resent),
         ("stream_limit", taken.refused),
-    ] {
+        ("not_owned", taken.not_owned),
+    ];
+    for (outcome, n) in outcomes {
         m.remote_write_samples.with_label_values(&[outcome]).inc_by(n as u64);
+    }
+    if taken.not_owned > 0 {
+        tracing::warn!(
+            samples = taken.not_owned,
+            "series of shards this node does not own left out (check the write_relabel_configs)"
+        );
     }
     if taken.refused > 0 {
         // Take what fits, refuse the rest: a 4xx would make Prometheus drop the
