@@ -180,6 +180,58 @@ pub fn of_node(ordinal: u32, nodes: u32, count: u32) -> Vec<u32> {
     (start..(start + len).min(count)).collect()
 }
 
+/// Prometheus `remote_write` blocks, one per node (`urls[i]` is node i's base
+/// URL), each keeping the series of node i's shards (`of_node`).
+pub fn prometheus_remote_write(f: &ShardFunction, urls: &[String]) -> String {
+    let nodes = urls.len() as u32;
+    let labels = f.labels.join(", ");
+    let mut out = String::from("remote_write:\n");
+    for (i, url) in urls.iter().enumerate() {
+        let shards: Vec<String> = of_node(i as u32, nodes, f.count).iter().map(u32::to_string).collect();
+        out.push_str(&format!(
+            "  - url: {}/api/v1/write\n    name: anomalyd-{i}\n    write_relabel_configs:\n      \
+             - {{source_labels: [{labels}], modulus: {}, target_label: __tmp_anomalyd_shard, action: hashmod}}\n      \
+             - {{source_labels: [__tmp_anomalyd_shard], regex: \"{}\", action: keep}}\n",
+            url.trim_end_matches('/'),
+            f.count,
+            shards.join("|"),
+        ));
+    }
+    out
+}
+
+/// An nginx `http` block part: each node an upstream, `split_clients` on the
+/// stream id in `/v1/streams/{id}/...` to its shard, the shard to its node, and
+/// a server on `listen` proxying there (never retrying another node: a stream
+/// lives on one). Requests without a stream id (`/v1/readings`, `/v1/alerts`,
+/// `/ui/`) go to node 0.
+pub fn nginx_conf(f: &ShardFunction, nodes: &[String], listen: &str) -> String {
+    let n = nodes.len() as u32;
+    let mut out = String::new();
+    for (i, addr) in nodes.iter().enumerate() {
+        out.push_str(&format!("upstream anomalyd_{i} {{ server {addr}; keepalive 16; }}\n"));
+    }
+    out.push_str("map $uri $anomalyd_stream { ~^/v1/streams/(?<id>[^/]+) $id; default \"\"; }\n");
+    out.push_str("split_clients \"$anomalyd_stream\" $anomalyd_shard {");
+    let part = 100.0 / f64::from(f.count);
+    for s in 0..f.count - 1 {
+        out.push_str(&format!(" {part}% {s};"));
+    }
+    out.push_str(&format!(" * {}; }}\n", f.count - 1));
+    out.push_str("map $anomalyd_shard $anomalyd_owner {\n");
+    for node in 0..n {
+        for s in of_node(node, n, f.count) {
+            out.push_str(&format!("  {s} anomalyd_{node};\n"));
+        }
+    }
+    out.push_str("}\nmap $anomalyd_stream $anomalyd_node { \"\" anomalyd_0; default $anomalyd_owner; }\n");
+    out.push_str(&format!(
+        "server {{\n  listen {listen};\n  location / {{\n    proxy_pass http://$anomalyd_node;\n    \
+         proxy_http_version 1.1;\n    proxy_set_header Connection \"\";\n    proxy_next_upstream off;\n  }}\n}}\n"
+    ));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

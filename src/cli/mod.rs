@@ -6,6 +6,7 @@ mod bench;
 mod nab;
 mod replay;
 mod serve;
+mod shards;
 mod smap;
 mod tep;
 
@@ -52,11 +53,24 @@ enum Command {
     /// test run; prints event-level precision and recall, per channel kind and with
     /// each kind left out.
     Smap(smap::SmapArgs),
+    /// A sharded deployment's routers: `anomalyd shards config prometheus|nginx
+    /// --shard-count 16 --nodes ...` prints their config from the owner function
+    /// the nodes use.
+    Shards {
+        #[command(subcommand)]
+        what: ShardsCommand,
+    },
     /// Measure performance.
     Bench {
         #[command(subcommand)]
         what: bench::BenchCommand,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum ShardsCommand {
+    /// Print a router's config (Prometheus remote_write blocks, nginx routing).
+    Config(shards::ConfigArgs),
 }
 
 /// Parses the command line and runs the command.
@@ -71,6 +85,9 @@ pub fn run() -> Result<()> {
         Command::Nab(a) => nab::run(&a),
         Command::Smap(a) => smap::run(&a),
         Command::Bench { what } => bench::run(what),
+        Command::Shards {
+            what: ShardsCommand::Config(a),
+        } => shards::config(&a),
     }
 }
 
