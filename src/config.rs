@@ -14,6 +14,7 @@ use crate::registry::{Ownership, RegistryConfig};
 use crate::server::ServerConfig;
 use crate::server::alertmanager::AlertmanagerConfig;
 use crate::server::backfill::BackfillConfig;
+use crate::server::forward::NodeMap;
 use crate::storage::wal::SyncPolicy;
 
 /// The settings of `anomalyd serve`, each one optional: a flag (or its
@@ -104,6 +105,11 @@ pub struct ServeSettings {
     /// Nodes in the deployment (with --node-ordinal).
     #[arg(long, env = "ANOMALYD_NODES")]
     pub nodes: Option<u32>,
+    /// Every node's base URL in ordinal order (with --node-ordinal and --nodes): a
+    /// request for another node's stream is passed on to it (one hop) instead of
+    /// answered 421.
+    #[arg(long, env = "ANOMALYD_NODE_URLS", value_delimiter = ',')]
+    pub node_urls: Option<Vec<String>>,
     /// The labels whose values place a remote_write series on a shard, as in the
     /// Prometheus `hashmod` rule [default: __name__,instance,job].
     #[arg(long, env = "ANOMALYD_SHARD_LABELS", value_delimiter = ',')]
@@ -272,6 +278,25 @@ fn ownership(s: &ServeSettings) -> Result<Option<Ownership>, String> {
     Ok(Some(Ownership::new(function, &owned)))
 }
 
+/// The nodes requests are passed on to.
+fn node_map(s: &ServeSettings) -> Result<NodeMap, String> {
+    let urls = s.node_urls.clone().unwrap_or_default();
+    if urls.is_empty() {
+        return Ok(NodeMap::default());
+    }
+    if s.nodes != Some(urls.len() as u32) || s.shard_count.is_none() {
+        return Err(format!(
+            "node_urls lists {} nodes: it needs shard_count, node_ordinal and nodes = {}",
+            urls.len(),
+            urls.len()
+        ));
+    }
+    if let Some(u) = urls.iter().find(|u| !u.starts_with("http://")) {
+        return Err(format!("node_urls: {u:?} must start with http://"));
+    }
+    Ok(NodeMap { urls })
+}
+
 /// A retirement delay: 0 is never, else at least a minute.
 fn retire_after(name: &str, secs: Option<f64>, default: f64) -> Result<Option<Duration>, String> {
     let s = secs.unwrap_or(default);
@@ -300,6 +325,7 @@ fn server_config(s: &ServeSettings, listen: &str) -> Result<ServerConfig, String
         max_connections: positive("max_connections", s.max_connections, 4096)?,
         alertmanager: alertmanager_config(s, listen)?,
         backfill: backfill_config(s)?,
+        nodes: node_map(s)?,
         auth_token: s.auth_token_file.as_deref().map(read_token).transpose()?,
         ..ServerConfig::default()
     })
@@ -419,6 +445,7 @@ mod tests {
             ("shards = \"0\"", "need shard_count"),
             ("shard_count = 16\nnode_ordinal = 3\nnodes = 3", "node_ordinal 3"),
             ("shard_count = 16", "either shards"),
+            ("node_urls = [\"http://a\"]", "node_urls"),
             ("backfill_max_points = 0", "backfill_max_points"),
             ("max_future_skew_secs = -1.0", "max_future_skew_secs"),
         ] {

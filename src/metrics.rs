@@ -51,6 +51,8 @@ pub struct Metrics {
     pub backfill_points: IntCounter,
     /// Backfills waiting in the queue or for a retry.
     pub backfill_pending: IntGauge,
+    /// Requests for another node's stream passed on to it.
+    pub requests_forwarded: IntCounter,
     /// HTTP requests being served now.
     pub http_requests_in_flight: IntGauge,
     /// Scoring slots held (set at scrape time).
@@ -132,6 +134,7 @@ impl Metrics {
             backfill_jobs: lifecycle.1,
             backfill_points: lifecycle.2,
             backfill_pending: lifecycle.3,
+            requests_forwarded: lifecycle.4,
             http_requests_in_flight: r.gauge("anomalyd_http_requests_in_flight", "HTTP requests being served now."),
             scoring_slots_in_use: r.gauge("anomalyd_scoring_slots_in_use", "Scoring slots held by requests."),
             scoring_waiters: r.gauge("anomalyd_scoring_waiters", "Requests waiting for a scoring slot."),
@@ -149,8 +152,8 @@ impl Metrics {
     }
 }
 
-/// The streams' lifecycle beyond ingest: retirement and backfill.
-fn lifecycle_metrics(r: &Registrar<'_>) -> (IntCounterVec, IntCounterVec, IntCounter, IntGauge) {
+/// The streams' lifecycle beyond ingest: retirement, backfill, other nodes.
+fn lifecycle_metrics(r: &Registrar<'_>) -> (IntCounterVec, IntCounterVec, IntCounter, IntGauge, IntCounter) {
     (
         r.counter_vec(
             "anomalyd_streams_retired_total",
@@ -169,6 +172,10 @@ fn lifecycle_metrics(r: &Registrar<'_>) -> (IntCounterVec, IntCounterVec, IntCou
         r.gauge(
             "anomalyd_backfill_pending",
             "Backfills waiting in the queue or for a retry.",
+        ),
+        r.counter(
+            "anomalyd_requests_forwarded_total",
+            "Requests for another node's stream passed on to its owner.",
         ),
     )
 }

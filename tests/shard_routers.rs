@@ -257,3 +257,66 @@ async fn a_node_never_creates_a_stream_of_a_shard_it_does_not_own() {
     assert!(m.contains(&line), "{line}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_for_another_nodes_stream_is_passed_on_to_it_once() {
+    use anomalyd::metrics::Metrics;
+    use anomalyd::registry::{Ownership, Registry, RegistryConfig};
+    use anomalyd::server::ServerConfig;
+    use anomalyd::server::forward::NodeMap;
+    let f = function();
+    let ports = [free_port(), free_port()];
+    let urls: Vec<String> = ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect();
+    let mut nodes = Vec::new();
+    for (i, &port) in ports.iter().enumerate() {
+        let shards = anomalyd::shard::of_node(i as u32, 2, SHARDS);
+        let registry = Registry::open(
+            RegistryConfig {
+                shards: Some(Ownership::new(f.clone(), &shards)),
+                ..Default::default()
+            },
+            std::sync::Arc::new(Metrics::new()),
+        )
+        .unwrap();
+        let config = ServerConfig {
+            nodes: NodeMap { urls: urls.clone() },
+            ..Default::default()
+        };
+        nodes.push(common::TestServer::start_on(port, registry, config).await);
+    }
+    let c = reqwest::Client::new();
+    let on_b = ids().into_iter().find(|id| f.of_id(id) >= 8 && !id.is_empty()).unwrap();
+    let body = serde_json::json!({"readings": [{"timestamp": 1_700_000_000, "value": 2.5}]});
+    // Posted to node A, created and scored on node B, its owner.
+    let r = c
+        .post(format!("{}/v1/streams/{on_b}/readings", urls[0]))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (_, on_a) = common::get_json(&c, &format!("{}/v1/streams?limit=10", urls[0])).await;
+    let (_, at_b) = common::get_json(&c, &format!("{}/v1/streams?limit=10", urls[1])).await;
+    assert_eq!(
+        (on_a["total"].as_u64(), at_b["streams"][0].as_str()),
+        (Some(0), Some(on_b.as_str()))
+    );
+    // Read through either node.
+    for url in &urls {
+        let (status, info) = common::get_json(&c, &format!("{url}/v1/streams/{on_b}")).await;
+        assert_eq!((status, info["readings_seen"].as_u64()), (200, Some(1)), "{url}");
+    }
+    let m = get_text(&c, &format!("{}/metrics", urls[0])).await;
+    assert!(m.contains("anomalyd_requests_forwarded_total 2"), "counted");
+    // Passed on once at most: a request already passed on is answered here.
+    let again = c
+        .get(format!("{}/v1/streams/{on_b}", urls[0]))
+        .header(anomalyd::server::forward::FORWARDED, "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 421);
+    for n in nodes {
+        n.stop().await;
+    }
+}

@@ -118,6 +118,7 @@ fn only_server_knows_http() {
     let clients = [
         "src/server/alertmanager.rs",
         "src/server/backfill.rs",
+        "src/server/forward.rs",
         "src/bench/loadgen.rs",
         "src/bench/console.rs",
     ];

@@ -6,6 +6,7 @@
 pub mod alertmanager;
 pub mod backfill;
 pub mod error;
+pub mod forward;
 pub mod listener;
 pub mod prom;
 pub mod ws;
@@ -67,6 +68,9 @@ pub struct ServerConfig {
     pub alertmanager: alertmanager::AlertmanagerConfig,
     /// Where new remote_write streams fetch their past (no URL: nowhere).
     pub backfill: backfill::BackfillConfig,
+    /// The nodes of a sharded deployment, for passing requests on to a stream's
+    /// owner (empty: never; a request for another node's stream is then 421).
+    pub nodes: forward::NodeMap,
     /// How far ahead of this server's clock a timestamp may be. A stream's readings
     /// must not go back in time, so one reading from the far future (milliseconds
     /// sent as seconds, a `9999-12-31`) would lock its stream until it is deleted.
@@ -90,6 +94,7 @@ impl Default for ServerConfig {
             max_future_skew: Duration::from_secs(86_400),
             alertmanager: alertmanager::AlertmanagerConfig::default(),
             backfill: backfill::BackfillConfig::default(),
+            nodes: forward::NodeMap::default(),
         }
     }
 }
@@ -107,6 +112,8 @@ pub struct AppState {
     waiters: Arc<std::sync::atomic::AtomicUsize>,
     /// The backfill queue, when a Prometheus URL is set and the service runs.
     backfill: Option<backfill::Backfill>,
+    /// Passes requests for other nodes' streams on, when the nodes are known.
+    forwarder: Option<forward::Forwarder>,
 }
 
 /// `Query` whose rejection is the JSON error (400 `invalid_query`), not axum's text.
@@ -145,6 +152,7 @@ pub fn router(registry: Arc<Registry>, config: ServerConfig) -> Router {
 fn app(registry: Arc<Registry>, config: ServerConfig, backfill: Option<backfill::Backfill>) -> Router {
     let state = AppState {
         backfill,
+        forwarder: forward::Forwarder::new(&config.nodes, config.request_timeout / 2),
         inflight: Arc::new(Semaphore::new(config.max_inflight.max(1))),
         ws_slots: Arc::new(Semaphore::new(config.max_ws_subscribers)),
         waiters: Arc::default(),
@@ -168,6 +176,8 @@ fn app(registry: Arc<Registry>, config: ServerConfig, backfill: Option<backfill:
         .route("/v1/alerts", get(list_alerts))
         .route("/v1/alerts/ws", get(alerts_ws))
         .route("/api/v1/write", post(remote_write))
+        // Inner first: a request is authenticated before it is passed on.
+        .route_layer(middleware::from_fn_with_state(state.clone(), forward::forward))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(v1)

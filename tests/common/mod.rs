@@ -98,7 +98,16 @@ impl TestServer {
         registry: std::sync::Arc<anomalyd::registry::Registry>,
         config: anomalyd::server::ServerConfig,
     ) -> TestServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(0, registry, config).await
+    }
+
+    /// Starts `registry` behind `config` on 127.0.0.1:`port` (0: any).
+    pub async fn start_on(
+        port: u16,
+        registry: std::sync::Arc<anomalyd::registry::Registry>,
+        config: anomalyd::server::ServerConfig,
+    ) -> TestServer {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(anomalyd::server::run(
