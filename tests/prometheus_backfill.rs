@@ -7,7 +7,7 @@
 //! backfill is retried until Prometheus is back.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -76,17 +76,7 @@ remote_write:
         ),
         None => "global: {scrape_interval: 15s}\n".to_string(),
     };
-    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
-    Killed(
-        Command::new("prometheus")
-            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
+    common::prometheus("prometheus", dir, port, &config)
 }
 
 /// A tiny exporter: host a's value now, in Prometheus' text format.

@@ -155,18 +155,8 @@ async fn three_nodes_behind_nginx_and_prometheus_hold_every_stream_exactly_once(
             "    queue_config: {batch_send_deadline: 1s}\n    write_relabel_configs:"
         )
     );
-    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
     let prom_port = free_port();
-    let _prom = Killed(
-        std::process::Command::new(prometheus)
-            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _prom = common::prometheus(prometheus, &dir, prom_port, &config);
     let held = eventually("every series on some node", Duration::from_secs(60), async || {
         let mut all = Vec::new();
         for base in &bases {

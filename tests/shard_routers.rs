@@ -120,17 +120,7 @@ scrape_configs:
       - {{source_labels: [__name__, instance, job], modulus: {SHARDS}, target_label: shard, action: hashmod}}
 "#
     );
-    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
-    let _prom = Killed(
-        std::process::Command::new(prometheus)
-            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _prom = common::prometheus(prometheus, &dir, prom_port, &config);
     let c = reqwest::Client::new();
     let series = eventually("300 series with their shard", Duration::from_secs(60), async || {
         let url = format!("http://127.0.0.1:{prom_port}/api/v1/series?match%5B%5D=demo");

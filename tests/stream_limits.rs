@@ -11,7 +11,7 @@ use prost::Message as _;
 use serde_json::Value;
 
 mod common;
-use common::{Killed, TestServer, eventually, free_port, get_json, get_text, peer, temp_dir};
+use common::{TestServer, eventually, free_port, get_json, get_text, peer, temp_dir};
 
 use anomalyd::metrics::Metrics;
 use anomalyd::protocol::{percent_encode, prompb};
@@ -190,17 +190,7 @@ remote_write:
       - {{source_labels: [__name__], regex: "node_load|pod_load", action: keep}}
 "#
     );
-    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
-    let _prom = Killed(
-        std::process::Command::new(prometheus)
-            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _prom = common::prometheus(prometheus, &dir, prom_port, &config);
     let c = reqwest::Client::new();
     // Three rollouts: 6 + 6 + 6 + 6 pods and a node series through a node of 10.
     let latest = eventually("the fourth generation's pods", Duration::from_secs(60), async || {

@@ -197,3 +197,19 @@ pub async fn get_json(c: &reqwest::Client, url: &str) -> (u16, Value) {
 pub async fn get_text(c: &reqwest::Client, url: &str) -> String {
     c.get(url).send().await.unwrap().text().await.unwrap()
 }
+
+/// Prometheus (`bin`) on 127.0.0.1:`port` with `config` as its prometheus.yml
+/// and its TSDB, both in `dir`.
+pub fn prometheus(bin: &str, dir: &std::path::Path, port: u16, config: &str) -> Killed {
+    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+    Killed(
+        std::process::Command::new(bin)
+            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
