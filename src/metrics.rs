@@ -53,6 +53,8 @@ pub struct Metrics {
     pub backfill_pending: IntGauge,
     /// Requests for another node's stream passed on to it.
     pub requests_forwarded: IntCounter,
+    /// 1 per shard this node owns (sharded deployments).
+    pub shards_owned: IntGaugeVec,
     /// HTTP requests being served now.
     pub http_requests_in_flight: IntGauge,
     /// Scoring slots held (set at scrape time).
@@ -135,6 +137,7 @@ impl Metrics {
             backfill_points: lifecycle.2,
             backfill_pending: lifecycle.3,
             requests_forwarded: lifecycle.4,
+            shards_owned: lifecycle.5,
             http_requests_in_flight: r.gauge("anomalyd_http_requests_in_flight", "HTTP requests being served now."),
             scoring_slots_in_use: r.gauge("anomalyd_scoring_slots_in_use", "Scoring slots held by requests."),
             scoring_waiters: r.gauge("anomalyd_scoring_waiters", "Requests waiting for a scoring slot."),
@@ -153,7 +156,17 @@ impl Metrics {
 }
 
 /// The streams' lifecycle beyond ingest: retirement, backfill, other nodes.
-fn lifecycle_metrics(r: &Registrar<'_>) -> (IntCounterVec, IntCounterVec, IntCounter, IntGauge, IntCounter) {
+#[allow(clippy::type_complexity)]
+fn lifecycle_metrics(
+    r: &Registrar<'_>,
+) -> (
+    IntCounterVec,
+    IntCounterVec,
+    IntCounter,
+    IntGauge,
+    IntCounter,
+    IntGaugeVec,
+) {
     (
         r.counter_vec(
             "anomalyd_streams_retired_total",
@@ -176,6 +189,11 @@ fn lifecycle_metrics(r: &Registrar<'_>) -> (IntCounterVec, IntCounterVec, IntCou
         r.counter(
             "anomalyd_requests_forwarded_total",
             "Requests for another node's stream passed on to its owner.",
+        ),
+        r.gauge_vec(
+            "anomalyd_shard_owned",
+            "1 for each shard this node owns (sharded deployments only).",
+            &["shard"],
         ),
     )
 }
@@ -241,6 +259,10 @@ impl Registrar<'_> {
 
     fn gauge(&self, name: &str, help: &str) -> IntGauge {
         self.add(IntGauge::new(name, help).expect("valid metric"))
+    }
+
+    fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.add(IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
     }
 
     fn float_gauge(&self, name: &str, help: &str) -> Gauge {

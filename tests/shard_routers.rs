@@ -245,6 +245,14 @@ async fn a_node_never_creates_a_stream_of_a_shard_it_does_not_own() {
         40 - expected
     );
     assert!(m.contains(&line), "{line}");
+    let owned_shards = (0..SHARDS)
+        .filter(|s| m.contains(&format!("anomalyd_shard_owned{{shard=\"{s}\"}} 1")))
+        .count();
+    assert_eq!(owned_shards, 8, "this node's shards in /metrics");
+    // Each score series carries its stream's shard.
+    let scores = get_text(&c, &format!("{base}/metrics/scores")).await;
+    let want = format!("stream=\"{owned}\",anomalyd_shard=\"{}\"}}", f.of_id(owned));
+    assert!(scores.contains(&want), "{want} in {scores}");
     server.stop().await;
 }
 

@@ -253,6 +253,15 @@ impl Registry {
             rounds_ok: AtomicBool::new(true),
             config,
         });
+        if let Some(o) = &registry.config.shards {
+            for (shard, _) in o.owned.iter().enumerate().filter(|(_, owned)| **owned) {
+                registry
+                    .metrics
+                    .shards_owned
+                    .with_label_values(&[&shard.to_string()])
+                    .set(1);
+            }
+        }
         let mut registry = registry;
         Arc::get_mut(&mut registry).expect("not shared yet").load()?;
         registry.start_training_threads(rx)?;

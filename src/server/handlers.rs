@@ -312,9 +312,12 @@ pub(super) async fn remote_write(State(st): State<AppState>, body: Body) -> Resu
 /// with the series' labels; scrape it with `honor_labels: true`.
 pub(super) async fn metrics_scores(State(st): State<AppState>) -> Result<Response, ApiError> {
     let registry = st.registry.clone();
-    let text = tokio::task::spawn_blocking(move || prom::render_scores(&registry.exported()))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let text = tokio::task::spawn_blocking(move || {
+        let shards = registry.config().shards.as_ref().map(|o| &o.function);
+        prom::render_scores(&registry.exported(), shards)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         text,

@@ -154,9 +154,11 @@ pub fn decode(body: &[u8], max_samples: usize) -> Result<RemoteWrite, ApiError> 
 
 /// The scores exposition: per stream the score, the state, the expected and the
 /// actual value, labelled with the series' own labels (its name as `for`) or,
-/// for streams fed through the JSON API, `stream`.
-pub fn render_scores(streams: &[(String, StreamMeta)]) -> String {
+/// for streams fed through the JSON API, `stream`; in a sharded deployment also
+/// `anomalyd_shard`, the stream's shard.
+pub fn render_scores(streams: &[(String, StreamMeta)], shards: Option<&crate::shard::ShardFunction>) -> String {
     let mut out = String::with_capacity(128 + streams.len() * 400);
+    let shard_of: Vec<Option<u32>> = streams.iter().map(|(id, _)| shards.map(|f| f.of_id(id))).collect();
     let families = [
         (
             "anomalyd_stream_score",
@@ -179,7 +181,7 @@ pub fn render_scores(streams: &[(String, StreamMeta)]) -> String {
     for (family, help) in families {
         let _ = writeln!(out, "# HELP {family} {help}");
         let _ = writeln!(out, "# TYPE {family} gauge");
-        for (id, m) in streams {
+        for ((id, m), shard) in streams.iter().zip(&shard_of) {
             let per_feature: Vec<f64> = match family {
                 // Not judged yet: no sample, rather than a 0 that reads as normal.
                 "anomalyd_stream_score" => m.score.into_iter().collect(),
@@ -193,6 +195,9 @@ pub fn render_scores(streams: &[(String, StreamMeta)]) -> String {
                 out.push_str(family);
                 out.push('{');
                 write_labels(&mut out, id, m);
+                if let Some(shard) = shard {
+                    let _ = write!(out, ",anomalyd_shard=\"{shard}\"");
+                }
                 if multi {
                     let _ = write!(out, ",feature=\"{f}\"");
                 }
@@ -333,7 +338,7 @@ mod tests {
             scored: true,
             ..Default::default()
         };
-        let text = render_scores(&[("x".into(), meta), ("cpu \"a\"".into(), plain)]);
+        let text = render_scores(&[("x".into(), meta), ("cpu \"a\"".into(), plain)], None);
         assert!(
             text.contains("anomalyd_stream_score{for=\"node_load1\",job=\"n\"} 0.25\n"),
             "{text}"
@@ -354,7 +359,7 @@ mod tests {
             scored: true,
             ..Default::default()
         };
-        let text = render_scores(&[("new".into(), warming)]);
+        let text = render_scores(&[("new".into(), warming)], None);
         assert!(!text.contains("anomalyd_stream_score{"), "{text}");
         assert!(
             text.contains("anomalyd_stream_readings_needed{stream=\"new\"} 40\n"),
