@@ -85,3 +85,44 @@ fn every_setting_the_statefulset_gives_is_one_anomalyd_knows() {
         );
     }
 }
+
+#[test]
+fn the_sharded_compose_stack_uses_the_generated_routing_and_parses() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let f = ShardFunction::new(16, DEFAULT_LABELS.map(String::from).to_vec()).unwrap();
+    let nodes: Vec<String> = (0..3).map(|i| format!("anomalyd-{i}:8080")).collect();
+    let conf = std::fs::read_to_string(root.join("sharded/nginx.conf")).unwrap();
+    let part: String = shard::nginx_conf(&f, &nodes, "8080")
+        .lines()
+        .map(|l| format!("  {l}\n"))
+        .collect();
+    assert!(
+        conf.contains(&part),
+        "regenerate deploy/sharded/nginx.conf's marked part"
+    );
+    let prom = std::fs::read_to_string(root.join("sharded/prometheus.yml")).unwrap();
+    let urls: Vec<String> = nodes.iter().map(|n| format!("http://{n}")).collect();
+    for line in shard::prometheus_remote_write(&f, &urls)
+        .lines()
+        .filter(|l| l.contains("hashmod") || l.contains("keep}"))
+    {
+        assert!(prom.contains(line), "{line} in deploy/sharded/prometheus.yml");
+    }
+    if let Some(promtool) = peer("promtool") {
+        let out = Command::new(promtool)
+            .args(["check", "config"])
+            .arg(root.join("sharded/prometheus.yml"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    }
+    // docker-compose comes with the Docker engine where there is one (tests/docker.rs).
+    if Command::new("docker-compose").arg("version").output().is_ok() {
+        let out = Command::new("docker-compose")
+            .args(["-f", "deploy/compose-sharded.yaml", "config", "-q"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}

@@ -7,8 +7,8 @@
 #                                        machine's Rust toolchain (rustc 1.95)
 #   gcr.io/distroless/cc-debian12:nonroot the runtime stage: glibc, libgcc, a
 #                                        nonroot user (65532), no shell
-#   prom/prometheus:v2.53.2, prom/alertmanager:v0.27.0, prom/node-exporter:v1.8.2
-#                                        Debian's packages of each, same entrypoints
+#   prom/prometheus:v2.53.2, prom/alertmanager:v0.27.0, prom/node-exporter:v1.8.2,
+#   nginx:1.27                           Debian's packages of each, same entrypoints
 #
 # With a registry none of this is needed: `docker build -t anomalyd .` pulls the
 # real images. Idempotent: an image that exists is kept (FORCE=1 rebuilds).
@@ -87,3 +87,6 @@ peer() { # name package data-dir binary args...
 peer prom/prometheus:v2.53.2 prometheus /prometheus /usr/bin/prometheus
 peer prom/alertmanager:v0.27.0 prometheus-alertmanager /alertmanager /usr/bin/prometheus-alertmanager
 peer prom/node-exporter:v1.8.2 prometheus-node-exporter /var/empty /usr/bin/prometheus-node-exporter
+# For deploy/compose-sharded.yaml (its nginx.conf keeps pid, logs and temp files
+# where nobody may write).
+peer nginx:1.27 nginx /var/lib/nginx /usr/sbin/nginx -g "daemon off;"
