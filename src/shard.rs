@@ -232,6 +232,18 @@ pub fn nginx_conf(f: &ShardFunction, nodes: &[String], listen: &str) -> String {
     out
 }
 
+/// The node of `nodes` that owns `shard` under [`of_node`]'s layout.
+pub fn node_of(shard: u32, nodes: u32, count: u32) -> u32 {
+    let (per, extra) = (count / nodes.max(1), count % nodes.max(1));
+    // The first `extra` nodes own `per + 1` shards each, the rest `per`.
+    let big = extra * (per + 1);
+    if shard < big {
+        shard / (per + 1)
+    } else {
+        extra + (shard - big) / per.max(1)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,6 +283,11 @@ mod tests {
         assert_eq!(of_node(0, 3, 16), (0..6).collect::<Vec<_>>());
         all.sort_unstable();
         assert_eq!(all, (0..16).collect::<Vec<_>>());
+        for (nodes, count) in [(3, 16), (5, 80), (7, 16), (16, 16), (1, 25)] {
+            for n in 0..nodes {
+                assert!(of_node(n, nodes, count).iter().all(|&s| node_of(s, nodes, count) == n));
+            }
+        }
         assert!(
             ShardFunction::new(64, vec!["job".into()]).is_err(),
             "64 does not divide 10000"

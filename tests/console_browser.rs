@@ -299,18 +299,9 @@ async fn with_a_token_set_the_console_asks_for_it_and_keeps_it_out_of_urls() {
 /// nginx serving anomalyd under `/anomalyd/` (the prefix stripped, WebSockets
 /// upgraded), as a reverse proxy in front of the console would.
 fn nginx_in_front(upstream: std::net::SocketAddr) -> Option<(Killed, u16)> {
-    peer("nginx")?;
-    let dir = common::temp_dir("console-nginx");
-    let port = free_port();
-    let d = dir.display();
-    let conf = format!(
-        r#"daemon off; master_process off; pid {d}/nginx.pid; error_log {d}/error.log;
-events {{ worker_connections 64; }}
-http {{
-  access_log {d}/access.log;
-  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;
-  uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
-  server {{
+    common::nginx("console-nginx", |port| {
+        format!(
+            r#"  server {{
     listen 127.0.0.1:{port};
     location /anomalyd/ {{
       proxy_pass http://{upstream}/;
@@ -318,22 +309,9 @@ http {{
       proxy_set_header Upgrade $http_upgrade;
       proxy_set_header Connection "upgrade";
     }}
-  }}
-}}"#
-    );
-    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-    let child = Command::new("nginx")
-        .args(["-p", &d.to_string(), "-c", &format!("{d}/nginx.conf")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nginx starts");
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(10), "nginx did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Some((Killed(child), port))
+  }}"#
+        )
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -57,28 +57,9 @@ fn metric(text: &str, line: &str) -> f64 {
 
 /// nginx in front of the nodes, with the config `shards config nginx` writes.
 fn nginx(nodes: &[String]) -> Option<(Killed, u16)> {
-    let bin = peer("nginx")?;
-    let dir = temp_dir("cluster-nginx");
-    let port = free_port();
-    let routing = shard::nginx_conf(&function(), nodes, &format!("127.0.0.1:{port}"));
-    let d = dir.display();
-    let conf = format!(
-        "daemon off; master_process off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
-         events {{ worker_connections 256; }}\n\
-         http {{\n access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
-         fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n{routing}}}\n"
-    );
-    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-    let child = std::process::Command::new(bin)
-        .args(["-p", &d.to_string(), "-c", &format!("{d}/nginx.conf")])
-        .spawn()
-        .unwrap();
-    let start = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(10), "nginx did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Some((Killed(child), port))
+    common::nginx("cluster-nginx", |port| {
+        shard::nginx_conf(&function(), nodes, &format!("127.0.0.1:{port}"))
+    })
 }
 
 /// An exporter of `STREAMS` series that name their own `instance` and `job`.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 mod common;
-use common::{Killed, eventually, free_port, get_text, peer, temp_dir};
+use common::{eventually, free_port, get_text, peer, temp_dir};
 
 use anomalyd::shard::{DEFAULT_LABELS, ShardFunction};
 
@@ -39,36 +39,21 @@ fn ids() -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_split_clients_puts_every_stream_id_where_anomalyd_does() {
-    let Some(nginx) = peer("nginx") else { return };
-    let dir = temp_dir("shard-nginx");
-    let port = free_port();
-    let d = dir.display();
     let parts: String = (0..SHARDS - 1)
         .map(|s| format!("{}% {s}; ", 100.0 / f64::from(SHARDS)))
         .collect();
-    let conf = format!(
-        r#"daemon off; master_process off; pid {d}/nginx.pid; error_log {d}/error.log;
-events {{ worker_connections 64; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;
-  uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
-  split_clients "${{arg_id}}" $shard {{ {parts}* {last}; }}
+    let Some((_nginx, port)) = common::nginx("shard-nginx", |port| {
+        format!(
+            r#"  split_clients "${{arg_id}}" $shard {{ {parts}* {last}; }}
   server {{
     listen 127.0.0.1:{port};
     location = /shard {{ return 200 "$shard"; }}
-  }}
-}}"#,
-        last = SHARDS - 1
-    );
-    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-    let _nginx = Killed(
-        std::process::Command::new(nginx)
-            .args(["-p", &d.to_string(), "-c", &format!("{d}/nginx.conf")])
-            .stderr(std::process::Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
+  }}"#,
+            last = SHARDS - 1
+        )
+    }) else {
+        return;
+    };
     let c = reqwest::Client::new();
     let url = |id: &str| format!("http://127.0.0.1:{port}/shard?id={id}");
     eventually("nginx", Duration::from_secs(10), async || {

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::log::Record;
+use super::log;
 use super::stream::{backfill_before, backfill_into};
 use super::{Reading, Registry, RegistryError, lock};
 use crate::timestamp::Micros;
@@ -112,12 +112,7 @@ impl Registry {
         if past.is_empty() {
             return Ok(BackfillOutcome::Empty);
         }
-        let n = past.len();
-        let record = Record::Backfill(past);
-        st.lsn = self.log(&record.encode())?;
-        let Record::Backfill(past) = record else {
-            unreachable!("built above")
-        };
+        st.lsn = self.log(&log::encode_backfill(&past))?;
         backfill_into(&mut st, &past);
         if st.detector.training_due() {
             self.submit_job(&stream, &mut st.detector);
@@ -127,8 +122,8 @@ impl Registry {
         stream.note_phase(&st);
         drop(st);
         self.make_durable(lsn)?;
-        self.metrics.backfill_points.inc_by(n as u64);
-        Ok(BackfillOutcome::Learnt(n))
+        self.metrics.backfill_points.inc_by(past.len() as u64);
+        Ok(BackfillOutcome::Learnt(past.len()))
     }
 }
 

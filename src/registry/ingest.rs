@@ -99,7 +99,7 @@ impl Registry {
     /// Returns (samples scored, samples skipped as resent).
     pub fn ingest_remote(&self, readings: &[Reading], labels: &SeriesLabels) -> Result<RemoteTaken, RegistryError> {
         for _ in 0..3 {
-            let (kept, refused, not_owned) = self.within_stream_limit(readings);
+            let (kept, refused, not_owned) = self.within_stream_limit(readings, labels);
             match self.take(&kept, Mode::Remote, Some(labels)) {
                 // Another batch took the room meanwhile: count again.
                 Err(RegistryError::TooManyStreams(_)) => continue,
@@ -120,15 +120,19 @@ impl Registry {
     /// The readings of a batch this node takes: every existing stream's, and new
     /// streams' of its own shards up to the limit (the first ids in order); and
     /// how many were left out at the limit, and as another node's.
-    fn within_stream_limit<'a>(&self, readings: &'a [Reading]) -> (Cow<'a, [Reading]>, usize, usize) {
+    fn within_stream_limit<'a>(
+        &self,
+        readings: &'a [Reading],
+        series: &'a SeriesLabels,
+    ) -> (Cow<'a, [Reading]>, usize, usize) {
+        // One look-up a series (the batch's series are its labels' keys), not a reading.
         let map = self.streams.read().unwrap_or_else(|p| p.into_inner());
-        let mut new: Vec<&str> = readings
-            .iter()
-            .map(|r| r.stream.as_str())
+        let mut new: Vec<&str> = series
+            .keys()
+            .map(String::as_str)
             .filter(|id| !map.contains_key(*id))
             .collect();
         new.sort_unstable();
-        new.dedup();
         let free = self.config.max_streams.saturating_sub(map.len());
         drop(map);
         let (mine, foreign): (Vec<&str>, Vec<&str>) = new.into_iter().partition(|id| self.owns(id).is_ok());

@@ -81,17 +81,19 @@ where
     out
 }
 
+/// The bytes of a [`Record::Backfill`]: a batch's layout under its own tag.
+pub fn encode_backfill(readings: &[Reading]) -> Vec<u8> {
+    let mut out = encode_readings(false, readings);
+    out[0] = 7;
+    out
+}
+
 impl Record {
     /// The record's bytes.
     pub fn encode(&self) -> Vec<u8> {
         match self {
             Record::Readings { history, readings } => encode_readings(*history, readings),
-            Record::Backfill(readings) => {
-                // A batch's layout under its own tag.
-                let mut out = encode_readings(false, readings);
-                out[0] = 7;
-                out
-            }
+            Record::Backfill(readings) => encode_backfill(readings),
             Record::Alerts(alerts) => {
                 let mut out = vec![2];
                 serde_json::to_writer(&mut out, alerts).expect("alerts serialise");

@@ -86,14 +86,15 @@ pub(super) async fn forward(State(st): State<AppState>, req: Request, next: Next
     let Some(shard) = ownership.foreign(&stream) else {
         return next.run(req).await;
     };
-    let nodes = st.forwarder.as_ref().map_or(0, |f| f.urls.len());
-    let owner =
-        (0..nodes as u32).find(|&n| crate::shard::of_node(n, nodes as u32, ownership.function.count).contains(&shard));
-    let (Some(f), Some(owner), false) = (&st.forwarder, owner, req.headers().contains_key(FORWARDED)) else {
+    let (Some(f), false) = (&st.forwarder, req.headers().contains_key(FORWARDED)) else {
+        return next.run(req).await;
+    };
+    let owner = crate::shard::node_of(shard, f.urls.len() as u32, ownership.function.count);
+    let Some(url) = f.urls.get(owner as usize) else {
         return next.run(req).await;
     };
     st.registry.metrics().requests_forwarded.inc();
-    match pass_on(f, &f.urls[owner as usize], req, st.config.max_body_bytes).await {
+    match pass_on(f, url, req, st.config.max_body_bytes).await {
         Ok(resp) => resp,
         Err(why) => ApiError {
             retry_after: Some(1),

@@ -213,3 +213,35 @@ pub fn prometheus(bin: &str, dir: &std::path::Path, port: u16, config: &str) -> 
             .unwrap(),
     )
 }
+
+/// nginx (Debian's, one process: a kill leaves no workers behind) on a free port
+/// with `http(port)` as the inside of its `http` block; its files in a fresh
+/// directory named for `name`. None where nginx is absent and CI is not set.
+pub fn nginx(name: &str, http: impl FnOnce(u16) -> String) -> Option<(Killed, u16)> {
+    let bin = peer("nginx")?;
+    let dir = temp_dir(name);
+    let port = free_port();
+    let d = dir.display();
+    let conf = format!(
+        "daemon off; master_process off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+         events {{ worker_connections 256; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n  \
+         fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n{}\n}}\n",
+        http(port)
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+    let child = std::process::Command::new(bin)
+        .args(["-p", &d.to_string(), "-c", &format!("{d}/nginx.conf")])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "nginx did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Some((Killed(child), port))
+}
