@@ -93,22 +93,14 @@ impl Browser {
 
     /// The text of every element `css` selects.
     async fn texts(&self, css: &str) -> Vec<String> {
-        let found = self
-            .call(
-                reqwest::Method::POST,
-                "/elements",
-                Some(json!({"using": "css selector", "value": css})),
-            )
-            .await;
-        let mut out = Vec::new();
-        for e in found.as_array().cloned().unwrap_or_default() {
-            let id = e[ELEMENT].as_str().unwrap_or_default().to_string();
-            let t = self
-                .call(reqwest::Method::GET, &format!("/element/{id}/text"), None)
-                .await;
-            out.push(t.as_str().unwrap_or_default().to_string());
-        }
-        out
+        // One script, so the texts are of one rendering (an element read one by one
+        // may be replaced by a refresh in between).
+        let js = format!("return [...document.querySelectorAll({css:?})].map(e => e.innerText)");
+        let found = self.script(&js).await;
+        found
+            .as_array()
+            .map(|a| a.iter().map(|t| t.as_str().unwrap_or_default().to_string()).collect())
+            .unwrap_or_default()
     }
 
     /// Waits until `css` selects something whose text `ok` accepts; returns the texts.
