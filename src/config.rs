@@ -95,7 +95,8 @@ pub struct ServeSettings {
     /// 80) [default: none: one node holds every stream]. See README, scale-out.
     #[arg(long, env = "ANOMALYD_SHARD_COUNT")]
     pub shard_count: Option<u32>,
-    /// The shards this node owns, e.g. `0-15,32` (or use --node-ordinal and --nodes).
+    /// The shards this node owns, e.g. `0-15,32` (or use --node-ordinal and --nodes);
+    /// `""`: none yet (a new node that shards will move to).
     #[arg(long, env = "ANOMALYD_SHARDS")]
     pub shards: Option<String>,
     /// This node's number, from 0 (a StatefulSet's pod ordinal): with --nodes, it
@@ -272,9 +273,7 @@ fn ownership(s: &ServeSettings) -> Result<Option<Ownership>, String> {
         }
         _ => return Err("with shard_count, give either shards or both node_ordinal and nodes".into()),
     };
-    if owned.is_empty() {
-        return Err("this node would own no shard".into());
-    }
+    // No shard (`--shards ""`): a new node waiting for shards to move to it.
     Ok(Some(Ownership::new(function, &owned)))
 }
 

@@ -180,18 +180,51 @@ pub fn of_node(ordinal: u32, nodes: u32, count: u32) -> Vec<u32> {
     (start..(start + len).min(count)).collect()
 }
 
+/// The shards of each of `nodes` nodes under [`of_node`]'s layout.
+pub fn ordinal_layout(nodes: u32, count: u32) -> Vec<Vec<u32>> {
+    (0..nodes).map(|n| of_node(n, nodes, count)).collect()
+}
+
+/// A layout from `--layout`: each node's shard list, `;` between nodes
+/// (`0-4;5-10;11-15`).
+///
+/// # Errors
+/// If a list is invalid, a shard is listed twice or not at all.
+pub fn parse_layout(text: &str, count: u32) -> Result<Vec<Vec<u32>>, String> {
+    let layout: Vec<Vec<u32>> = text
+        .split(';')
+        .map(|l| parse_list(l, count))
+        .collect::<Result<_, _>>()?;
+    let mut seen = vec![0u32; count as usize];
+    for s in layout.iter().flatten() {
+        seen[*s as usize] += 1;
+    }
+    match seen.iter().position(|&n| n != 1) {
+        Some(s) => Err(format!(
+            "layout: shard {s} is listed {} times, it needs one node",
+            seen[s]
+        )),
+        None => Ok(layout),
+    }
+}
+
 /// Prometheus `remote_write` blocks, one per node (`urls[i]` is node i's base
 /// URL), each keeping the series of node i's shards (`of_node`).
 pub fn prometheus_remote_write(f: &ShardFunction, urls: &[String]) -> String {
-    let nodes = urls.len() as u32;
+    prometheus_remote_write_layout(f, urls, &ordinal_layout(urls.len() as u32, f.count))
+}
+
+/// Prometheus `remote_write` blocks, one per node, node i keeping `layout[i]`.
+pub fn prometheus_remote_write_layout(f: &ShardFunction, urls: &[String], layout: &[Vec<u32>]) -> String {
     let labels = f.labels.join(", ");
     let mut out = String::from("remote_write:\n");
-    for (i, url) in urls.iter().enumerate() {
-        let shards: Vec<String> = of_node(i as u32, nodes, f.count).iter().map(u32::to_string).collect();
+    for (i, (url, shards)) in urls.iter().zip(layout).enumerate() {
+        let shards: Vec<String> = shards.iter().map(u32::to_string).collect();
         out.push_str(&format!(
             "  - url: {}/api/v1/write\n    name: anomalyd-{i}\n    write_relabel_configs:\n      \
              - {{source_labels: [{labels}], modulus: {}, target_label: __tmp_anomalyd_shard, action: hashmod}}\n      \
-             - {{source_labels: [__tmp_anomalyd_shard], regex: \"{}\", action: keep}}\n",
+             - {{source_labels: [__tmp_anomalyd_shard], regex: \"{}\", action: keep}}\n      \
+             - {{regex: __tmp_anomalyd_shard, action: labeldrop}}\n",
             url.trim_end_matches('/'),
             f.count,
             shards.join("|"),
@@ -206,7 +239,11 @@ pub fn prometheus_remote_write(f: &ShardFunction, urls: &[String]) -> String {
 /// lives on one). Requests without a stream id (`/v1/readings`, `/v1/alerts`,
 /// `/ui/`) go to node 0.
 pub fn nginx_conf(f: &ShardFunction, nodes: &[String], listen: &str) -> String {
-    let n = nodes.len() as u32;
+    nginx_conf_layout(f, nodes, &ordinal_layout(nodes.len() as u32, f.count), listen)
+}
+
+/// [`nginx_conf`] with node i owning `layout[i]`.
+pub fn nginx_conf_layout(f: &ShardFunction, nodes: &[String], layout: &[Vec<u32>], listen: &str) -> String {
     let mut out = String::new();
     for (i, addr) in nodes.iter().enumerate() {
         out.push_str(&format!("upstream anomalyd_{i} {{ server {addr}; keepalive 16; }}\n"));
@@ -219,8 +256,8 @@ pub fn nginx_conf(f: &ShardFunction, nodes: &[String], listen: &str) -> String {
     }
     out.push_str(&format!(" * {}; }}\n", f.count - 1));
     out.push_str("map $anomalyd_shard $anomalyd_owner {\n");
-    for node in 0..n {
-        for s in of_node(node, n, f.count) {
+    for (node, shards) in layout.iter().enumerate().take(nodes.len()) {
+        for s in shards {
             out.push_str(&format!("  {s} anomalyd_{node};\n"));
         }
     }

@@ -121,6 +121,7 @@ fn only_server_knows_http() {
         "src/server/forward.rs",
         "src/bench/loadgen.rs",
         "src/bench/console.rs",
+        "src/cli/shard_move.rs",
     ];
     let found = uses_outside(&["reqwest"], &clients);
     assert!(found.is_empty(), "HTTP clients elsewhere:\n{}", found.join("\n"));

@@ -6,6 +6,7 @@ mod bench;
 mod nab;
 mod replay;
 mod serve;
+mod shard_move;
 mod shards;
 mod smap;
 mod tep;
@@ -53,9 +54,10 @@ enum Command {
     /// test run; prints event-level precision and recall, per channel kind and with
     /// each kind left out.
     Smap(smap::SmapArgs),
-    /// A sharded deployment's routers: `anomalyd shards config prometheus|nginx
-    /// --shard-count 16 --nodes ...` prints their config from the owner function
-    /// the nodes use.
+    /// A sharded deployment: `anomalyd shards config prometheus|nginx
+    /// --shard-count 16 --nodes ...` prints the routers' config from the owner
+    /// function the nodes use; `anomalyd shards move --from A --to B --shards 3`
+    /// moves shards with their models.
     Shards {
         #[command(subcommand)]
         what: ShardsCommand,
@@ -71,6 +73,9 @@ enum Command {
 enum ShardsCommand {
     /// Print a router's config (Prometheus remote_write blocks, nginx routing).
     Config(shards::ConfigArgs),
+    /// Move shards from one node to another with their models (release,
+    /// export, import, forget), printing how long each was unavailable.
+    Move(shard_move::MoveArgs),
 }
 
 /// Parses the command line and runs the command.
@@ -88,6 +93,9 @@ pub fn run() -> Result<()> {
         Command::Shards {
             what: ShardsCommand::Config(a),
         } => shards::config(&a),
+        Command::Shards {
+            what: ShardsCommand::Move(a),
+        } => shard_move::run(&a),
     }
 }
 

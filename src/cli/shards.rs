@@ -31,6 +31,11 @@ pub struct ConfigArgs {
     /// The labels that place a remote_write series (the nodes' --shard-labels).
     #[arg(long, value_delimiter = ',', default_value = "__name__,instance,job")]
     pub shard_labels: Vec<String>,
+    /// Which node owns which shards, `;` between nodes in the order of
+    /// --nodes (`0-4;5-10;11-15`); by default each node its ordinal's share.
+    /// After `shards move`, the layout the moves left.
+    #[arg(long)]
+    pub layout: Option<String>,
     /// nginx: the address its server listens on.
     #[arg(long, default_value = "8080")]
     pub listen: String,
@@ -46,9 +51,20 @@ pub fn config(a: &ConfigArgs) -> Result<()> {
             a.shard_count
         );
     }
+    let layout = match &a.layout {
+        Some(text) => shard::parse_layout(text, a.shard_count).map_err(anyhow::Error::msg)?,
+        None => shard::ordinal_layout(a.nodes.len() as u32, a.shard_count),
+    };
+    if layout.len() != a.nodes.len() {
+        anyhow::bail!(
+            "--layout gives {} nodes' shards, --nodes lists {}",
+            layout.len(),
+            a.nodes.len()
+        );
+    }
     let text = match a.router {
-        Router::Prometheus => shard::prometheus_remote_write(&f, &a.nodes),
-        Router::Nginx => shard::nginx_conf(&f, &a.nodes, &a.listen),
+        Router::Prometheus => shard::prometheus_remote_write_layout(&f, &a.nodes, &layout),
+        Router::Nginx => shard::nginx_conf_layout(&f, &a.nodes, &layout, &a.listen),
     };
     print!("{text}");
     Ok(())

@@ -9,6 +9,7 @@ use std::sync::{Arc, MutexGuard};
 use std::time::Instant;
 
 use super::log::{self, Record};
+use super::shards::Route;
 use super::stream::{Stream, StreamState};
 use super::{Alert, AlertKind, Reading, Registry, RegistryError, SeriesLabels, lock, try_lock, validate_stream_id};
 use crate::detector::{Detector, ReadingError, Verdict};
@@ -157,12 +158,11 @@ impl Registry {
 
     /// Whether this node may hold stream `id` (its shard is one it owns).
     pub(super) fn owns(&self, id: &str) -> Result<(), RegistryError> {
-        match self.config.shards.as_ref().and_then(|o| o.foreign(id)) {
-            Some(shard) => Err(RegistryError::NotOwned {
-                stream: id.to_string(),
-                shard,
-            }),
-            None => Ok(()),
+        let stream = id.to_string();
+        match self.route(id) {
+            Route::Here => Ok(()),
+            Route::Moving(shard) => Err(RegistryError::Moving { stream, shard }),
+            Route::Moved(shard, _) | Route::Elsewhere(shard) => Err(RegistryError::NotOwned { stream, shard }),
         }
     }
 
@@ -313,9 +313,13 @@ impl Registry {
         // A node never creates a stream of a shard it does not own.
         for (id, _) in ids.iter().zip(&found).filter(|(_, f)| f.is_none()) {
             if let Err(e) = self.owns(id) {
+                let reason = match e {
+                    RegistryError::Moving { .. } => "shard_moving",
+                    _ => "not_owned",
+                };
                 self.metrics
                     .readings_rejected
-                    .with_label_values(&["not_owned"])
+                    .with_label_values(&[reason])
                     .inc_by(n_readings as u64);
                 return Err(e);
             }

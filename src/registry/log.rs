@@ -6,6 +6,9 @@
 //! put       0x03 | JSON {"stream", "config"}
 //! delete    0x04 | u16 id len | id
 //! accept    0x05 | u16 id len | id
+//! reset     0x06 | u16 id len | id
+//! backfill  0x07 | as readings
+//! adopt     0x08 | a state file in format 1 (state and weights, CRC'd)
 //! ```
 //! Little-endian. Readings are binary (they are nearly every byte of the log);
 //! the rare records are JSON. Decoding checks every length and never panics.
@@ -42,6 +45,9 @@ pub enum Record {
     /// A warming-up stream's past, fetched from Prometheus: it starts over
     /// having learnt these readings and then its own as history.
     Backfill(Vec<Reading>),
+    /// A stream taken whole from a shard archive: its state file (format 1,
+    /// state and weights) replaces whatever the node had under its id.
+    Adopt(Vec<u8>),
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -108,6 +114,12 @@ impl Record {
                 serde_json::to_writer(&mut out, &body).expect("config serialises");
                 out
             }
+            Record::Adopt(state) => {
+                let mut out = Vec::with_capacity(1 + state.len());
+                out.push(8);
+                out.extend_from_slice(state);
+                out
+            }
             Record::Delete(s) | Record::Accept(s) | Record::Reset(s) => {
                 let tag = match self {
                     Record::Delete(_) => 4,
@@ -170,6 +182,7 @@ impl Record {
             4 => Record::Delete(read_str(&mut r)?),
             5 => Record::Accept(read_str(&mut r)?),
             6 => Record::Reset(read_str(&mut r)?),
+            8 => return Ok(Record::Adopt(body.to_vec())),
             t => return Err(format!("unknown record type {t}")),
         };
         if r.remaining() != 0 {
@@ -231,6 +244,9 @@ mod tests {
         for r in samples() {
             assert_eq!(Record::decode(&r.encode()).unwrap(), r);
         }
+        // An adopted state is opaque here (its own checksum guards it).
+        let adopt = Record::Adopt(b"ANOMSNAP...".to_vec());
+        assert_eq!(Record::decode(&adopt.encode()).unwrap(), adopt);
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! - `checkpoint.rs`: snapshot rounds and the log segments they let go.
 //! - `recovery.rs`: start-up: snapshots, then the log replayed over them.
 //! - `log.rs`: what goes in the write-ahead log; `journal.rs`: the alert journal.
+//! - `shards.rs`: a sharded node's shard table and moves (release, export,
+//!   forget, reclaim); `adopt.rs`: importing a shard archive.
 //!
 //! Invariants: per-stream order is the order of calls into `ingest` (the stream's
 //! lock is held for a whole batch); a batch is validated in full before any reading
@@ -18,11 +20,13 @@
 pub mod journal;
 pub mod log;
 
+mod adopt;
 mod backfill;
 mod checkpoint;
 mod ingest;
 mod recovery;
 mod retire;
+mod shards;
 mod stream;
 mod streams;
 mod training;
@@ -38,6 +42,7 @@ use std::time::Duration;
 pub use backfill::{BackfillJob, BackfillOutcome};
 pub use ingest::RemoteTaken;
 pub use journal::{Alert, AlertJournal, AlertKind};
+pub use shards::{Imported, Route, ShardTable};
 pub use stream::{Stream, StreamMeta};
 pub use streams::merge_patch;
 pub use views::{RecentView, SPARKLINE, StreamSummary};
@@ -183,6 +188,21 @@ pub enum RegistryError {
     /// No such stream.
     #[error("stream {0:?} not found")]
     NotFound(String),
+    /// The stream's shard is moving away from this node: retry soon (at the
+    /// shard's new owner, once the routers know it).
+    #[error("stream {stream:?} belongs to shard {shard}, which is moving to another node; retry shortly")]
+    Moving {
+        /// The stream.
+        stream: String,
+        /// Its shard.
+        shard: u32,
+    },
+    /// A shard operation does not fit the shard's state (or the node is not sharded).
+    #[error("{0}")]
+    ShardState(String),
+    /// A shard archive is invalid; nothing was imported.
+    #[error("invalid shard archive: {0}")]
+    ShardArchive(String),
     /// The stream belongs to a shard this node does not own.
     #[error("stream {stream:?} belongs to shard {shard}, which this node does not own")]
     NotOwned {
@@ -231,6 +251,8 @@ pub struct Registry {
     round: Mutex<()>,
     /// The last snapshot round wrote everything it had to.
     rounds_ok: AtomicBool,
+    /// A sharded node's shard table (`None`: not sharded).
+    shards: Option<shards::Shards>,
 }
 
 impl Registry {
@@ -242,7 +264,15 @@ impl Registry {
     pub fn open(config: RegistryConfig, metrics: Arc<Metrics>) -> Result<Arc<Self>, String> {
         config.default_detector.validate().map_err(|e| e.to_string())?;
         let (tx, rx) = sync_channel::<QueuedJob>(config.training_queue.max(1));
+        let shards = match &config.shards {
+            Some(o) => {
+                let saved = config.data_dir.as_ref().map(|d| d.join("shards.json"));
+                Some(shards::Shards::open(o.function.clone(), &o.owned, saved.as_deref())?)
+            }
+            None => None,
+        };
         let registry = Arc::new(Registry {
+            shards,
             journal: AlertJournal::new(config.journal_capacity, config.subscriber_buffer),
             streams: RwLock::new(HashMap::new()),
             metrics,
@@ -253,14 +283,8 @@ impl Registry {
             rounds_ok: AtomicBool::new(true),
             config,
         });
-        if let Some(o) = &registry.config.shards {
-            for (shard, _) in o.owned.iter().enumerate().filter(|(_, owned)| **owned) {
-                registry
-                    .metrics
-                    .shards_owned
-                    .with_label_values(&[&shard.to_string()])
-                    .set(1);
-            }
+        if let Some((table, _)) = registry.shard_table() {
+            registry.note_owned(&table);
         }
         let mut registry = registry;
         Arc::get_mut(&mut registry).expect("not shared yet").load()?;
@@ -295,17 +319,18 @@ impl Registry {
 
     /// The error for a stream this node lacks: another node's (421), or none's.
     fn missing(&self, id: &str) -> RegistryError {
-        match self.config.shards.as_ref().and_then(|o| o.foreign(id)) {
-            Some(shard) => RegistryError::NotOwned {
-                stream: id.to_string(),
-                shard,
-            },
-            None => RegistryError::NotFound(id.to_string()),
-        }
+        self.owns(id)
+            .err()
+            .unwrap_or_else(|| RegistryError::NotFound(id.to_string()))
     }
 
     fn get(&self, id: &str) -> Option<Arc<Stream>> {
         self.streams.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+    }
+
+    /// Whether this node holds (serves) stream `id`.
+    pub fn holds(&self, id: &str) -> bool {
+        self.get(id).is_some()
     }
 
     /// Number of streams.

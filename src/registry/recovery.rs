@@ -58,6 +58,7 @@ impl Registry {
             s.note_phase(&lock(&s.state));
         }
         self.wal = Some(wal);
+        self.settle_shards();
         Ok(())
     }
 
@@ -202,6 +203,17 @@ impl Registry {
                     st.touch(lsn);
                 }
             }
+            Record::Adopt(state) => match snapshot::decode(&state).map(|d| (d.stream, Detector::restore(d.snapshot))) {
+                Ok((id, Ok(detector))) => {
+                    if map.get(&id).is_none_or(|s| lock(&s.state).lsn < lsn) {
+                        map.insert(id.clone(), Stream::new(&id, detector, true, lsn));
+                    }
+                }
+                Ok((id, Err(e))) => {
+                    tracing::error!(lsn, stream = %id, error = %e, "adopted stream could not be restored")
+                }
+                Err(e) => tracing::error!(lsn, error = %e, "adopted stream's state is damaged"),
+            },
             Record::Reset(id) => {
                 if let Some(s) = behind(&map, &id) {
                     let mut st = lock(&s.state);

@@ -143,6 +143,9 @@ async fn run(registry: Arc<Registry>, cfg: AlertmanagerConfig) {
                 Err(RecvError::Closed) => return,
             },
             _ = tick.tick() => {
+                // A stream that left (its shard moved, or it was deleted) is no
+                // longer this node's to keep firing: its new node re-sends it.
+                firing.retain(|(stream, _), _| registry.holds(stream));
                 let all: Vec<Arc<Alert>> = firing.values().map(|(_, a)| a.clone()).collect();
                 send(&client, &registry, &cfg, &all).await;
                 continue;

@@ -78,6 +78,12 @@ impl From<RegistryError> for ApiError {
             RegistryError::TooManyStreams(_) => ApiError::new(StatusCode::CONFLICT, "stream_limit", msg),
             RegistryError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", msg),
             RegistryError::NotOwned { .. } => ApiError::new(StatusCode::MISDIRECTED_REQUEST, "misdirected", msg),
+            RegistryError::Moving { .. } => ApiError {
+                retry_after: Some(1),
+                ..ApiError::new(StatusCode::MISDIRECTED_REQUEST, "shard_moving", msg)
+            },
+            RegistryError::ShardState(_) => ApiError::new(StatusCode::CONFLICT, "shard_state", msg),
+            RegistryError::ShardArchive(_) => ApiError::bad_request("invalid_archive", msg),
             RegistryError::Config(_) => ApiError::bad_request("invalid_config", msg),
             RegistryError::NotEnoughData(_) => ApiError::new(StatusCode::CONFLICT, "not_enough_data", msg),
             RegistryError::TrainingBusy | RegistryError::Contended => ApiError::overloaded(msg),

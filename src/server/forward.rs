@@ -4,8 +4,13 @@
 //! cost of one hop, as Thanos receive and Mimir's distributor do. The owner comes
 //! from the owner function and the static node list (`--node-urls`, in ordinal
 //! order, each node owning its `--node-ordinal` share). A request is passed on
-//! once at most (`x-anomalyd-forwarded`); without a route to the owner, or on a
-//! second hop, the node answers 421 naming the shard.
+//! once at most (`x-anomalyd-forwarded` counts the hops); without a route to the
+//! owner, or on a second hop, the node answers 421 naming the shard.
+//!
+//! A shard that moved from this node is the exception: this node knows where it
+//! went, so requests for it (and the remote_write samples of its series, which
+//! Prometheus sends here until its config changes) go there, even as a second
+//! hop (a node that still routes by the old layout sent them here).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +21,11 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use std::collections::HashMap;
+
 use super::{ApiError, AppState};
+use crate::protocol::prompb;
+use crate::registry::{Reading, Registry, Route, SeriesLabels};
 
 /// Marks a request one node passed on to another.
 pub const FORWARDED: &str = "x-anomalyd-forwarded";
@@ -36,11 +45,8 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    /// A forwarder to `map`'s nodes (None when it lists none).
+    /// A forwarder to `map`'s nodes and to where shards moved.
     pub fn new(map: &NodeMap, timeout: Duration) -> Option<Forwarder> {
-        if map.urls.is_empty() {
-            return None;
-        }
         let client = reqwest::Client::builder().timeout(timeout).build().ok()?;
         let urls = map.urls.iter().map(|u| u.trim_end_matches('/').to_string()).collect();
         Some(Forwarder {
@@ -74,38 +80,139 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Passes a request for another node's stream on to it (once), before anything
-/// here handles it; others go on.
+/// Hops a request took so far.
+fn hops(req: &Request) -> u32 {
+    req.headers()
+        .get(FORWARDED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Passes a request for another node's stream on to it (once; twice when it
+/// moved from here), before anything here handles it; others go on.
 pub(super) async fn forward(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(ownership) = st.registry.config().shards.as_ref() else {
-        return next.run(req).await;
-    };
     let Some(stream) = stream_of(req.uri().path()) else {
         return next.run(req).await;
     };
-    let Some(shard) = ownership.foreign(&stream) else {
+    let Some(f) = &st.forwarder else {
         return next.run(req).await;
     };
-    let (Some(f), false) = (&st.forwarder, req.headers().contains_key(FORWARDED)) else {
-        return next.run(req).await;
-    };
-    let owner = crate::shard::node_of(shard, f.urls.len() as u32, ownership.function.count);
-    let Some(url) = f.urls.get(owner as usize) else {
-        return next.run(req).await;
+    let (shard, target, owner) = match st.registry.route(&stream) {
+        Route::Here | Route::Moving(_) => return next.run(req).await,
+        Route::Moved(shard, url) if hops(&req) < 2 => (shard, url.clone(), url),
+        Route::Elsewhere(shard) if hops(&req) == 0 => {
+            let Some(count) = st.registry.config().shards.as_ref().map(|o| o.function.count) else {
+                return next.run(req).await;
+            };
+            let node = crate::shard::node_of(shard, f.urls.len() as u32, count);
+            let Some(url) = f.urls.get(node as usize) else {
+                return next.run(req).await;
+            };
+            (shard, url.clone(), format!("node {node}"))
+        }
+        _ => return next.run(req).await,
     };
     st.registry.metrics().requests_forwarded.inc();
-    match pass_on(f, url, req, st.config.max_body_bytes).await {
+    match pass_on(f, &target, req, st.config.max_body_bytes).await {
         Ok(resp) => resp,
         Err(why) => ApiError {
             retry_after: Some(1),
             ..ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "owner_unreachable",
-                format!("stream {stream:?} belongs to shard {shard} on node {owner}, which did not answer: {why}"),
+                format!("stream {stream:?} belongs to shard {shard} on {owner}, which did not answer: {why}"),
             )
         }
         .into_response(),
     }
+}
+
+/// The samples of a remote_write batch this node does not take itself: those of
+/// shards moving away (`moving`, to be sent again) and of shards that moved,
+/// by where they went.
+#[derive(Default)]
+pub(super) struct Away {
+    pub moving: usize,
+    pub moved: HashMap<String, (Vec<Reading>, SeriesLabels)>,
+}
+
+/// Takes out of `write` the samples of series whose shard is moving or moved.
+pub(super) fn split_remote(registry: &Registry, write: &mut super::prom::RemoteWrite) -> Away {
+    let mut away = Away::default();
+    if registry.config().shards.is_none() {
+        return away;
+    }
+    let routes: HashMap<String, Route> = write
+        .labels
+        .keys()
+        .map(|id| (id.clone(), registry.route(id)))
+        .filter(|(_, r)| matches!(r, Route::Moving(_) | Route::Moved(..)))
+        .collect();
+    if routes.is_empty() {
+        return away;
+    }
+    write.readings.retain(|r| match routes.get(&r.stream) {
+        Some(Route::Moving(_)) => {
+            away.moving += 1;
+            false
+        }
+        Some(Route::Moved(_, url)) => {
+            let (readings, labels) = away.moved.entry(url.clone()).or_default();
+            if let Some(l) = write.labels.get(&r.stream) {
+                labels.entry(r.stream.clone()).or_insert_with(|| l.clone());
+            }
+            readings.push(r.clone());
+            false
+        }
+        _ => true,
+    });
+    write.labels.retain(|id, _| !routes.contains_key(id));
+    away
+}
+
+/// Sends remote_write samples on to the node their shard moved to; whether it
+/// took them.
+pub(super) async fn pass_on_samples(f: &Forwarder, base: &str, readings: &[Reading], labels: &SeriesLabels) -> bool {
+    use prost::Message as _;
+    let mut series: HashMap<&str, prompb::TimeSeries> = HashMap::new();
+    for r in readings {
+        let ts = series.entry(r.stream.as_str()).or_insert_with(|| prompb::TimeSeries {
+            labels: labels
+                .get(&r.stream)
+                .map(|l| {
+                    l.iter()
+                        .map(|(name, value)| prompb::Label {
+                            name: name.clone(),
+                            value: value.clone(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            samples: Vec::new(),
+        });
+        ts.samples.push(prompb::Sample {
+            value: r.values[0],
+            timestamp: r.timestamp.div_euclid(1000),
+        });
+    }
+    let req = prompb::WriteRequest {
+        timeseries: series.into_values().collect(),
+    };
+    let Ok(body) = snap::raw::Encoder::new().compress_vec(&req.encode_to_vec()) else {
+        return false;
+    };
+    let sent = f
+        .client
+        .post(format!("{}/api/v1/write", base.trim_end_matches('/')))
+        .header(FORWARDED, "1")
+        .header("content-type", "application/x-protobuf")
+        .header("content-encoding", "snappy")
+        .header("x-prometheus-remote-write-version", "0.1.0")
+        .body(body)
+        .send()
+        .await;
+    matches!(sent, Ok(r) if r.status().is_success())
 }
 
 /// Sends `req` to `base` and returns its answer.
@@ -114,7 +221,17 @@ async fn pass_on(f: &Forwarder, base: &str, req: Request, max_body: usize) -> Re
     let bytes = axum::body::to_bytes(body, max_body).await.map_err(|e| e.to_string())?;
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let method = reqwest::Method::from_bytes(parts.method.as_str().as_bytes()).map_err(|e| e.to_string())?;
-    let mut out = f.client.request(method, format!("{base}{path}")).header(FORWARDED, "1");
+    let hops = parts
+        .headers
+        .get(FORWARDED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(0);
+    let base = base.trim_end_matches('/');
+    let mut out = f
+        .client
+        .request(method, format!("{base}{path}"))
+        .header(FORWARDED, (hops + 1).to_string());
     for name in [
         "authorization",
         "content-type",

@@ -242,7 +242,7 @@ pub(super) async fn remote_write(State(st): State<AppState>, body: Body) -> Resu
     let permit = admit(&st).await?;
     let bytes = read_body(body, st.config.max_body_bytes).await?;
     let max = st.config.max_readings_per_request.saturating_mul(10);
-    let write = prom::decode(&bytes, max).inspect_err(|e| {
+    let mut write = prom::decode(&bytes, max).inspect_err(|e| {
         st.registry
             .metrics()
             .readings_rejected
@@ -256,8 +256,9 @@ pub(super) async fn remote_write(State(st): State<AppState>, body: Body) -> Resu
     m.remote_write_samples
         .with_label_values(&["not_finite"])
         .inc_by(write.skipped as u64);
+    let away = forward::split_remote(&st.registry, &mut write);
     if write.readings.is_empty() && write.ended.is_empty() {
-        return Ok(StatusCode::NO_CONTENT);
+        return send_away(&st, away).await;
     }
     let wants_past = st.backfill.is_some();
     let (taken, new_streams) = blocking(&st.registry, move |r| {
@@ -304,6 +305,40 @@ pub(super) async fn remote_write(State(st): State<AppState>, body: Body) -> Resu
             max_streams = st.registry.config().max_streams,
             "new series left out at the stream limit"
         );
+    }
+    send_away(&st, away).await
+}
+
+/// The end of a remote_write batch whose series were all taken here, or whose
+/// moved shards' samples are passed on: 204 once every sample is taken, else
+/// 503 so that Prometheus sends the batch again (what was taken is then
+/// skipped as resent, here and where the samples went).
+async fn send_away(st: &AppState, away: forward::Away) -> Result<StatusCode, ApiError> {
+    let m = st.registry.metrics();
+    let mut again = away.moving > 0;
+    m.remote_write_samples
+        .with_label_values(&["shard_moving"])
+        .inc_by(away.moving as u64);
+    for (url, (readings, labels)) in &away.moved {
+        let sent = match &st.forwarder {
+            Some(f) => forward::pass_on_samples(f, url, readings, labels).await,
+            None => false,
+        };
+        again |= !sent;
+        let outcome = if sent { "forwarded" } else { "forward_failed" };
+        m.remote_write_samples
+            .with_label_values(&[outcome])
+            .inc_by(readings.len() as u64);
+    }
+    if again {
+        return Err(ApiError {
+            retry_after: Some(1),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shard_moving",
+                "samples of a shard that is moving (or of one that moved, whose new node did not answer) were not taken; send them again",
+            )
+        });
     }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -15,6 +15,7 @@ mod console;
 mod decode;
 mod handlers;
 mod layers;
+mod shards;
 mod views;
 
 use std::sync::Arc;
@@ -71,6 +72,8 @@ pub struct ServerConfig {
     /// The nodes of a sharded deployment, for passing requests on to a stream's
     /// owner (empty: never; a request for another node's stream is then 421).
     pub nodes: forward::NodeMap,
+    /// Largest shard archive `POST /v1/shards/{n}/import` takes, in bytes.
+    pub max_import_bytes: usize,
     /// How far ahead of this server's clock a timestamp may be. A stream's readings
     /// must not go back in time, so one reading from the far future (milliseconds
     /// sent as seconds, a `9999-12-31`) would lock its stream until it is deleted.
@@ -92,6 +95,7 @@ impl Default for ServerConfig {
             heartbeat: Duration::from_secs(5),
             auth_token: None,
             max_future_skew: Duration::from_secs(86_400),
+            max_import_bytes: 1 << 30,
             alertmanager: alertmanager::AlertmanagerConfig::default(),
             backfill: backfill::BackfillConfig::default(),
             nodes: forward::NodeMap::default(),
@@ -176,6 +180,7 @@ fn app(registry: Arc<Registry>, config: ServerConfig, backfill: Option<backfill:
         .route("/v1/alerts", get(list_alerts))
         .route("/v1/alerts/ws", get(alerts_ws))
         .route("/api/v1/write", post(remote_write))
+        .merge(shards::routes())
         // Inner first: a request is authenticated before it is passed on.
         .route_layer(middleware::from_fn_with_state(state.clone(), forward::forward))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));

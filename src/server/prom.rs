@@ -114,6 +114,9 @@ pub fn decode(body: &[u8], max_samples: usize) -> Result<RemoteWrite, ApiError> 
     };
     for ts in req.timeseries {
         let mut labels: Vec<(String, String)> = ts.labels.into_iter().map(|l| (l.name, l.value)).collect();
+        // Labels starting with `__` are Prometheus' own (a relabeling's
+        // `__tmp_...` that no `labeldrop` removed): not part of the series.
+        labels.retain(|(k, _)| k == "__name__" || !k.starts_with("__"));
         labels.sort();
         labels.dedup_by(|a, b| a.0 == b.0);
         let id = stream_id(&labels);
@@ -273,7 +276,12 @@ mod tests {
     fn series_become_streams_named_by_their_labels() {
         let b = body(&[
             (
-                &[("job", "node"), ("__name__", "node_load1"), ("instance", "a:9100")],
+                &[
+                    ("job", "node"),
+                    ("__name__", "node_load1"),
+                    ("instance", "a:9100"),
+                    ("__tmp_anomalyd_shard", "3"),
+                ],
                 &[(2.0, 2000), (1.0, 1000), (f64::from_bits(STALE_NAN), 3000)],
             ),
             (&[("__name__", "up"), ("q", "say \"hi\"\n")], &[(1.0, 1000)]),

@@ -4,6 +4,7 @@
 //! PyTorch's names, so weights move both ways between anomalyd and
 //! `torch.nn.LSTM` / `GRU` / `RNN` / `Linear` unchanged.
 
+pub mod archive;
 pub mod bytes;
 pub mod safetensors;
 pub mod snapshot;

@@ -211,6 +211,12 @@ impl Wal {
         Ok(file)
     }
 
+    /// The newest LSN handed out (every record up to it is in the log or lost
+    /// with a failed append).
+    pub fn last_lsn(&self) -> u64 {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner()).next_lsn - 1
+    }
+
     /// The sync policy.
     pub fn policy(&self) -> SyncPolicy {
         self.policy
