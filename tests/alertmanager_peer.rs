@@ -3,14 +3,13 @@
 //! stream and its annotations, and its resolution ends it in both.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 mod common;
-use common::{Killed, TestServer, eventually, free_port};
+use common::{Killed, TestServer, eventually};
 
 use anomalyd::detector::DetectorConfig;
 use anomalyd::metrics::Metrics;
@@ -36,41 +35,15 @@ fn readings(range: std::ops::Range<usize>, shift: f64) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incidents_open_and_resolve_in_two_alertmanagers() {
-    let found = Command::new("prometheus-alertmanager")
-        .arg("--version")
-        .output()
-        .is_ok();
-    assert!(
-        found || std::env::var_os("CI").is_none(),
-        "prometheus-alertmanager is required in CI"
-    );
-    if !found {
-        eprintln!("skipped: prometheus-alertmanager not installed");
-        return;
-    }
     let dir: PathBuf = std::env::temp_dir().join(format!("anomalyd-am-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("am.yml"),
-        "route:\n  receiver: blackhole\nreceivers:\n  - name: blackhole\n",
-    )
-    .unwrap();
-    let ams: Vec<(u16, Killed)> = (0..2)
-        .map(|i| {
-            let port = free_port();
-            let child = Command::new("prometheus-alertmanager")
-                .arg(format!("--config.file={}", dir.join("am.yml").display()))
-                .arg(format!("--storage.path={}", dir.join(format!("am{i}")).display()))
-                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-                .arg("--cluster.listen-address=")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            (port, Killed(child))
-        })
-        .collect();
+    let Some(ams) = (0..2)
+        .map(|i| common::alertmanager(&dir, &format!("am{i}")).map(|(k, p)| (p, k)))
+        .collect::<Option<Vec<(u16, Killed)>>>()
+    else {
+        return;
+    };
     let mut det = DetectorConfig::default();
     det.model.ensemble = 1;
     let registry = Registry::open(

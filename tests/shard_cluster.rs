@@ -62,31 +62,6 @@ fn nginx(nodes: &[String]) -> Option<(Killed, u16)> {
     })
 }
 
-/// An exporter of `STREAMS` series that name their own `instance` and `job`.
-async fn exporter() -> u16 {
-    use axum::routing::get;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let app = axum::Router::new().route(
-        "/metrics",
-        get(|| async {
-            let mut text = String::from("# TYPE load gauge\n");
-            for i in 0..STREAMS {
-                let job = ["api", "db", "cache", "queue"][i % 4];
-                text.push_str(&format!(
-                    "load{{instance=\"10.1.{}.{}:9100\",job=\"{job}\"}} {}\n",
-                    i / 50,
-                    i % 50,
-                    i % 7
-                ));
-            }
-            text
-        }),
-    );
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    port
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_behind_nginx_and_prometheus_hold_every_stream_exactly_once() {
     let (Some(_), Some(prometheus)) = (peer("nginx"), peer("prometheus")) else {
@@ -125,7 +100,7 @@ async fn three_nodes_behind_nginx_and_prometheus_hold_every_stream_exactly_once(
     }
 
     // 1,000 series remote-written by Prometheus, one block per node.
-    let exporter = exporter().await;
+    let exporter = common::load_exporter(STREAMS, 1, &["api", "db", "cache", "queue"]).await;
     let dir = temp_dir("cluster-prom");
     let urls: Vec<String> = bases.clone();
     let config = format!(

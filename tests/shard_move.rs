@@ -134,27 +134,6 @@ async fn load(
     }
 }
 
-/// Real Alertmanager, or None where it is absent outside CI.
-fn alertmanager(dir: &Path) -> Option<(Killed, u16)> {
-    peer("prometheus-alertmanager")?;
-    std::fs::write(
-        dir.join("am.yml"),
-        "route:\n  receiver: none\nreceivers:\n  - name: none\n",
-    )
-    .unwrap();
-    let port = free_port();
-    let child = Command::new("prometheus-alertmanager")
-        .arg(format!("--config.file={}", dir.join("am.yml").display()))
-        .arg(format!("--storage.path={}", dir.join("am").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg("--cluster.listen-address=")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Some((Killed(child), port))
-}
-
 async fn alerts_for(c: &reqwest::Client, am: u16, stream: &str) -> Vec<Value> {
     let (_, v) = get_json(c, &format!("http://127.0.0.1:{am}/api/v2/alerts")).await;
     v.as_array()
@@ -176,7 +155,9 @@ fn shards_move(from: &str, to: &str, shards: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_of_sixteen_shards_move_to_a_fourth_node_under_load() {
     let dir = temp_dir("move");
-    let Some((_am, am)) = alertmanager(&dir) else { return };
+    let Some((_am, am)) = common::alertmanager(&dir, "am") else {
+        return;
+    };
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let urls: Vec<String> = ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect();
     let am_flags = [
@@ -363,30 +344,6 @@ async fn a_wiped_node_restored_from_its_archives_is_back_on_its_models() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// An exporter of `n` series `load{instance, job}`.
-async fn exporter(n: usize) -> u16 {
-    use axum::routing::get;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let app = axum::Router::new().route(
-        "/metrics",
-        get(move || async move {
-            let mut text = String::from("# TYPE load gauge\n");
-            for i in 0..n {
-                text.push_str(&format!(
-                    "load{{instance=\"10.2.{}.{}:9100\",job=\"api\"}} {}\n",
-                    i / 50,
-                    i % 50,
-                    i % 7
-                ));
-            }
-            text
-        }),
-    );
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    port
-}
-
 fn metric(text: &str, line: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(line).and_then(|v| v.trim().parse().ok()))
@@ -442,7 +399,7 @@ async fn a_node_killed_for_30_s_comes_back_with_every_model_and_prometheus_backl
     let dead: Vec<String> = ids.iter().filter(|id| owner(id) == 1).cloned().collect();
     let dead_enc: Vec<String> = dead.iter().map(|id| enc(id)).collect();
     all_on_models(&c, &urls[1], &dead_enc).await;
-    let port = exporter(ids.len()).await;
+    let port = common::load_exporter(ids.len(), 2, &["api"]).await;
     let config = format!(
         "global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: load\n    honor_labels: true\n    \
          static_configs: [{{targets: [\"127.0.0.1:{port}\"]}}]\n{}",

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use super::super::{Ownership, Reading, Registry, RegistryConfig, RegistryError};
-use crate::detector::{Detector, DetectorConfig};
 use crate::metrics::Metrics;
 use crate::shard::{DEFAULT_LABELS, ShardFunction};
 
@@ -24,20 +23,6 @@ fn node(name: &str, owned: &[u32], fresh: bool) -> (RegistryConfig, Arc<Registry
     };
     let reg = Registry::open(config.clone(), Arc::new(Metrics::new())).unwrap();
     (config, reg)
-}
-
-/// A detector with a model (version 1) that will not retrain.
-fn trained() -> Detector {
-    let mut c = DetectorConfig::default();
-    c.model.ensemble = 1;
-    c.retrain.first_after = 100;
-    c.retrain.every_readings = 0;
-    c.retrain.on_drift = false;
-    let mut d = Detector::new(c).unwrap();
-    for t in 0..160 {
-        d.update_sync(t, &[(t as f64 / 5.0).sin()]).unwrap();
-    }
-    d
 }
 
 fn reading(stream: &str, t: i64, v: f64) -> Reading {
@@ -74,8 +59,8 @@ fn a_shard_moves_with_its_models_readings_and_open_incident() {
     let (m, other) = (id_in(5, false), id_in(5, true));
     let (a_config, a) = node("a", &(0..16).collect::<Vec<_>>(), true);
     let (b_config, b) = node("b", &[], true);
-    a.adopt(&m, trained()).unwrap();
-    a.adopt(&other, trained()).unwrap();
+    a.adopt(&m, super::super::tests::trained_detector()).unwrap();
+    a.adopt(&other, super::super::tests::trained_detector()).unwrap();
     a.ingest(&[reading(&m, 160, 0.1)]).unwrap();
     // A fault: the incident opens on A.
     let spike: Vec<Reading> = (161..200).map(|t| reading(&m, t, 40.0)).collect();
@@ -150,7 +135,7 @@ fn a_shard_moves_with_its_models_readings_and_open_incident() {
 fn a_crash_mid_move_leaves_the_shard_parked_and_reclaimable() {
     let m = id_in(9, false);
     let (config, a) = node("crash", &(0..16).collect::<Vec<_>>(), true);
-    a.adopt(&m, trained()).unwrap();
+    a.adopt(&m, super::super::tests::trained_detector()).unwrap();
     a.snapshot().unwrap();
     a.ingest(&[reading(&m, 160, 0.3)]).unwrap();
     a.release_shard(9).unwrap();

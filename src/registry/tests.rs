@@ -131,6 +131,16 @@ fn checkpointed_stream(name: &str) -> (std::path::PathBuf, RegistryConfig, Arc<R
         data_dir: Some(dir.clone()),
         ..Default::default()
     };
+    let d = trained_detector();
+    assert_eq!(d.model().map(|m| m.version), Some(1));
+    let reg = Registry::open(config.clone(), Arc::new(Metrics::new())).unwrap();
+    reg.adopt("m", d).unwrap();
+    reg.snapshot().unwrap();
+    (dir, config, reg)
+}
+
+/// A detector with a model (version 1, one member) that will not retrain.
+pub(super) fn trained_detector() -> Detector {
     let mut c = DetectorConfig::default();
     c.model.ensemble = 1;
     c.retrain.first_after = 100;
@@ -140,11 +150,7 @@ fn checkpointed_stream(name: &str) -> (std::path::PathBuf, RegistryConfig, Arc<R
     for t in 0..160 {
         d.update_sync(t, &[(t as f64 / 5.0).sin()]).unwrap();
     }
-    assert_eq!(d.model().map(|m| m.version), Some(1));
-    let reg = Registry::open(config.clone(), Arc::new(Metrics::new())).unwrap();
-    reg.adopt("m", d).unwrap();
-    reg.snapshot().unwrap();
-    (dir, config, reg)
+    d
 }
 
 /// The model files under `streams`, sorted.

@@ -245,3 +245,46 @@ pub fn nginx(name: &str, http: impl FnOnce(u16) -> String) -> Option<(Killed, u1
     }
     Some((Killed(child), port))
 }
+
+/// A real Alertmanager (Debian's `prometheus-alertmanager`) on a free port, its
+/// config and storage under `dir` named `name`; None where it is absent outside CI.
+#[allow(dead_code)]
+pub fn alertmanager(dir: &std::path::Path, name: &str) -> Option<(Killed, u16)> {
+    peer("prometheus-alertmanager")?;
+    let config = dir.join(format!("{name}.yml"));
+    std::fs::write(&config, "route:\n  receiver: none\nreceivers:\n  - name: none\n").unwrap();
+    let port = free_port();
+    let child = std::process::Command::new("prometheus-alertmanager")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.path={}", dir.join(name).display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--cluster.listen-address=")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    Some((Killed(child), port))
+}
+
+/// An exporter of `n` gauges `load{instance="10.<net>.<i/50>.<i%50>:9100",job}`
+/// (jobs in turn from `jobs`), each its own series; its port.
+#[allow(dead_code)]
+pub async fn load_exporter(n: usize, net: u8, jobs: &'static [&'static str]) -> u16 {
+    use axum::routing::get;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = axum::Router::new().route(
+        "/metrics",
+        get(move || async move {
+            let mut text = String::from("# TYPE load gauge\n");
+            for i in 0..n {
+                let job = jobs[i % jobs.len()];
+                let instance = format!("10.{net}.{}.{}:9100", i / 50, i % 50);
+                text.push_str(&format!("load{{instance=\"{instance}\",job=\"{job}\"}} {}\n", i % 7));
+            }
+            text
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
