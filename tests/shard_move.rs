@@ -311,6 +311,25 @@ async fn a_wiped_node_restored_from_its_archives_is_back_on_its_models() {
     std::fs::remove_dir_all(&data).unwrap();
     let node = start(&dir, port, &["--shards=0-15".to_string()]).await;
     assert_eq!(info(&c, &node.base, &ids[0]).await, Value::Null, "wiped");
+    // What a careless client may send: clear 4xx answers.
+    for (method, path, body, want) in [
+        ("GET", "/v1/shards/16/export", "", 404),
+        ("POST", "/v1/shards/x/release", "", 400),
+        ("POST", "/v1/shards/3/forget", "", 409),
+        ("POST", "/v1/shards/3/forget", "{\"to\": 5}", 400),
+        ("POST", "/v1/shards/3/import", "junk", 400),
+    ] {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let r = c
+            .request(m, format!("{}{path}", node.base))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), want, "{method} {path}");
+        let v: Value = r.json().await.unwrap();
+        assert!(v["error"].is_object() || v["error"].is_string(), "{path}: {v}");
+    }
     let mut damaged = archives[3].to_vec();
     let mid = damaged.len() / 2;
     damaged[mid] ^= 0x10;

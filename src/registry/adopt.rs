@@ -18,31 +18,8 @@ impl Registry {
     /// replaces one this node already has; else that one is kept). Nothing
     /// changes unless every stream in it is valid and fits. Blocking.
     pub fn import_shard(&self, shard: u32, bytes: &[u8], overwrite: bool) -> Result<Imported, RegistryError> {
-        let invalid = |m: String| RegistryError::ShardArchive(m);
+        let (ready, alerts) = self.check_archive(shard, bytes)?;
         let s = self.shards()?;
-        let a = archive::read(bytes).map_err(|e| invalid(e.to_string()))?;
-        if a.shard_count != s.function.count || a.shard != shard {
-            return Err(invalid(format!(
-                "the archive holds shard {} of {}, not shard {shard} of {}",
-                a.shard, a.shard_count, s.function.count
-            )));
-        }
-        if s.table().moving.contains(&shard) {
-            return Err(RegistryError::ShardState(format!(
-                "shard {shard} is being released by this node: reclaim it instead"
-            )));
-        }
-        let mut ready = Vec::with_capacity(a.streams.len());
-        for st in a.streams {
-            let id = st.decoded.stream;
-            super::validate_stream_id(&id).map_err(invalid)?;
-            if s.function.of_id(&id) != shard {
-                return Err(invalid(format!("stream {id:?} is not of shard {shard}")));
-            }
-            let detector =
-                Detector::restore(st.decoded.snapshot).map_err(|e| invalid(format!("stream {id:?}: {e}")))?;
-            ready.push((id, detector, st.labels));
-        }
         let present: HashSet<String> = {
             let map = self.streams.read().unwrap_or_else(|p| p.into_inner());
             ready
@@ -86,8 +63,7 @@ impl Registry {
             t.owned.insert(shard);
             t.moved.remove(&shard);
         })?;
-        let alerts: Vec<Alert> = a
-            .alerts
+        let alerts: Vec<Alert> = alerts
             .iter()
             .filter_map(|json| serde_json::from_slice::<Vec<Alert>>(json).ok())
             .flatten()
@@ -104,4 +80,38 @@ impl Registry {
         tracing::info!(shard, streams = done.streams, skipped = done.skipped, "shard imported");
         Ok(done)
     }
+
+    /// Reads and checks an archive for shard `shard`: its streams restored
+    /// (id, detector, labels), and the JSON of its open incidents.
+    fn check_archive(&self, shard: u32, bytes: &[u8]) -> Result<(Vec<Ready>, Vec<Vec<u8>>), RegistryError> {
+        let invalid = |m: String| RegistryError::ShardArchive(m);
+        let s = self.shards()?;
+        let a = archive::read(bytes).map_err(|e| invalid(e.to_string()))?;
+        if a.shard_count != s.function.count || a.shard != shard {
+            return Err(invalid(format!(
+                "the archive holds shard {} of {}, not shard {shard} of {}",
+                a.shard, a.shard_count, s.function.count
+            )));
+        }
+        if s.table().moving.contains(&shard) {
+            return Err(RegistryError::ShardState(format!(
+                "shard {shard} is being released by this node: reclaim it instead"
+            )));
+        }
+        let mut ready = Vec::with_capacity(a.streams.len());
+        for st in a.streams {
+            let id = st.decoded.stream;
+            super::validate_stream_id(&id).map_err(invalid)?;
+            if s.function.of_id(&id) != shard {
+                return Err(invalid(format!("stream {id:?} is not of shard {shard}")));
+            }
+            let detector =
+                Detector::restore(st.decoded.snapshot).map_err(|e| invalid(format!("stream {id:?}: {e}")))?;
+            ready.push((id, detector, st.labels));
+        }
+        Ok((ready, a.alerts))
+    }
 }
+
+/// A stream of an archive, checked: id, detector, series labels.
+type Ready = (String, Detector, Option<Vec<(String, String)>>);

@@ -203,17 +203,7 @@ impl Registry {
                     st.touch(lsn);
                 }
             }
-            Record::Adopt(state) => match snapshot::decode(&state).map(|d| (d.stream, Detector::restore(d.snapshot))) {
-                Ok((id, Ok(detector))) => {
-                    if map.get(&id).is_none_or(|s| lock(&s.state).lsn < lsn) {
-                        map.insert(id.clone(), Stream::new(&id, detector, true, lsn));
-                    }
-                }
-                Ok((id, Err(e))) => {
-                    tracing::error!(lsn, stream = %id, error = %e, "adopted stream could not be restored")
-                }
-                Err(e) => tracing::error!(lsn, error = %e, "adopted stream's state is damaged"),
-            },
+            Record::Adopt(state) => replay_adopt(&mut map, lsn, &state),
             Record::Reset(id) => {
                 if let Some(s) = behind(&map, &id) {
                     let mut st = lock(&s.state);
@@ -223,5 +213,18 @@ impl Registry {
                 }
             }
         }
+    }
+}
+
+/// Replays a stream taken from a shard archive: it replaces an older one.
+fn replay_adopt(map: &mut HashMap<String, Arc<Stream>>, lsn: u64, state: &[u8]) {
+    match snapshot::decode(state).map(|d| (d.stream, Detector::restore(d.snapshot))) {
+        Ok((id, Ok(detector))) => {
+            if map.get(&id).is_none_or(|s| lock(&s.state).lsn < lsn) {
+                map.insert(id.clone(), Stream::new(&id, detector, true, lsn));
+            }
+        }
+        Ok((id, Err(e))) => tracing::error!(lsn, stream = %id, error = %e, "adopted stream could not be restored"),
+        Err(e) => tracing::error!(lsn, error = %e, "adopted stream's state is damaged"),
     }
 }

@@ -118,6 +118,8 @@ pub struct AppState {
     backfill: Option<backfill::Backfill>,
     /// Passes requests for other nodes' streams on, when the nodes are known.
     forwarder: Option<forward::Forwarder>,
+    /// One shard import at a time (each holds its archive in memory).
+    imports: Arc<Semaphore>,
 }
 
 /// `Query` whose rejection is the JSON error (400 `invalid_query`), not axum's text.
@@ -159,6 +161,7 @@ fn app(registry: Arc<Registry>, config: ServerConfig, backfill: Option<backfill:
         forwarder: forward::Forwarder::new(&config.nodes, config.request_timeout / 2),
         inflight: Arc::new(Semaphore::new(config.max_inflight.max(1))),
         ws_slots: Arc::new(Semaphore::new(config.max_ws_subscribers)),
+        imports: Arc::new(Semaphore::new(1)),
         waiters: Arc::default(),
         registry,
         config: Arc::new(config),

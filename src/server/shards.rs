@@ -129,13 +129,25 @@ pub(super) struct ImportQuery {
 }
 
 /// `POST /v1/shards/{n}/import[?overwrite=true]`: take shard n from an archive;
-/// its streams are durable here before the answer, and the node owns it.
+/// its streams are durable here before the answer, and the node owns it. One
+/// import at a time (429 `import_busy` for another).
 pub(super) async fn import(
     State(st): State<AppState>,
     ApiPath(shard): ApiPath<u32>,
     ApiQuery(q): ApiQuery<ImportQuery>,
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    // An archive is held whole: one import at a time bounds the memory.
+    let Ok(_one) = st.imports.clone().try_acquire_owned() else {
+        return Err(ApiError {
+            retry_after: Some(5),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "import_busy",
+                "another shard import is running on this node; send this one when it is done",
+            )
+        });
+    };
     let bytes = read_body(body, st.config.max_import_bytes).await?;
     let done = blocking(&st.registry, move |r| r.import_shard(shard, &bytes, q.overwrite)).await?;
     Ok(Json(json!({
