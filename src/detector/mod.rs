@@ -328,6 +328,8 @@ pub struct Detector {
     levels: Vec<context::Levels>,
     /// The recurring anomalous stretch that is open (no incident opens for it).
     recurring: Option<Recurring>,
+    /// The open incident had a strong reading (one decade down its statistic's tail).
+    incident_strong: bool,
     /// Consecutive anomalous readings (for `alert.min_duration`).
     anomalous_run: u64,
     /// The sampling step, to see gaps.
@@ -392,6 +394,7 @@ impl Detector {
             pruning: pruning::Pruning::default(),
             levels: Vec::new(),
             recurring: None,
+            incident_strong: false,
             cadence: Cadence::default(),
             imputed: 0,
             fresh_from: 0,

@@ -172,12 +172,14 @@ impl Detector {
             sur.contributions = shares_of_squares(self.state.running(Component::Trend));
         }
         let live = mode == Mode::Live && sur.phase != Phase::Warmup;
+        let raw_ratio = judgement.ratio;
         let (excursion, anomalous) = self.prune(&mut judgement, live, sur.phase);
         let score = score_of_ratio(judgement.ratio);
         let was_recurring = self.recurring.is_some();
         let (mut event, suppressed) =
             self.step_incident(timestamp, anomalous, (score, judgement.ratio), &sur.contributions);
         self.track_stretch(excursion, was_recurring, &judgement, &event);
+        self.incident_strong = self.incident.is_some() && (self.incident_strong || raw_ratio >= judgement.strong);
         let event_score = self.event_score(&sur, out_of_range);
         let learn = mode == Mode::History || (!excursion && self.incident.is_none());
         self.learn_or_pass(learn, values, &base, &judgement);
@@ -544,7 +546,15 @@ impl Detector {
             zs[Component::Change as usize] = sur.change_z.as_deref();
         }
         let a = &self.config.alert;
-        let mut j = self.state.judge(&zs, a.smoothing, a.min_normal as u32);
+        // An AR forecasting over imputed lags (readings not learnt) makes errors
+        // several steps ahead that share their innovations: their running averages
+        // do not average out as the one-step errors its limits were learnt from do.
+        let imputing =
+            self.incident.is_some() && !self.incident_strong && self.state_baselines.iter().any(|b| b.ar.imputing());
+        let instant_only = if imputing { 1 << Component::Ar as usize } else { 0 };
+        let mut j = self
+            .state
+            .judge_some(&zs, a.smoothing, a.min_normal as u32, instant_only);
         let stuck = base.stuck.iter().cloned().fold(0.0, f64::max);
         if all && stuck > j.ratio {
             j.ratio = stuck;

@@ -48,6 +48,7 @@ impl Detector {
                 pruning: self.pruning.clone(),
                 levels: self.levels.clone(),
                 recurring: self.recurring,
+                incident_strong: self.incident_strong,
                 cadence: self.cadence,
                 imputed: self.imputed,
                 fresh_from: self.fresh_from,
@@ -131,6 +132,7 @@ impl Detector {
             pruning: s.pruning,
             levels: s.levels,
             recurring: s.recurring,
+            incident_strong: s.incident_strong,
             cadence: s.cadence,
             imputed: s.imputed,
             fresh_from: s.fresh_from,
@@ -252,6 +254,9 @@ pub struct DetectorState {
     levels: Vec<Levels>,
     #[serde(default)]
     recurring: Option<Recurring>,
+    /// The open incident had a strong reading.
+    #[serde(default)]
+    incident_strong: bool,
     #[serde(default)]
     cadence: Cadence,
     #[serde(default)]

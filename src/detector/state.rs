@@ -344,6 +344,20 @@ impl StateCalibration {
     /// against the limits. `min_normal` normal readings must be known before a limit
     /// is used.
     pub fn judge(&mut self, zs: &[Option<&[f64]>; N_COMPONENTS], lambda: f64, min_normal: u32) -> Judgement {
+        self.judge_some(zs, lambda, min_normal, 0)
+    }
+
+    /// As [`StateCalibration::judge`]; the components in `instant_only` (a bit per
+    /// component) are judged by their instant statistic alone and leave their
+    /// running averages as they were: their z's this reading are not comparable
+    /// with the ones the smoothed and drift limits were learnt from.
+    pub fn judge_some(
+        &mut self,
+        zs: &[Option<&[f64]>; N_COMPONENTS],
+        lambda: f64,
+        min_normal: u32,
+        instant_only: u32,
+    ) -> Judgement {
         if self.drift.len() != N_COMPONENTS {
             self.drift = histograms();
         }
@@ -368,8 +382,11 @@ impl StateCalibration {
             } else {
                 li
             };
-            ewma_update(&mut self.ewma[c], z, lambda, |v| v.abs().min(cap));
-            ewma_update(&mut self.signed[c], z, lambda, |v| v.clamp(-cap, cap));
+            let only_instant = instant_only & (1 << c) != 0;
+            if !only_instant {
+                ewma_update(&mut self.ewma[c], z, lambda, |v| v.abs().min(cap));
+                ewma_update(&mut self.signed[c], z, lambda, |v| v.clamp(-cap, cap));
+            }
             let inst = z.iter().fold(0.0, |m: f64, v| m.max(v.abs()));
             let smooth = self.ewma[c].iter().cloned().fold(0.0, f64::max);
             let drift = self.signed[c].iter().fold(0.0, |m: f64, v| m.max(v.abs()));
@@ -377,7 +394,7 @@ impl StateCalibration {
             j.present[c] = true;
             if self.instant[c].len() >= min_normal {
                 let (ri, r_smooth, r_drift) = (inst / li, smooth / ls, drift / ld);
-                let rs = r_smooth.max(r_drift);
+                let rs = if only_instant { 0.0 } else { r_smooth.max(r_drift) };
                 let r = ri.max(rs);
                 if r > j.ratio {
                     j.ratio = r;

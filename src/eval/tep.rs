@@ -120,15 +120,29 @@ fn score_file(
     })
 }
 
+/// A detector that learnt `train/normal.csv` as history (and trained), and
+/// the timestamp its history ends at.
+fn taught(dir: &Path, config: &DetectorConfig) -> Result<(Detector, i64), String> {
+    let train = read_series(&dir.join("train").join("normal.csv"), "timestamp", &[])?;
+    let mut taught = Detector::new(config.clone()).map_err(|e| e.to_string())?;
+    teach(&mut taught, &train, train.rows.len())?;
+    let end = taught.last_timestamp().unwrap_or(0);
+    Ok((taught, end))
+}
+
+/// Scores one test file (`normal`, `fault01`, …) as [`run_tep`] does.
+pub fn run_tep_file(dir: &Path, config: &DetectorConfig, name: &str) -> Result<TepFile, String> {
+    let (taught, history_end) = taught(dir, config)?;
+    let fault = name.strip_prefix("fault").and_then(|k| k.parse().ok()).unwrap_or(0);
+    score_file(&taught, dir, (name, fault), history_end, None)
+}
+
 /// Runs the benchmark under `dir` (`train/normal.csv`, `test/normal.csv`,
 /// `test/faultNN.csv`), test files in parallel on `threads` threads; with
 /// `plots`, each test file's chart goes there (`<name>.svg`).
 pub fn run_tep(dir: &Path, config: &DetectorConfig, threads: usize, plots: Option<&Path>) -> Result<TepRun, String> {
     let start = std::time::Instant::now();
-    let train = read_series(&dir.join("train").join("normal.csv"), "timestamp", &[])?;
-    let mut taught = Detector::new(config.clone()).map_err(|e| e.to_string())?;
-    teach(&mut taught, &train, train.rows.len())?;
-    let history_end = taught.last_timestamp().unwrap_or(0);
+    let (taught, history_end) = taught(dir, config)?;
     let mut names = vec![("normal".to_string(), 0)];
     names.extend((1..=21).map(|k| (format!("fault{k:02}"), k)));
     let files = super::parallel_map(

@@ -158,6 +158,13 @@ impl OnlineAr {
         self.skip_as(None);
     }
 
+    /// Whether its lags hold imputed values (readings skipped, not learnt): its
+    /// residual is then a forecast error several steps ahead, and successive
+    /// residuals share their innovations.
+    pub fn imputing(&self) -> bool {
+        !self.psi.is_empty()
+    }
+
     /// Forgets the lags (after a long gap they are no guide to the next reading):
     /// no prediction until `p` readings are learnt again; the fit is kept.
     pub fn restart_lags(&mut self) {
