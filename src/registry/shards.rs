@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use super::stream::Stream;
-use super::{Alert, AlertKind, Registry, RegistryError, lock, try_lock};
+use super::{Alert, AlertKind, Registry, RegistryError, lock};
 use crate::detector::{Detector, DetectorSnapshot};
 use crate::shard::ShardFunction;
 use crate::storage::{archive, snapshot};
@@ -246,31 +246,21 @@ impl Registry {
 
     /// Takes stream `id` out of the map, once no batch holds it.
     fn park(&self, id: &str) -> Option<Parked> {
-        loop {
-            let stream = self.get(id)?;
-            drop(lock(&stream.state));
-            let mut map = self.streams.write().unwrap_or_else(|p| p.into_inner());
-            if !map.get(id).is_some_and(|m| Arc::ptr_eq(m, &stream)) {
-                continue;
-            }
-            let Some(mut st) = try_lock(&stream.state) else {
-                continue;
-            };
+        self.with_exclusive(id, |map, stream, st| {
             map.remove(id);
-            drop(map);
             st.deleted = true;
             let mut files = Vec::new();
             if let Some(dir) = self.streams_dir() {
                 files.push(snapshot::stream_file(&dir, id));
             }
             files.extend(st.model_saved.take().map(|(_, f)| f));
-            return Some(Parked {
+            Parked {
                 id: id.to_string(),
                 snapshot: st.detector.snapshot_with(true),
                 labels: lock(&stream.meta).labels.clone(),
                 files,
-            });
-        }
+            }
+        })
     }
 
     /// At start-up, after the log's replay: streams of shards this node does not

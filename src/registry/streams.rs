@@ -1,6 +1,7 @@
 //! The streams as resources: create or reconfigure (`put`, merge `patch`), accept,
 //! delete, list and inspect; and the lock-free views `/metrics` reads.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -185,30 +186,45 @@ impl Registry {
     /// Removes a stream if `still` holds for it once it is locked (no batch can
     /// slip in between); returns whether it was removed.
     pub(super) fn delete_if(&self, id: &str, still: impl Fn(&Stream) -> bool) -> Result<bool, RegistryError> {
+        let removed = self.with_exclusive(id, |map, stream, st| -> Result<_, RegistryError> {
+            if !still(stream) {
+                return Ok(None);
+            }
+            let lsn = self.log(&Record::Delete(id.to_string()).encode())?;
+            map.remove(id);
+            st.deleted = true;
+            Ok(Some((lsn, st.model_saved.take().map(|(_, file)| file))))
+        });
+        match removed.ok_or_else(|| self.missing(id))?? {
+            None => Ok(false),
+            Some((lsn, model)) => {
+                lock(&self.tombstones).push((id.to_string(), model));
+                self.make_durable(lsn).map(|()| true)
+            }
+        }
+    }
+
+    /// Runs `f` on stream `id` with the map's write lock and the stream's lock
+    /// both held, once no batch holds the stream (None: no such stream). The
+    /// stream's lock is waited for without the map's: holding it there would
+    /// stall every request that needs the map behind one long batch; then the
+    /// map's, then the stream's if free (the one nesting).
+    pub(super) fn with_exclusive<R>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut HashMap<String, Arc<Stream>>, &Stream, &mut StreamState) -> R,
+    ) -> Option<R> {
         loop {
-            let stream = self.get(id).ok_or_else(|| self.missing(id))?;
-            // Wait for a busy stream without the map's lock: holding it here would
-            // stall every request that needs the map behind one long batch.
+            let stream = self.get(id)?;
             drop(lock(&stream.state));
             let mut map = self.streams.write().unwrap_or_else(|p| p.into_inner());
             if !map.get(id).is_some_and(|m| Arc::ptr_eq(m, &stream)) {
                 continue;
             }
-            // Map lock, then stream lock (the one nesting), taken only if free.
             let Some(mut st) = try_lock(&stream.state) else {
                 continue;
             };
-            if !still(&stream) {
-                return Ok(false);
-            }
-            let lsn = self.log(&Record::Delete(id.to_string()).encode())?;
-            map.remove(id);
-            st.deleted = true;
-            let model = st.model_saved.take().map(|(_, file)| file);
-            drop(st);
-            drop(map);
-            lock(&self.tombstones).push((id.to_string(), model));
-            return self.make_durable(lsn).map(|()| true);
+            return Some(f(&mut map, &stream, &mut st));
         }
     }
 
