@@ -66,9 +66,11 @@ impl Nodes {
         use reqwest::Method;
         let (from, to) = (&self.from, &self.to);
         let start = Instant::now();
+        let body = serde_json::json!({ "to": to });
         self.call(
             "release",
-            self.request(Method::POST, format!("{from}/v1/shards/{shard}/release")),
+            self.request(Method::POST, format!("{from}/v1/shards/{shard}/release"))
+                .json(&body),
         )
         .await?;
         let archive = self
@@ -103,7 +105,6 @@ impl Nodes {
             .ok()
             .and_then(|v| v["streams"].as_u64())
             .unwrap_or(0);
-        let body = serde_json::json!({ "to": to });
         self.call(
             "forget",
             self.request(Method::POST, format!("{from}/v1/shards/{shard}/forget"))

@@ -46,6 +46,9 @@ pub struct ShardTable {
     /// Shards being handed over.
     #[serde(default)]
     pub moving: BTreeSet<u32>,
+    /// Where each shard being handed over goes, when the release said.
+    #[serde(default)]
+    pub moving_to: BTreeMap<u32, String>,
     /// Shards that moved from here, and where to.
     #[serde(default)]
     pub moved: BTreeMap<u32, String>,
@@ -205,25 +208,42 @@ impl Registry {
         }
     }
 
-    /// Stops taking shard `shard` so it can move (`to`: where, for the record):
-    /// its streams leave the map (a batch already holding one finishes first)
-    /// and are written to disk as they are; requests for them are refused (421)
-    /// until the shard is forgotten or reclaimed. Returns the streams parked.
-    pub fn release_shard(&self, shard: u32) -> Result<usize, RegistryError> {
+    /// Stops taking shard `shard` so it can move to the node at `to` (when
+    /// given): its streams leave the map (a batch already holding one finishes
+    /// first) and are written to disk as they are; requests for them are refused
+    /// (421) until the shard is forgotten or reclaimed. Releasing it again is
+    /// harmless, unless to another node: a shard moves to one node at a time.
+    /// Returns the streams parked.
+    pub fn release_shard(&self, shard: u32, to: Option<String>) -> Result<usize, RegistryError> {
         let s = self.check_shard(shard)?;
-        {
-            let t = s.table();
-            if t.moving.contains(&shard) {
-                return Ok(lock(&s.parked).get(&shard).map_or(0, Vec::len));
-            }
-            if !t.owned.contains(&shard) {
-                return Err(state_error(format!("shard {shard} is not this node's to release")));
-            }
-        }
+        let mut refused = None;
+        let mut again = false;
         self.change_table(s, |t| {
-            t.owned.remove(&shard);
-            t.moving.insert(shard);
+            if t.moving.contains(&shard) {
+                again = true;
+                if let (Some(there), Some(to)) = (t.moving_to.get(&shard), &to)
+                    && there != to
+                {
+                    refused = Some(format!("shard {shard} is already moving to {there}"));
+                } else if let Some(to) = &to {
+                    t.moving_to.insert(shard, to.clone());
+                }
+            } else if !t.owned.contains(&shard) {
+                refused = Some(format!("shard {shard} is not this node's to release"));
+            } else {
+                t.owned.remove(&shard);
+                t.moving.insert(shard);
+                if let Some(to) = &to {
+                    t.moving_to.insert(shard, to.clone());
+                }
+            }
         })?;
+        if let Some(why) = refused {
+            return Err(state_error(why));
+        }
+        if again {
+            return Ok(lock(&s.parked).get(&shard).map_or(0, Vec::len));
+        }
         let ids: Vec<String> = self
             .streams
             .read()
@@ -337,6 +357,7 @@ impl Registry {
         drop(map);
         self.change_table(s, |t| {
             t.moving.remove(&shard);
+            t.moving_to.remove(&shard);
             t.moved.remove(&shard);
             t.owned.insert(shard);
         })?;
@@ -353,6 +374,7 @@ impl Registry {
         }
         self.change_table(s, |t| {
             t.moving.remove(&shard);
+            t.moving_to.remove(&shard);
             match to {
                 Some(url) => t.moved.insert(shard, url),
                 None => t.moved.remove(&shard),

@@ -68,7 +68,13 @@ fn a_shard_moves_with_its_models_readings_and_open_incident() {
     let before = a.info(&m).unwrap();
     let incident = before.incident.as_ref().expect("an incident is open").id;
 
-    assert_eq!(a.release_shard(5).unwrap(), 1);
+    assert_eq!(a.release_shard(5, Some("http://b:8080".into())).unwrap(), 1);
+    // One move at a time: again to the same node is harmless, to another refused.
+    assert_eq!(a.release_shard(5, Some("http://b:8080".into())).unwrap(), 1);
+    assert!(matches!(
+        a.release_shard(5, Some("http://c:8080".into())),
+        Err(RegistryError::ShardState(_))
+    ));
     assert!(matches!(
         a.ingest(&[reading(&m, 200, 40.0)]),
         Err(RegistryError::Moving { shard: 5, .. })
@@ -138,7 +144,7 @@ fn a_crash_mid_move_leaves_the_shard_parked_and_reclaimable() {
     a.adopt(&m, super::super::tests::trained_detector()).unwrap();
     a.snapshot().unwrap();
     a.ingest(&[reading(&m, 160, 0.3)]).unwrap();
-    a.release_shard(9).unwrap();
+    a.release_shard(9, None).unwrap();
     a.snapshot().unwrap(); // the log's records of m may go: its state is on disk
     drop(a);
     let a = Registry::open(config.clone(), Arc::new(Metrics::new())).unwrap();

@@ -29,13 +29,16 @@ pub(super) async fn list(State(st): State<AppState>) -> Result<Json<serde_json::
     })))
 }
 
-/// `POST /v1/shards/{n}/release`: stop taking shard n (421 for its streams
-/// from now on) so that it can be exported and moved.
+/// `POST /v1/shards/{n}/release` (`{"to": "http://node:8080"}`, optional):
+/// stop taking shard n (421 for its streams from now on) so that it can be
+/// exported and moved; a second release to another node is refused (409).
 pub(super) async fn release(
     State(st): State<AppState>,
     ApiPath(shard): ApiPath<u32>,
+    body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let n = blocking(&st.registry, move |r| r.release_shard(shard)).await?;
+    let to = target(body).await?;
+    let n = blocking(&st.registry, move |r| r.release_shard(shard, to)).await?;
     Ok(Json(json!({"shard": shard, "state": "moving", "streams": n})))
 }
 
@@ -49,22 +52,16 @@ pub(super) async fn reclaim(
 }
 
 #[derive(Deserialize, Default)]
-pub(super) struct ForgetBody {
-    /// The base URL of the node the shard went to.
+struct TargetBody {
+    /// The base URL of the node the shard goes (or went) to.
     to: Option<String>,
 }
 
-/// `POST /v1/shards/{n}/forget` (`{"to": "http://node:8080"}`): end a move
-/// from here; the shard's parked streams and files go, requests for it are
-/// passed on to `to`.
-pub(super) async fn forget(
-    State(st): State<AppState>,
-    ApiPath(shard): ApiPath<u32>,
-    body: Body,
-) -> Result<Json<serde_json::Value>, ApiError> {
+/// The optional `{"to": "http://node:8080"}` of a release or a forget.
+async fn target(body: Body) -> Result<Option<String>, ApiError> {
     let bytes = read_body(body, 64 * 1024).await?;
-    let b: ForgetBody = if bytes.iter().all(u8::is_ascii_whitespace) {
-        ForgetBody::default()
+    let b: TargetBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+        TargetBody::default()
     } else {
         serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?
     };
@@ -76,7 +73,18 @@ pub(super) async fn forget(
             format!("to: {to:?} must start with http://"),
         ));
     }
-    let to = b.to.map(|u| u.trim_end_matches('/').to_string());
+    Ok(b.to.map(|u| u.trim_end_matches('/').to_string()))
+}
+
+/// `POST /v1/shards/{n}/forget` (`{"to": "http://node:8080"}`): end a move
+/// from here; the shard's parked streams and files go, requests for it are
+/// passed on to `to`.
+pub(super) async fn forget(
+    State(st): State<AppState>,
+    ApiPath(shard): ApiPath<u32>,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let to = target(body).await?;
     let n = blocking(&st.registry, move |r| r.forget_shard(shard, to)).await?;
     Ok(Json(json!({"shard": shard, "state": "moved", "streams": n})))
 }
