@@ -157,6 +157,15 @@ impl Registry {
         self.shards.as_ref().map_or(Route::Here, |s| s.route(id))
     }
 
+    /// Whether a shard is moving from here or moved from here (requests for it
+    /// may then need passing on).
+    pub fn shards_in_motion(&self) -> bool {
+        self.shards.as_ref().is_some_and(|s| {
+            let t = s.table.read().unwrap_or_else(|p| p.into_inner());
+            !t.moving.is_empty() || !t.moved.is_empty()
+        })
+    }
+
     /// The shard table and the streams per shard held here (None: not sharded).
     pub fn shard_table(&self) -> Option<(ShardTable, BTreeMap<u32, usize>)> {
         let s = self.shards.as_ref()?;

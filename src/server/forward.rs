@@ -24,7 +24,6 @@ use axum::response::{IntoResponse, Response};
 use std::collections::HashMap;
 
 use super::{ApiError, AppState};
-use crate::protocol::prompb;
 use crate::registry::{Reading, Registry, Route, SeriesLabels};
 
 /// Marks a request one node passed on to another.
@@ -140,7 +139,8 @@ pub(super) struct Away {
 /// Takes out of `write` the samples of series whose shard is moving or moved.
 pub(super) fn split_remote(registry: &Registry, write: &mut super::prom::RemoteWrite) -> Away {
     let mut away = Away::default();
-    if registry.config().shards.is_none() {
+    // The common case: no shard on its way anywhere, nothing to look up.
+    if !registry.shards_in_motion() {
         return away;
     }
     let routes: HashMap<String, Route> = write
@@ -174,34 +174,7 @@ pub(super) fn split_remote(registry: &Registry, write: &mut super::prom::RemoteW
 /// Sends remote_write samples on to the node their shard moved to; whether it
 /// took them.
 pub(super) async fn pass_on_samples(f: &Forwarder, base: &str, readings: &[Reading], labels: &SeriesLabels) -> bool {
-    use prost::Message as _;
-    let mut series: HashMap<&str, prompb::TimeSeries> = HashMap::new();
-    for r in readings {
-        let ts = series.entry(r.stream.as_str()).or_insert_with(|| prompb::TimeSeries {
-            labels: labels
-                .get(&r.stream)
-                .map(|l| {
-                    l.iter()
-                        .map(|(name, value)| prompb::Label {
-                            name: name.clone(),
-                            value: value.clone(),
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-            samples: Vec::new(),
-        });
-        ts.samples.push(prompb::Sample {
-            value: r.values[0],
-            timestamp: r.timestamp.div_euclid(1000),
-        });
-    }
-    let req = prompb::WriteRequest {
-        timeseries: series.into_values().collect(),
-    };
-    let Ok(body) = snap::raw::Encoder::new().compress_vec(&req.encode_to_vec()) else {
-        return false;
-    };
+    let body = super::prom::encode(readings, labels);
     let sent = f
         .client
         .post(format!("{}/api/v1/write", base.trim_end_matches('/')))
