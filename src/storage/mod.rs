@@ -39,8 +39,9 @@ pub enum StorageError {
         /// The cause.
         source: std::io::Error,
     },
-    /// The bytes are not a valid safetensors file.
-    #[error("not a valid safetensors file: {0}")]
+    /// The bytes are not a valid file of the format read (safetensors, a
+    /// snapshot, a model file, a shard archive): the message says which.
+    #[error("invalid file: {0}")]
     Format(String),
     /// A tensor the model needs is absent.
     #[error("tensor {0:?} is missing")]

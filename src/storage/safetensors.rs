@@ -90,8 +90,8 @@ fn encode<T: Scalar>(
         .iter()
         .map(|(n, s, d)| TensorView::new(dtype, s.clone(), d).map(|v| (n.clone(), v)))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| StorageError::Format(e.to_string()))?;
-    safetensors::serialize(views, metadata).map_err(|e| StorageError::Format(e.to_string()))
+        .map_err(|e| StorageError::Format(format!("safetensors: {e}")))?;
+    safetensors::serialize(views, metadata).map_err(|e| StorageError::Format(format!("safetensors: {e}")))
 }
 
 /// Reads tensor `name` into `dst` (an owned, contiguous array), checking its shape.
@@ -142,7 +142,7 @@ fn read<T: Scalar>(st: &SafeTensors, name: &str, expected: &[usize]) -> Result<A
             });
         }
     };
-    ArrayD::from_shape_vec(IxDyn(expected), vals).map_err(|e| StorageError::Format(e.to_string()))
+    ArrayD::from_shape_vec(IxDyn(expected), vals).map_err(|e| StorageError::Format(format!("safetensors: {e}")))
 }
 
 /// IEEE half → f64 (subnormals, infinities and NaN included).
@@ -164,7 +164,7 @@ fn f16_to_f64(bits: u16) -> f64 {
 }
 
 fn parse(bytes: &[u8]) -> Result<SafeTensors<'_>, StorageError> {
-    SafeTensors::deserialize(bytes).map_err(|e| StorageError::Format(e.to_string()))
+    SafeTensors::deserialize(bytes).map_err(|e| StorageError::Format(format!("safetensors: {e}")))
 }
 
 fn read_rnn_into<T: Scalar>(st: &SafeTensors, rnn: &mut Rnn<T>, prefix: &str) -> Result<(), StorageError> {
