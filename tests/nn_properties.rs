@@ -11,7 +11,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use anomalyd::nn::isa::Isa;
-use anomalyd::nn::{Autoencoder, AutoencoderConfig, CellKind, Rnn, RnnConfig, ScoreWorkspace};
+use anomalyd::nn::{Autoencoder, AutoencoderConfig, CellKind, Rnn, RnnConfig, ScoreWorkspace, Scorer};
 
 fn kind_strategy() -> impl Strategy<Value = CellKind> {
     prop_oneof![
@@ -137,6 +137,26 @@ proptest! {
             assert_close(fast.iter(), generic.iter(), 1e-4, 1e-5, &format!("scorer ({})", isa.name()));
             // The f64 model agrees too: the f32 kernels are accurate, not just consistent.
             assert_close(fast.iter(), exact.iter(), 1e-4, 1e-5, &format!("scorer vs f64 ({})", isa.name()));
+        }
+    }
+
+    #[test]
+    fn an_ensemble_scored_together_equals_each_member_alone(
+        kind in kind_strategy(), members in 1usize..7, d_in in 1usize..4, h in 1usize..40, layers in 1usize..3,
+        w in 1usize..12, seed in any::<u64>(),
+    ) {
+        // The defaults' shape (one-way LSTMs of one layer) runs the members' steps
+        // together on AVX-512; every other shape runs them one by one.
+        let mut rng = StdRng::seed_from_u64(seed);
+        let cfg = AutoencoderConfig { kind, d_input: d_in, d_hidden: h, n_layers: layers, bidirectional: false, dropout: 0.0 };
+        let scorers: Vec<Scorer> = (0..members).map(|_| Autoencoder::<f32>::new(cfg.clone(), &mut rng).compile()).collect();
+        let window: Vec<f32> = (0..w * d_in).map(|_| rng.random::<f32>() * 4.0 - 2.0).collect();
+        let mut together = Vec::new();
+        Scorer::reconstruct_each(&scorers, &window, &mut Vec::new(), |y| together.push(y.to_vec()));
+        prop_assert_eq!(together.len(), members);
+        let mut ws = ScoreWorkspace::default();
+        for (s, y) in scorers.iter().zip(&together) {
+            prop_assert_eq!(y.as_slice(), s.reconstruct(&window, &mut ws));
         }
     }
 }

@@ -1,11 +1,12 @@
 //! The scorer allocates nothing once its workspace has grown: a counting global
 //! allocator (this test binary's own) sees no allocation in a second reconstruction
-//! of a window, for every cell kind, stacked and bidirectional.
+//! of a window, for every cell kind, stacked and bidirectional, nor in an
+//! ensemble's members scored together.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use anomalyd::nn::{Autoencoder, AutoencoderConfig, CellKind, ScoreWorkspace};
+use anomalyd::nn::{Autoencoder, AutoencoderConfig, CellKind, ScoreWorkspace, Scorer};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -73,4 +74,23 @@ fn a_warm_scorer_allocates_nothing() {
             assert_eq!(again, first[0], "the same window, the same reconstruction");
         }
     }
+}
+
+#[test]
+fn a_warm_ensemble_allocates_nothing() {
+    // Six members of the defaults' shape: two groups stepped together on AVX-512.
+    let mut rng = StdRng::seed_from_u64(7);
+    let config = AutoencoderConfig::new(CellKind::Lstm, 1, 16);
+    let scorers: Vec<Scorer> = (0..6)
+        .map(|_| Autoencoder::<f32>::new(config.clone(), &mut rng).compile())
+        .collect();
+    let window: Vec<f32> = (0..32).map(|k| (k as f32 * 0.37).sin()).collect();
+    let mut wss = Vec::new();
+    let mut sum = 0.0;
+    Scorer::reconstruct_each(&scorers, &window, &mut wss, |y| sum += y[0]);
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let mut again = 0.0;
+    Scorer::reconstruct_each(&scorers, &window, &mut wss, |y| again += y[0]);
+    assert_eq!(ALLOCATIONS.load(Ordering::Relaxed) - before, 0);
+    assert_eq!(again, sum, "the same window, the same reconstructions");
 }

@@ -2,7 +2,8 @@
 //!
 //! The cell and scoring kernels are written once and compiled three times: for
 //! AVX-512 (16 lanes of f32), for AVX2 with FMA (8 lanes), and portably (the
-//! target's baseline: SSE2 on x86-64, NEON on aarch64). The widest path this CPU
+//! target's baseline: SSE2 on x86-64, NEON on aarch64); the AVX-512 path's LSTM
+//! step is written in intrinsics besides (`avx512.rs`). The widest path this CPU
 //! supports is used unless a caller caps it: process-wide with [`limit`] (the
 //! binary does so from `ANOMALYD_ISA`), or on one thread with [`scoped`] (tests
 //! run every path side by side). The matrix products of training and batch

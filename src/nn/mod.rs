@@ -14,6 +14,8 @@
 
 mod aligned;
 mod autoencoder;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod cell;
 mod dense;
 pub mod init;

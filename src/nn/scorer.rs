@@ -209,7 +209,7 @@ impl Scorer {
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => unsafe { self.reconstruct_avx2(window, ws) },
-            _ => self.reconstruct_impl::<false>(window, ws),
+            _ => self.reconstruct_impl::<false, false>(window, ws),
         }
         &ws.out
     }
@@ -223,17 +223,17 @@ impl Scorer {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
     unsafe fn reconstruct_avx512(&self, window: &[f32], ws: &mut ScoreWorkspace) {
-        self.reconstruct_impl::<true>(window, ws)
+        self.reconstruct_impl::<true, true>(window, ws)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn reconstruct_avx2(&self, window: &[f32], ws: &mut ScoreWorkspace) {
-        self.reconstruct_impl::<true>(window, ws)
+        self.reconstruct_impl::<true, false>(window, ws)
     }
 
     #[inline(always)]
-    fn reconstruct_impl<const FMA: bool>(&self, window: &[f32], ws: &mut ScoreWorkspace) {
+    fn reconstruct_impl<const FMA: bool, const WIDE: bool>(&self, window: &[f32], ws: &mut ScoreWorkspace) {
         let cfg = &self.config;
         let (d, h) = (cfg.d_input, cfg.d_hidden);
         let w = window.len() / d;
@@ -267,7 +267,7 @@ impl Scorer {
                 } else {
                     Some((&mut *dst, dirs * h, dir * h))
                 };
-                run_cell::<FMA>(cell, &ws.xp, w, false, dir == 1, &mut ws.h, &mut ws.c, &mut ws.ah, out);
+                run_cell::<FMA, WIDE>(cell, &ws.xp, w, false, dir == 1, &mut ws.h, &mut ws.c, &mut ws.ah, out);
                 if top {
                     ws.latent[dir * h..(dir + 1) * h].copy_from_slice(&ws.h);
                 }
@@ -289,7 +289,7 @@ impl Scorer {
             }
             ws.h.fill(0.0);
             ws.c.fill(0.0);
-            run_cell::<FMA>(
+            run_cell::<FMA, WIDE>(
                 cell,
                 &ws.xp,
                 w,
@@ -303,14 +303,135 @@ impl Scorer {
         }
         let dec_out = if cfg.n_layers % 2 == 1 { &ws.seq_a } else { &ws.seq_b };
 
-        // Head on every step.
         resize(&mut ws.out, w * d);
-        for t in 0..w {
-            let h_t = &dec_out[t * h..(t + 1) * h];
-            for (j, o) in ws.out[t * d..(t + 1) * d].iter_mut().enumerate() {
+        self.head::<FMA>(dec_out, &mut ws.out);
+    }
+
+    /// The head on every step: `out[t] = head(dec_out[t])`.
+    #[inline(always)]
+    fn head<const FMA: bool>(&self, dec_out: &[f32], out: &mut [f32]) {
+        let (d, h) = (self.config.d_input, self.config.d_hidden);
+        for (h_t, out_t) in dec_out.chunks_exact(h).zip(out.chunks_exact_mut(d)) {
+            for (j, o) in out_t.iter_mut().enumerate() {
                 *o = self.head_b[j] + dot::<FMA>(h_t, &self.head_w[j * h..(j + 1) * h]);
             }
         }
+    }
+
+    /// Reconstructs one window with each of `scorers` (an ensemble's members, one
+    /// workspace each in `wss`) and hands the reconstructions to `f` in order.
+    ///
+    /// On the AVX-512 path, members that are single-layer, one-way LSTMs of one
+    /// shape (the defaults) run their steps together, which the core overlaps
+    /// ([`super::avx512::lstm_steps_together`]); otherwise each runs alone, as
+    /// [`reconstruct`](Scorer::reconstruct). The results are the same either way.
+    ///
+    /// # Panics
+    /// As [`reconstruct`](Scorer::reconstruct).
+    pub fn reconstruct_each(
+        scorers: &[Scorer],
+        window: &[f32],
+        wss: &mut Vec<ScoreWorkspace>,
+        mut f: impl FnMut(&[f32]),
+    ) {
+        if wss.len() < scorers.len() {
+            wss.resize_with(scorers.len(), Default::default);
+        }
+        let isa = isa::active().min(isa::widest());
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx512 && steps_together(scorers) {
+            let d = scorers[0].config.d_input;
+            assert!(
+                !window.is_empty() && window.len().is_multiple_of(d),
+                "window of {} values for {d} features",
+                window.len()
+            );
+            // SAFETY: the CPU supports the path (`widest` detected it).
+            unsafe { together_avx512(scorers, window, wss) };
+            wss[..scorers.len()].iter().for_each(|ws| f(&ws.out));
+            return;
+        }
+        for (s, ws) in scorers.iter().zip(wss.iter_mut()) {
+            f(s.reconstruct_on(isa, window, ws));
+        }
+    }
+}
+
+/// Whether `scorers` can run their steps together: two or more single-layer,
+/// one-way LSTMs of one shape.
+fn steps_together(scorers: &[Scorer]) -> bool {
+    let c = &scorers.first().map(|s| &s.config);
+    scorers.len() >= 2
+        && scorers.iter().all(|s| {
+            let k = &s.config;
+            Some(k) == *c && k.kind == CellKind::Lstm && k.n_layers == 1 && !k.bidirectional
+        })
+}
+
+/// [`Scorer::reconstruct_each`] for members that [`steps_together`]: each
+/// member's encoder, then each decoder, step by step in turn.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+fn together_avx512(scorers: &[Scorer], window: &[f32], wss: &mut [ScoreWorkspace]) {
+    use super::avx512::{LstmRun, lstm_steps_together};
+    let cfg = &scorers[0].config;
+    let (d, h) = (cfg.d_input, cfg.d_hidden);
+    let w = window.len() / d;
+    let wss = &mut wss[..scorers.len()];
+    for (s, ws) in scorers.iter().zip(wss.iter_mut()) {
+        for (v, n) in [
+            (&mut ws.xp, w * 4 * h),
+            (&mut ws.ah, 4 * h),
+            (&mut ws.h, h),
+            (&mut ws.c, h),
+        ] {
+            resize(v, n);
+        }
+        resize(&mut ws.seq_a, w * h);
+        resize(&mut ws.out, w * d);
+        input_projection::<true>(&s.enc[0], window, w, &mut ws.xp);
+        ws.h.fill(0.0);
+        ws.c.fill(0.0);
+    }
+    // Four members at a time, gathered in a fixed array (scoring allocates nothing).
+    type Slots<'a> = [Option<LstmRun<'a>>; 4];
+    fn runs<'a>(
+        scorers: &'a [Scorer],
+        cell: fn(&Scorer) -> &FastCell,
+        wss: &'a mut [ScoreWorkspace],
+        keep: bool,
+    ) -> Slots<'a> {
+        let mut slots: Slots<'a> = [None, None, None, None];
+        for (slot, (s, ws)) in slots.iter_mut().zip(scorers.iter().zip(wss.iter_mut())) {
+            *slot = Some(LstmRun {
+                w_hh: &cell(s).w_hh_t.data,
+                xp: &ws.xp,
+                h: &mut ws.h,
+                c: &mut ws.c,
+                ah: &mut ws.ah,
+                out: keep.then_some(&mut ws.seq_a[..]),
+            });
+        }
+        slots
+    }
+    let groups = || scorers.chunks(4).zip(0..);
+    for (group, g) in groups() {
+        let wss = &mut wss[4 * g..4 * g + group.len()];
+        lstm_steps_together(&mut runs(group, |s| &s.enc[0], wss, false), w, false);
+    }
+    for (s, ws) in scorers.iter().zip(wss.iter_mut()) {
+        resize(&mut ws.latent, h);
+        ws.latent.copy_from_slice(&ws.h);
+        input_projection::<true>(&s.dec[0], &ws.latent, 1, &mut ws.xp);
+        ws.h.fill(0.0);
+        ws.c.fill(0.0);
+    }
+    for (group, g) in groups() {
+        let wss = &mut wss[4 * g..4 * g + group.len()];
+        lstm_steps_together(&mut runs(group, |s| &s.dec[0], wss, true), w, true);
+    }
+    for (s, ws) in scorers.iter().zip(wss.iter_mut()) {
+        s.head::<true>(&ws.seq_a, &mut ws.out);
     }
 }
 
@@ -444,15 +565,28 @@ fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
     sum
 }
 
+/// `σ` on every element; `WIDE` (the AVX-512 path only) takes the intrinsic
+/// kernels of [`super::avx512`].
 #[inline(always)]
-fn sigmoid_all<const FMA: bool>(xs: &mut [f32]) {
+fn sigmoid_all<const FMA: bool, const WIDE: bool>(xs: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if WIDE {
+        // SAFETY: WIDE is set only on the AVX-512 path.
+        return unsafe { super::avx512::sigmoid_slice(xs) };
+    }
     for x in xs {
         *x = sig::<FMA>(*x);
     }
 }
 
+/// `tanh` on every element, as [`sigmoid_all`].
 #[inline(always)]
-fn tanh_all<const FMA: bool>(xs: &mut [f32]) {
+fn tanh_all<const FMA: bool, const WIDE: bool>(xs: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if WIDE {
+        // SAFETY: WIDE is set only on the AVX-512 path.
+        return unsafe { super::avx512::tanh_slice(xs) };
+    }
     for x in xs {
         *x = th::<FMA>(*x);
     }
@@ -480,7 +614,7 @@ fn th<const FMA: bool>(x: f32) -> f32 {
 /// `buffer[t * row_stride + column ..][..H]`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn run_cell<const FMA: bool>(
+fn run_cell<const FMA: bool, const WIDE: bool>(
     cell: &FastCell,
     xp: &[f32],
     steps: usize,
@@ -491,6 +625,14 @@ fn run_cell<const FMA: bool>(
     ah: &mut [f32],
     mut out: Option<(&mut AlignedVec, usize, usize)>,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if WIDE && cell.kind == CellKind::Lstm {
+        let out = out.map(|(buf, stride, col)| (&mut buf[..], stride, col));
+        // SAFETY: WIDE is set only on the AVX-512 path.
+        return unsafe {
+            super::avx512::lstm_steps(&cell.w_hh_t.data, xp, steps, const_input, reverse, (h, c, ah), out)
+        };
+    }
     let hd = cell.h;
     let gh = ah.len();
     for step in 0..steps {
@@ -500,7 +642,7 @@ fn run_cell<const FMA: bool>(
         } else {
             &xp[t * gh..(t + 1) * gh]
         };
-        cell_step::<FMA>(cell, x_row, h, c, ah);
+        cell_step::<FMA, WIDE>(cell, x_row, h, c, ah);
         if let Some((buf, stride, col)) = out.as_mut() {
             buf[t * *stride + *col..t * *stride + *col + hd].copy_from_slice(h);
         }
@@ -510,7 +652,13 @@ fn run_cell<const FMA: bool>(
 /// One step of one cell: `ah` (`[G*H]`) is the gates' scratch, `x_row` the step's
 /// input projection; `h` (and LSTM's `c`) are updated in place.
 #[inline(always)]
-fn cell_step<const FMA: bool>(cell: &FastCell, x_row: &[f32], h: &mut [f32], c: &mut [f32], ah: &mut [f32]) {
+fn cell_step<const FMA: bool, const WIDE: bool>(
+    cell: &FastCell,
+    x_row: &[f32],
+    h: &mut [f32],
+    c: &mut [f32],
+    ah: &mut [f32],
+) {
     let hd = cell.h;
     // Each gate block is activated by a plain loop over one slice, and the state
     // update zips slices, so every loop here vectorises.
@@ -518,15 +666,21 @@ fn cell_step<const FMA: bool>(cell: &FastCell, x_row: &[f32], h: &mut [f32], c: 
         CellKind::RnnTanh => {
             ah.copy_from_slice(x_row);
             cell.w_hh_t.gemv_acc::<FMA>(ah, h);
-            tanh_all::<FMA>(ah);
+            tanh_all::<FMA, WIDE>(ah);
             h.copy_from_slice(ah);
         }
         CellKind::Lstm => {
             ah.copy_from_slice(x_row);
             cell.w_hh_t.gemv_acc::<FMA>(ah, h);
-            sigmoid_all::<FMA>(&mut ah[..2 * hd]);
-            tanh_all::<FMA>(&mut ah[2 * hd..3 * hd]);
-            sigmoid_all::<FMA>(&mut ah[3 * hd..]);
+            sigmoid_all::<FMA, WIDE>(&mut ah[..2 * hd]);
+            tanh_all::<FMA, WIDE>(&mut ah[2 * hd..3 * hd]);
+            sigmoid_all::<FMA, WIDE>(&mut ah[3 * hd..]);
+            #[cfg(target_arch = "x86_64")]
+            if WIDE {
+                // SAFETY: WIDE is set only on the AVX-512 path.
+                unsafe { super::avx512::lstm_update(ah, c, h) };
+                return;
+            }
             let (i, rest) = ah.split_at(hd);
             let (f, rest) = rest.split_at(hd);
             let (g, o) = rest.split_at(hd);
@@ -569,7 +723,7 @@ fn cell_step<const FMA: bool>(cell: &FastCell, x_row: &[f32], h: &mut [f32], c: 
                 *rh = rk * hk;
             }
             cell.w_hn_t.gemv_acc::<FMA>(n, c);
-            tanh_all::<FMA>(n);
+            tanh_all::<FMA, WIDE>(n);
             for ((hj, &zj), &nj) in h.iter_mut().zip(z).zip(n.iter()) {
                 *hj = (1.0 - zj) * nj + zj * *hj;
             }

@@ -1,0 +1,304 @@
+//! The scorer's gate activations written with AVX-512 intrinsics.
+//!
+//! The portable and AVX2 paths leave vectorisation to the compiler; so does this
+//! one, except where the compiler's choice is the bottleneck. A vector division
+//! (`vdivps zmm`) is issued at most once every 10–16 cycles, and an LSTM step
+//! makes five of them (the sigmoids of i, f, o and the tanh of g and c), so a
+//! scorer step waited on the divider more than on anything else. Here the
+//! reciprocal is `vrcp14ps` (14 bits) refined by one Newton step (about 28 bits,
+//! beyond f32's 24): two fused multiply-adds that pipeline.
+//!
+//! The arithmetic otherwise follows [`super::scalar::exp_f32_on`] exactly (the
+//! same reduction, polynomial and clamps), so the results differ from the other
+//! FMA paths' only in the last bit or two of each activation.
+
+#![cfg(target_arch = "x86_64")]
+
+use std::arch::x86_64::*;
+
+/// `1 / d`, from `vrcp14ps` and one Newton step.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn recip(d: __m512) -> __m512 {
+    let r = _mm512_rcp14_ps(d);
+    // r' = r (2 − d r) = r + r (1 − d r)
+    let e = _mm512_fnmadd_ps(d, r, _mm512_set1_ps(1.0));
+    _mm512_fmadd_ps(r, e, r)
+}
+
+/// `exp(x)` as [`super::scalar::exp_f32_on::<true>`].
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn exp(x: __m512) -> __m512 {
+    const ROUND: f32 = 12_582_912.0;
+    let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3)), _mm512_set1_ps(88.3));
+    let round = _mm512_set1_ps(ROUND);
+    let shifted = _mm512_fmadd_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E), round);
+    let n = _mm512_sub_ps(shifted, round);
+    let r = _mm512_fmadd_ps(n, _mm512_set1_ps(-0.693_359_4), x);
+    let r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.121_944_4e-4), r);
+    let mut p = _mm512_set1_ps(1.987_569_1e-4);
+    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    }
+    let er = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0)));
+    let n_int = _mm512_sub_epi32(_mm512_castps_si512(shifted), _mm512_castps_si512(round));
+    let scale = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(n_int, _mm512_set1_epi32(127))));
+    _mm512_mul_ps(er, scale)
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn sigmoid(x: __m512) -> __m512 {
+    let e = exp(_mm512_sub_ps(_mm512_setzero_ps(), x));
+    recip(_mm512_add_ps(e, _mm512_set1_ps(1.0)))
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn tanh(x: __m512) -> __m512 {
+    let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-10.0)), _mm512_set1_ps(10.0));
+    let e = exp(_mm512_add_ps(x, x));
+    let q = recip(_mm512_add_ps(e, _mm512_set1_ps(1.0)));
+    _mm512_fnmadd_ps(_mm512_set1_ps(2.0), q, _mm512_set1_ps(1.0))
+}
+
+/// Applies `f` to every element of `xs`, sixteen at a time (the tail masked).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn map(xs: &mut [f32], f: impl Fn(__m512) -> __m512) {
+    let mut chunks = xs.chunks_exact_mut(16);
+    for c in &mut chunks {
+        // SAFETY: `c` holds exactly 16 f32.
+        unsafe { _mm512_storeu_ps(c.as_mut_ptr(), f(_mm512_loadu_ps(c.as_ptr()))) };
+    }
+    let tail = chunks.into_remainder();
+    if !tail.is_empty() {
+        let m: __mmask16 = (1u16 << tail.len()) - 1;
+        // SAFETY: the mask covers exactly the `tail.len()` elements of `tail`.
+        unsafe {
+            let v = _mm512_maskz_loadu_ps(m, tail.as_ptr());
+            _mm512_mask_storeu_ps(tail.as_mut_ptr(), m, f(v));
+        }
+    }
+}
+
+/// `xs[i] = σ(xs[i])`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub fn sigmoid_slice(xs: &mut [f32]) {
+    map(xs, |v| sigmoid(v))
+}
+
+/// `xs[i] = tanh(xs[i])`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub fn tanh_slice(xs: &mut [f32]) {
+    map(xs, |v| tanh(v))
+}
+
+/// The LSTM state update from activated gates `i, f, g, o` (each `[H]`):
+/// `c = f c + i g`, `h = o tanh(c)`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub fn lstm_update(gates: &[f32], c: &mut [f32], h: &mut [f32]) {
+    let hd = c.len();
+    assert!(gates.len() == 4 * hd && h.len() == hd);
+    let mut j = 0;
+    while j < hd {
+        let m: __mmask16 = if hd - j >= 16 { u16::MAX } else { (1u16 << (hd - j)) - 1 };
+        // SAFETY: the mask keeps every access within `j..hd` of each slice, and
+        // `gates` holds four blocks of `hd`.
+        unsafe {
+            let g = gates.as_ptr().add(j);
+            let i = _mm512_maskz_loadu_ps(m, g);
+            let f = _mm512_maskz_loadu_ps(m, g.add(hd));
+            let gg = _mm512_maskz_loadu_ps(m, g.add(2 * hd));
+            let o = _mm512_maskz_loadu_ps(m, g.add(3 * hd));
+            let cv = _mm512_maskz_loadu_ps(m, c.as_ptr().add(j));
+            let cv = _mm512_fmadd_ps(f, cv, _mm512_mul_ps(i, gg));
+            _mm512_mask_storeu_ps(c.as_mut_ptr().add(j), m, cv);
+            _mm512_mask_storeu_ps(h.as_mut_ptr().add(j), m, _mm512_mul_ps(o, tanh(cv)));
+        }
+        j += 16;
+    }
+}
+
+/// `y += x · M` for a matrix packed as [`super::scorer`]'s `Packed` (`[k, n]`,
+/// column blocks 64, 32, 8 and 1 wide, each block's `k` rows in a row). The 64-
+/// and 32-wide blocks keep two sets of accumulators, even and odd rows, so a
+/// block's FMAs form two chains of `k / 2` instead of one of `k`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub fn gemv_acc(data: &[f32], k: usize, n: usize, y: &mut [f32], x: &[f32]) {
+    assert!(data.len() == k * n && y.len() == n && x.len() == k);
+    let (mut j0, mut off) = (0, 0);
+    while j0 + 64 <= n {
+        // SAFETY: the block `off..off + 64 k` and `y[j0..j0 + 64]` are in bounds
+        // (asserted sizes and the loop condition).
+        unsafe { block::<4>(data.as_ptr().add(off), k, y.as_mut_ptr().add(j0), x) };
+        (j0, off) = (j0 + 64, off + 64 * k);
+    }
+    while j0 + 32 <= n {
+        // SAFETY: as above, 32 wide.
+        unsafe { block::<2>(data.as_ptr().add(off), k, y.as_mut_ptr().add(j0), x) };
+        (j0, off) = (j0 + 32, off + 32 * k);
+    }
+    while j0 + 8 <= n {
+        let acc = &mut y[j0..j0 + 8];
+        for (row, &xk) in data[off..off + 8 * k].chunks_exact(8).zip(x) {
+            for (a, &w) in acc.iter_mut().zip(row) {
+                *a = xk.mul_add(w, *a);
+            }
+        }
+        (j0, off) = (j0 + 8, off + 8 * k);
+    }
+    for j in j0..n {
+        let col = &data[off..off + k];
+        y[j] = col.iter().zip(x).fold(y[j], |a, (&w, &xk)| xk.mul_add(w, a));
+        off += k;
+    }
+}
+
+/// One block `16 V` columns wide: `y[..16 V] += x · block`.
+///
+/// # Safety
+/// `block` points at `16 V k` readable f32, `y` at `16 V` writable ones.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn block<const V: usize>(block: *const f32, k: usize, y: *mut f32, x: &[f32]) {
+    let w = 16 * V;
+    // SAFETY: within the bounds the caller vouches for.
+    unsafe {
+        let mut even: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(y.add(16 * v)));
+        let mut odd: [__m512; V] = [_mm512_setzero_ps(); V];
+        let mut kk = 0;
+        while kk + 2 <= k {
+            let (x0, x1) = (_mm512_set1_ps(x[kk]), _mm512_set1_ps(x[kk + 1]));
+            let (r0, r1) = (block.add(kk * w), block.add((kk + 1) * w));
+            for v in 0..V {
+                even[v] = _mm512_fmadd_ps(x0, _mm512_loadu_ps(r0.add(16 * v)), even[v]);
+                odd[v] = _mm512_fmadd_ps(x1, _mm512_loadu_ps(r1.add(16 * v)), odd[v]);
+            }
+            kk += 2;
+        }
+        if kk < k {
+            let (x0, r0) = (_mm512_set1_ps(x[kk]), block.add(kk * w));
+            for v in 0..V {
+                even[v] = _mm512_fmadd_ps(x0, _mm512_loadu_ps(r0.add(16 * v)), even[v]);
+            }
+        }
+        for v in 0..V {
+            _mm512_storeu_ps(y.add(16 * v), _mm512_add_ps(even[v], odd[v]));
+        }
+    }
+}
+
+/// One LSTM step: `ah` (`[4H]`) is the gates' scratch, `x_row` the step's input
+/// projection, `w_hh` the packed `W_hhᵀ` (`[H, 4H]`); `h` and `c` are updated.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn lstm_step(w_hh: &[f32], x_row: &[f32], h: &mut [f32], c: &mut [f32], ah: &mut [f32]) {
+    let (hd, gh) = (h.len(), ah.len());
+    ah.copy_from_slice(x_row);
+    gemv_acc(w_hh, hd, gh, ah, h);
+    map(&mut ah[..2 * hd], |v| sigmoid(v));
+    map(&mut ah[2 * hd..3 * hd], |v| tanh(v));
+    map(&mut ah[3 * hd..], |v| sigmoid(v));
+    lstm_update(ah, c, h);
+}
+
+/// Runs an LSTM cell over `steps` steps, as the scorer's `run_cell` does, in one
+/// function so every kernel above is inlined into the step loop. `w_hh` is the
+/// packed `W_hhᵀ` (`[H, 4H]`); `xp` holds the input projections (one row per
+/// step, or one row for every step when `const_input`); `out`, when given as
+/// `(buffer, row_stride, column)`, receives `h` after each step.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f")]
+pub fn lstm_steps(
+    w_hh: &[f32],
+    xp: &[f32],
+    steps: usize,
+    const_input: bool,
+    reverse: bool,
+    state: (&mut [f32], &mut [f32], &mut [f32]),
+    mut out: Option<(&mut [f32], usize, usize)>,
+) {
+    let (h, c, ah) = state;
+    let (hd, gh) = (h.len(), ah.len());
+    for step in 0..steps {
+        let t = if reverse { steps - 1 - step } else { step };
+        let row = if const_input { 0 } else { t };
+        lstm_step(w_hh, &xp[row * gh..(row + 1) * gh], h, c, ah);
+        if let Some((buf, stride, col)) = out.as_mut() {
+            buf[t * *stride + *col..t * *stride + *col + hd].copy_from_slice(h);
+        }
+    }
+}
+
+/// One LSTM cell's run in [`lstm_steps_together`]: its weights, input
+/// projections and state, and where its outputs go (`[steps, H]`), if anywhere.
+pub struct LstmRun<'a> {
+    /// Packed `W_hhᵀ`.
+    pub w_hh: &'a [f32],
+    /// The input projections: one row per step, or one for every step.
+    pub xp: &'a [f32],
+    /// Hidden state `[H]`.
+    pub h: &'a mut [f32],
+    /// Cell state `[H]`.
+    pub c: &'a mut [f32],
+    /// Gate scratch `[4H]`.
+    pub ah: &'a mut [f32],
+    /// `h` after each step, `[steps, H]`.
+    pub out: Option<&'a mut [f32]>,
+}
+
+/// Runs several independent LSTM cells (an ensemble's members on one window)
+/// forward over `steps` steps, one step of each in turn. A step is a chain of
+/// dependent operations (the product, then the gates, then `tanh(c)`), so one
+/// cell alone leaves the core waiting; consecutive steps of different cells are
+/// independent, and the core overlaps them.
+/// `runs` is a fixed array of slots, so a caller gathers them without allocating.
+#[target_feature(enable = "avx512f")]
+pub fn lstm_steps_together(runs: &mut [Option<LstmRun<'_>>], steps: usize, const_input: bool) {
+    for t in 0..steps {
+        for r in runs.iter_mut().flatten() {
+            let gh = r.ah.len();
+            let row = if const_input { 0 } else { t };
+            lstm_step(r.w_hh, &r.xp[row * gh..(row + 1) * gh], r.h, r.c, r.ah);
+            if let Some(out) = r.out.as_mut() {
+                let hd = r.h.len();
+                out[t * hd..(t + 1) * hd].copy_from_slice(r.h);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::scalar::{sigmoid_f32, tanh_f32};
+
+    #[test]
+    fn activations_match_the_portable_ones() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        let xs: Vec<f32> = (-4000..4000)
+            .map(|i| i as f32 * 0.01)
+            .chain([-200.0, 200.0, 0.0])
+            .collect();
+        let (mut s, mut t) = (xs.clone(), xs.clone());
+        // SAFETY: the CPU has AVX-512 F (checked above).
+        unsafe {
+            sigmoid_slice(&mut s[..xs.len() - 5]);
+            sigmoid_slice(&mut s[xs.len() - 5..]);
+            tanh_slice(&mut t);
+        }
+        for (k, &x) in xs.iter().enumerate() {
+            assert!((s[k] - sigmoid_f32(x)).abs() <= 2e-7, "sigmoid({x}) = {}", s[k]);
+            assert!((t[k] - tanh_f32(x)).abs() <= 3e-7, "tanh({x}) = {}", t[k]);
+        }
+        assert_eq!(t[xs.len() - 2], 1.0);
+    }
+}
