@@ -35,6 +35,14 @@ pub struct IngestBenchReport {
     pub score_us_p99: f64,
     /// Retraining jobs completed during the run.
     pub retrain_jobs: u64,
+    /// Seconds from the first reading of the warm-up until every stream was on
+    /// its first model (each stream past `first_after` readings at once, then
+    /// one more reading a second, as a scrape; jobs that find the training queue
+    /// full are asked again at a later reading, as in the service).
+    pub first_models_s: f64,
+    /// Streams on a model when that wait ended (all of them, unless it gave up
+    /// after an hour).
+    pub first_models_streams: usize,
 }
 
 /// What `anomalyd bench ingest` runs.
@@ -75,15 +83,14 @@ pub fn run_ingest_bench(config: &DetectorConfig, b: &IngestBenchConfig) -> Resul
     )?;
     let warm = config.retrain.first_after + 20;
     let jobs = || metrics.training.jobs.with_label_values(&["completed"]).get();
+    let warm_start = Instant::now();
     warm_up(&reg, b.streams, warm)?;
-    let wait_start = Instant::now();
-    while jobs() < b.streams as u64 && wait_start.elapsed() < Duration::from_secs(600) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (first_models_streams, now) = wait_for_first_models(&reg, &metrics, b.streams, warm as i64)?;
+    let first_models_s = warm_start.elapsed().as_secs_f64();
     let jobs_before = jobs();
     let start = Instant::now();
     let clients = b.clients.clamp(1, b.streams);
-    let (done, mut per_reading) = drive(&reg, b, clients, warm as i64)?;
+    let (done, mut per_reading) = drive(&reg, b, clients, now)?;
     let elapsed = start.elapsed().as_secs_f64();
     per_reading.sort();
     let pct = |p: f64| per_reading[((per_reading.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1e6;
@@ -97,6 +104,8 @@ pub fn run_ingest_bench(config: &DetectorConfig, b: &IngestBenchConfig) -> Resul
         score_us_p50: pct(0.5),
         score_us_p99: pct(0.99),
         retrain_jobs: jobs() - jobs_before,
+        first_models_s,
+        first_models_streams,
     };
     drop(reg);
     let _ = std::fs::remove_dir_all(&dir);
@@ -121,6 +130,28 @@ fn warm_up(reg: &Registry, streams: usize, warm: usize) -> Result<(), String> {
         reg.ingest(&rs).map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// Waits until all `streams` are on a model (at most an hour), feeding each one
+/// reading a second from `from` on, as a scrape would. Returns the streams on a
+/// model and the newest timestamp written.
+fn wait_for_first_models(reg: &Registry, metrics: &Metrics, streams: usize, from: i64) -> Result<(usize, i64), String> {
+    let mut rng = StdRng::seed_from_u64(3);
+    let start = Instant::now();
+    let mut t = from;
+    loop {
+        reg.update_phase_gauges();
+        let on_model = metrics.streams.with_label_values(&["model"]).get().max(0) as usize;
+        if on_model >= streams || start.elapsed() > Duration::from_secs(3600) {
+            return Ok((on_model, t));
+        }
+        let round = Instant::now();
+        t += 1;
+        for s in 0..streams {
+            reg.ingest(&[reading(s, t, &mut rng)]).map_err(|e| e.to_string())?;
+        }
+        std::thread::sleep(Duration::from_secs(1).saturating_sub(round.elapsed()));
+    }
 }
 
 /// `clients` threads, each on its own streams from `from` on, ingest batches for
