@@ -67,7 +67,8 @@ pub struct ServeSettings {
     /// lock its stream.
     #[arg(long, env = "ANOMALYD_MAX_FUTURE_SKEW_SECS")]
     pub max_future_skew_secs: Option<f64>,
-    /// Threads that retrain models [default: half the cores].
+    /// Threads that retrain models [default: one per core], each at a lower CPU
+    /// priority (nice 10) than scoring, so training takes what scoring leaves.
     #[arg(long, env = "ANOMALYD_TRAINING_THREADS")]
     pub training_threads: Option<usize>,
     /// Scoring requests in flight at once [default: 4 per core]; more wait.
@@ -239,7 +240,7 @@ fn registry_config(s: &ServeSettings) -> Result<RegistryConfig, String> {
     Ok(RegistryConfig {
         default_detector: detector,
         max_streams: positive("max_streams", s.max_streams, 100_000)?,
-        training_threads: positive("training_threads", s.training_threads, cores().div_ceil(2))?,
+        training_threads: positive("training_threads", s.training_threads, cores())?,
         data_dir: Some(s.data_dir.clone().unwrap_or_else(|| PathBuf::from("./data"))),
         wal_sync: s.wal_sync.unwrap_or(SyncPolicy::Always),
         checkpoint_max_streams: positive("checkpoint_max_streams", s.checkpoint_max_streams, 10_000)?,

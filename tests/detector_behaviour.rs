@@ -388,6 +388,41 @@ fn a_diverging_job_keeps_the_old_model() {
 }
 
 #[test]
+fn a_first_model_trains_fewer_epochs_than_the_jobs_that_go_on_from_it() {
+    // No early stop: each member runs its whole epoch budget.
+    let mut config = fast_config();
+    config.training.patience = 1000;
+    let mut det = Detector::new(config.clone()).unwrap();
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut t = 0;
+    while !det.training_due() {
+        det.update(t, &[seasonal(t as usize) + noise(&mut rng)]).unwrap();
+        t += 1;
+    }
+    let members = config.model.ensemble;
+    let first = det.training_job();
+    assert!(first.warm_start.is_none(), "a first model starts from scratch");
+    let outcome = anomalyd::detector::train::train(&first, &|| false);
+    let TrainOutcome::Trained(m) = &outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(
+        m.report.epochs,
+        members * config.training.first_epochs,
+        "{:?}",
+        m.report
+    );
+    det.install(outcome);
+    let next = det.training_job();
+    assert!(next.warm_start.is_some());
+    let TrainOutcome::Trained(m) = anomalyd::detector::train::train(&next, &|| false) else {
+        panic!()
+    };
+    assert_eq!(m.report.epochs, members * config.training.epochs);
+    assert!(config.training.first_epochs < config.training.epochs);
+}
+
+#[test]
 fn a_wall_time_budget_cuts_training_short() {
     let mut det = Detector::new(fast_config()).unwrap();
     let mut rng = StdRng::seed_from_u64(4);

@@ -35,6 +35,8 @@ pub struct IngestBenchReport {
     pub score_us_p99: f64,
     /// Retraining jobs completed during the run.
     pub retrain_jobs: u64,
+    /// Training threads.
+    pub training_threads: usize,
     /// Seconds from the first reading of the warm-up until every stream was on
     /// its first model (each stream past `first_after` readings at once, then
     /// one more reading a second, as a scrape; jobs that find the training queue
@@ -60,6 +62,8 @@ pub struct IngestBenchConfig {
     pub clients: usize,
     /// `None`: no data directory; else a temporary one with this sync policy.
     pub wal: Option<crate::storage::wal::SyncPolicy>,
+    /// Training threads.
+    pub training_threads: usize,
 }
 
 /// Warms the streams up past their first model, then ingests for `seconds` from
@@ -74,7 +78,7 @@ pub fn run_ingest_bench(config: &DetectorConfig, b: &IngestBenchConfig) -> Resul
     let reg = Registry::open(
         RegistryConfig {
             default_detector: det,
-            training_threads: 1,
+            training_threads: b.training_threads.max(1),
             data_dir: b.wal.map(|_| dir.clone()),
             wal_sync: b.wal.unwrap_or(SyncPolicy::Always),
             ..Default::default()
@@ -104,6 +108,7 @@ pub fn run_ingest_bench(config: &DetectorConfig, b: &IngestBenchConfig) -> Resul
         score_us_p50: pct(0.5),
         score_us_p99: pct(0.99),
         retrain_jobs: jobs() - jobs_before,
+        training_threads: b.training_threads.max(1),
         first_models_s,
         first_models_streams,
     };

@@ -108,6 +108,9 @@ impl IngestArgs {
             retrain_every: self.retrain_every,
             clients: self.clients,
             wal,
+            training_threads: self
+                .training_threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         })
     }
 }
@@ -189,6 +192,10 @@ pub struct IngestArgs {
     /// policy (`always`, `never`) in a temporary data directory.
     #[arg(long, default_value = "none")]
     pub wal: String,
+    /// Training threads (at the service's lower priority) [default: one per
+    /// core, as `anomalyd serve`].
+    #[arg(long)]
+    pub training_threads: Option<usize>,
 }
 
 /// The arguments of `anomalyd bench http`.

@@ -214,8 +214,14 @@ pub struct TrainConfig {
     pub buffer: usize,
     /// Step between training windows cut from the buffer.
     pub stride: usize,
-    /// Maximum epochs per job.
+    /// Maximum epochs per job for a member that starts from the stream's
+    /// previous model (every job after the first).
     pub epochs: usize,
+    /// Maximum epochs for a member that starts from scratch: a stream's first
+    /// model (or the first after its shape changed). Fewer than `epochs`, so a
+    /// burst of new streams gets its first models sooner; the next job, at twice
+    /// the readings, goes on from these weights.
+    pub first_epochs: usize,
     /// Epochs without held-out improvement before stopping.
     pub patience: usize,
     /// Windows per batch.
@@ -236,6 +242,7 @@ impl Default for TrainConfig {
             buffer: 1024,
             stride: 2,
             epochs: 12,
+            first_epochs: 4,
             patience: 2,
             batch: 32,
             learning_rate: 3e-3,
@@ -490,8 +497,12 @@ impl DetectorConfig {
         if t.buffer < 2 * self.window || t.buffer > 100_000 {
             return bad(format!("training.buffer must be 2×window..=100000, got {}", t.buffer));
         }
-        if !(1..=t.buffer).contains(&t.stride) || !(1..=1000).contains(&t.epochs) || !(1..=4096).contains(&t.batch) {
-            return bad("training.stride must be 1..=buffer, epochs 1..=1000, batch 1..=4096".into());
+        if !(1..=t.buffer).contains(&t.stride)
+            || !(1..=1000).contains(&t.epochs)
+            || !(1..=1000).contains(&t.first_epochs)
+            || !(1..=4096).contains(&t.batch)
+        {
+            return bad("training.stride must be 1..=buffer, epochs and first_epochs 1..=1000, batch 1..=4096".into());
         }
         if t.patience > 1000 {
             return bad(format!("training.patience must be at most 1000, got {}", t.patience));

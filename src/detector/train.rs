@@ -248,10 +248,16 @@ impl Windows {
 /// Trains one ensemble member with Adam and clipping, keeping its best held-out
 /// weights; stops after `patience` epochs without improvement or when `should_stop`
 /// (checked between batches). `None` when it diverged.
+/// A member to train: its starting weights and its epoch budget.
+struct Member {
+    model: Autoencoder<f32>,
+    max_epochs: usize,
+}
+
 fn train_member(
     win: &Windows,
     cfg: &DetectorConfig,
-    model: Autoencoder<f32>,
+    member: Member,
     rng: &mut StdRng,
     report: &mut TrainReport,
     should_stop: &dyn Fn() -> bool,
@@ -263,7 +269,7 @@ fn train_member(
     });
     let mut first_loss = None;
     let schedule = Schedule {
-        max_epochs: t.epochs,
+        max_epochs: member.max_epochs,
         patience: t.patience,
         non_finite_diverges: true,
         stop: &|| false,
@@ -286,7 +292,14 @@ fn train_member(
         }
         Epoch::Trained(sum / order.len().max(1) as f64)
     };
-    match fit(model, &mut order, rng, &schedule, |m| win.held_out_loss(m), epoch) {
+    match fit(
+        member.model,
+        &mut order,
+        rng,
+        &schedule,
+        |m| win.held_out_loss(m),
+        epoch,
+    ) {
         Ok(fitted) => {
             report.epochs += fitted.epochs;
             report.stopped_early |= fitted.stopped_early;
@@ -372,11 +385,12 @@ pub fn train(job: &TrainJob, should_stop: &dyn Fn() -> bool) -> TrainOutcome {
             .as_ref()
             .and_then(|m| m.get(k))
             .filter(|m| m.config == ae_cfg);
-        let model = match start_from {
-            Some(m) => m.clone(),
-            None => Autoencoder::new(ae_cfg.clone(), &mut rng),
+        let (model, max_epochs) = match start_from {
+            Some(m) => (m.clone(), cfg.training.epochs),
+            None => (Autoencoder::new(ae_cfg.clone(), &mut rng), cfg.training.first_epochs),
         };
-        let Some(fitted) = train_member(&win, cfg, model, &mut rng, &mut report, should_stop) else {
+        let member = Member { model, max_epochs };
+        let Some(fitted) = train_member(&win, cfg, member, &mut rng, &mut report, should_stop) else {
             return TrainOutcome::Diverged(report);
         };
         report.train_loss += fitted.train_loss / cfg.model.ensemble as f64;

@@ -304,3 +304,88 @@ fn readings_taken_after_a_restart_survive_a_crash() {
     assert_eq!(reg.info("s").unwrap().readings_seen, 11);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Training may take every core, below scoring: each training thread runs at
+/// `TRAINING_NICE` (read back from the kernel, per thread).
+#[cfg(target_os = "linux")]
+#[test]
+fn training_threads_run_below_the_scoring_priority() {
+    let config = RegistryConfig {
+        training_threads: 2,
+        ..Default::default()
+    };
+    let _reg = Registry::open(config, Arc::new(Metrics::new())).unwrap();
+    let nice_of_training_threads = || -> Vec<i32> {
+        let tasks = std::fs::read_dir("/proc/self/task").unwrap();
+        let mut nices = Vec::new();
+        for task in tasks.flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+                continue;
+            };
+            if comm.starts_with("anomalyd-train") {
+                // Fields after the command's ")": state is the 3rd, nice the 19th.
+                let rest = &stat[stat.rfind(')').unwrap() + 2..];
+                nices.push(rest.split(' ').nth(16).unwrap().parse().unwrap());
+            }
+        }
+        nices
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut nices = nice_of_training_threads();
+    while (nices.len() < 2 || nices.iter().any(|&n| n != training::TRAINING_NICE))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+        nices = nice_of_training_threads();
+    }
+    assert!(nices.len() >= 2, "{nices:?}");
+    assert!(nices.iter().all(|&n| n == training::TRAINING_NICE), "{nices:?}");
+}
+
+/// A burst of new streams larger than the training queue: the streams whose
+/// first job met a full queue ask again at their next readings, and get their
+/// models long before their next periodic retrain (768 readings on).
+#[test]
+fn streams_that_met_a_full_training_queue_get_their_first_model_soon_after() {
+    let config = RegistryConfig {
+        training_threads: 1,
+        training_queue: 1,
+        ..Default::default()
+    };
+    let reg = Registry::open(config, Arc::new(Metrics::new())).unwrap();
+    let first_after = DetectorConfig::default().retrain.first_after as i64;
+    let reading = |s: usize, t: i64| Reading {
+        stream: format!("s{s}"),
+        timestamp: t,
+        values: vec![100.0 + 20.0 * (t as f64 / 7.6).sin() + ((t * 7919 + s as i64) % 13) as f64 * 0.3],
+    };
+    let streams = 6;
+    for s in 0..streams {
+        let batch: Vec<Reading> = (1..=first_after + 1).map(|t| reading(s, t)).collect();
+        reg.ingest(&batch).unwrap();
+    }
+    let on_model = || {
+        (0..streams)
+            .filter(|s| {
+                lock(&reg.get(&format!("s{s}")).unwrap().state)
+                    .detector
+                    .model()
+                    .is_some()
+            })
+            .count()
+    };
+    // One reading a round, as a scrape; 300 rounds stay far below 768.
+    let mut t = first_after + 1;
+    for _ in 0..300 {
+        if on_model() == streams {
+            break;
+        }
+        t += 1;
+        for s in 0..streams {
+            reg.ingest(&[reading(s, t)]).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(on_model(), streams, "after {} more readings", t - first_after - 1);
+}
