@@ -24,6 +24,7 @@ mod adopt;
 mod backfill;
 mod checkpoint;
 mod ingest;
+mod queue;
 mod recovery;
 mod retire;
 mod shards;
@@ -35,7 +36,6 @@ mod views;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
-use std::sync::mpsc::{SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -240,7 +240,7 @@ pub struct Registry {
     streams: RwLock<HashMap<String, Arc<Stream>>>,
     journal: AlertJournal,
     metrics: Arc<Metrics>,
-    trainer: SyncSender<QueuedJob>,
+    trainer: queue::JobSender<QueuedJob>,
     /// Deleted streams whose snapshot files are still to be removed.
     /// Deleted streams whose files go at the next round: id, and the model file
     /// their state named.
@@ -263,7 +263,7 @@ impl Registry {
     /// If the default detector config is invalid or the data directory is unusable.
     pub fn open(config: RegistryConfig, metrics: Arc<Metrics>) -> Result<Arc<Self>, String> {
         config.default_detector.validate().map_err(|e| e.to_string())?;
-        let (tx, rx) = sync_channel::<QueuedJob>(config.training_queue.max(1));
+        let (tx, rx) = queue::job_queue::<QueuedJob>(config.training_queue);
         let shards = match &config.shards {
             Some(o) => {
                 let saved = config.data_dir.as_ref().map(|d| d.join("shards.json"));

@@ -2,10 +2,10 @@
 //! the async runtime's); each outcome is installed whole under the stream's lock,
 //! and a trained model is written to disk at once.
 
-use std::sync::mpsc::{Receiver, TrySendError};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
+use super::queue::JobQueue;
 use super::stream::Stream;
 use super::{Registry, RegistryError};
 use crate::detector::{Detector, TrainJob, TrainOutcome};
@@ -38,8 +38,7 @@ fn lower_priority() {
 impl Registry {
     /// Starts `config.training_threads` threads serving the training queue `rx`;
     /// each stops when the queue or the registry is gone.
-    pub(super) fn start_training_threads(self: &Arc<Self>, rx: Receiver<QueuedJob>) -> Result<(), String> {
-        let rx = Arc::new(Mutex::new(rx));
+    pub(super) fn start_training_threads(self: &Arc<Self>, rx: Arc<JobQueue<QueuedJob>>) -> Result<(), String> {
         for i in 0..self.config.training_threads.max(1) {
             let rx = rx.clone();
             let weak = Arc::downgrade(self);
@@ -48,8 +47,7 @@ impl Registry {
                 .spawn(move || {
                     lower_priority();
                     loop {
-                        let next = rx.lock().expect("trainer queue").recv();
-                        let Ok((stream, job, queued)) = next else { break };
+                        let Some((stream, job, queued)) = rx.recv() else { break };
                         let Some(reg) = weak.upgrade() else { break };
                         reg.metrics.training.wait.observe(queued.elapsed().as_secs_f64());
                         reg.run_job(stream, job);
@@ -130,7 +128,8 @@ impl Registry {
         }
     }
 
-    /// Takes a job from `detector` and queues it. Returns whether it was queued.
+    /// Takes a job from `detector` and queues it, a first model ahead of the
+    /// retrains (`queue.rs`). Returns whether it was queued.
     ///
     /// While the queue is full no job is taken: the stream stays due and asks
     /// again at its next reading, for the price of this check. (Taking the job
@@ -139,16 +138,20 @@ impl Registry {
     /// 10,000 new streams and 1,024 places, most of them, 768 scrapes each.) A
     /// job that still finds the queue full, raced by another thread, is dropped.
     pub(super) fn submit_job(&self, stream: &Arc<Stream>, detector: &mut Detector) -> bool {
-        if self.metrics.training.queue_depth.get() >= self.config.training_queue.max(1) as i64 {
+        if self.trainer.is_full() {
             return false;
         }
         let job = detector.training_job();
-        match self.trainer.try_send((Arc::downgrade(stream), job, Instant::now())) {
+        let first = job.warm_start.is_none();
+        match self
+            .trainer
+            .try_send((Arc::downgrade(stream), job, Instant::now()), first)
+        {
             Ok(()) => {
                 self.metrics.training.queue_depth.inc();
                 true
             }
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+            Err(_) => {
                 detector.install(TrainOutcome::NotEnoughData);
                 self.metrics.training.jobs.with_label_values(&["dropped"]).inc();
                 false
