@@ -2,9 +2,9 @@
 //!
 //! A stream without a model is judged by its baselines alone; a stream with one
 //! only refreshes it. So when a burst of new streams meets streams due for a
-//! retrain, the first models go first (10,000 new streams at one reading a second:
-//! their first models came 11.2 minutes after the burst with one queue in arrival
-//! order, the later ones waiting behind second jobs).
+//! retrain, the first models go first. (Measured with 10,000 new streams at one
+//! reading a second, the order made little difference, 666.9 s against 674 for
+//! all first models: there, the first jobs' growing histories cost more.)
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
