@@ -245,15 +245,15 @@ impl Windows {
     }
 }
 
-/// Trains one ensemble member with Adam and clipping, keeping its best held-out
-/// weights; stops after `patience` epochs without improvement or when `should_stop`
-/// (checked between batches). `None` when it diverged.
 /// A member to train: its starting weights and its epoch budget.
 struct Member {
     model: Autoencoder<f32>,
     max_epochs: usize,
 }
 
+/// Trains one ensemble member with Adam and clipping, keeping its best held-out
+/// weights; stops after `patience` epochs without improvement or when `should_stop`
+/// (checked between batches) or after `member.max_epochs`. `None` when it diverged.
 fn train_member(
     win: &Windows,
     cfg: &DetectorConfig,

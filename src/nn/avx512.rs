@@ -101,7 +101,7 @@ pub fn tanh_slice(xs: &mut [f32]) {
 /// `c = f c + i g`, `h = o tanh(c)`.
 #[inline]
 #[target_feature(enable = "avx512f")]
-pub fn lstm_update(gates: &[f32], c: &mut [f32], h: &mut [f32]) {
+fn lstm_update(gates: &[f32], c: &mut [f32], h: &mut [f32]) {
     let hd = c.len();
     assert!(gates.len() == 4 * hd && h.len() == hd);
     let mut j = 0;

@@ -675,12 +675,6 @@ fn cell_step<const FMA: bool, const WIDE: bool>(
             sigmoid_all::<FMA, WIDE>(&mut ah[..2 * hd]);
             tanh_all::<FMA, WIDE>(&mut ah[2 * hd..3 * hd]);
             sigmoid_all::<FMA, WIDE>(&mut ah[3 * hd..]);
-            #[cfg(target_arch = "x86_64")]
-            if WIDE {
-                // SAFETY: WIDE is set only on the AVX-512 path.
-                unsafe { super::avx512::lstm_update(ah, c, h) };
-                return;
-            }
             let (i, rest) = ah.split_at(hd);
             let (f, rest) = rest.split_at(hd);
             let (g, o) = rest.split_at(hd);
