@@ -4,7 +4,6 @@
 //! ensemble's members scored together.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anomalyd::nn::{Autoencoder, AutoencoderConfig, CellKind, ScoreWorkspace, Scorer};
 use rand::SeedableRng;
@@ -12,12 +11,25 @@ use rand::rngs::StdRng;
 
 struct Counting;
 
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    /// This thread's allocations: the tests run side by side, and the harness
+    /// allocates on its own threads while they do.
+    static MINE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn count() {
+    let _ = MINE.try_with(|c| c.set(c.get() + 1));
+}
+
+/// Allocations made by the calling thread so far.
+fn allocations() -> usize {
+    MINE.with(|c| c.get())
+}
 
 // SAFETY: forwards every call to the system allocator unchanged; only counts.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        count();
         // SAFETY: the caller's contract is passed on as is.
         unsafe { System.alloc(layout) }
     }
@@ -28,7 +40,7 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        count();
         // SAFETY: as above.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -59,17 +71,14 @@ fn a_warm_scorer_allocates_nothing() {
             let scorer = Autoencoder::<f32>::new(config, &mut rng).compile();
             let window: Vec<f32> = (0..32 * 3).map(|k| (k as f32 * 0.37).sin()).collect();
             let mut ws = ScoreWorkspace::default();
-            let cold = ALLOCATIONS.load(Ordering::Relaxed);
+            let cold = allocations();
             let n = scorer.reconstruct(&window, &mut ws).len();
-            assert!(
-                ALLOCATIONS.load(Ordering::Relaxed) > cold,
-                "a cold workspace grows (the count works)"
-            );
+            assert!(allocations() > cold, "a cold workspace grows (the count works)");
             assert_eq!(n, 32 * 3);
             let first = scorer.reconstruct(&window, &mut ws).to_vec();
-            let before = ALLOCATIONS.load(Ordering::Relaxed);
+            let before = allocations();
             let again = scorer.reconstruct(&window, &mut ws)[0];
-            let allocated = ALLOCATIONS.load(Ordering::Relaxed) - before;
+            let allocated = allocations() - before;
             assert_eq!(allocated, 0, "{kind:?}, {layers} layers, bidirectional {bidirectional}");
             assert_eq!(again, first[0], "the same window, the same reconstruction");
         }
@@ -88,9 +97,9 @@ fn a_warm_ensemble_allocates_nothing() {
     let mut wss = Vec::new();
     let mut sum = 0.0;
     Scorer::reconstruct_each(&scorers, &window, &mut wss, |y| sum += y[0]);
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = allocations();
     let mut again = 0.0;
     Scorer::reconstruct_each(&scorers, &window, &mut wss, |y| again += y[0]);
-    assert_eq!(ALLOCATIONS.load(Ordering::Relaxed) - before, 0);
+    assert_eq!(allocations() - before, 0);
     assert_eq!(again, sum, "the same window, the same reconstructions");
 }
