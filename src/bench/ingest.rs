@@ -75,10 +75,11 @@ pub fn run_ingest_bench(config: &DetectorConfig, b: &IngestBenchConfig) -> Resul
     let metrics = Arc::new(Metrics::new());
     let dir = std::env::temp_dir().join(format!("anomalyd-bench-ingest-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
+    let training_threads = b.training_threads.max(1);
     let reg = Registry::open(
         RegistryConfig {
             default_detector: det,
-            training_threads: b.training_threads.max(1),
+            training_threads,
             data_dir: b.wal.map(|_| dir.clone()),
             wal_sync: b.wal.unwrap_or(SyncPolicy::Always),
             ..Default::default()
@@ -108,7 +109,7 @@ pub fn run_ingest_bench(config: &DetectorConfig, b: &IngestBenchConfig) -> Resul
         score_us_p50: pct(0.5),
         score_us_p99: pct(0.99),
         retrain_jobs: jobs() - jobs_before,
-        training_threads: b.training_threads.max(1),
+        training_threads,
         first_models_s,
         first_models_streams,
     };

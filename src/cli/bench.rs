@@ -108,9 +108,7 @@ impl IngestArgs {
             retrain_every: self.retrain_every,
             clients: self.clients,
             wal,
-            training_threads: self
-                .training_threads
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            training_threads: super::threads_or_cores(self.training_threads),
         })
     }
 }

@@ -22,6 +22,12 @@ struct Queues<T> {
     closed: bool,
 }
 
+impl<T> Queues<T> {
+    fn len(&self) -> usize {
+        self.first.len() + self.later.len()
+    }
+}
+
 /// The registry's side of the queue; dropping it closes the queue.
 pub(super) struct JobSender<T>(Arc<JobQueue<T>>);
 
@@ -65,7 +71,7 @@ impl<T> JobSender<T> {
     /// retrain); gives it back when the queue is full.
     pub(super) fn try_send(&self, job: T, first: bool) -> Result<(), T> {
         let mut q = self.0.lock();
-        if q.first.len() + q.later.len() >= self.0.capacity || q.closed {
+        if q.len() >= self.0.capacity || q.closed {
             return Err(job);
         }
         if first {
@@ -80,8 +86,7 @@ impl<T> JobSender<T> {
 
     /// Whether a job would be refused now.
     pub(super) fn is_full(&self) -> bool {
-        let q = self.0.lock();
-        q.first.len() + q.later.len() >= self.0.capacity
+        self.0.lock().len() >= self.0.capacity
     }
 }
 
