@@ -166,18 +166,31 @@ fn every_scenario_with_a_model(config: &DetectorConfig) -> String {
 
 /// The forecasting objective (`model.objective = "forecast"`): the newest step is
 /// hidden from the model, so its residual there is a one-step forecast error.
-/// The same faults are flagged in time; a frequency change, which a forecast
-/// from the window before it follows better than a reconstruction does, is held
-/// through less of its length (the reconstructing default holds ≥ 90%).
+/// The same faults are flagged in time, and held as long.
 #[test]
 fn a_forecasting_model_flags_each_anomaly_in_time() {
     let mut config = fast_config();
     config.model.objective = Objective::Forecast;
-    let expected = EVERY_ANOMALY_IN_TIME.replace(
-        "frequency change: flagged in time, 0 clean incidents, state held, one incident",
-        "frequency change: flagged in time, 0 clean incidents, state held 87%, 1 incidents",
-    );
-    assert_eq!(every_scenario_with_a_model(&config), expected);
+    assert_eq!(every_scenario_with_a_model(&config), EVERY_ANOMALY_IN_TIME);
+}
+
+/// A frequency change is held for its whole length whichever seed trained the
+/// model. The model, retrained while the incident is open, scores the faster
+/// cycle near its limit, so its hold alone depends on the seed (two incidents
+/// and 87% on seed 4 before); the state's seasonal expectation comes from the
+/// normal periods before the fault, which the fault does not become.
+#[test]
+fn a_frequency_change_is_held_whatever_the_training_seed() {
+    let (name, f) = scenarios().into_iter().find(|(n, _)| *n == "frequency change").unwrap();
+    for seed in 0..6 {
+        let mut config = fast_config();
+        config.training.seed = seed;
+        let line = render(name, &run(&config, f.as_ref(), 7));
+        assert_eq!(
+            line, "frequency change: flagged in time, 0 clean incidents, state held, one incident",
+            "training seed {seed}"
+        );
+    }
 }
 
 /// A snapshot written before the objective existed restores as a reconstructing
@@ -216,11 +229,12 @@ fn the_seasonal_baseline_alone_flags_anomalies_of_context() {
         .filter(|(name, _)| ["clean seasonal", "flatline", "damped cycle"].contains(name))
         .map(|(name, f)| render(name, &run(&config, f.as_ref(), 5)))
         .collect();
-    // Alone, the seasonal residual sees a flatline only where the cycle would be far
-    // from it (a flat line crosses the cycle twice a period).
+    // Alone, the seasonal residual holds a flatline through the readings where it
+    // crosses the cycle too: what is expected there comes from the normal periods
+    // before it, never from the flatline's own.
     let expected = "\
 clean seasonal: quiet, 0 clean incidents
-flatline: flagged in time, 0 clean incidents, state held 34%, 1 incidents
+flatline: flagged in time, 0 clean incidents, state held, one incident
 damped cycle: flagged in time, 0 clean incidents";
     assert_eq!(got.join("\n"), expected);
     // Without the seasonal baseline, nothing else sees the damped cycle in time.

@@ -64,7 +64,7 @@ impl Detector {
             .map(|j| {
                 let last = self.history[(n_rows - 1) * d + j];
                 let mut past = [0.0; baseline::MAX_SEASONAL_PERIODS];
-                let n = self.seasonal_past(j, n_rows, &mut past);
+                let n = self.seasonal_past(j, n_rows, false, &mut past);
                 if n > 0 && self.state_baselines[j].seasonal_explains() {
                     self.seasonals[j].score(last, &mut past[..n], 0.0).1
                 } else {

@@ -344,12 +344,15 @@ impl Detector {
             // The same phase in earlier periods (validate() bounds their number); the
             // newest row is this reading.
             let mut past = [0.0; baseline::MAX_SEASONAL_PERIODS];
-            let n_past = self.seasonal_past(j, n_rows - 1, &mut past);
+            let n_past = self.seasonal_past(j, n_rows - 1, false, &mut past);
             let (lo, hi) = self.range[j];
             let floor = 5e-3 * (hi - lo);
             let (zs, seasonal_expected) = self.seasonals[j].update(values[j], &mut past[..n_past], floor);
-            s.seasonal_expected[j] = (n_past > 0).then_some(seasonal_expected);
             (s.zg[j], s.za[j], s.zs[j]) = (zg, za, zs);
+            // The state expects what earlier *normal* periods did: a lasting change
+            // repeats itself every period, and would become its own expectation.
+            let n_normal = self.seasonal_past(j, n_rows - 1, true, &mut past);
+            s.seasonal_expected[j] = (n_normal > 0).then(|| baseline::median(&mut past[..n_normal]));
             (s.state_level[j], s.state_ar[j], s.state_seasonal[j]) =
                 self.state_baselines[j].score(values[j], s.seasonal_expected[j], floor);
             if !self.state_baselines[j].seasonal_explains() {
@@ -382,11 +385,14 @@ impl Detector {
 
     /// Feature `j`'s values at the same phase as buffered row `row`, one, two, …
     /// periods before it, from rows after the last long gap (none without a
-    /// period); returns how many.
+    /// period), `seasonal_periods` of them; returns how many. `normal_only`: only
+    /// rows that were learnt as normal (not an incident's or an excursion's, not
+    /// filled in for a gap), going as many periods back as it takes.
     pub(super) fn seasonal_past(
         &self,
         j: usize,
         row: usize,
+        normal_only: bool,
         past: &mut [f64; baseline::MAX_SEASONAL_PERIODS],
     ) -> usize {
         let d = self.n_features.unwrap_or(1).max(1);
@@ -395,12 +401,20 @@ impl Detector {
         // be the one about to be filled in); how far back the fresh rows reach.
         let number = (self.seen + 1 + row as u64).saturating_sub(n_rows as u64);
         let reach = number.saturating_sub(self.fresh_from).min(row as u64) as usize;
+        let Some(p) = self.seasonals[j].period() else {
+            return 0;
+        };
+        let learnt = |n: u64| self.unlearnt.binary_search(&n).is_err() && self.filled.binary_search(&n).is_err();
+        let wanted = self.config.baseline.seasonal_periods;
         let mut n = 0;
-        if let Some(p) = self.seasonals[j].period() {
-            // validate() bounds seasonal_periods by MAX_SEASONAL_PERIODS.
-            for k in (1..=self.config.baseline.seasonal_periods).take_while(|k| k * p <= reach) {
+        // validate() bounds seasonal_periods by MAX_SEASONAL_PERIODS.
+        for k in (1..).take_while(|k| k * p <= reach && (normal_only || *k <= wanted)) {
+            if !normal_only || learnt(number - (k * p) as u64) {
                 past[n] = self.history[(row - k * p) * d + j];
                 n += 1;
+                if n == wanted {
+                    break;
+                }
             }
         }
         n

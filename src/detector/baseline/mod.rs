@@ -13,7 +13,7 @@ mod state;
 mod stuck;
 
 pub use ar::OnlineAr;
-pub use seasonal::{MAX_SEASONAL_PERIODS, Seasonal, find_period, longer_period};
+pub use seasonal::{MAX_SEASONAL_PERIODS, Seasonal, find_period, longer_period, median};
 pub use state::{LONG_RUN, StateBaselines};
 pub use stuck::{MIN_STUCK_RUN, Stuck};
 

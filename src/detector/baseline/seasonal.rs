@@ -65,6 +65,17 @@ pub fn longer_period(xs: &[f64], p: usize) -> Option<usize> {
     best.filter(|&(_, v)| v.is_finite() && v <= 0.75 * at_p).map(|(k, _)| k)
 }
 
+/// The median of `xs` (sorted in place; not empty).
+pub fn median(xs: &mut [f64]) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        0.5 * (xs[n / 2 - 1] + xs[n / 2])
+    }
+}
+
 /// Most earlier periods the seasonal expectation may take (`seasonal_periods`).
 pub const MAX_SEASONAL_PERIODS: usize = 16;
 
@@ -139,13 +150,7 @@ impl Seasonal {
         if past.is_empty() {
             return (0.0, x);
         }
-        past.sort_by(f64::total_cmp);
-        let p = past;
-        let expected = if p.len() % 2 == 1 {
-            p[p.len() / 2]
-        } else {
-            0.5 * (p[p.len() / 2 - 1] + p[p.len() / 2])
-        };
+        let expected = median(past);
         let r = x - expected;
         let z = if self.residuals.len() < 16 {
             0.0
