@@ -375,7 +375,8 @@ fn scoring_goes_on_while_a_job_trains_and_the_model_swaps_in_whole() {
     let v = det.update(t, &[seasonal(t as usize) + noise(&mut rng)]).unwrap();
     assert_eq!((v.phase, v.model_version), (Phase::Model, 1));
     let m = det.model().unwrap();
-    assert!(m.report.val_loss.is_finite() && m.report.epochs >= 1 && m.scorers.len() == 2);
+    let first_members = fast_config().training.first_model_members(2);
+    assert!(m.report.val_loss.is_finite() && m.report.epochs >= 1 && m.scorers.len() == first_members);
 }
 
 #[test]
@@ -415,6 +416,7 @@ fn a_first_model_trains_fewer_epochs_than_the_jobs_that_go_on_from_it() {
         t += 1;
     }
     let members = config.model.ensemble;
+    let first_members = config.training.first_model_members(members);
     let first = det.training_job();
     assert!(first.warm_start.is_none(), "a first model starts from scratch");
     let outcome = anomalyd::detector::train::train(&first, &|| false);
@@ -423,7 +425,7 @@ fn a_first_model_trains_fewer_epochs_than_the_jobs_that_go_on_from_it() {
     };
     assert_eq!(
         m.report.epochs,
-        members * config.training.first_epochs,
+        first_members * config.training.first_epochs,
         "{:?}",
         m.report
     );
@@ -433,8 +435,38 @@ fn a_first_model_trains_fewer_epochs_than_the_jobs_that_go_on_from_it() {
     let TrainOutcome::Trained(m) = anomalyd::detector::train::train(&next, &|| false) else {
         panic!()
     };
-    assert_eq!(m.report.epochs, members * config.training.epochs);
+    // The next job goes on from the first model's members and trains the rest of
+    // the ensemble from scratch.
+    let (warm, fresh) = (first_members, members - first_members);
+    assert_eq!(
+        m.report.epochs,
+        warm * config.training.epochs + fresh * config.training.first_epochs
+    );
+    assert_eq!(m.members.len(), members);
     assert!(config.training.first_epochs < config.training.epochs);
+}
+
+/// With `training.first_members = 1` a first model trains one member, so a burst
+/// of new streams is on a model sooner; the ensemble is completed two windows
+/// later.
+#[test]
+fn a_first_model_of_one_member_is_completed_two_windows_later() {
+    let mut config = fast_config();
+    config.model.ensemble = 3;
+    config.training.first_members = 1;
+    let mut det = Detector::new(config.clone()).unwrap();
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut members = Vec::new();
+    for t in 0..config.retrain.first_after + 3 * config.window {
+        det.update_sync(t as i64, &[seasonal(t) + noise(&mut rng)]).unwrap();
+        members.push(det.model().map_or(0, |m| m.scorers.len()));
+    }
+    let first = members.iter().position(|&n| n > 0).unwrap();
+    let whole = members.iter().position(|&n| n == 3).unwrap();
+    assert_eq!((members[first], first + 1), (1, config.retrain.first_after));
+    assert_eq!(whole - first, 2 * config.window);
+    // Every member has a turn in scoring: the completed ensemble scores otherwise.
+    assert_eq!(det.model().unwrap().version, 2);
 }
 
 #[test]
@@ -558,32 +590,42 @@ fn a_config_change_of_the_same_shape_is_applied_not_just_shown() {
 }
 
 /// A model that does not drift is retrained less and less often: after the first
-/// model, the interval is `every_readings`, then doubles with each model up to
-/// `max_every_readings`. Each retrain restarts the model's limits from its
-/// held-out residuals, and a tail of one in 10,000 needs thousands of normal
-/// readings to read.
+/// model, the interval is `every_readings` (a job that completes a first model's
+/// ensemble two windows later does not move the schedule), then doubles with
+/// each model up to `max_every_readings`. Each retrain restarts the model's
+/// limits from its held-out residuals, and a tail of one in 10,000 needs
+/// thousands of normal readings to read.
 #[test]
 fn a_model_that_does_not_drift_is_retrained_less_and_less_often() {
-    let c = fast_config();
-    let (every, max) = (c.retrain.every_readings, c.retrain.max_every_readings);
-    let mut det = Detector::new(c).unwrap();
-    let mut rng = StdRng::seed_from_u64(9);
-    let mut swaps = Vec::new();
-    let mut version = 0;
-    for t in 0..12_000usize {
-        det.update_sync(t as i64 * 60_000_000, &[seasonal(t) + noise(&mut rng)])
-            .unwrap();
-        let v = det.model().map_or(0, |m| m.version);
-        if v != version {
-            swaps.push(t);
-            version = v;
+    for first_members in [0, 1] {
+        let mut c = fast_config();
+        c.training.first_members = first_members;
+        let (every, max) = (c.retrain.every_readings, c.retrain.max_every_readings);
+        let complete = 2 * c.window;
+        let mut det = Detector::new(c).unwrap();
+        let mut rng = StdRng::seed_from_u64(9);
+        let mut swaps = Vec::new();
+        let mut version = 0;
+        for t in 0..12_000usize {
+            det.update_sync(t as i64 * 60_000_000, &[seasonal(t) + noise(&mut rng)])
+                .unwrap();
+            let v = det.model().map_or(0, |m| m.version);
+            if v != version {
+                swaps.push(t);
+                version = v;
+            }
         }
+        let mut gaps: Vec<usize> = swaps.windows(2).map(|w| w[1] - w[0]).collect();
+        if first_members == 1 {
+            assert_eq!(gaps[0], complete, "models at {swaps:?}");
+            let completion = gaps.remove(0);
+            gaps[0] += completion;
+        }
+        assert_eq!(
+            gaps[..4],
+            [every, 2 * every, (4 * every).min(max), (8 * every).min(max)],
+            "first_members {first_members}: models at {swaps:?}"
+        );
+        assert_eq!(det.retrain_interval(), max as u64);
     }
-    let gaps: Vec<usize> = swaps.windows(2).map(|w| w[1] - w[0]).collect();
-    assert_eq!(
-        gaps[..4],
-        [every, 2 * every, (4 * every).min(max), (8 * every).min(max)],
-        "models at {swaps:?}"
-    );
-    assert_eq!(det.retrain_interval(), max as u64);
 }

@@ -223,6 +223,13 @@ pub struct TrainConfig {
     /// readings, goes on from these weights); 4 was measured and is not the
     /// default: a clean daily cycle then raised a false incident.
     pub first_epochs: usize,
+    /// Ensemble members a stream's first model trains (0: all of
+    /// `model.ensemble`). The rest are trained `2 × window` readings later by a
+    /// job that completes the ensemble, so a burst of new streams gets its first
+    /// models sooner (1: five times sooner for 1,000 new streams) and is judged
+    /// by a whole ensemble soon after. Not the default: NAB and SMAP lost about
+    /// two points each (BENCHMARKS.md).
+    pub first_members: usize,
     /// Epochs without held-out improvement before stopping.
     pub patience: usize,
     /// Windows per batch.
@@ -237,6 +244,16 @@ pub struct TrainConfig {
     pub seed: u64,
 }
 
+impl TrainConfig {
+    /// Members a first model trains, of an ensemble of `ensemble`.
+    pub fn first_model_members(&self, ensemble: usize) -> usize {
+        match self.first_members {
+            0 => ensemble,
+            k => k.min(ensemble),
+        }
+    }
+}
+
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
@@ -244,6 +261,7 @@ impl Default for TrainConfig {
             stride: 2,
             epochs: 12,
             first_epochs: 12,
+            first_members: 0,
             patience: 2,
             batch: 32,
             learning_rate: 3e-3,
@@ -504,6 +522,12 @@ impl DetectorConfig {
             || !(1..=4096).contains(&t.batch)
         {
             return bad("training.stride must be 1..=buffer, epochs and first_epochs 1..=1000, batch 1..=4096".into());
+        }
+        if t.first_members > self.model.ensemble {
+            return bad(format!(
+                "training.first_members must be 0 (all) or at most model.ensemble ({}), got {}",
+                self.model.ensemble, t.first_members
+            ));
         }
         if t.patience > 1000 {
             return bad(format!("training.patience must be at most 1000, got {}", t.patience));

@@ -341,6 +341,12 @@ pub struct Detector {
     fresh_from: u64,
     /// Readings seen / timestamp when the last training job was taken.
     last_job: Option<(u64, Micros)>,
+    /// The model version a job completing its ensemble was taken for (one try a
+    /// model; not in snapshots: a restored stream may try once more).
+    completion_for: Option<u64>,
+    /// Readings seen / timestamp when the job in flight was taken (its model's
+    /// `trained_at`).
+    job_taken_at: Option<(u64, Micros)>,
     job_in_flight: bool,
     /// A job is wanted now (after history or an accepted change), whatever the policy.
     retrain_requested: bool,
@@ -387,6 +393,8 @@ impl Detector {
             incidents: 0,
             anomalous_run: 0,
             last_job: None,
+            completion_for: None,
+            job_taken_at: None,
             job_in_flight: false,
             retrain_requested: false,
             model_stale: false,

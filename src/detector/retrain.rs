@@ -26,7 +26,8 @@ impl Detector {
         };
         let since = self.seen - at;
         let p = &c.retrain;
-        (p.every_readings > 0 && since >= self.retrain_interval())
+        (self.completion_due() && since >= 2 * c.window as u64)
+            || (p.every_readings > 0 && since >= self.retrain_interval())
             || (p.every_seconds > 0.0
                 && self
                     .last_ts
@@ -35,17 +36,33 @@ impl Detector {
     }
 
     /// Readings between periodic retrains now: `every_readings`, doubled with
-    /// each model after the first, up to `max_every_readings` (never below
+    /// each model after the first (a first model and the job that completes its
+    /// ensemble count as one), up to `max_every_readings` (never below
     /// `every_readings`).
     pub fn retrain_interval(&self) -> u64 {
         let p = &self.config.retrain;
         let every = p.every_readings as u64;
-        let models = self.model.as_ref().map_or(1, |m| m.version.max(1));
+        let c = &self.config;
+        let completed = u64::from(c.training.first_model_members(c.model.ensemble) < c.model.ensemble);
+        let models = self
+            .model
+            .as_ref()
+            .map_or(1, |m| m.version.saturating_sub(completed).max(1));
         let doubled = every.saturating_mul(1u64 << (models - 1).min(32));
         doubled.min(p.max_every_readings as u64).max(every)
     }
 
+    /// Whether the model has fewer members than the ensemble (a first model of
+    /// `training.first_members`) and no job has tried to complete it yet.
+    fn completion_due(&self) -> bool {
+        self.model
+            .as_ref()
+            .is_some_and(|m| m.scorers.len() < self.config.model.ensemble && self.completion_for != Some(m.version))
+    }
+
     /// Takes a training job from the buffered readings and marks one in flight.
+    /// A job that only completes a first model's ensemble leaves the retrain
+    /// schedule where the first model set it.
     pub fn training_job(&mut self) -> TrainJob {
         let d = self.n_features.unwrap_or(1).max(1);
         let readings: Vec<Vec<f64>> = self
@@ -65,7 +82,14 @@ impl Detector {
             }
         }
         let version = self.model.as_ref().map_or(0, |m| m.version) + 1 + self.failed_jobs;
-        self.last_job = Some((self.seen, self.last_ts.unwrap_or(0)));
+        let since = self.last_job.map_or(u64::MAX, |(at, _)| self.seen - at);
+        let now = (self.seen, self.last_ts.unwrap_or(0));
+        if self.completion_due() && !self.retrain_requested && since < self.retrain_interval() {
+            self.completion_for = self.model.as_ref().map(|m| m.version);
+        } else {
+            self.last_job = Some(now);
+        }
+        self.job_taken_at = Some(now);
         self.job_in_flight = true;
         self.retrain_requested = false;
         self.drift = 0.0;
@@ -125,7 +149,7 @@ impl Detector {
                     Some(c) => self.state.seed(Component::Change, &c.calibration, lambda),
                     None => self.state.reset(Component::Change),
                 }
-                let (at, at_ts) = self.last_job.unwrap_or((self.seen, self.last_ts.unwrap_or(0)));
+                let (at, at_ts) = self.job_taken_at.unwrap_or((self.seen, self.last_ts.unwrap_or(0)));
                 self.model = Some(ActiveModel {
                     version: m.version,
                     scorers: m.members.iter().map(|a| a.compile()).collect(),

@@ -145,6 +145,8 @@ impl Detector {
             model,
             stretch: Vec::new(),
             last_job: s.last_job,
+            completion_for: None,
+            job_taken_at: None,
             job_in_flight: false,
             drift: s.drift,
             failed_jobs: s.failed_jobs,
@@ -209,6 +211,8 @@ impl Detector {
         fresh.incidents = self.incidents;
         fresh.anomalous_run = self.anomalous_run;
         fresh.last_job = self.last_job;
+        fresh.completion_for = self.completion_for;
+        fresh.job_taken_at = self.job_taken_at;
         fresh.job_in_flight = self.job_in_flight;
         fresh.failed_jobs = self.failed_jobs;
         fresh.model = self.model.clone();

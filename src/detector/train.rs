@@ -379,7 +379,12 @@ pub fn train(job: &TrainJob, should_stop: &dyn Fn() -> bool) -> TrainOutcome {
     };
     let mut members = Vec::new();
     let mut rng = StdRng::seed_from_u64(job.seed);
-    for k in 0..cfg.model.ensemble {
+    // A first model trains `first_members`; the next job completes the ensemble.
+    let n_members = match &job.warm_start {
+        None => cfg.training.first_model_members(cfg.model.ensemble),
+        Some(_) => cfg.model.ensemble,
+    };
+    for k in 0..n_members {
         let start_from = job
             .warm_start
             .as_ref()
@@ -393,8 +398,8 @@ pub fn train(job: &TrainJob, should_stop: &dyn Fn() -> bool) -> TrainOutcome {
         let Some(fitted) = train_member(&win, cfg, member, &mut rng, &mut report, should_stop) else {
             return TrainOutcome::Diverged(report);
         };
-        report.train_loss += fitted.train_loss / cfg.model.ensemble as f64;
-        report.val_loss += fitted.val_loss / cfg.model.ensemble as f64;
+        report.train_loss += fitted.train_loss / n_members as f64;
+        report.val_loss += fitted.val_loss / n_members as f64;
         members.push(fitted.model);
         if report.budget_exhausted {
             break;

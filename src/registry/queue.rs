@@ -5,6 +5,9 @@
 //! retrain, the first models go first. (Measured with 10,000 new streams at one
 //! reading a second, the order made little difference, 666.9 s against 674 for
 //! all first models: there, the first jobs' growing histories cost more.)
+//! Retrains may fill at most half the places, so a burst of retrains (the jobs
+//! that complete one-member first models, `training.first_members`) never keeps
+//! a first model out.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -25,6 +28,12 @@ struct Queues<T> {
 impl<T> Queues<T> {
     fn len(&self) -> usize {
         self.first.len() + self.later.len()
+    }
+
+    /// Whether a job of the kind would be refused by a queue of `capacity`:
+    /// retrains may take half of it, first models all.
+    fn refuses(&self, first: bool, capacity: usize) -> bool {
+        self.closed || self.len() >= capacity || (!first && self.later.len() >= capacity.div_ceil(2))
     }
 }
 
@@ -68,10 +77,10 @@ impl<T> JobQueue<T> {
 
 impl<T> JobSender<T> {
     /// Queues `job` (`first`: a stream's first model, served before every
-    /// retrain); gives it back when the queue is full.
+    /// retrain); gives it back when the queue has no room for its kind.
     pub(super) fn try_send(&self, job: T, first: bool) -> Result<(), T> {
         let mut q = self.0.lock();
-        if q.len() >= self.0.capacity || q.closed {
+        if q.refuses(first, self.0.capacity) {
             return Err(job);
         }
         if first {
@@ -84,9 +93,9 @@ impl<T> JobSender<T> {
         Ok(())
     }
 
-    /// Whether a job would be refused now.
-    pub(super) fn is_full(&self) -> bool {
-        self.0.lock().len() >= self.0.capacity
+    /// Whether a job of the kind (`first`: a first model) would be refused now.
+    pub(super) fn is_full(&self, first: bool) -> bool {
+        self.0.lock().refuses(first, self.0.capacity)
     }
 }
 
@@ -114,16 +123,28 @@ mod tests {
 
     #[test]
     fn first_models_go_before_retrains_and_the_queue_is_bounded() {
-        let (tx, rx) = job_queue(3);
+        let (tx, rx) = job_queue(4);
         tx.try_send("retrain a", false).unwrap();
         tx.try_send("retrain b", false).unwrap();
         tx.try_send("first c", true).unwrap();
-        assert!(tx.is_full());
-        assert_eq!(tx.try_send("first d", true), Err("first d"), "full");
-        assert_eq!(rx.recv(), Some("first c"));
         tx.try_send("first d", true).unwrap();
-        let order: Vec<_> = (0..3).map(|_| rx.recv().unwrap()).collect();
-        assert_eq!(order, ["first d", "retrain a", "retrain b"]);
+        assert!(tx.is_full(true) && tx.is_full(false));
+        assert_eq!(tx.try_send("first e", true), Err("first e"), "full");
+        assert_eq!(rx.recv(), Some("first c"));
+        tx.try_send("first e", true).unwrap();
+        let order: Vec<_> = (0..4).map(|_| rx.recv().unwrap()).collect();
+        assert_eq!(order, ["first d", "first e", "retrain a", "retrain b"]);
+    }
+
+    #[test]
+    fn retrains_fill_at_most_half_the_queue_so_a_first_model_finds_room() {
+        let (tx, rx) = job_queue(3);
+        tx.try_send("retrain a", false).unwrap();
+        tx.try_send("retrain b", false).unwrap();
+        assert!(tx.is_full(false) && !tx.is_full(true));
+        assert_eq!(tx.try_send("retrain c", false), Err("retrain c"));
+        tx.try_send("first d", true).unwrap();
+        assert_eq!(rx.recv(), Some("first d"));
     }
 
     #[test]

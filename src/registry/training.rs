@@ -138,11 +138,11 @@ impl Registry {
     /// 10,000 new streams and 1,024 places, most of them, 768 scrapes each.) A
     /// job that still finds the queue full, raced by another thread, is dropped.
     pub(super) fn submit_job(&self, stream: &Arc<Stream>, detector: &mut Detector) -> bool {
-        if self.trainer.is_full() {
+        let first = detector.model().is_none();
+        if self.trainer.is_full(first) {
             return false;
         }
         let job = detector.training_job();
-        let first = job.warm_start.is_none();
         match self
             .trainer
             .try_send((Arc::downgrade(stream), job, Instant::now()), first)
