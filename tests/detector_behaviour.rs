@@ -465,7 +465,7 @@ fn a_first_model_of_one_member_is_completed_two_windows_later() {
     let whole = members.iter().position(|&n| n == 3).unwrap();
     assert_eq!((members[first], first + 1), (1, config.retrain.first_after));
     assert_eq!(whole - first, 2 * config.window);
-    // Every member has a turn in scoring: the completed ensemble scores otherwise.
+    // One job completed the ensemble, and the schedule's next is not due yet.
     assert_eq!(det.model().unwrap().version, 2);
 }
 
