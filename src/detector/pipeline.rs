@@ -351,8 +351,14 @@ impl Detector {
             (s.zg[j], s.za[j], s.zs[j]) = (zg, za, zs);
             // The state expects what earlier *normal* periods did: a lasting change
             // repeats itself every period, and would become its own expectation.
-            let n_normal = self.seasonal_past(j, n_rows - 1, true, &mut past);
-            s.seasonal_expected[j] = (n_normal > 0).then(|| baseline::median(&mut past[..n_normal]));
+            // With every buffered row learnt (the common case) those are the same
+            // periods.
+            s.seasonal_expected[j] = if self.unlearnt.is_empty() && self.filled.is_empty() {
+                (n_past > 0).then_some(seasonal_expected)
+            } else {
+                let n_normal = self.seasonal_past(j, n_rows - 1, true, &mut past);
+                (n_normal > 0).then(|| baseline::median(&mut past[..n_normal]))
+            };
             (s.state_level[j], s.state_ar[j], s.state_seasonal[j]) =
                 self.state_baselines[j].score(values[j], s.seasonal_expected[j], floor);
             if !self.state_baselines[j].seasonal_explains() {
