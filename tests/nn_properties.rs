@@ -1,6 +1,7 @@
 //! Property tests over random small shapes: a sequence forward equals repeated single
-//! steps, padded steps are inert, and the fast single-window scorer equals the
-//! generic batched forward pass.
+//! steps, padded steps are inert, the fast single-window scorer equals the
+//! generic batched forward pass, and a scorer held in half precision scores
+//! exactly as its rounded model.
 
 mod common;
 
@@ -11,7 +12,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use anomalyd::nn::isa::Isa;
-use anomalyd::nn::{Autoencoder, AutoencoderConfig, CellKind, Rnn, RnnConfig, ScoreWorkspace, Scorer};
+use anomalyd::nn::{
+    Autoencoder, AutoencoderConfig, CellKind, HalfScorer, HalfWorkspace, Rnn, RnnConfig, ScoreWorkspace, Scorer,
+};
 
 fn kind_strategy() -> impl Strategy<Value = CellKind> {
     prop_oneof![
@@ -158,6 +161,45 @@ proptest! {
         for (s, y) in scorers.iter().zip(&together) {
             prop_assert_eq!(y.as_slice(), s.reconstruct(&window, &mut ws));
         }
+    }
+
+    #[test]
+    fn a_half_precision_scorer_scores_exactly_as_its_rounded_model(
+        kind in kind_strategy(), members in 1usize..5, d_in in 1usize..4, h in 1usize..40, layers in 1usize..3,
+        bi in any::<bool>(), w in 1usize..12, seed in any::<u64>(),
+    ) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let cfg = AutoencoderConfig { kind, d_input: d_in, d_hidden: h, n_layers: layers, bidirectional: bi, dropout: 0.0 };
+        let models: Vec<Autoencoder<f32>> = (0..members).map(|_| Autoencoder::<f32>::new(cfg.clone(), &mut rng)).collect();
+        let window: Vec<f32> = (0..w * d_in).map(|_| rng.random::<f32>() * 4.0 - 2.0).collect();
+        let mut rounded_all = Vec::new();
+        for model in &models {
+            let mut rounded = model.clone();
+            rounded.round_to_half();
+            // Rounding moves each weight by at most half a unit in the last place of a half.
+            for (a, b) in model.tensors().iter().zip(rounded.tensors()) {
+                for (&x, &y) in a.iter().zip(b) {
+                    prop_assert!((x - y).abs() <= x.abs() * 2f32.powi(-11) + 2f32.powi(-25), "{} rounded to {}", x, y);
+                }
+            }
+            // Rounded once, a model goes through half precision unchanged.
+            let half = rounded.compile().to_half();
+            prop_assert_eq!(&half.to_model(), &rounded);
+            prop_assert_eq!(half.n_params(), rounded.n_params());
+            prop_assert_eq!(&model.compile().to_half(), &half, "the scorer rounds as the model does");
+            rounded_all.push(rounded);
+        }
+        // Widened window by window, the members score bit for bit as f32 scorers of
+        // the rounded models, through a workspace that last held another shape.
+        let halves: Vec<HalfScorer> = rounded_all.iter().map(|m| m.compile().to_half()).collect();
+        let f32s: Vec<Scorer> = rounded_all.iter().map(|m| m.compile()).collect();
+        let mut hws = HalfWorkspace::default();
+        let other = Autoencoder::<f32>::new(AutoencoderConfig::new(CellKind::Lstm, 2, 3), &mut rng).compile().to_half();
+        HalfScorer::reconstruct_each(std::slice::from_ref(&other), &[0.5; 6], &mut hws, |_| {});
+        let (mut from_half, mut from_f32) = (Vec::new(), Vec::new());
+        HalfScorer::reconstruct_each(&halves, &window, &mut hws, |y| from_half.push(y.to_vec()));
+        Scorer::reconstruct_each(&f32s, &window, &mut Vec::new(), |y| from_f32.push(y.to_vec()));
+        prop_assert_eq!(from_half, from_f32);
     }
 }
 

@@ -400,7 +400,10 @@ pub fn train(job: &TrainJob, should_stop: &dyn Fn() -> bool) -> TrainOutcome {
         };
         report.train_loss += fitted.train_loss / n_members as f64;
         report.val_loss += fitted.val_loss / n_members as f64;
-        members.push(fitted.model);
+        // Streams hold their members in half precision: calibrate what will score.
+        let mut model = fitted.model;
+        model.round_to_half();
+        members.push(model);
         if report.budget_exhausted {
             break;
         }

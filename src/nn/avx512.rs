@@ -274,6 +274,25 @@ pub fn lstm_steps_together(runs: &mut [Option<LstmRun<'_>>], steps: usize, const
     }
 }
 
+/// `dst[i] = src[i]`, widened exactly from half precision, sixteen at a time
+/// (`vcvtph2ps`; the tail one by one).
+///
+/// # Panics
+/// If the slices' lengths differ.
+#[target_feature(enable = "avx512f")]
+pub fn widen_halves(src: &[half::f16], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len(), "as many halves as floats");
+    let mut s = src.chunks_exact(16);
+    let mut d = dst.chunks_exact_mut(16);
+    for (h, f) in (&mut s).zip(&mut d) {
+        // SAFETY: both chunks hold exactly 16 elements; `f16` is a transparent `u16`.
+        unsafe { _mm512_storeu_ps(f.as_mut_ptr(), _mm512_cvtph_ps(_mm256_loadu_si256(h.as_ptr().cast()))) };
+    }
+    for (h, f) in s.remainder().iter().zip(d.into_remainder()) {
+        *f = h.to_f32();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,5 +319,23 @@ mod tests {
             assert!((t[k] - tanh_f32(x)).abs() <= 3e-7, "tanh({x}) = {}", t[k]);
         }
         assert_eq!(t[xs.len() - 2], 1.0);
+    }
+
+    #[test]
+    fn every_half_widens_as_the_portable_conversion_does() {
+        if !crate::nn::isa::Isa::Avx512.supported() {
+            return;
+        }
+        // All 65,536 bit patterns, in a length that leaves a tail of 15.
+        let src: Vec<half::f16> = (0..=u16::MAX)
+            .map(half::f16::from_bits)
+            .chain([half::f16::ONE; 15])
+            .collect();
+        let mut wide = vec![0.0f32; src.len()];
+        // SAFETY: the CPU supports AVX-512 (checked above).
+        unsafe { widen_halves(&src, &mut wide) };
+        for (h, w) in src.iter().zip(&wide) {
+            assert_eq!(w.to_bits(), h.to_f32().to_bits(), "{:#06x}", h.to_bits());
+        }
     }
 }

@@ -9,6 +9,9 @@ use ndarray::{Array3, ArrayView3};
 
 use super::{Autoencoder, AutoencoderConfig, CellKind, CellParams, Linear, Rnn, RnnConfig};
 
+mod half;
+pub use half::{HalfScorer, HalfWorkspace};
+
 /// One cell's weights rearranged for single-sequence inference: transposed so a
 /// matrix-vector product is a run of contiguous AXPYs, and biases folded.
 #[derive(Clone, Debug)]
@@ -35,13 +38,7 @@ struct FastCell {
 impl FastCell {
     fn new(kind: CellKind, p: &CellParams<f32>) -> Self {
         let h = p.d_hidden();
-        let mut bias: Vec<f32> = p.b_ih.iter().zip(&p.b_hh).map(|(a, b)| a + b).collect();
-        let mut b_hn = Vec::new();
-        if matches!(kind, CellKind::Gru | CellKind::GruResetBefore) {
-            bias[2 * h..].copy_from_slice(&p.b_ih.as_slice().unwrap()[2 * h..]);
-            b_hn = p.b_hh.as_slice().unwrap()[2 * h..].to_vec();
-        }
-        FastCell {
+        let mut cell = FastCell {
             kind,
             d_in: p.d_in(),
             h,
@@ -56,11 +53,39 @@ impl FastCell {
             } else {
                 Packed::new(ndarray::ArrayView2::from_shape((0, 0), &[]).expect("empty"))
             },
-            bias,
-            b_hn,
+            bias: Vec::new(),
+            b_hn: Vec::new(),
             b_ih: p.b_ih.to_vec(),
             b_hh: p.b_hh.to_vec(),
+        };
+        cell.fuse_biases();
+        cell
+    }
+
+    /// Sets `bias` and `b_hn` from the raw biases (`b_ih + b_hh`; GRU's n block
+    /// keeps `b_in` in `bias` and `b_hn` apart). Allocates only when the sizes change.
+    fn fuse_biases(&mut self) {
+        let h = self.h;
+        self.bias.resize(self.b_ih.len(), 0.0);
+        for ((f, a), b) in self.bias.iter_mut().zip(&self.b_ih).zip(&self.b_hh) {
+            *f = a + b;
         }
+        if matches!(self.kind, CellKind::Gru | CellKind::GruResetBefore) {
+            self.bias[2 * h..].copy_from_slice(&self.b_ih[2 * h..]);
+            self.b_hn.resize(h, 0.0);
+            self.b_hn.copy_from_slice(&self.b_hh[2 * h..]);
+        } else {
+            self.b_hn.clear();
+        }
+    }
+
+    /// Each array the cell stores (the fused biases excepted), in a fixed order.
+    fn for_each_array_mut(&mut self, f: &mut impl FnMut(&mut [f32])) {
+        f(&mut self.w_ih_t.data);
+        f(&mut self.w_hh_t.data);
+        f(&mut self.w_hn_t.data);
+        f(&mut self.b_ih);
+        f(&mut self.b_hh);
     }
 
     /// The PyTorch-layout parameters this cell was built from, exactly.
