@@ -375,9 +375,17 @@ fn streams_that_met_a_full_training_queue_get_their_first_model_soon_after() {
             })
             .count()
     };
-    // One reading a round, as a scrape; 300 rounds stay far below 768.
+    let in_flight = || (0..streams).any(|s| lock(&reg.get(&format!("s{s}")).unwrap().state).detector.job_in_flight());
+    // One reading a round, as a scrape, each round once the queued job is done
+    // (so the count of readings does not depend on how fast this machine
+    // trains); 300 rounds stay far below 768.
     let mut t = first_after + 1;
+    let started = std::time::Instant::now();
     for _ in 0..300 {
+        while in_flight() {
+            assert!(started.elapsed() < Duration::from_secs(600), "training hangs");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         if on_model() == streams {
             break;
         }
@@ -385,7 +393,6 @@ fn streams_that_met_a_full_training_queue_get_their_first_model_soon_after() {
         for s in 0..streams {
             reg.ingest(&[reading(s, t)]).unwrap();
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(on_model(), streams, "after {} more readings", t - first_after - 1);
 }
