@@ -470,6 +470,37 @@ fn a_first_model_of_one_member_is_completed_two_windows_later() {
 }
 
 #[test]
+fn a_first_job_taken_late_trains_on_the_readings_that_made_it_due() {
+    // A burst of new streams waits in the training queue while readings go on
+    // arriving; each first model should cost what one alone costs.
+    let mut config = fast_config();
+    config.training.first_members = 1;
+    let (first_after, w) = (config.retrain.first_after, config.window);
+    let mut det = Detector::new(config).unwrap();
+    let mut rng = StdRng::seed_from_u64(6);
+    let mut t = 0;
+    let mut feed = |det: &mut Detector, n: usize| {
+        let mut v = 0.0;
+        for _ in 0..n {
+            v = seasonal(t) + noise(&mut rng);
+            det.update(t as i64, &[v]).unwrap();
+            t += 1;
+        }
+        v
+    };
+    let newest = feed(&mut det, first_after + 300);
+    let job = det.training_job();
+    assert_eq!(job.readings.len(), first_after, "the readings that made it due");
+    assert_eq!(job.readings.last().unwrap()[0], newest, "the newest of them");
+    let outcome = anomalyd::detector::train::train(&job, &|| false);
+    det.install(outcome);
+    // The job completing the ensemble, late too: the first job's readings and two windows.
+    feed(&mut det, 2 * w + 200);
+    assert!(det.training_due());
+    assert_eq!(det.training_job().readings.len(), first_after + 2 * w);
+}
+
+#[test]
 fn a_wall_time_budget_cuts_training_short() {
     let mut det = Detector::new(fast_config()).unwrap();
     let mut rng = StdRng::seed_from_u64(4);

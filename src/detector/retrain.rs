@@ -65,26 +65,28 @@ impl Detector {
     /// schedule where the first model set it.
     pub fn training_job(&mut self) -> TrainJob {
         let d = self.n_features.unwrap_or(1).max(1);
+        let since = self.last_job.map_or(u64::MAX, |(at, _)| self.seen - at);
+        let completion = self.completion_due() && !self.retrain_requested && since < self.retrain_interval();
+        let rows = self.history.len() / d;
+        let rows = rows.min(self.job_rows(completion).unwrap_or(rows));
         let readings: Vec<Vec<f64>> = self
             .history
-            .iter()
+            .range(self.history.len() - rows * d..)
             .copied()
             .collect::<Vec<_>>()
             .chunks(d)
             .map(<[f64]>::to_vec)
             .collect();
-        let n_rows = readings.len();
-        let first = self.seen + 1 - n_rows as u64;
-        let mut normal = vec![true; n_rows];
+        let first = self.seen + 1 - rows as u64;
+        let mut normal = vec![true; rows];
         for &n in self.unlearnt.iter().chain(&self.filled) {
             if let Some(flag) = n.checked_sub(first).and_then(|i| normal.get_mut(i as usize)) {
                 *flag = false;
             }
         }
         let version = self.model.as_ref().map_or(0, |m| m.version) + 1 + self.failed_jobs;
-        let since = self.last_job.map_or(u64::MAX, |(at, _)| self.seen - at);
         let now = (self.seen, self.last_ts.unwrap_or(0));
-        if self.completion_due() && !self.retrain_requested && since < self.retrain_interval() {
+        if completion {
             self.completion_for = self.model.as_ref().map(|m| m.version);
         } else {
             self.last_job = Some(now);
@@ -108,6 +110,26 @@ impl Detector {
                 .seed
                 .wrapping_mul(0x9E37_79B9_7F4A_7C15)
                 .wrapping_add(version),
+        }
+    }
+
+    /// The newest readings a job trains on when the schedule, not the buffer, sets
+    /// them (`None`: the whole buffer). A stream's first job takes the readings
+    /// that made it due (`retrain.first_after`), and the job completing a first
+    /// model those and the `2 × window` after them, however long the job waited
+    /// in the training queue: a burst of new streams then costs each first model
+    /// what one alone costs (the readings that came meanwhile go to the next
+    /// job). Trained inline, as `replay` and the evaluations do, a job is never
+    /// late and the cap takes nothing away.
+    fn job_rows(&self, completion: bool) -> Option<usize> {
+        let c = &self.config;
+        let first = c.retrain.first_after.max(c.window + 1);
+        if self.model.is_none() && self.last_job.is_none() && !self.retrain_requested {
+            Some(first)
+        } else if completion {
+            Some(first + 2 * c.window)
+        } else {
+            None
         }
     }
 
