@@ -501,6 +501,21 @@ fn a_first_job_taken_late_trains_on_the_readings_that_made_it_due() {
 }
 
 #[test]
+fn a_job_out_when_the_snapshot_was_taken_is_asked_for_again_after_a_restore() {
+    // A crash while a job trains loses the job; the restored stream must not
+    // take it as done and wait a whole retrain interval on its old model.
+    let mut det = Detector::new(fast_config()).unwrap();
+    let mut rng = StdRng::seed_from_u64(7);
+    for t in 0..450 {
+        det.update(t, &[seasonal(t as usize) + noise(&mut rng)]).unwrap();
+    }
+    let _lost = det.training_job();
+    assert!(!det.training_due(), "one job at a time");
+    let restored = Detector::restore(det.snapshot()).unwrap();
+    assert!(restored.training_due(), "the lost job is due again");
+}
+
+#[test]
 fn a_wall_time_budget_cuts_training_short() {
     let mut det = Detector::new(fast_config()).unwrap();
     let mut rng = StdRng::seed_from_u64(4);

@@ -42,7 +42,9 @@ impl Detector {
                 incident: self.incident.as_deref().cloned(),
                 incidents: self.incidents,
                 anomalous_run: self.anomalous_run,
-                retrain_requested: self.retrain_requested,
+                // A job out now is lost if the process dies before its model is
+                // saved: the restored stream asks for it again.
+                retrain_requested: self.retrain_requested || self.job_in_flight,
                 model_stale: self.model_stale,
                 stretches: self.stretches.iter().copied().collect(),
                 pruning: self.pruning.clone(),
