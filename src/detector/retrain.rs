@@ -116,10 +116,10 @@ impl Detector {
     /// The newest readings a job trains on when the schedule, not the buffer, sets
     /// them (`None`: the whole buffer). A stream's first job takes the readings
     /// that made it due (`retrain.first_after`), and the job completing a first
-    /// model those and the `2 × window` after them, however long the job waited
-    /// in the training queue: a burst of new streams then costs each first model
-    /// what one alone costs (the readings that came meanwhile go to the next
-    /// job). Trained inline, as `replay` and the evaluations do, a job is never
+    /// model those and the `2 × window` after them, however long the stream waited
+    /// for a place in the training queue (a job is cut when it is queued): a burst
+    /// of new streams then costs each first model what one alone costs (the
+    /// readings that came meanwhile go to the next job). Trained inline, as `replay` and the evaluations do, a job is never
     /// late and the cap takes nothing away.
     fn job_rows(&self, completion: bool) -> Option<usize> {
         let c = &self.config;
