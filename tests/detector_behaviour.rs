@@ -81,6 +81,17 @@ fn fast_config() -> DetectorConfig {
     c
 }
 
+/// Feeds readings `from..to` of the daily cycle with noise through `update` (no
+/// inline training: jobs are left to the test); returns the last value.
+fn feed(det: &mut Detector, from: usize, to: usize, rng: &mut StdRng) -> f64 {
+    let mut v = 0.0;
+    for t in from..to {
+        v = seasonal(t) + noise(rng);
+        det.update(t as i64, &[v]).unwrap();
+    }
+    v
+}
+
 /// What a run showed: the readings that opened an incident and the state of each.
 struct Run {
     opened: Vec<usize>,
@@ -478,24 +489,14 @@ fn a_first_job_taken_late_trains_on_the_readings_that_made_it_due() {
     let (first_after, w) = (config.retrain.first_after, config.window);
     let mut det = Detector::new(config).unwrap();
     let mut rng = StdRng::seed_from_u64(6);
-    let mut t = 0;
-    let mut feed = |det: &mut Detector, n: usize| {
-        let mut v = 0.0;
-        for _ in 0..n {
-            v = seasonal(t) + noise(&mut rng);
-            det.update(t as i64, &[v]).unwrap();
-            t += 1;
-        }
-        v
-    };
-    let newest = feed(&mut det, first_after + 300);
+    let newest = feed(&mut det, 0, first_after + 300, &mut rng);
     let job = det.training_job();
     assert_eq!(job.readings.len(), first_after, "the readings that made it due");
     assert_eq!(job.readings.last().unwrap()[0], newest, "the newest of them");
     let outcome = anomalyd::detector::train::train(&job, &|| false);
     det.install(outcome);
     // The job completing the ensemble, late too: the first job's readings and two windows.
-    feed(&mut det, 2 * w + 200);
+    feed(&mut det, first_after + 300, first_after + 2 * w + 500, &mut rng);
     assert!(det.training_due());
     assert_eq!(det.training_job().readings.len(), first_after + 2 * w);
 }
@@ -505,10 +506,7 @@ fn a_job_out_when_the_snapshot_was_taken_is_asked_for_again_after_a_restore() {
     // A crash while a job trains loses the job; the restored stream must not
     // take it as done and wait a whole retrain interval on its old model.
     let mut det = Detector::new(fast_config()).unwrap();
-    let mut rng = StdRng::seed_from_u64(7);
-    for t in 0..450 {
-        det.update(t, &[seasonal(t as usize) + noise(&mut rng)]).unwrap();
-    }
+    feed(&mut det, 0, 450, &mut StdRng::seed_from_u64(7));
     let _lost = det.training_job();
     assert!(!det.training_due(), "one job at a time");
     let restored = Detector::restore(det.snapshot()).unwrap();
@@ -518,10 +516,7 @@ fn a_job_out_when_the_snapshot_was_taken_is_asked_for_again_after_a_restore() {
 #[test]
 fn a_wall_time_budget_cuts_training_short() {
     let mut det = Detector::new(fast_config()).unwrap();
-    let mut rng = StdRng::seed_from_u64(4);
-    for t in 0..500 {
-        det.update(t, &[seasonal(t as usize) + noise(&mut rng)]).unwrap();
-    }
+    feed(&mut det, 0, 500, &mut StdRng::seed_from_u64(4));
     let job = det.training_job();
     let calls = std::cell::Cell::new(0);
     let outcome = anomalyd::detector::train::train(&job, &|| {

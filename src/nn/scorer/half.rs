@@ -15,9 +15,6 @@ use super::{ScoreWorkspace, Scorer};
 use crate::nn::isa::{self, Isa};
 use crate::nn::{Autoencoder, AutoencoderConfig};
 
-/// The largest finite half; parameters beyond it are held at it, not as infinity.
-const HALF_MAX: f32 = 65504.0;
-
 /// An ensemble member's weights in half precision.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HalfScorer {
@@ -34,8 +31,11 @@ pub struct HalfWorkspace {
     wss: Vec<ScoreWorkspace>,
 }
 
+/// `v` rounded to the nearest half; beyond the largest finite half it is held
+/// there, not made infinite.
 fn to_half(v: f32) -> f16 {
-    f16::from_f32(v.clamp(-HALF_MAX, HALF_MAX))
+    let max = f16::MAX.to_f32();
+    f16::from_f32(v.clamp(-max, max))
 }
 
 /// `dst = src` widened (exact), on the widest path the kernels may use.
