@@ -1,7 +1,9 @@
 //! Prometheus metrics, named `anomalyd_<name>_<unit>[_total]`. No per-stream labels:
 //! stream counts are unbounded, so label cardinality would be too.
 
-use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    CounterVec, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 /// Every metric the service exports, registered in one registry.
 #[derive(Clone, Debug)]
@@ -215,6 +217,10 @@ pub struct TrainingMetrics {
     pub queue_depth: IntGauge,
     /// How long jobs waited in the queue for a training thread.
     pub wait: Histogram,
+    /// Jobs queued, by why they were asked for (`detector::JobKind`).
+    pub queued: IntCounterVec,
+    /// Seconds the training threads spent on jobs, by why they were asked for.
+    pub seconds: CounterVec,
 }
 
 impl TrainingMetrics {
@@ -235,6 +241,21 @@ impl TrainingMetrics {
                 "anomalyd_retrain_wait_seconds",
                 "How long retraining jobs waited in the queue for a training thread.",
                 prometheus::exponential_buckets(0.01, 2.0, 18).expect("buckets"),
+            ),
+            queued: r.counter_vec(
+                "anomalyd_retrain_jobs_queued_total",
+                "Retraining jobs queued, by why (first, completion, scheduled, drift, requested).",
+                &["kind"],
+            ),
+            seconds: r.add(
+                CounterVec::new(
+                    Opts::new(
+                        "anomalyd_retrain_seconds_total",
+                        "Seconds training threads spent on jobs, by why they were asked for.",
+                    ),
+                    &["kind"],
+                )
+                .expect("valid metric"),
             ),
         }
     }

@@ -828,6 +828,12 @@ async fn put_configures_streams_and_retrain_queues_a_job() {
     );
     assert!(metric_value(&text, "anomalyd_retrain_jobs_total{outcome=\"completed\"}") >= 2.0);
     assert_eq!(metric_value(&text, "anomalyd_retrain_queue_depth"), 0.0);
+    // ...and why each job was asked for, with the training time it took.
+    for kind in ["first", "requested"] {
+        let queued = format!("anomalyd_retrain_jobs_queued_total{{kind=\"{kind}\"}}");
+        assert!(metric_value(&text, &queued) >= 1.0, "{queued}");
+        assert!(metric_value(&text, &format!("anomalyd_retrain_seconds_total{{kind=\"{kind}\"}}")) > 0.0);
+    }
     // A new shape would discard the model and readings: refused unless explicit.
     let reshape = json!({"model": {"cell": "lstm", "hidden": 8}});
     let r = c.put(&url).json(&reshape).send().await.unwrap();

@@ -1,5 +1,6 @@
 //! `anomalyd bench ingest`: the registry without HTTP, every stream on a model.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -45,6 +46,10 @@ pub struct IngestBenchReport {
     /// Streams on a model when that wait ended (all of them, unless it gave up
     /// after an hour).
     pub first_models_streams: usize,
+    /// Jobs queued until then, by why they were asked for (`JobKind`).
+    pub first_models_jobs: BTreeMap<String, u64>,
+    /// Seconds the training threads spent until then, by the jobs' kind.
+    pub first_models_train_s: BTreeMap<String, f64>,
 }
 
 /// What `anomalyd bench ingest` runs.
@@ -92,6 +97,18 @@ pub fn run_ingest_bench(config: &DetectorConfig, b: &IngestBenchConfig) -> Resul
     warm_up(&reg, b.streams, warm)?;
     let (first_models_streams, now) = wait_for_first_models(&reg, &metrics, b.streams, warm as i64)?;
     let first_models_s = warm_start.elapsed().as_secs_f64();
+    let t = &metrics.training;
+    let by_kind = |f: &dyn Fn(&str) -> f64| -> BTreeMap<String, f64> {
+        crate::detector::JobKind::ALL
+            .iter()
+            .map(|k| (k.name().to_string(), f(k.name())))
+            .collect()
+    };
+    let first_models_jobs = by_kind(&|k| t.queued.with_label_values(&[k]).get() as f64)
+        .into_iter()
+        .map(|(k, n)| (k, n as u64))
+        .collect();
+    let first_models_train_s = by_kind(&|k| t.seconds.with_label_values(&[k]).get());
     let jobs_before = jobs();
     let start = Instant::now();
     let clients = b.clients.clamp(1, b.streams);
@@ -112,6 +129,8 @@ pub fn run_ingest_bench(config: &DetectorConfig, b: &IngestBenchConfig) -> Resul
         training_threads,
         first_models_s,
         first_models_streams,
+        first_models_jobs,
+        first_models_train_s,
     };
     drop(reg);
     let _ = std::fs::remove_dir_all(&dir);

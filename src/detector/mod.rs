@@ -45,7 +45,7 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 pub use config::{ConfigError, DetectorConfig, DetectorKind, Objective};
-pub use train::{TrainJob, TrainOutcome, TrainReport, TrainedModel};
+pub use train::{JobKind, TrainJob, TrainOutcome, TrainReport, TrainedModel};
 
 use baseline::{OnlineAr, Seasonal, StateBaselines, WindowedGaussian};
 use cadence::Cadence;

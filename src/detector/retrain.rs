@@ -3,7 +3,7 @@
 //! trained inline).
 
 use super::state::Component;
-use super::train::{self, TrainJob, TrainOutcome};
+use super::train::{self, JobKind, TrainJob, TrainOutcome};
 use super::{ActiveModel, Detector, DetectorConfig, DetectorKind, ReadingError, Verdict};
 use crate::timestamp::Micros;
 
@@ -25,14 +25,38 @@ impl Detector {
             return self.seen >= c.retrain.first_after as u64;
         };
         let since = self.seen - at;
-        let p = &c.retrain;
         (self.completion_due() && since >= 2 * c.window as u64)
-            || (p.every_readings > 0 && since >= self.retrain_interval())
+            || self.scheduled_due(at, at_ts)
+            || self.drift_due(since)
+    }
+
+    /// Whether the periodic retrain is due, the last job taken at reading `at`
+    /// (timestamp `at_ts`).
+    fn scheduled_due(&self, at: u64, at_ts: Micros) -> bool {
+        let p = &self.config.retrain;
+        (p.every_readings > 0 && self.seen - at >= self.retrain_interval())
             || (p.every_seconds > 0.0
                 && self
                     .last_ts
                     .is_some_and(|t| (t - at_ts) as f64 / 1e6 >= p.every_seconds))
-            || (p.on_drift && self.model.is_some() && since >= 2 * c.window as u64 && self.drift > 2.0)
+    }
+
+    /// Whether a stream on a model drifts enough, `since` readings after its last
+    /// job, to be retrained early.
+    fn drift_due(&self, since: u64) -> bool {
+        let c = &self.config;
+        c.retrain.on_drift && self.model.is_some() && since >= 2 * c.window as u64 && self.drift > 2.0
+    }
+
+    /// Why a job taken now is asked for (`completion`: it completes a first model).
+    fn job_kind(&self, completion: bool) -> JobKind {
+        match self.last_job {
+            _ if self.retrain_requested => JobKind::Requested,
+            _ if self.model.is_none() => JobKind::First,
+            _ if completion => JobKind::Completion,
+            Some((at, at_ts)) if !self.scheduled_due(at, at_ts) && self.drift_due(self.seen - at) => JobKind::Drift,
+            _ => JobKind::Scheduled,
+        }
     }
 
     /// Readings between periodic retrains now: `every_readings`, doubled with
@@ -67,6 +91,7 @@ impl Detector {
         let d = self.n_features.unwrap_or(1).max(1);
         let since = self.last_job.map_or(u64::MAX, |(at, _)| self.seen - at);
         let completion = self.completion_due() && !self.retrain_requested && since < self.retrain_interval();
+        let kind = self.job_kind(completion);
         let rows = self.history.len() / d;
         let rows = rows.min(self.job_rows(completion).unwrap_or(rows));
         let readings: Vec<Vec<f64>> = self
@@ -110,6 +135,7 @@ impl Detector {
                 .seed
                 .wrapping_mul(0x9E37_79B9_7F4A_7C15)
                 .wrapping_add(version),
+            kind,
         }
     }
 
@@ -204,5 +230,56 @@ impl Detector {
             let outcome = train::train(&job, &|| false);
             self.install(outcome);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `n` readings of a noisy wave, taking and training each job the
+    /// policy asks for inline; returns the kinds of the jobs taken.
+    fn feed(det: &mut Detector, n: usize, level: f64) -> Vec<JobKind> {
+        let mut kinds = Vec::new();
+        for _ in 0..n {
+            let t = det.readings_seen() as f64;
+            let v = level + (t / 5.0).sin() + 0.1 * (t * 7.3).sin();
+            det.update(det.readings_seen() as i64 * 1_000_000, &[v]).unwrap();
+            if det.training_due() {
+                let job = det.training_job();
+                kinds.push(job.kind);
+                det.install(train::train(&job, &|| false));
+            }
+        }
+        kinds
+    }
+
+    #[test]
+    fn each_job_says_why_it_was_asked_for() {
+        let mut c = DetectorConfig {
+            window: 8,
+            ..DetectorConfig::default()
+        };
+        c.model.hidden = 4;
+        c.model.ensemble = 2;
+        c.training.first_members = 1;
+        c.training.epochs = 2;
+        c.training.first_epochs = 2;
+        c.retrain.first_after = 40;
+        c.retrain.every_readings = 100;
+        c.retrain.max_every_readings = 100;
+        let mut det = Detector::new(c).unwrap();
+        assert_eq!(feed(&mut det, 40, 0.0), [JobKind::First]);
+        assert_eq!(feed(&mut det, 16, 0.0), [JobKind::Completion], "2 × window later");
+        assert_eq!(
+            feed(&mut det, 90, 0.0),
+            [JobKind::Scheduled],
+            "every_readings after the first"
+        );
+        det.request_retrain();
+        assert_eq!(feed(&mut det, 1, 0.0), [JobKind::Requested]);
+        // A level far from what the model learnt drifts it: retrained early.
+        let kinds = feed(&mut det, 60, 40.0);
+        assert_eq!(kinds.first(), Some(&JobKind::Drift), "{kinds:?}");
     }
 }

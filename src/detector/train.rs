@@ -68,6 +68,46 @@ pub struct TrainJob {
     pub version: u64,
     /// Seed for this job (initialisation and shuffling).
     pub seed: u64,
+    /// Why the job was asked for.
+    pub kind: JobKind,
+}
+
+/// Why a training job was asked for, as `/metrics` counts them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobKind {
+    /// A stream without a model.
+    First,
+    /// The job that completes a first model of fewer members than the ensemble.
+    Completion,
+    /// The periodic retrain (`retrain.every_readings` or `every_seconds`).
+    Scheduled,
+    /// An early retrain of a drifting stream (`retrain.on_drift`).
+    Drift,
+    /// Asked for: by a client (`POST /v1/streams/{id}/retrain`), by accepting an
+    /// incident, or by a restore that found a job lost in a crash.
+    Requested,
+}
+
+impl JobKind {
+    /// Every kind, in the order `/metrics` lists them.
+    pub const ALL: [JobKind; 5] = [
+        JobKind::First,
+        JobKind::Completion,
+        JobKind::Scheduled,
+        JobKind::Drift,
+        JobKind::Requested,
+    ];
+
+    /// The kind's `/metrics` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            JobKind::First => "first",
+            JobKind::Completion => "completion",
+            JobKind::Scheduled => "scheduled",
+            JobKind::Drift => "drift",
+            JobKind::Requested => "requested",
+        }
+    }
 }
 
 /// What a job reports, trained or not.

@@ -264,6 +264,10 @@ impl Registry {
     pub fn open(config: RegistryConfig, metrics: Arc<Metrics>) -> Result<Arc<Self>, String> {
         config.default_detector.validate().map_err(|e| e.to_string())?;
         let (tx, rx) = queue::job_queue::<QueuedJob>(config.training_queue);
+        for kind in crate::detector::JobKind::ALL {
+            metrics.training.queued.with_label_values(&[kind.name()]);
+            metrics.training.seconds.with_label_values(&[kind.name()]);
+        }
         let shards = match &config.shards {
             Some(o) => {
                 let saved = config.data_dir.as_ref().map(|d| d.join("shards.json"));

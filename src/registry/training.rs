@@ -68,7 +68,13 @@ impl Registry {
         let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             crate::detector::train::train(&job, &|| start.elapsed() > budget)
         }));
-        self.metrics.training.duration.observe(start.elapsed().as_secs_f64());
+        let seconds = start.elapsed().as_secs_f64();
+        self.metrics.training.duration.observe(seconds);
+        self.metrics
+            .training
+            .seconds
+            .with_label_values(&[job.kind.name()])
+            .inc_by(seconds);
         let (outcome, label) = match caught {
             Ok(outcome) => {
                 let label = match &outcome {
@@ -121,7 +127,7 @@ impl Registry {
         if st.detector.job_in_flight() {
             return Ok(());
         }
-        if self.submit_job(&stream, &mut st.detector) {
+        if self.submit(&stream, &mut st.detector, true) {
             Ok(())
         } else {
             Err(RegistryError::TrainingBusy)
@@ -138,17 +144,28 @@ impl Registry {
     /// 10,000 new streams and 1,024 places, most of them, 768 scrapes each.) A
     /// job that still finds the queue full, raced by another thread, is dropped.
     pub(super) fn submit_job(&self, stream: &Arc<Stream>, detector: &mut Detector) -> bool {
+        self.submit(stream, detector, false)
+    }
+
+    /// As [`Registry::submit_job`]; `requested`: a client asked for the job, so
+    /// it retrains on the whole buffer (`JobKind::Requested`).
+    fn submit(&self, stream: &Arc<Stream>, detector: &mut Detector, requested: bool) -> bool {
         let first = detector.model().is_none();
         if self.trainer.is_full(first) {
             return false;
         }
+        if requested {
+            detector.request_retrain();
+        }
         let job = detector.training_job();
+        let kind = job.kind.name();
         match self
             .trainer
             .try_send((Arc::downgrade(stream), job, Instant::now()), first)
         {
             Ok(()) => {
                 self.metrics.training.queue_depth.inc();
+                self.metrics.training.queued.with_label_values(&[kind]).inc();
                 true
             }
             Err(_) => {
