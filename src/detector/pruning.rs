@@ -5,7 +5,8 @@
 //! (a periodic dip, a burst of noise after each command) crosses them again and
 //! again, and each crossing is a false incident. Telemanom (Hundman et al., KDD
 //! 2018) prunes such anomalies: one is kept only if its peak exceeds the largest
-//! error of the surrounding window by a margin (13%). The streaming form of that
+//! error of the surrounding window by a margin (13% on its error scale; 30% of
+//! the ratio to the limit here, `alert.prune_margin`). The streaming form of that
 //! rule here:
 //!
 //! ```text
@@ -351,5 +352,24 @@ mod tests {
         take(&mut p, f64::NAN, false);
         let json = serde_json::to_string(&p).unwrap();
         assert!(!json.contains("null"), "{json}");
+    }
+
+    #[test]
+    fn by_default_a_blip_a_fifth_stronger_than_the_last_is_pruned() {
+        let margin = crate::detector::config::AlertConfig::default().prune_margin;
+        let mut p = Pruning::default();
+        let mut take = |ratio: f64| {
+            let bar = p.bar(ratio >= 1.0, false, W, margin, SHORT_INCIDENT, 1.0);
+            let anomalous = ratio >= 1.0 && ratio / bar >= 1.0;
+            p.note(ratio, anomalous, false, W);
+            anomalous
+        };
+        let quiet = |take: &mut dyn FnMut(f64) -> bool| (0..40).for_each(|_| assert!(!take(0.5)));
+        quiet(&mut take);
+        assert!(take(2.0), "the first blip of its kind");
+        quiet(&mut take);
+        assert!(!take(2.4), "a fifth stronger is the same kind again");
+        quiet(&mut take);
+        assert!(take(3.2), "a third beyond everything recent stands out");
     }
 }
