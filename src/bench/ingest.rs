@@ -97,18 +97,15 @@ pub fn run_ingest_bench(config: &DetectorConfig, b: &IngestBenchConfig) -> Resul
     warm_up(&reg, b.streams, warm)?;
     let (first_models_streams, now) = wait_for_first_models(&reg, &metrics, b.streams, warm as i64)?;
     let first_models_s = warm_start.elapsed().as_secs_f64();
-    let t = &metrics.training;
-    let by_kind = |f: &dyn Fn(&str) -> f64| -> BTreeMap<String, f64> {
-        crate::detector::JobKind::ALL
-            .iter()
-            .map(|k| (k.name().to_string(), f(k.name())))
-            .collect()
-    };
-    let first_models_jobs = by_kind(&|k| t.queued.with_label_values(&[k]).get() as f64)
-        .into_iter()
-        .map(|(k, n)| (k, n as u64))
+    let (t, kinds) = (&metrics.training, crate::detector::JobKind::ALL.map(|k| k.name()));
+    let first_models_jobs = kinds
+        .iter()
+        .map(|k| (k.to_string(), t.queued.with_label_values(&[k]).get()))
         .collect();
-    let first_models_train_s = by_kind(&|k| t.seconds.with_label_values(&[k]).get());
+    let first_models_train_s = kinds
+        .iter()
+        .map(|k| (k.to_string(), t.seconds.with_label_values(&[k]).get()))
+        .collect();
     let jobs_before = jobs();
     let start = Instant::now();
     let clients = b.clients.clamp(1, b.streams);

@@ -50,12 +50,17 @@ impl Detector {
 
     /// Why a job taken now is asked for (`completion`: it completes a first model).
     fn job_kind(&self, completion: bool) -> JobKind {
-        match self.last_job {
-            _ if self.retrain_requested => JobKind::Requested,
-            _ if self.model.is_none() => JobKind::First,
-            _ if completion => JobKind::Completion,
-            Some((at, at_ts)) if !self.scheduled_due(at, at_ts) && self.drift_due(self.seen - at) => JobKind::Drift,
-            _ => JobKind::Scheduled,
+        let drifted = |(at, at_ts)| !self.scheduled_due(at, at_ts) && self.drift_due(self.seen - at);
+        if self.retrain_requested {
+            JobKind::Requested
+        } else if self.model.is_none() {
+            JobKind::First
+        } else if completion {
+            JobKind::Completion
+        } else if self.last_job.is_some_and(drifted) {
+            JobKind::Drift
+        } else {
+            JobKind::Scheduled
         }
     }
 
@@ -145,8 +150,9 @@ impl Detector {
     /// model those and the `2 × window` after them, however long the stream waited
     /// for a place in the training queue (a job is cut when it is queued): a burst
     /// of new streams then costs each first model what one alone costs (the
-    /// readings that came meanwhile go to the next job). Trained inline, as `replay` and the evaluations do, a job is never
-    /// late and the cap takes nothing away.
+    /// readings that came meanwhile go to the next job). Trained inline, as
+    /// `replay` and the evaluations do, a job is never late and the cap takes
+    /// nothing away.
     fn job_rows(&self, completion: bool) -> Option<usize> {
         let c = &self.config;
         let first = c.retrain.first_after.max(c.window + 1);
