@@ -420,6 +420,11 @@ pub struct DetectorConfig {
     /// Also treat evident indicators (at most two distinct values) as context, on
     /// streams of two or more features.
     pub context_auto: bool,
+    /// Judge each feature that takes at most 8 distinct values by which values it
+    /// takes and how long it stays on each, not by how far it moves
+    /// (`discrete.rs`). Off by default: on SMAP it finds more at the same
+    /// precision, on NAB it hides a burst of spikes (BENCHMARKS.md).
+    pub discrete_runs: bool,
 }
 
 impl Default for DetectorConfig {
@@ -439,6 +444,7 @@ impl Default for DetectorConfig {
             alert: AlertConfig::default(),
             context: Vec::new(),
             context_auto: true,
+            discrete_runs: false,
         }
     }
 }

@@ -26,6 +26,7 @@ pub mod cadence;
 pub mod changes;
 pub mod config;
 pub mod context;
+pub mod discrete;
 mod fit;
 mod gaps;
 mod incident;
@@ -327,6 +328,8 @@ pub struct Detector {
     pruning: pruning::Pruning,
     /// Per feature: the distinct values it has shown, for `context_auto`.
     levels: Vec<context::Levels>,
+    /// Per feature: its values and runs, while it is discrete (`discrete.rs`).
+    runs: Vec<discrete::Runs>,
     /// The recurring anomalous stretch that is open (no incident opens for it).
     recurring: Option<Recurring>,
     /// The open incident had a strong reading (one decade down its statistic's tail).
@@ -402,6 +405,7 @@ impl Detector {
             stretches: VecDeque::new(),
             pruning: pruning::Pruning::default(),
             levels: Vec::new(),
+            runs: Vec::new(),
             recurring: None,
             incident_strong: false,
             cadence: Cadence::default(),

@@ -11,7 +11,7 @@ use super::state::{self, Component, Judgement, N_COMPONENTS, score_of_ratio};
 use super::train::{self, ERROR_EPS};
 use super::{
     Detector, DetectorKind, IncidentEvent, MAX_MAGNITUDE, PERIOD_SEARCH, Phase, ReadingError, SHORT_INCIDENT, Verdict,
-    context,
+    context, discrete,
 };
 use crate::nn::{HalfScorer, HalfWorkspace};
 use crate::timestamp::Micros;
@@ -114,6 +114,21 @@ pub(super) fn shares(xs: &[f64]) -> Vec<f64> {
     xs.iter().map(|v| if total > 0.0 { v / total } else { 0.0 }).collect()
 }
 
+/// Lets the longest run ratio of the discrete features decide when it is the
+/// largest: component `run`, anomalous at once beyond its limit (a run is one
+/// statistic, not one of many tails), its features the contributions.
+fn judge_runs(judgement: &mut Judgement, runs: &[Option<f64>], contributions: &mut Vec<f64>) {
+    let ratios: Vec<f64> = runs.iter().map(|r| r.unwrap_or(0.0)).collect();
+    let top = ratios.iter().cloned().fold(0.0, f64::max);
+    if top > judgement.ratio {
+        judgement.ratio = top;
+        judgement.component = Some(state::RUN);
+        judgement.smoothed = false;
+        judgement.strong = 1.0;
+        *contributions = shares(&ratios);
+    }
+}
+
 /// Each feature's share of the summed squares of `z`.
 fn shares_of_squares(z: &[f64]) -> Vec<f64> {
     shares(&z.iter().map(|v| v * v).collect::<Vec<_>>())
@@ -156,21 +171,7 @@ impl Detector {
         if self.readings_needed() > 0 {
             sur.phase = Phase::Warmup;
         }
-        let mut judgement = self.judge(&base, &sur);
-        if judgement.component == Some(state::STUCK) {
-            // The stuck features are what the incident is about.
-            sur.contributions = shares(&base.stuck);
-        }
-        if let (Some(c), Some(z)) = (judgement.component, &sur.change_z)
-            && c == Component::Change as usize
-        {
-            // So are the features whose changes the others do not explain.
-            sur.contributions = shares_of_squares(z);
-        }
-        if judgement.component == Some(Component::Trend as usize) {
-            // And the features that have drifted from their long-run level.
-            sur.contributions = shares_of_squares(self.state.running(Component::Trend));
-        }
+        let mut judgement = self.judge_reading(values, context.as_deref(), &mut base, &mut sur);
         let live = mode == Mode::Live && sur.phase != Phase::Warmup;
         let raw_ratio = judgement.ratio;
         let (excursion, anomalous) = self.prune(&mut judgement, live, sur.phase);
@@ -183,6 +184,9 @@ impl Detector {
         let event_score = self.event_score(&sur, out_of_range);
         let learn = mode == Mode::History || (!excursion && self.incident.is_none());
         self.learn_or_pass(learn, values, &base, &judgement);
+        for (r, &x) in self.runs.iter_mut().zip(values) {
+            r.step(x, learn);
+        }
         if mode == Mode::Live && event.is_none() {
             event = self.accept_if_lasting(timestamp);
         }
@@ -212,6 +216,54 @@ impl Detector {
         Ok(verdict)
     }
 
+    /// Judges a reading against the state's limits: the discrete features at a
+    /// known value by their runs alone (masked from the continuous statistics),
+    /// the others as measurements; the deciding features become the
+    /// contributions when a stuck, change or trend statistic decides.
+    fn judge_reading(
+        &mut self,
+        values: &[f64],
+        context: Option<&[bool]>,
+        base: &mut BaselineScores,
+        sur: &mut Surprise,
+    ) -> Judgement {
+        // Discrete features at a known value are judged by their runs alone.
+        let runs = self.run_ratios(values, context);
+        if let Some(r) = &runs {
+            let known: Vec<bool> = r.iter().map(Option::is_some).collect();
+            base.mask(&known);
+            sur.mask(&known);
+        }
+        let measured = runs
+            .as_ref()
+            .is_none_or(|r| (r.iter().enumerate()).any(|(j, v)| v.is_none() && context.is_none_or(|m| !m[j])));
+        // With no feature to judge as a measurement, the continuous statistics are
+        // absent (their limits learn nothing from a reading they did not judge).
+        let mut judgement = if measured {
+            self.judge(base, sur)
+        } else {
+            Judgement::default()
+        };
+        if let Some(r) = &runs {
+            judge_runs(&mut judgement, r, &mut sur.contributions);
+        }
+        if judgement.component == Some(state::STUCK) {
+            // The stuck features are what the incident is about.
+            sur.contributions = shares(&base.stuck);
+        }
+        if let (Some(c), Some(z)) = (judgement.component, &sur.change_z)
+            && c == Component::Change as usize
+        {
+            // So are the features whose changes the others do not explain.
+            sur.contributions = shares_of_squares(z);
+        }
+        if judgement.component == Some(Component::Trend as usize) {
+            // And the features that have drifted from their long-run level.
+            sur.contributions = shares_of_squares(self.state.running(Component::Trend));
+        }
+        judgement
+    }
+
     /// Holds the judgement's ratio to the pruning bar (`pruning.rs`). Returns
     /// whether the reading is beyond its limit (an excursion: not learnt) and
     /// whether it is anomalous (beyond the bar too); `live`: it may be either;
@@ -229,6 +281,24 @@ impl Detector {
         let anomalous = excursion && score_of_ratio(judgement.ratio) >= a.threshold;
         self.pruning.note(raw, anomalous, held, window);
         (excursion, anomalous)
+    }
+
+    /// Each judged feature's run ratio when it is discrete and its value known
+    /// (`discrete.rs`; `None`: judged as a measurement); `None` when no feature is.
+    pub(super) fn run_ratios(&self, values: &[f64], context: Option<&[bool]>) -> Option<Vec<Option<f64>>> {
+        if self.runs.is_empty() {
+            return None;
+        }
+        let ratios: Vec<Option<f64>> = (values.iter().zip(&self.runs).enumerate())
+            .map(|(j, (&x, r))| {
+                if context.is_some_and(|m| m[j]) {
+                    None
+                } else {
+                    r.judge(x)
+                }
+            })
+            .collect();
+        ratios.iter().any(Option::is_some).then_some(ratios)
     }
 
     /// Which features are context (`context.rs`), `None` when none is.
@@ -294,6 +364,12 @@ impl Detector {
         }
         for (l, &x) in self.levels.iter_mut().zip(values) {
             l.observe(x);
+        }
+        if !self.config.discrete_runs {
+            self.runs = Vec::new();
+        } else if self.runs.len() != d {
+            // A snapshot from before discrete features starts learning them now.
+            self.runs = vec![discrete::Runs::default(); d];
         }
         self.seen += 1;
         self.last_ts = Some(timestamp);

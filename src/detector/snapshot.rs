@@ -8,6 +8,7 @@ use super::baseline::{OnlineAr, Seasonal, StateBaselines, WindowedGaussian};
 use super::cadence::Cadence;
 use super::config::Objective;
 use super::context::Levels;
+use super::discrete::Runs;
 use super::incident::{MAX_STRETCHES, Recurring, Stretch};
 use super::likelihood::Likelihood;
 use super::pipeline::Mode;
@@ -49,6 +50,7 @@ impl Detector {
                 stretches: self.stretches.iter().copied().collect(),
                 pruning: self.pruning.clone(),
                 levels: self.levels.clone(),
+                runs: self.runs.clone(),
                 recurring: self.recurring,
                 incident_strong: self.incident_strong,
                 cadence: self.cadence,
@@ -133,6 +135,7 @@ impl Detector {
             stretches: s.stretches.into_iter().rev().take(MAX_STRETCHES).rev().collect(),
             pruning: s.pruning,
             levels: s.levels,
+            runs: s.runs,
             recurring: s.recurring,
             incident_strong: s.incident_strong,
             cadence: s.cadence,
@@ -259,6 +262,8 @@ pub struct DetectorState {
     #[serde(default)]
     levels: Vec<Levels>,
     #[serde(default)]
+    runs: Vec<Runs>,
+    #[serde(default)]
     recurring: Option<Recurring>,
     /// The open incident had a strong reading.
     #[serde(default)]
@@ -350,6 +355,8 @@ impl DetectorState {
         sized("state_baselines", self.state_baselines.len())?;
         sized("range", self.range.len())?;
         sized("levels", self.levels.len())?;
+        sized("runs", self.runs.len())?;
+        self.runs.iter().try_for_each(Runs::check)?;
         if d == 0 && !self.history.is_empty() || d > 0 && !self.history.len().is_multiple_of(d) {
             return Err(format!("history of {} values for {d} features", self.history.len()));
         }

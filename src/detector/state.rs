@@ -211,6 +211,10 @@ pub const N_COMPONENTS: usize = 8;
 /// ([`super::baseline::Stuck`]; its limit is a run length, not a learnt tail).
 pub const STUCK: usize = N_COMPONENTS;
 
+/// The judgement's component when a discrete feature stays on one of its values
+/// longer than it ever did ([`super::discrete`]).
+pub const RUN: usize = N_COMPONENTS + 1;
+
 /// Lower-case name of component `c` (its index).
 pub fn component_name(c: usize) -> &'static str {
     [
@@ -223,6 +227,7 @@ pub fn component_name(c: usize) -> &'static str {
         "change",
         "trend",
         "stuck",
+        "run",
     ]
     .get(c)
     .copied()

@@ -1,0 +1,88 @@
+//! With `discrete_runs`, a discrete sensor (a switch, a mode, a square wave of
+//! exact values) is judged by which values it takes and how long it stays on each (`discrete.rs`): a
+//! switch a little early is not news, a value held far longer than ever is.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use anomalyd::detector::{Detector, DetectorConfig, IncidentEvent, Verdict};
+
+/// Readings of a square wave between 0 and 1: high for `high`, low for `low`.
+fn pulse(high: usize, low: usize) -> impl Iterator<Item = f64> {
+    std::iter::repeat_n(1.0, high).chain(std::iter::repeat_n(0.0, low))
+}
+
+/// The normal wave: high for 14 to 16 readings, low for 30 to 90.
+fn normal_pulses(rng: &mut StdRng, n: usize) -> Vec<f64> {
+    (0..n)
+        .flat_map(|_| pulse(rng.random_range(14..=16), rng.random_range(30..=90)))
+        .collect()
+}
+
+fn feed(det: &mut Detector, values: &[f64]) -> Vec<Verdict> {
+    let start = det.readings_seen() as i64;
+    (values.iter().enumerate())
+        .map(|(i, &v)| det.update_sync((start + i as i64) * 60_000_000, &[v]).unwrap())
+        .collect()
+}
+
+fn opened(vs: &[Verdict]) -> Vec<(usize, Option<String>)> {
+    (vs.iter().enumerate())
+        .filter(|(_, v)| matches!(v.event, Some(IncidentEvent::Opened(_))))
+        .map(|(i, v)| (i, v.cause.clone()))
+        .collect()
+}
+
+#[test]
+fn an_early_switch_is_not_news_and_a_pulse_held_too_long_is_an_incident_while_it_lasts() {
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut config = DetectorConfig::default();
+    config.model.ensemble = 2;
+    config.discrete_runs = true;
+    let mut det = Detector::new(config).unwrap();
+    feed(&mut det, &normal_pulses(&mut rng, 60));
+    // Switches earlier than ever (low for 8 and for 12 readings instead of 30 to
+    // 90), each with normal pulses between them.
+    let mut early: Vec<f64> = Vec::new();
+    for low in [8, 12, 10] {
+        early.extend(pulse(15, low));
+        early.extend(normal_pulses(&mut rng, 4));
+    }
+    let vs = feed(&mut det, &early);
+    assert_eq!(opened(&vs), vec![], "early switches between known values");
+    // A pulse held for 60 readings, four times the longest seen.
+    let held: Vec<f64> = pulse(60, 50).chain(normal_pulses(&mut rng, 4)).collect();
+    let vs = feed(&mut det, &held);
+    let incidents = opened(&vs);
+    assert_eq!(incidents.len(), 1, "{incidents:?}");
+    let (at, cause) = &incidents[0];
+    assert!((16..=25).contains(at), "opened {at} readings into the pulse");
+    assert_eq!(cause.as_deref(), Some("run"));
+    let anomalous: Vec<usize> = (vs.iter().enumerate())
+        .filter(|(_, v)| v.anomaly)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(anomalous.last(), Some(&59), "anomalous for as long as the pulse lasts");
+    assert!(
+        vs[70..].iter().all(|v| v.incident.is_none()),
+        "resolved once it is low again"
+    );
+}
+
+#[test]
+fn a_sensor_with_many_values_is_still_judged_as_a_measurement() {
+    let mut rng = StdRng::seed_from_u64(6);
+    let mut config = DetectorConfig::default();
+    config.model.ensemble = 2;
+    config.discrete_runs = true;
+    let mut det = Detector::new(config).unwrap();
+    // Ten levels, each held 20 to 40 readings, visited in turn.
+    let values: Vec<f64> = (0..120)
+        .flat_map(|i| std::iter::repeat_n(f64::from(i % 10), rng.random_range(20..=40)))
+        .collect();
+    feed(&mut det, &values);
+    // A jump to a level far beyond them is flagged as a measurement would be.
+    let vs = feed(&mut det, &[50.0; 5]);
+    assert!(vs.iter().any(|v| v.anomaly));
+    assert_ne!(vs[0].cause.as_deref(), Some("run"));
+}
