@@ -1,6 +1,7 @@
 //! With `discrete_runs`, a discrete sensor (a switch, a mode, a square wave of
-//! exact values) is judged by which values it takes and how long it stays on each (`discrete.rs`): a
-//! switch a little early is not news, a value held far longer than ever is.
+//! exact values) is judged by which values it takes and how long it stays on each
+//! (`discrete.rs`): a switch a little early is not news; a value held far longer,
+//! or left far sooner, than ever is.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -34,17 +35,17 @@ fn opened(vs: &[Verdict]) -> Vec<(usize, Option<String>)> {
 }
 
 #[test]
-fn an_early_switch_is_not_news_and_a_pulse_held_too_long_is_an_incident_while_it_lasts() {
+fn an_early_switch_is_not_news_and_a_pulse_held_too_long_or_cut_short_is() {
     let mut rng = StdRng::seed_from_u64(5);
     let mut config = DetectorConfig::default();
     config.model.ensemble = 2;
     config.discrete_runs = true;
     let mut det = Detector::new(config).unwrap();
     feed(&mut det, &normal_pulses(&mut rng, 60));
-    // Switches earlier than ever (low for 8 and for 12 readings instead of 30 to
-    // 90), each with normal pulses between them.
+    // Switches a little earlier than ever (low for 24 to 27 readings where the
+    // shortest normal low lasted 30), with normal pulses between them.
     let mut early: Vec<f64> = Vec::new();
-    for low in [8, 12, 10] {
+    for low in [24, 27, 25] {
         early.extend(pulse(15, low));
         early.extend(normal_pulses(&mut rng, 4));
     }
@@ -67,6 +68,10 @@ fn an_early_switch_is_not_news_and_a_pulse_held_too_long_is_an_incident_while_it
         vs[70..].iter().all(|v| v.incident.is_none()),
         "resolved once it is low again"
     );
+    // A low half cut to 8 readings: the switch that ends it is news.
+    let short: Vec<f64> = pulse(15, 8).chain(normal_pulses(&mut rng, 4)).collect();
+    let vs = feed(&mut det, &short);
+    assert_eq!(opened(&vs), vec![(23, Some("run".to_string()))]);
 }
 
 #[test]

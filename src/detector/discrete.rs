@@ -13,14 +13,18 @@
 //!            learnt readings, and ever since (one more makes it continuous
 //!            for good)
 //! known      a value learnt before (a normal reading had it)
-//! longest_v  the longest run of value v that ended while normal, once
-//!            MIN_RUNS such runs have ended (before: runs of v are not judged)
-//! ratio      length of the current run of v / ((1 + RUN_MARGIN) · longest_v)
+//! longest_v  the longest run of value v that ended while normal, shortest_v
+//!            the shortest, once MIN_RUNS such runs have ended (before: runs
+//!            of v are not judged; the first run, begun before the stream was
+//!            seen, never counts)
+//! ratio      max(length of the current run of v / ((1 + RUN_MARGIN) · longest_v),
+//!            on a switch from u: shortest_u / ((1 + RUN_MARGIN) · its length))
 //! ```
 //!
-//! A known value is judged by its run alone: a run `RUN_MARGIN` longer than any
-//! seen is anomalous (component `run`) for as long as it lasts; a switch between
-//! known values, early or late, is not news. A value never learnt is judged
+//! A known value is judged by its runs alone: a run `RUN_MARGIN` longer than any
+//! seen is anomalous (component `run`) for as long as it lasts, and so is the
+//! switch that ends a run far shorter than any seen; a switch between known
+//! values within that spread, early or late, is not news. A value never learnt is judged
 //! as a measurement by the continuous statistics, as every reading of a
 //! continuous feature is. Runs that held an anomalous reading teach nothing.
 //!
@@ -169,12 +173,11 @@ mod tests {
     }
 
     #[test]
-    fn a_switch_between_known_values_is_not_news_and_a_run_too_long_is() {
+    fn a_switch_between_known_values_is_not_news_and_a_run_too_long_or_too_short_is() {
         let mut r = Runs::default();
         wave(&mut r, 10, 30, 10);
-        // A high pulse early (after 5 low readings) is judged by its run alone.
-        (0..5).for_each(|_| r.step(0.0, true));
-        assert!(r.judge(1.0).unwrap() < 0.1);
+        // Low for 30 readings so far: a switch to high is ordinary.
+        assert!(r.judge(1.0).unwrap() < 1.0);
         for _ in 0..12 {
             assert!(r.judge(1.0).unwrap() < 1.0);
             r.step(1.0, true);
@@ -182,6 +185,13 @@ mod tests {
         // 13 = 1.3 × the longest high run: from the 14th reading on it is too long.
         assert!(r.judge(1.0).unwrap() <= 1.0);
         r.step(1.0, false);
+        assert!(r.judge(1.0).unwrap() > 1.0);
+        // Low for 24 readings, a little under the shortest low (30): not news.
+        (0..24).for_each(|_| r.step(0.0, true));
+        assert!(r.judge(1.0).unwrap() < 1.0);
+        r.step(1.0, true);
+        // The shortest low is 24 now; one of 15 ends far too soon.
+        (0..15).for_each(|_| r.step(0.0, true));
         assert!(r.judge(1.0).unwrap() > 1.0);
         // A value never learnt is a measurement's business.
         assert_eq!(r.judge(0.5), None);
