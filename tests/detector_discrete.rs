@@ -91,3 +91,36 @@ fn a_sensor_with_many_values_is_still_judged_as_a_measurement() {
     assert!(vs.iter().any(|v| v.anomaly));
     assert_ne!(vs[0].cause.as_deref(), Some("run"));
 }
+
+#[test]
+fn the_runs_survive_a_snapshot_and_an_older_snapshot_learns_them_afresh() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut config = DetectorConfig::default();
+    config.model.ensemble = 2;
+    config.discrete_runs = true;
+    let mut det = Detector::new(config).unwrap();
+    feed(&mut det, &normal_pulses(&mut rng, 40));
+    let snap = det.snapshot();
+    let json = serde_json::to_value(&snap.state).unwrap();
+    let mut restored = Detector::restore(anomalyd::detector::DetectorSnapshot {
+        state: serde_json::from_value(json.clone()).unwrap(),
+        members: snap.members.clone(),
+    })
+    .unwrap();
+    let held: Vec<f64> = pulse(60, 50).collect();
+    let (a, b) = (feed(&mut det, &held), feed(&mut restored, &held));
+    assert!(a.iter().any(|v| v.anomaly));
+    let scores = |vs: &[Verdict]| vs.iter().map(|v| (v.score, v.anomaly)).collect::<Vec<_>>();
+    assert_eq!(scores(&a), scores(&b));
+    // A snapshot taken before discrete features were judged has no runs: they are
+    // learnt from the next readings, and until then the pulse is a measurement's.
+    let mut old = json;
+    assert!(old.as_object_mut().unwrap().remove("runs").is_some());
+    let mut older = Detector::restore(anomalyd::detector::DetectorSnapshot {
+        state: serde_json::from_value(old).unwrap(),
+        members: snap.members,
+    })
+    .unwrap();
+    let vs = feed(&mut older, &held);
+    assert!(vs.iter().all(|v| v.cause.as_deref() != Some("run")));
+}
