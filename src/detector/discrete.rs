@@ -94,7 +94,7 @@ impl Runs {
         // A switch ends the run in progress: far shorter than any normal run of
         // its value, it is news too (a pulse, or pulses coming faster).
         let ended = (self.levels.iter().find(|l| l.value == self.value))
-            .filter(|l| !continues && !self.first && judged(l) && l.shortest > 0);
+            .filter(|l| !continues && self.length > 0 && !self.first && judged(l) && l.shortest > 0);
         let short = ended.map_or(0.0, |l| {
             f64::from(l.shortest) / ((1.0 + RUN_MARGIN) * f64::from(self.length))
         });
@@ -212,6 +212,15 @@ mod tests {
         let mut r = Runs::default();
         (0..1000).for_each(|_| r.step(-1.0, true));
         assert_eq!(r.judge(-1.0), Some(0.0), "its one run never ended");
+    }
+
+    #[test]
+    fn no_run_in_progress_gives_a_finite_ratio() {
+        let mut r = Runs::default();
+        wave(&mut r, 10, 30, 10);
+        r.length = 0;
+        assert!(r.judge(1.0).unwrap().is_finite());
+        assert!(r.judge(0.0).unwrap().is_finite());
     }
 
     #[test]
