@@ -20,6 +20,14 @@ fn normal_pulses(rng: &mut StdRng, n: usize) -> Vec<f64> {
         .collect()
 }
 
+/// A detector with `discrete_runs` (two members, to keep the tests quick).
+fn detector() -> Detector {
+    let mut config = DetectorConfig::default();
+    config.model.ensemble = 2;
+    config.discrete_runs = true;
+    Detector::new(config).unwrap()
+}
+
 fn feed(det: &mut Detector, values: &[f64]) -> Vec<Verdict> {
     let start = det.readings_seen() as i64;
     (values.iter().enumerate())
@@ -37,10 +45,7 @@ fn opened(vs: &[Verdict]) -> Vec<(usize, Option<String>)> {
 #[test]
 fn an_early_switch_is_not_news_and_a_pulse_held_too_long_or_cut_short_is() {
     let mut rng = StdRng::seed_from_u64(5);
-    let mut config = DetectorConfig::default();
-    config.model.ensemble = 2;
-    config.discrete_runs = true;
-    let mut det = Detector::new(config).unwrap();
+    let mut det = detector();
     feed(&mut det, &normal_pulses(&mut rng, 60));
     // Switches a little earlier than ever (low for 24 to 27 readings where the
     // shortest normal low lasted 30), with normal pulses between them.
@@ -77,10 +82,7 @@ fn an_early_switch_is_not_news_and_a_pulse_held_too_long_or_cut_short_is() {
 #[test]
 fn a_sensor_with_many_values_is_still_judged_as_a_measurement() {
     let mut rng = StdRng::seed_from_u64(6);
-    let mut config = DetectorConfig::default();
-    config.model.ensemble = 2;
-    config.discrete_runs = true;
-    let mut det = Detector::new(config).unwrap();
+    let mut det = detector();
     // Ten levels, each held 20 to 40 readings, visited in turn.
     let values: Vec<f64> = (0..120)
         .flat_map(|i| std::iter::repeat_n(f64::from(i % 10), rng.random_range(20..=40)))
@@ -95,10 +97,7 @@ fn a_sensor_with_many_values_is_still_judged_as_a_measurement() {
 #[test]
 fn the_runs_survive_a_snapshot_and_an_older_snapshot_learns_them_afresh() {
     let mut rng = StdRng::seed_from_u64(7);
-    let mut config = DetectorConfig::default();
-    config.model.ensemble = 2;
-    config.discrete_runs = true;
-    let mut det = Detector::new(config).unwrap();
+    let mut det = detector();
     feed(&mut det, &normal_pulses(&mut rng, 40));
     let snap = det.snapshot();
     let json = serde_json::to_value(&snap.state).unwrap();
