@@ -16,7 +16,7 @@
 //! longest_v  the longest run of value v that ended while normal, shortest_v
 //!            the shortest, once MIN_RUNS such runs have ended (before: runs
 //!            of v are not judged; the first run, begun before the stream was
-//!            seen, never counts)
+//!            seen, is a lower bound: it may raise longest_v, nothing else)
 //! ratio      max(length of the current run of v / ((1 + RUN_MARGIN) · longest_v),
 //!            on a switch from u: shortest_u / ((1 + RUN_MARGIN) · its length))
 //! ```
@@ -111,7 +111,7 @@ impl Runs {
             self.length = self.length.saturating_add(1);
             self.clean &= learnt;
         } else {
-            if self.length > 0 && self.clean && !self.first {
+            if self.length > 0 && self.clean {
                 self.finish();
             }
             self.first = self.length == 0;
@@ -138,16 +138,21 @@ impl Runs {
         }
     }
 
-    /// Records the run in progress as ended normally.
+    /// Records the run in progress as ended normally. The first run began before
+    /// the stream was seen: its length is only a lower bound, which says how
+    /// long a normal run may last but not how short, and it is not counted.
     fn finish(&mut self) {
         if let Some(l) = self.levels.iter_mut().find(|l| l.value == self.value) {
+            l.longest = l.longest.max(self.length);
+            if self.first {
+                return;
+            }
             l.shortest = if l.runs == 0 {
                 self.length
             } else {
                 l.shortest.min(self.length)
             };
             l.runs = l.runs.saturating_add(1);
-            l.longest = l.longest.max(self.length);
         }
     }
 
@@ -212,6 +217,20 @@ mod tests {
         let mut r = Runs::default();
         (0..1000).for_each(|_| r.step(-1.0, true));
         assert_eq!(r.judge(-1.0), Some(0.0), "its one run never ended");
+    }
+
+    #[test]
+    fn the_first_run_says_how_long_a_run_may_last_but_not_how_short() {
+        let mut r = Runs::default();
+        (0..500).for_each(|_| r.step(1.0, true));
+        wave(&mut r, 10, 30, 10);
+        (0..15).for_each(|_| r.step(0.0, true));
+        // A high run of 400: shorter than the first, which began before the
+        // stream was seen and lasted at least 500.
+        for _ in 0..400 {
+            assert!(r.judge(1.0).unwrap() < 1.0);
+            r.step(1.0, true);
+        }
     }
 
     #[test]
