@@ -34,7 +34,7 @@
 //! The model's per-feature residual is judged by its instant statistic alone. It
 //! already reads a window of W readings, so a running average of it counts each
 //! reading many times over, and the limits of those averages, seeded from a few
-//! hundred held-out windows that overlap, sat low: on SMAP they opened 9 of the
+//! hundred held-out windows that overlap, sat low: on SMAP they opened 10 of the
 //! 31 false stretches of seed 0 (BENCHMARKS.md, twelfth stop). A sustained shift
 //! still moves the baselines' running averages and the joint residual's.
 //!
