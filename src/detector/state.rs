@@ -394,7 +394,9 @@ impl StateCalibration {
             } else {
                 li
             };
-            let only_instant = instant_only & (1 << c) != 0;
+            // The model's running averages have no limit (`limits_at`): they are
+            // not kept up either.
+            let only_instant = (instant_only | 1 << Component::Model as usize) & (1 << c) != 0;
             if !only_instant {
                 ewma_update(&mut self.ewma[c], z, lambda, |v| v.abs().min(cap));
                 ewma_update(&mut self.signed[c], z, lambda, |v| v.clamp(-cap, cap));
