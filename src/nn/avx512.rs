@@ -97,6 +97,17 @@ pub fn tanh_slice(xs: &mut [f32]) {
     map(xs, |v| tanh(v))
 }
 
+/// The LSTM gates of every row of `gates` (rows `[i f g o]`, each `[h]`): σ of i,
+/// f and o, tanh of g; in one call, so the constants are loaded once for all rows.
+#[target_feature(enable = "avx512f")]
+pub fn lstm_gates(gates: &mut [f32], h: usize) {
+    for row in gates.chunks_exact_mut(4 * h) {
+        map(&mut row[..2 * h], |v| sigmoid(v));
+        map(&mut row[2 * h..3 * h], |v| tanh(v));
+        map(&mut row[3 * h..], |v| sigmoid(v));
+    }
+}
+
 /// The LSTM state update from activated gates `i, f, g, o` (each `[H]`):
 /// `c = f c + i g`, `h = o tanh(c)`.
 #[inline]
@@ -319,6 +330,29 @@ mod tests {
             assert!((t[k] - tanh_f32(x)).abs() <= 3e-7, "tanh({x}) = {}", t[k]);
         }
         assert_eq!(t[xs.len() - 2], 1.0);
+    }
+
+    #[test]
+    fn the_gates_of_every_row_are_the_slice_kernels_on_each_block() {
+        if !crate::nn::isa::Isa::Avx512.supported() {
+            return;
+        }
+        for h in [1, 5, 16, 21, 32] {
+            let xs: Vec<f32> = (0..3 * 4 * h).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.13).collect();
+            let mut want = xs.clone();
+            let mut got = xs.clone();
+            // SAFETY: the CPU supports AVX-512 (checked above).
+            unsafe {
+                for row in want.chunks_exact_mut(4 * h) {
+                    sigmoid_slice(&mut row[..2 * h]);
+                    tanh_slice(&mut row[2 * h..3 * h]);
+                    sigmoid_slice(&mut row[3 * h..]);
+                }
+                lstm_gates(&mut got, h);
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "h = {h}");
+        }
     }
 
     #[test]

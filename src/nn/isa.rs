@@ -7,7 +7,8 @@
 //! supports is used unless a caller caps it: process-wide with [`limit`] (the
 //! binary does so from `ANOMALYD_ISA`), or on one thread with [`scoped`] (tests
 //! run every path side by side). The matrix products of training and batch
-//! scoring go through `gemm`, which dispatches by itself.
+//! scoring go through `gemm`, which dispatches by itself (to its AVX-512 kernels
+//! too) and ignores the cap.
 
 use std::cell::Cell;
 use std::sync::OnceLock;

@@ -3,8 +3,9 @@
 //!
 //! `f64` is the parity path: exact `std` functions, checked against PyTorch at
 //! rtol 1e-9. `f32` is the production path: a branch-free polynomial `exp` that LLVM
-//! vectorises, compiled a second time for AVX2+FMA and picked at run time, so one
-//! binary runs everywhere and is fast where the CPU allows.
+//! vectorises, compiled again for AVX2+FMA (fused) and written in AVX-512
+//! intrinsics (`avx512.rs`), picked at run time, so one binary runs everywhere and
+//! is fast where the CPU allows. The portable path is unfused, so it needs no FMA.
 
 use std::fmt::{Debug, Display};
 use std::iter::Sum;
@@ -35,6 +36,15 @@ pub trait Scalar:
     fn sigmoid_inplace(xs: &mut [Self]);
     /// `xs[i] = tanh(xs[i])`, in place.
     fn tanh_inplace(xs: &mut [Self]);
+    /// The LSTM gates of every row of `gates` (rows of `[i f g o]`, each `[h]`),
+    /// in place: σ of i, f and o, tanh of g.
+    fn lstm_gates_inplace(gates: &mut [Self], h: usize) {
+        for row in gates.chunks_exact_mut(4 * h) {
+            Self::sigmoid_inplace(&mut row[..2 * h]);
+            Self::tanh_inplace(&mut row[2 * h..3 * h]);
+            Self::sigmoid_inplace(&mut row[3 * h..]);
+        }
+    }
     /// Converts an `f64` constant (exact for f64, rounded for f32).
     fn lit(v: f64) -> Self;
     /// Widens to `f64` (for reporting losses and norms).
@@ -64,10 +74,34 @@ impl Scalar for f64 {
 
 impl Scalar for f32 {
     fn sigmoid_inplace(xs: &mut [f32]) {
-        map_on(isa::active(), xs, sigmoid_f32);
+        match isa::active().min(isa::widest()) {
+            // SAFETY: the CPU supports AVX-512 F (`widest` detected it).
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { super::avx512::sigmoid_slice(xs) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => map_on(Isa::Avx2, xs, sigmoid_f32_on::<true>),
+            _ => map_on(Isa::Portable, xs, sigmoid_f32),
+        }
     }
     fn tanh_inplace(xs: &mut [f32]) {
-        map_on(isa::active(), xs, tanh_f32);
+        match isa::active().min(isa::widest()) {
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { super::avx512::tanh_slice(xs) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => map_on(Isa::Avx2, xs, tanh_f32_on::<true>),
+            _ => map_on(Isa::Portable, xs, tanh_f32),
+        }
+    }
+    fn lstm_gates_inplace(gates: &mut [f32], h: usize) {
+        match isa::active().min(isa::widest()) {
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { super::avx512::lstm_gates(gates, h) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => map_gates_on(Isa::Avx2, gates, h, sigmoid_f32_on::<true>, tanh_f32_on::<true>),
+            _ => map_gates_on(Isa::Portable, gates, h, sigmoid_f32, tanh_f32),
+        }
     }
     #[inline(always)]
     fn lit(v: f64) -> f32 {
@@ -84,30 +118,57 @@ impl Scalar for f32 {
 /// each path, and a branch-free `f` vectorises at that path's width.
 #[inline(always)]
 fn map_on<F: Fn(f32) -> f32 + Copy>(isa: Isa, xs: &mut [f32], f: F) {
-    #[inline(always)]
-    fn each<F: Fn(f32) -> f32>(xs: &mut [f32], f: F) {
-        for x in xs {
-            *x = f(*x);
+    on(isa, xs, |xs| each(xs, f))
+}
+
+/// [`map_on`] for every row `[i f g o]` (each `[h]`) of `gates`: `sigmoid` on i, f
+/// and o, `tanh` on g.
+#[inline(always)]
+fn map_gates_on<S: Fn(f32) -> f32 + Copy, T: Fn(f32) -> f32 + Copy>(
+    isa: Isa,
+    gates: &mut [f32],
+    h: usize,
+    sigmoid: S,
+    tanh: T,
+) {
+    on(isa, gates, |gates| {
+        for row in gates.chunks_exact_mut(4 * h) {
+            each(&mut row[..2 * h], sigmoid);
+            each(&mut row[2 * h..3 * h], tanh);
+            each(&mut row[3 * h..], sigmoid);
         }
+    })
+}
+
+#[inline(always)]
+fn each<F: Fn(f32) -> f32>(xs: &mut [f32], f: F) {
+    for x in xs {
+        *x = f(*x);
     }
+}
+
+/// Runs `body` on `xs` compiled for the path `isa` (narrowed to what this CPU
+/// supports); `body` is inlined into each path.
+#[inline(always)]
+fn on<F: Fn(&mut [f32])>(isa: Isa, xs: &mut [f32], body: F) {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-    unsafe fn avx512<F: Fn(f32) -> f32>(xs: &mut [f32], f: F) {
-        each(xs, f)
+    unsafe fn avx512<F: Fn(&mut [f32])>(xs: &mut [f32], body: F) {
+        body(xs)
     }
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn avx2<F: Fn(f32) -> f32>(xs: &mut [f32], f: F) {
-        each(xs, f)
+    unsafe fn avx2<F: Fn(&mut [f32])>(xs: &mut [f32], body: F) {
+        body(xs)
     }
     match isa.min(isa::widest()) {
         // SAFETY: the CPU supports the path (`widest` detected it).
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { avx512(xs, f) },
+        Isa::Avx512 => unsafe { avx512(xs, body) },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { avx2(xs, f) },
-        _ => each(xs, f),
+        Isa::Avx2 => unsafe { avx2(xs, body) },
+        _ => body(xs),
     }
 }
 

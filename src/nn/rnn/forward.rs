@@ -57,15 +57,27 @@ pub(super) fn direction_forward<T: Scalar>(
         let ah_s = ah.as_slice().expect("contiguous");
         let hs = hcur.as_slice_mut().expect("contiguous");
         let cs = ccur.as_slice_mut().expect("contiguous");
-        for b in 0..batch {
-            let valid = t < lengths[b];
-            let rows = Rows {
-                g: &mut gates[b * gh..(b + 1) * gh],
-                xr: &xp_t[b * gh..(b + 1) * gh],
-                ar: &ah_s[b * gh..(b + 1) * gh],
-                hr: &mut hs[b * h..(b + 1) * h],
+        let valid = |b: usize| t < lengths[b];
+        if kind == CellKind::Lstm {
+            let all = Rows {
+                g: &mut gates,
+                xr: xp_t,
+                ar: ah_s,
+                hr: hs,
             };
-            step_row(kind, rows, b, cs, &mut tanh_c, &mut extra, &b_hn, valid);
+            lstm_rows(all, h, cs, &mut tanh_c, &valid);
+        }
+        for b in 0..batch {
+            if kind != CellKind::Lstm {
+                let rows = Rows {
+                    g: &mut gates[b * gh..(b + 1) * gh],
+                    xr: &xp_t[b * gh..(b + 1) * gh],
+                    ar: &ah_s[b * gh..(b + 1) * gh],
+                    hr: &mut hs[b * h..(b + 1) * h],
+                };
+                step_row(kind, rows, b, &mut extra, &b_hn, valid(b));
+            }
+            let valid = valid(b);
             // Padded rows keep their state and output 0.
             let o = &mut out.as_slice_mut().expect("contiguous")[(t * batch + b) * d_out + col..][..h];
             if valid {
@@ -154,20 +166,39 @@ struct Rows<'a, T> {
     hr: &'a mut [T],
 }
 
-/// Row `b`'s gates and, when `valid`, its new state (`h`, and for LSTM `c`, in
-/// `cs`, with `tanh c` in `tanh_c`; GRU keeps `W_hn h + b_hn` in `extra`).
-#[allow(clippy::too_many_arguments)]
+/// An LSTM step of every row at once (`all` holds every row's slices, `[B, 4H]`
+/// and `[B, H]`): the gates of all rows in one call of the activation kernel (one
+/// dispatch a step, not four a row), then each valid row's `c` (in `cs`), `tanh c`
+/// (in `tanh_c`, every row's in one call) and `h`. A padded row's state stays as
+/// it was; its gates and `tanh c` are computed but never read (its backward step
+/// is skipped). Each element sees the same operations in the same order as a row
+/// stepped alone.
+fn lstm_rows<T: Scalar>(all: Rows<'_, T>, h: usize, cs: &mut [T], tanh_c: &mut [T], valid: &dyn Fn(usize) -> bool) {
+    let Rows { g, xr, ar, hr } = all;
+    let batch = cs.len() / h;
+    add_into(g, xr, ar);
+    T::lstm_gates_inplace(g, h);
+    for b in (0..batch).filter(|&b| valid(b)) {
+        let gr = &g[b * 4 * h..(b + 1) * 4 * h];
+        let (i, f, gg) = (&gr[..h], &gr[h..2 * h], &gr[2 * h..3 * h]);
+        let cr = &mut cs[b * h..(b + 1) * h];
+        for j in 0..h {
+            cr[j] = f[j] * cr[j] + i[j] * gg[j];
+        }
+    }
+    // A padded row's `c` did not change: its `tanh c` is what it was.
+    tanh_c.copy_from_slice(cs);
+    T::tanh_inplace(tanh_c);
+    for b in (0..batch).filter(|&b| valid(b)) {
+        let o = &g[b * 4 * h + 3 * h..(b + 1) * 4 * h];
+        mul_into(&mut hr[b * h..(b + 1) * h], o, &tanh_c[b * h..(b + 1) * h]);
+    }
+}
+
+/// Row `b`'s gates and, when `valid`, its new state `h` (GRU keeps
+/// `W_hn h + b_hn` in `extra`), for every cell but the LSTM ([`lstm_rows`]).
 #[inline(always)]
-fn step_row<T: Scalar>(
-    kind: CellKind,
-    rows: Rows<'_, T>,
-    b: usize,
-    cs: &mut [T],
-    tanh_c: &mut [T],
-    extra: &mut [T],
-    b_hn: &[T],
-    valid: bool,
-) {
+fn step_row<T: Scalar>(kind: CellKind, rows: Rows<'_, T>, b: usize, extra: &mut [T], b_hn: &[T], valid: bool) {
     let Rows { g, xr, ar, hr } = rows;
     let h = hr.len();
     let one = T::one();
@@ -179,25 +210,7 @@ fn step_row<T: Scalar>(
                 hr.copy_from_slice(g);
             }
         }
-        CellKind::Lstm => {
-            add_into(g, xr, ar);
-            T::sigmoid_inplace(&mut g[..2 * h]);
-            T::tanh_inplace(&mut g[2 * h..3 * h]);
-            T::sigmoid_inplace(&mut g[3 * h..]);
-            if valid {
-                let (i, rest) = g.split_at(h);
-                let (f, rest) = rest.split_at(h);
-                let (gg, o) = rest.split_at(h);
-                let cr = &mut cs[b * h..(b + 1) * h];
-                let tc = &mut tanh_c[b * h..(b + 1) * h];
-                for j in 0..h {
-                    cr[j] = f[j] * cr[j] + i[j] * gg[j];
-                }
-                tc.copy_from_slice(cr);
-                T::tanh_inplace(tc);
-                mul_into(hr, o, tc);
-            }
-        }
+        CellKind::Lstm => unreachable!("LSTM rows step together (lstm_rows)"),
         CellKind::Gru => {
             add_into(&mut g[..2 * h], &xr[..2 * h], &ar[..2 * h]);
             T::sigmoid_inplace(&mut g[..2 * h]);
