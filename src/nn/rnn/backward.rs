@@ -193,17 +193,7 @@ fn row_backward<T: Scalar>(kind: CellKind, s: &Saved<'_, T>, tb: usize, b: usize
             let tc = &s.tanh_c[s0..s0 + h];
             let cp = &s.c_prev[s0..s0 + h];
             let dcr = &mut dc_s[b * h..(b + 1) * h];
-            let (di, rest) = da.split_at_mut(h);
-            let (df, rest) = rest.split_at_mut(h);
-            let (dg, d_o) = rest.split_at_mut(h);
-            for j in 0..h {
-                let dct = dcr[j] + dhr[j] * o[j] * (one - tc[j] * tc[j]);
-                di[j] = dct * gg[j] * i[j] * (one - i[j]);
-                df[j] = dct * cp[j] * f[j] * (one - f[j]);
-                dg[j] = dct * i[j] * (one - gg[j] * gg[j]);
-                d_o[j] = dhr[j] * tc[j] * o[j] * (one - o[j]);
-                dcr[j] = dct * f[j];
-            }
+            lstm_row_backward([i, f, gg, o, tc, cp, dhr], dcr, da);
             dhp.fill(T::zero());
         }
         CellKind::Gru | CellKind::GruResetBefore => {
@@ -229,6 +219,32 @@ fn row_backward<T: Scalar>(kind: CellKind, s: &Saved<'_, T>, tb: usize, b: usize
                 }
             }
         }
+    }
+}
+
+/// One row's LSTM step backward: from the gates `i f g o`, `tanh c`, `c_prev` and
+/// the gradient into `h` (each `[h]`), the pre-activation gradients (`da`, `[4h]`)
+/// and the gradient into `c` (`dc`, updated to the one into `c_prev`).
+///
+/// A function of its own so that its slices are arguments, which the compiler knows
+/// do not overlap: inlined into the step loop, where they are fields of a struct,
+/// it could not tell, and the loop stayed scalar.
+#[inline(never)]
+fn lstm_row_backward<T: Scalar>(saved: [&[T]; 7], dc: &mut [T], da: &mut [T]) {
+    let one = T::one();
+    let h = dc.len();
+    let [i, f, gg, o, tc, cp, dh] = saved.map(|v| &v[..h]);
+    let (di, rest) = da.split_at_mut(h);
+    let (df, rest) = rest.split_at_mut(h);
+    let (dg, d_o) = rest.split_at_mut(h);
+    let d_o = &mut d_o[..h];
+    for j in 0..h {
+        let dct = dc[j] + dh[j] * o[j] * (one - tc[j] * tc[j]);
+        di[j] = dct * gg[j] * i[j] * (one - i[j]);
+        df[j] = dct * cp[j] * f[j] * (one - f[j]);
+        dg[j] = dct * i[j] * (one - gg[j] * gg[j]);
+        d_o[j] = dh[j] * tc[j] * o[j] * (one - o[j]);
+        dc[j] = dct * f[j];
     }
 }
 
@@ -281,8 +297,14 @@ fn parameter_grads<T: Scalar>(
     let (x_len, batch, d_in) = x.dim();
     let (seq_len, _, h) = cache.h_prev.dim();
     let gh = da_all.dim().1;
-    g.b_ih += &da_all.sum_axis(Axis(0));
-    g.b_hh += &dah_all.sum_axis(Axis(0));
+    let db = column_sums(da_all);
+    g.b_ih += &db;
+    // Only GRU keeps its hidden side apart; otherwise it is `da_all` again.
+    if std::ptr::eq(dah_all.as_ptr(), da_all.as_ptr()) {
+        g.b_hh += &db;
+    } else {
+        g.b_hh += &column_sums(dah_all);
+    }
     let hp2 = cache
         .h_prev
         .view()
@@ -327,4 +349,17 @@ fn parameter_grads<T: Scalar>(
         .into_shape_with_order((x_len * batch, d_in))
         .expect("contiguous");
     matmul(dx2.view_mut(), da_in, p.w_ih.view(), true);
+}
+
+/// The sum of `a`'s rows (`[n, m]` → `[m]`), row after row (as ndarray's
+/// `sum_axis(Axis(0))` adds them), as one loop over contiguous slices.
+fn column_sums<T: Scalar>(a: ArrayView2<T>) -> ndarray::Array1<T> {
+    let mut sums = vec![T::zero(); a.ncols()];
+    for row in a.rows() {
+        match row.as_slice() {
+            Some(r) => sums.iter_mut().zip(r).for_each(|(s, &v)| *s += v),
+            None => sums.iter_mut().zip(row.iter()).for_each(|(s, &v)| *s += v),
+        }
+    }
+    sums.into()
 }
