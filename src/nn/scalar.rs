@@ -75,12 +75,13 @@ impl Scalar for f64 {
 impl Scalar for f32 {
     fn sigmoid_inplace(xs: &mut [f32]) {
         match isa::active().min(isa::widest()) {
-            // SAFETY: the CPU supports AVX-512 F (`widest` detected it).
+            // SAFETY: the CPU supports the path (`widest` detected it).
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => unsafe { super::avx512::sigmoid_slice(xs) },
+            // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => map_on(Isa::Avx2, xs, sigmoid_f32_on::<true>),
-            _ => map_on(Isa::Portable, xs, sigmoid_f32),
+            Isa::Avx2 => unsafe { on_avx2(xs, |xs| each(xs, sigmoid_f32_on::<true>)) },
+            _ => each(xs, sigmoid_f32),
         }
     }
     fn tanh_inplace(xs: &mut [f32]) {
@@ -88,9 +89,10 @@ impl Scalar for f32 {
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => unsafe { super::avx512::tanh_slice(xs) },
+            // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => map_on(Isa::Avx2, xs, tanh_f32_on::<true>),
-            _ => map_on(Isa::Portable, xs, tanh_f32),
+            Isa::Avx2 => unsafe { on_avx2(xs, |xs| each(xs, tanh_f32_on::<true>)) },
+            _ => each(xs, tanh_f32),
         }
     }
     fn lstm_gates_inplace(gates: &mut [f32], h: usize) {
@@ -98,9 +100,10 @@ impl Scalar for f32 {
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => unsafe { super::avx512::lstm_gates(gates, h) },
+            // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => map_gates_on(Isa::Avx2, gates, h, sigmoid_f32_on::<true>, tanh_f32_on::<true>),
-            _ => map_gates_on(Isa::Portable, gates, h, sigmoid_f32, tanh_f32),
+            Isa::Avx2 => unsafe { on_avx2(gates, |g| each_gate(g, h, sigmoid_f32_on::<true>, tanh_f32_on::<true>)) },
+            _ => each_gate(gates, h, sigmoid_f32, tanh_f32),
         }
     }
     #[inline(always)]
@@ -113,33 +116,9 @@ impl Scalar for f32 {
     }
 }
 
-/// `x = f(x)` for every element, compiled for the path `isa` (narrowed to what
-/// this CPU supports). `f` (a function item, so statically known) is inlined into
-/// each path, and a branch-free `f` vectorises at that path's width.
-#[inline(always)]
-fn map_on<F: Fn(f32) -> f32 + Copy>(isa: Isa, xs: &mut [f32], f: F) {
-    on(isa, xs, |xs| each(xs, f))
-}
-
-/// [`map_on`] for every row `[i f g o]` (each `[h]`) of `gates`: `sigmoid` on i, f
-/// and o, `tanh` on g.
-#[inline(always)]
-fn map_gates_on<S: Fn(f32) -> f32 + Copy, T: Fn(f32) -> f32 + Copy>(
-    isa: Isa,
-    gates: &mut [f32],
-    h: usize,
-    sigmoid: S,
-    tanh: T,
-) {
-    on(isa, gates, |gates| {
-        for row in gates.chunks_exact_mut(4 * h) {
-            each(&mut row[..2 * h], sigmoid);
-            each(&mut row[2 * h..3 * h], tanh);
-            each(&mut row[3 * h..], sigmoid);
-        }
-    })
-}
-
+/// `x = f(x)` for every element; `f` (a function item, so statically known) is
+/// inlined, and a branch-free `f` vectorises at the width the caller is compiled
+/// for.
 #[inline(always)]
 fn each<F: Fn(f32) -> f32>(xs: &mut [f32], f: F) {
     for x in xs {
@@ -147,29 +126,25 @@ fn each<F: Fn(f32) -> f32>(xs: &mut [f32], f: F) {
     }
 }
 
-/// Runs `body` on `xs` compiled for the path `isa` (narrowed to what this CPU
-/// supports); `body` is inlined into each path.
+/// [`each`] for every row `[i f g o]` (each `[h]`) of `gates`: `sigmoid` on i, f
+/// and o, `tanh` on g.
 #[inline(always)]
-fn on<F: Fn(&mut [f32])>(isa: Isa, xs: &mut [f32], body: F) {
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-    unsafe fn avx512<F: Fn(&mut [f32])>(xs: &mut [f32], body: F) {
-        body(xs)
+fn each_gate<S: Fn(f32) -> f32 + Copy, T: Fn(f32) -> f32 + Copy>(gates: &mut [f32], h: usize, sigmoid: S, tanh: T) {
+    for row in gates.chunks_exact_mut(4 * h) {
+        each(&mut row[..2 * h], sigmoid);
+        each(&mut row[2 * h..3 * h], tanh);
+        each(&mut row[3 * h..], sigmoid);
     }
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn avx2<F: Fn(&mut [f32])>(xs: &mut [f32], body: F) {
-        body(xs)
-    }
-    match isa.min(isa::widest()) {
-        // SAFETY: the CPU supports the path (`widest` detected it).
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { avx512(xs, body) },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { avx2(xs, body) },
-        _ => body(xs),
-    }
+}
+
+/// Runs `body` on `xs` compiled for AVX2 with FMA (`body` is inlined into it).
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn on_avx2<F: Fn(&mut [f32])>(xs: &mut [f32], body: F) {
+    body(xs)
 }
 
 /// `exp(x)` for f32 without branches or library calls, so loops over it vectorise.
