@@ -168,6 +168,11 @@ impl TailHistogram {
     }
 }
 
+/// The components judged by their instant statistic alone (a bit per component):
+/// the model's residual (see the module docs). Their running averages are neither
+/// kept up nor learnt, and have no limit.
+const INSTANT_ONLY: u32 = 1 << Component::Model as usize;
+
 /// Least instant limit, in standard deviations: no stream alarms below 4σ.
 pub const FLOOR_INSTANT: f64 = 4.0;
 /// Least smoothed limit.
@@ -394,9 +399,7 @@ impl StateCalibration {
             } else {
                 li
             };
-            // The model's running averages have no limit (`limits_at`): they are
-            // not kept up either.
-            let only_instant = (instant_only | 1 << Component::Model as usize) & (1 << c) != 0;
+            let only_instant = (instant_only | INSTANT_ONLY) & (1 << c) != 0;
             if !only_instant {
                 ewma_update(&mut self.ewma[c], z, lambda, |v| v.abs().min(cap));
                 ewma_update(&mut self.signed[c], z, lambda, |v| v.clamp(-cap, cap));
@@ -459,8 +462,10 @@ impl StateCalibration {
             }
             if j.present[c] {
                 self.instant[c].push(j.stats[c].0);
-                self.smoothed[c].push(j.stats[c].1);
-                self.drift[c].push(j.stats[c].2);
+                if INSTANT_ONLY & (1 << c) == 0 {
+                    self.smoothed[c].push(j.stats[c].1);
+                    self.drift[c].push(j.stats[c].2);
+                }
             }
         }
     }
@@ -516,7 +521,7 @@ impl StateCalibration {
         if c == Component::Trend as usize {
             return (f64::INFINITY, f64::INFINITY, self.drift[c].median_limit(FLOOR_TREND));
         }
-        if c == Component::Model as usize {
+        if INSTANT_ONLY & (1 << c) != 0 {
             return (self.instant[c].limit(FLOOR_INSTANT), f64::INFINITY, f64::INFINITY);
         }
         (

@@ -300,10 +300,10 @@ fn parameter_grads<T: Scalar>(
     let db = column_sums(da_all);
     g.b_ih += &db;
     // Only GRU keeps its hidden side apart; otherwise it is `da_all` again.
-    if std::ptr::eq(dah_all.as_ptr(), da_all.as_ptr()) {
-        g.b_hh += &db;
-    } else {
+    if matches!(kind, CellKind::Gru | CellKind::GruResetBefore) {
         g.b_hh += &column_sums(dah_all);
+    } else {
+        g.b_hh += &db;
     }
     let hp2 = cache
         .h_prev

@@ -66,9 +66,8 @@ pub(super) fn direction_forward<T: Scalar>(
                 hr: hs,
             };
             lstm_rows(all, h, cs, &mut tanh_c, &valid);
-        }
-        for b in 0..batch {
-            if kind != CellKind::Lstm {
+        } else {
+            for b in 0..batch {
                 let rows = Rows {
                     g: &mut gates[b * gh..(b + 1) * gh],
                     xr: &xp_t[b * gh..(b + 1) * gh],
@@ -77,6 +76,8 @@ pub(super) fn direction_forward<T: Scalar>(
                 };
                 step_row(kind, rows, b, &mut extra, &b_hn, valid(b));
             }
+        }
+        for b in 0..batch {
             let valid = valid(b);
             // Padded rows keep their state and output 0.
             let o = &mut out.as_slice_mut().expect("contiguous")[(t * batch + b) * d_out + col..][..h];
