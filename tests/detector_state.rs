@@ -736,6 +736,38 @@ fn a_flag_flip_alone_is_never_an_incident() {
     assert!(fault.iter().filter(|v| v.anomaly).all(|v| v.contributions[1] == 0.0));
 }
 
+/// A sensor beside three command flags is judged as a single feature: the joint
+/// statistics and the change model, which compare features with one another,
+/// would only repeat its own statistics with other limits (on SMAP with its flags
+/// the change model alone opened five false stretches). Before, they judged
+/// every reading and decided some, with the flags' residuals in their limits.
+#[test]
+fn one_sensor_beside_flags_is_judged_by_its_own_statistics() {
+    let mut rng = StdRng::seed_from_u64(13);
+    let mut det = Detector::new(config()).unwrap();
+    let mut flags = [0.0; 3];
+    let verdicts = run(&mut det, 3000, &mut |t| {
+        for f in &mut flags {
+            if rng.random::<f64>() < 0.02 {
+                *f = 1.0 - *f;
+            }
+        }
+        let wave = (t as f64 * std::f64::consts::TAU / 50.0).sin();
+        vec![10.0 + 3.0 * wave + noise(&mut rng), flags[0], flags[1], flags[2]]
+    });
+    let on_model = verdicts.iter().filter(|v| v.model_version > 0).count();
+    assert!(on_model > 1000, "{on_model} readings on a model");
+    let across: Vec<(usize, String)> = (verdicts.iter().enumerate())
+        .filter_map(|(t, v)| v.cause.clone().map(|c| (t, c)))
+        .filter(|(_, c)| c.starts_with("joint") || c.starts_with("change"))
+        .collect();
+    assert!(
+        across.is_empty(),
+        "decided across features: {:?}",
+        &across[..across.len().min(5)]
+    );
+}
+
 /// A feature the config names as context is never judged, however far it moves:
 /// a deploy marker that counts up, say. The others are judged as before.
 #[test]

@@ -99,6 +99,11 @@ impl Surprise {
     }
 }
 
+/// The root mean square of `z` over `n` features (the others' entries are zero).
+pub(super) fn root_mean_square(z: &[f64], n: usize) -> f64 {
+    (z.iter().map(|v| v * v).sum::<f64>() / n.max(1) as f64).sqrt()
+}
+
 /// `values`, each clamped to ±`MAX_MAGNITUDE` (borrowed when none needs it).
 pub(super) fn clamp_magnitude(values: &[f64]) -> std::borrow::Cow<'_, [f64]> {
     if values.iter().any(|v| v.abs() > MAX_MAGNITUDE) {
@@ -234,13 +239,13 @@ impl Detector {
             base.mask(&known);
             sur.mask(&known);
         }
-        let measured = runs
-            .as_ref()
-            .is_none_or(|r| (r.iter().enumerate()).any(|(j, v)| v.is_none() && context.is_none_or(|m| !m[j])));
+        let measured = (0..values.len())
+            .filter(|&j| context.is_none_or(|m| !m[j]) && runs.as_ref().is_none_or(|r| r[j].is_none()))
+            .count();
         // With no feature to judge as a measurement, the continuous statistics are
         // absent (their limits learn nothing from a reading they did not judge).
-        let mut judgement = if measured {
-            self.judge(base, sur)
+        let mut judgement = if measured > 0 {
+            self.judge(base, sur, measured)
         } else {
             Judgement::default()
         };
@@ -602,8 +607,11 @@ impl Detector {
         Some(changes.residual(&prev, &cur))
     }
 
-    /// Judges the reading's statistics against the limits learnt from normal ones.
-    pub(super) fn judge(&mut self, base: &BaselineScores, sur: &Surprise) -> Judgement {
+    /// Judges the reading's statistics against the limits learnt from normal ones;
+    /// `measured` features are judged as measurements (the others' statistics are
+    /// zero). The joint statistics and the change model need two of them: with
+    /// one, they only repeat its own statistics with other limits.
+    pub(super) fn judge(&mut self, base: &BaselineScores, sur: &Surprise, measured: usize) -> Judgement {
         let mut zs: [Option<&[f64]>; N_COMPONENTS] = [None; N_COMPONENTS];
         let kind = self.config.detector;
         let all = matches!(kind, DetectorKind::Autoencoder | DetectorKind::Baselines);
@@ -616,9 +624,8 @@ impl Detector {
             .is_some_and(|b| b.level.len() >= WARM_LEVEL);
         if (all || kind == DetectorKind::Gaussian) && level_warm {
             zs[Component::Level as usize] = Some(&base.state_level);
-            if base.state_level.len() > 1 {
-                let n = base.state_level.len() as f64;
-                joint_level = [(base.state_level.iter().map(|v| v * v).sum::<f64>() / n).sqrt()];
+            if measured > 1 {
+                joint_level = [root_mean_square(&base.state_level, measured)];
                 zs[Component::JointLevel as usize] = Some(&joint_level);
             }
         }
@@ -635,11 +642,11 @@ impl Detector {
         let joint;
         if let (Some(z), Phase::Model, false) = (sur.model_z.as_deref(), sur.phase, self.model_stale) {
             zs[Component::Model as usize] = Some(z);
-            if z.len() > 1 {
-                joint = [(z.iter().map(|v| v * v).sum::<f64>() / z.len() as f64).sqrt()];
+            if measured > 1 {
+                joint = [root_mean_square(z, measured)];
                 zs[Component::Joint as usize] = Some(&joint);
+                zs[Component::Change as usize] = sur.change_z.as_deref();
             }
-            zs[Component::Change as usize] = sur.change_z.as_deref();
         }
         let a = &self.config.alert;
         // An AR forecasting over imputed lags (readings not learnt) makes errors

@@ -2,8 +2,9 @@
 //! from the buffered readings, and the outcome installed whole (or, in replay,
 //! trained inline).
 
+use super::pipeline::root_mean_square;
 use super::state::Component;
-use super::train::{self, JobKind, TrainJob, TrainOutcome};
+use super::train::{self, JobKind, TrainJob, TrainOutcome, TrainedModel};
 use super::{ActiveModel, Detector, DetectorConfig, DetectorKind, ReadingError, Verdict};
 use crate::timestamp::Micros;
 
@@ -181,6 +182,32 @@ impl Detector {
         self.job_in_flight
     }
 
+    /// Seeds the model's statistics from a new model's held-out residuals, judged
+    /// as readings are: the context features' residuals are not statistics of the
+    /// state, and the joint and change statistics need two measured features.
+    fn seed_limits(&mut self, m: &TrainedModel) {
+        let lambda = self.config.alert.smoothing;
+        let context = self.context_mask();
+        let judged = |rows: &[Vec<f64>]| -> Vec<Vec<f64>> {
+            let Some(mask) = &context else { return rows.to_vec() };
+            let zero_context = |z: &Vec<f64>| z.iter().zip(mask).map(|(&v, &c)| if c { 0.0 } else { v }).collect();
+            rows.iter().map(zero_context).collect()
+        };
+        let measured = self.n_features.unwrap_or(1) - context.as_ref().map_or(0, |m| m.iter().filter(|&&c| c).count());
+        let model = judged(&m.calibration);
+        self.state.seed(Component::Model, &model, lambda);
+        let joint: Vec<Vec<f64>> = model.iter().map(|z| vec![root_mean_square(z, measured)]).collect();
+        if measured > 1 {
+            self.state.seed(Component::Joint, &joint, lambda);
+        } else {
+            self.state.reset(Component::Joint);
+        }
+        match &m.changes {
+            Some(c) if measured > 1 => self.state.seed(Component::Change, &judged(&c.calibration), lambda),
+            _ => self.state.reset(Component::Change),
+        }
+    }
+
     /// Installs a job's outcome: a trained model is swapped in whole; a diverged job
     /// keeps the old model and is counted.
     pub fn install(&mut self, outcome: TrainOutcome) {
@@ -190,19 +217,7 @@ impl Detector {
                 self.resid_var.clear();
                 self.model_stale = false;
                 // The new model's limits come from its own held-out residuals.
-                let lambda = self.config.alert.smoothing;
-                self.state.seed(Component::Model, &m.calibration, lambda);
-                let joint: Vec<Vec<f64>> = m
-                    .calibration
-                    .iter()
-                    .filter(|z| z.len() > 1)
-                    .map(|z| vec![(z.iter().map(|v| v * v).sum::<f64>() / z.len() as f64).sqrt()])
-                    .collect();
-                self.state.seed(Component::Joint, &joint, lambda);
-                match &m.changes {
-                    Some(c) => self.state.seed(Component::Change, &c.calibration, lambda),
-                    None => self.state.reset(Component::Change),
-                }
+                self.seed_limits(&m);
                 let (at, at_ts) = self.job_taken_at.unwrap_or((self.seen, self.last_ts.unwrap_or(0)));
                 self.model = Some(ActiveModel {
                     version: m.version,
