@@ -768,6 +768,24 @@ fn one_sensor_beside_flags_is_judged_by_its_own_statistics() {
     );
 }
 
+/// A lasting shift held as anomalous is not learnt, so the model's error stays
+/// high and its drift asks for early retrains; retraining on the same normal
+/// readings does not cure it. Each drift job in a row waits twice as long as the
+/// one before: over 2,000 shifted readings 4 jobs, where a job two windows (64
+/// readings) after each made 16.
+#[test]
+fn a_drift_that_retraining_does_not_cure_backs_off() {
+    let mut rng = StdRng::seed_from_u64(14);
+    let mut det = Detector::new(config()).unwrap();
+    let wave = |t: usize| 10.0 + 3.0 * (t as f64 * std::f64::consts::TAU / 50.0).sin();
+    let calm = run(&mut det, 3000, &mut |t| vec![wave(t) + noise(&mut rng)]);
+    let before = calm.last().unwrap().model_version;
+    let shifted = run(&mut det, 2000, &mut |t| vec![wave(t) + 20.0 + noise(&mut rng)]);
+    assert!(held(&shifted) >= 0.95, "held {}", held(&shifted));
+    let jobs = shifted.last().unwrap().model_version - before;
+    assert!((1..=8).contains(&jobs), "{jobs} retrains during the shift");
+}
+
 /// A feature the config names as context is never judged, however far it moves:
 /// a deploy marker that counts up, say. The others are judged as before.
 #[test]

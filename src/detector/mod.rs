@@ -359,6 +359,8 @@ pub struct Detector {
     model_stale: bool,
     /// Exponential average of the model's surprise, for drift-triggered retraining.
     drift: f64,
+    /// Drift jobs in a row (each asks the next to wait twice as long).
+    drift_streak: u32,
     /// Failed (diverged) jobs so far.
     failed_jobs: u64,
     /// Per-feature running mean square of the model's last-step residual (normalised
@@ -412,6 +414,7 @@ impl Detector {
             imputed: 0,
             fresh_from: 0,
             drift: 0.0,
+            drift_streak: 0,
             failed_jobs: 0,
             resid_var: Vec::new(),
             recent: recent::Recent::default(),

@@ -43,10 +43,17 @@ impl Detector {
     }
 
     /// Whether a stream on a model drifts enough, `since` readings after its last
-    /// job, to be retrained early.
+    /// job, to be retrained early: two windows after a job, twice as long after
+    /// each drift job in a row (a drift that retraining on the normal readings
+    /// does not cure is not cured by retraining every two windows).
     fn drift_due(&self, since: u64) -> bool {
         let c = &self.config;
-        c.retrain.on_drift && self.model.is_some() && since >= 2 * c.window as u64 && self.drift > 2.0
+        c.retrain.on_drift && self.model.is_some() && since >= self.drift_gap() && self.drift > 2.0
+    }
+
+    /// Readings a drift job waits after the last job.
+    fn drift_gap(&self) -> u64 {
+        (2 * self.config.window as u64) << self.drift_streak.min(16)
     }
 
     /// Why a job taken now is asked for (`completion`: it completes a first model).
@@ -98,6 +105,12 @@ impl Detector {
         let since = self.last_job.map_or(u64::MAX, |(at, _)| self.seen - at);
         let completion = self.completion_due() && !self.retrain_requested && since < self.retrain_interval();
         let kind = self.job_kind(completion);
+        // A drift job long after the gap it waited for starts a new streak.
+        self.drift_streak = match (kind, since) {
+            (JobKind::Drift, s) if s <= 2 * self.drift_gap() => self.drift_streak + 1,
+            (JobKind::Drift, _) => 1,
+            _ => 0,
+        };
         let rows = self.history.len() / d;
         let rows = rows.min(self.job_rows(completion).unwrap_or(rows));
         let readings: Vec<Vec<f64>> = self

@@ -65,6 +65,7 @@ impl Detector {
                 model_likelihood: self.model_likelihood.clone(),
                 last_job: self.last_job,
                 drift: self.drift,
+                drift_streak: self.drift_streak,
                 failed_jobs: self.failed_jobs,
                 resid_var: self.resid_var.clone(),
                 recent: self.recent.clone(),
@@ -154,6 +155,7 @@ impl Detector {
             job_taken_at: None,
             job_in_flight: false,
             drift: s.drift,
+            drift_streak: s.drift_streak,
             failed_jobs: s.failed_jobs,
             resid_var: s.resid_var,
             recent: s.recent,
@@ -285,6 +287,8 @@ pub struct DetectorState {
     model_likelihood: Likelihood,
     last_job: Option<(u64, Micros)>,
     drift: f64,
+    #[serde(default)]
+    drift_streak: u32,
     failed_jobs: u64,
     resid_var: Vec<f64>,
     /// Absent in snapshots from before charts: none kept.
