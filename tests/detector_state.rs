@@ -736,6 +736,31 @@ fn a_flag_flip_alone_is_never_an_incident() {
     assert!(fault.iter().filter(|v| v.anomaly).all(|v| v.contributions[1] == 0.0));
 }
 
+/// A gap in a stream of a sensor and a flag: the rows the state fills in hold its
+/// expectation of the flag (0.4, say), which is not a value the stream showed.
+/// Before, that third value made the flag a measurement for good, and every flip
+/// after the gap was judged as a fault.
+#[test]
+fn a_gap_does_not_turn_a_flag_into_a_measurement() {
+    let mut rng = StdRng::seed_from_u64(15);
+    let mut det = Detector::new(config()).unwrap();
+    let mut flag = 0.0;
+    let mut verdicts = Vec::new();
+    for t in (0..4000).filter(|t| !(2000..2010).contains(t)) {
+        if rng.random::<f64>() < 0.02 {
+            flag = 1.0 - flag;
+        }
+        let values = [10.0 + noise(&mut rng) + 5.0 * flag, flag];
+        verdicts.push(det.update_sync(t * 300_000_000, &values).unwrap());
+    }
+    let after = &verdicts[2000..];
+    assert!(
+        after.iter().all(|v| v.contributions[1] == 0.0),
+        "the flag is judged after the gap"
+    );
+    assert_eq!(opened(&after[100..]), 0, "flips after the gap are incidents");
+}
+
 /// A sensor beside three command flags is judged as a single feature: the joint
 /// statistics and the change model, which compare features with one another,
 /// would only repeat its own statistics with other limits (on SMAP with its flags

@@ -161,6 +161,7 @@ impl Detector {
         let values = &clamp_magnitude(values)[..];
         self.fill_gap(timestamp);
         self.admit(timestamp, values);
+        self.observe_levels(values);
         let context = self.context_mask();
         let mut base = self.score_baselines(values);
         if let Some(m) = &context {
@@ -349,6 +350,20 @@ impl Detector {
         }
     }
 
+    /// Notes a received reading's values in each feature's distinct levels (what
+    /// makes an indicator context). Rows filled in for a gap are the state's
+    /// guesses, not values the stream showed: a flag's expectation of 0.4 must not
+    /// turn it into a measurement.
+    fn observe_levels(&mut self, values: &[f64]) {
+        if self.levels.len() != values.len() {
+            // A snapshot from before context features starts counting now.
+            self.levels = vec![context::Levels::default(); values.len()];
+        }
+        for (l, &x) in self.levels.iter_mut().zip(values) {
+            l.observe(x);
+        }
+    }
+
     /// Sets up per-feature state on the first reading and buffers the reading.
     pub(super) fn admit(&mut self, timestamp: Micros, values: &[f64]) {
         let d = values.len();
@@ -362,13 +377,6 @@ impl Detector {
                 .map(|_| StateBaselines::new(b.ar_order, b.ar_forgetting, b.gaussian_window))
                 .collect();
             self.range = values.iter().map(|&v| (v, v)).collect();
-        }
-        if self.levels.len() != d {
-            // A snapshot from before context features starts counting now.
-            self.levels = vec![context::Levels::default(); d];
-        }
-        for (l, &x) in self.levels.iter_mut().zip(values) {
-            l.observe(x);
         }
         if !self.config.discrete_runs {
             self.runs = Vec::new();
