@@ -155,6 +155,7 @@ impl Detector {
                 .wrapping_mul(0x9E37_79B9_7F4A_7C15)
                 .wrapping_add(version),
             kind,
+            measured: self.measured_features(),
         }
     }
 
@@ -195,6 +196,12 @@ impl Detector {
         self.job_in_flight
     }
 
+    /// Features judged as measurements: all but the context ones.
+    fn measured_features(&self) -> usize {
+        let context = self.context_mask().map_or(0, |m| m.iter().filter(|&&c| c).count());
+        self.n_features.unwrap_or(1) - context
+    }
+
     /// Seeds the model's statistics from a new model's held-out residuals, judged
     /// as readings are: the context features' residuals are not statistics of the
     /// state, and the joint and change statistics need two measured features.
@@ -206,7 +213,7 @@ impl Detector {
             let zero_context = |z: &Vec<f64>| z.iter().zip(mask).map(|(&v, &c)| if c { 0.0 } else { v }).collect();
             rows.iter().map(zero_context).collect()
         };
-        let measured = self.n_features.unwrap_or(1) - context.as_ref().map_or(0, |m| m.iter().filter(|&&c| c).count());
+        let measured = self.measured_features();
         let model = judged(&m.calibration);
         self.state.seed(Component::Model, &model, lambda);
         let joint: Vec<Vec<f64>> = model.iter().map(|z| vec![root_mean_square(z, measured)]).collect();

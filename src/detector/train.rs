@@ -70,6 +70,9 @@ pub struct TrainJob {
     pub seed: u64,
     /// Why the job was asked for.
     pub kind: JobKind,
+    /// Features judged as measurements (not context) when the job was taken: the
+    /// change model, which compares them, is trained only for two or more.
+    pub measured: usize,
 }
 
 /// Why a training job was asked for, as `/metrics` counts them.
@@ -450,15 +453,18 @@ pub fn train(job: &TrainJob, should_stop: &dyn Fn() -> bool) -> TrainOutcome {
     }
 
     let (errors, calibration) = calibrate(&win, cfg, &members);
-    // The change model trains on the same normal readings, with its own seed.
-    let changes = super::changes::train(
-        &job.readings,
-        &job.normal,
-        cfg.model.hidden,
-        job.seed ^ 0x6368_616e_6765,
-        should_stop,
-    )
-    .map(Box::new);
+    // The change model trains on the same normal readings, with its own seed, when
+    // it has two measured features to compare.
+    let changes = (job.measured > 1).then(|| {
+        super::changes::train(
+            &job.readings,
+            &job.normal,
+            cfg.model.hidden,
+            job.seed ^ 0x6368_616e_6765,
+            should_stop,
+        )
+    });
+    let changes = changes.flatten().map(Box::new);
     TrainOutcome::Trained(TrainedModel {
         version: job.version,
         members,
