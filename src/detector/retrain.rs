@@ -2,6 +2,8 @@
 //! from the buffered readings, and the outcome installed whole (or, in replay,
 //! trained inline).
 
+use std::borrow::Cow;
+
 use super::pipeline::root_mean_square;
 use super::state::Component;
 use super::train::{self, JobKind, TrainJob, TrainOutcome, TrainedModel};
@@ -155,7 +157,7 @@ impl Detector {
                 .wrapping_mul(0x9E37_79B9_7F4A_7C15)
                 .wrapping_add(version),
             kind,
-            measured: self.measured_features(),
+            measured: self.measured_features(self.context_mask().as_deref()),
         }
     }
 
@@ -196,10 +198,9 @@ impl Detector {
         self.job_in_flight
     }
 
-    /// Features judged as measurements: all but the context ones.
-    fn measured_features(&self) -> usize {
-        let context = self.context_mask().map_or(0, |m| m.iter().filter(|&&c| c).count());
-        self.n_features.unwrap_or(1) - context
+    /// Features judged as measurements: all but the `context` ones.
+    fn measured_features(&self, context: Option<&[bool]>) -> usize {
+        self.n_features.unwrap_or(1) - context.map_or(0, |m| m.iter().filter(|&&c| c).count())
     }
 
     /// Seeds the model's statistics from a new model's held-out residuals, judged
@@ -208,22 +209,21 @@ impl Detector {
     fn seed_limits(&mut self, m: &TrainedModel) {
         let lambda = self.config.alert.smoothing;
         let context = self.context_mask();
-        let judged = |rows: &[Vec<f64>]| -> Vec<Vec<f64>> {
-            let Some(mask) = &context else { return rows.to_vec() };
-            let zero_context = |z: &Vec<f64>| z.iter().zip(mask).map(|(&v, &c)| if c { 0.0 } else { v }).collect();
-            rows.iter().map(zero_context).collect()
-        };
-        let measured = self.measured_features();
-        let model = judged(&m.calibration);
+        let measured = self.measured_features(context.as_deref());
+        let model = zero_context(&m.calibration, context.as_deref());
         self.state.seed(Component::Model, &model, lambda);
-        let joint: Vec<Vec<f64>> = model.iter().map(|z| vec![root_mean_square(z, measured)]).collect();
         if measured > 1 {
+            let joint: Vec<Vec<f64>> = model.iter().map(|z| vec![root_mean_square(z, measured)]).collect();
             self.state.seed(Component::Joint, &joint, lambda);
         } else {
             self.state.reset(Component::Joint);
         }
         match &m.changes {
-            Some(c) if measured > 1 => self.state.seed(Component::Change, &judged(&c.calibration), lambda),
+            Some(c) if measured > 1 => self.state.seed(
+                Component::Change,
+                &zero_context(&c.calibration, context.as_deref()),
+                lambda,
+            ),
             _ => self.state.reset(Component::Change),
         }
     }
@@ -272,6 +272,14 @@ impl Detector {
             self.install(outcome);
         }
     }
+}
+
+/// Per-feature rows with the `context` features' entries zeroed (as judging zeroes
+/// them); the rows themselves when no feature is context, the common stream.
+fn zero_context<'a>(rows: &'a [Vec<f64>], context: Option<&[bool]>) -> Cow<'a, [Vec<f64>]> {
+    let Some(mask) = context else { return rows.into() };
+    let zeroed = |z: &Vec<f64>| z.iter().zip(mask).map(|(&v, &c)| if c { 0.0 } else { v }).collect();
+    rows.iter().map(zeroed).collect()
 }
 
 #[cfg(test)]

@@ -455,16 +455,18 @@ pub fn train(job: &TrainJob, should_stop: &dyn Fn() -> bool) -> TrainOutcome {
     let (errors, calibration) = calibrate(&win, cfg, &members);
     // The change model trains on the same normal readings, with its own seed, when
     // it has two measured features to compare.
-    let changes = (job.measured > 1).then(|| {
-        super::changes::train(
-            &job.readings,
-            &job.normal,
-            cfg.model.hidden,
-            job.seed ^ 0x6368_616e_6765,
-            should_stop,
-        )
-    });
-    let changes = changes.flatten().map(Box::new);
+    let changes = (job.measured > 1)
+        .then(|| {
+            super::changes::train(
+                &job.readings,
+                &job.normal,
+                cfg.model.hidden,
+                job.seed ^ 0x6368_616e_6765,
+                should_stop,
+            )
+        })
+        .flatten()
+        .map(Box::new);
     TrainOutcome::Trained(TrainedModel {
         version: job.version,
         members,
