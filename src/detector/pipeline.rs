@@ -180,7 +180,8 @@ impl Detector {
         let mut judgement = self.judge_reading(values, context.as_deref(), &mut base, &mut sur);
         let live = mode == Mode::Live && sur.phase != Phase::Warmup;
         let raw_ratio = judgement.ratio;
-        let (excursion, anomalous) = self.prune(&mut judgement, live, sur.phase);
+        let one_feature = self.measured_features(context.as_deref()) == 1;
+        let (excursion, anomalous) = self.prune(&mut judgement, live, (sur.phase, one_feature));
         let score = score_of_ratio(judgement.ratio);
         let was_recurring = self.recurring.is_some();
         let (mut event, suppressed) =
@@ -274,7 +275,12 @@ impl Detector {
     /// whether the reading is beyond its limit (an excursion: not learnt) and
     /// whether it is anomalous (beyond the bar too); `live`: it may be either;
     /// `phase`: what scored the reading.
-    pub(super) fn prune(&mut self, judgement: &mut Judgement, live: bool, phase: Phase) -> (bool, bool) {
+    pub(super) fn prune(
+        &mut self,
+        judgement: &mut Judgement,
+        live: bool,
+        (phase, one_feature): (Phase, bool),
+    ) -> (bool, bool) {
         let a = &self.config.alert;
         let (raw, window, held) = (judgement.ratio, a.prune_window, self.incident.is_some());
         let excursion = live && score_of_ratio(raw) >= a.threshold;
@@ -285,7 +291,7 @@ impl Detector {
             .pruning
             .bar(excursion, held, window, a.prune_margin, sustained, judgement.strong);
         let anomalous = excursion && score_of_ratio(judgement.ratio) >= a.threshold;
-        self.pruning.note(raw, anomalous, held, window);
+        self.pruning.note(raw, anomalous, held, window, one_feature);
         (excursion, anomalous)
     }
 

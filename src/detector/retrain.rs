@@ -199,7 +199,7 @@ impl Detector {
     }
 
     /// Features judged as measurements: all but the `context` ones.
-    fn measured_features(&self, context: Option<&[bool]>) -> usize {
+    pub(super) fn measured_features(&self, context: Option<&[bool]>) -> usize {
         self.n_features.unwrap_or(1) - context.map_or(0, |m| m.iter().filter(|&&c| c).count())
     }
 
