@@ -181,7 +181,7 @@ impl Detector {
         let live = mode == Mode::Live && sur.phase != Phase::Warmup;
         let raw_ratio = judgement.ratio;
         let one_feature = self.measured_features(context.as_deref()) == 1;
-        let (excursion, anomalous) = self.prune(&mut judgement, live, (sur.phase, one_feature));
+        let (excursion, anomalous) = self.prune(&mut judgement, live, sur.phase, one_feature);
         let score = score_of_ratio(judgement.ratio);
         let was_recurring = self.recurring.is_some();
         let (mut event, suppressed) =
@@ -274,12 +274,14 @@ impl Detector {
     /// Holds the judgement's ratio to the pruning bar (`pruning.rs`). Returns
     /// whether the reading is beyond its limit (an excursion: not learnt) and
     /// whether it is anomalous (beyond the bar too); `live`: it may be either;
-    /// `phase`: what scored the reading.
+    /// `phase`: what scored the reading; `one_feature`: the stream has one
+    /// measured feature (its normal readings count in the pruning window).
     pub(super) fn prune(
         &mut self,
         judgement: &mut Judgement,
         live: bool,
-        (phase, one_feature): (Phase, bool),
+        phase: Phase,
+        one_feature: bool,
     ) -> (bool, bool) {
         let a = &self.config.alert;
         let (raw, window, held) = (judgement.ratio, a.prune_window, self.incident.is_some());
