@@ -422,8 +422,9 @@ pub struct DetectorConfig {
     pub context_auto: bool,
     /// Judge each feature that takes at most 8 distinct values by which values it
     /// takes and how long it stays on each, not by how far it moves
-    /// (`discrete.rs`). Off by default: on SMAP it finds more at the same
-    /// precision, on NAB it hides a burst of spikes (BENCHMARKS.md).
+    /// (`discrete.rs`). On by default: on SMAP it finds the pulses held too
+    /// long and the switches that stick, with and without the command flags
+    /// (BENCHMARKS.md).
     pub discrete_runs: bool,
 }
 
@@ -444,7 +445,7 @@ impl Default for DetectorConfig {
             alert: AlertConfig::default(),
             context: Vec::new(),
             context_auto: true,
-            discrete_runs: false,
+            discrete_runs: true,
         }
     }
 }

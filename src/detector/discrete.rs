@@ -10,8 +10,11 @@
 //!
 //! ```text
 //! discrete   at most MAX_LEVELS distinct values among its first MIN_LEARNT
-//!            learnt readings, and ever since (one more makes it continuous
-//!            for good)
+//!            learnt readings, and ever since, counting values seen only at
+//!            anomalous readings (one more makes it continuous for good)
+//! the same   once discrete, a reading within LEVEL_TOLERANCE of the span of the
+//!            known values from one of them is that value (1.0 and 0.991 are
+//!            one switch position); values that close are merged then
 //! known      a value learnt before (a normal reading had it)
 //! longest_v  the longest run of value v that ended while normal, shortest_v
 //!            the shortest, once MIN_RUNS such runs have ended (before: runs
@@ -27,10 +30,14 @@
 //! values within that spread, early or late, is not news. A value never learnt is judged
 //! as a measurement by the continuous statistics, as every reading of a
 //! continuous feature is. Runs that held an anomalous reading teach nothing.
+//! A feature one of whose values never lasts beyond a reading (spikes between
+//! rests) is judged as a measurement throughout: a spike's height and hour say
+//! more than the rest between two, and the continuous statistics learn the
+//! rests too.
 //!
-//! It is a setting (`discrete_runs`, off by default): on SMAP it finds more
-//! labelled anomalies at the same precision, but on NAB a file whose anomaly is
-//! a burst of spikes between two known values goes unseen (BENCHMARKS.md).
+//! On by default (`discrete_runs = false` turns it off): on SMAP it finds more
+//! labelled anomalies, with the command flags at better precision too; NAB's
+//! spikes are measurements (BENCHMARKS.md, sixteenth stop).
 
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +52,12 @@ pub const MIN_RUNS: u32 = 2;
 
 /// How much longer than the longest normal run a run must be to be anomalous.
 pub const RUN_MARGIN: f64 = 0.3;
+
+/// How near a known value, as a share of the span of the known values, a
+/// reading must be to be that value: a switch position read as 0.991 one minute
+/// and 1.0 the next is one position. Half the spacing of `MAX_LEVELS` evenly
+/// spread values is 1/14 of the span; this stays well inside it.
+pub const LEVEL_TOLERANCE: f64 = 0.05;
 
 /// One value of a discrete feature.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -73,6 +86,10 @@ pub struct Runs {
     /// The run in progress is the first: it began before the stream was seen.
     #[serde(default)]
     first: bool,
+    /// Values seen only at readings not learnt (anomalous ones): they count
+    /// towards `MAX_LEVELS` too.
+    #[serde(default)]
+    strangers: Vec<f64>,
 }
 
 impl Runs {
@@ -82,9 +99,15 @@ impl Runs {
         if self.continuous || self.learnt < MIN_LEARNT {
             return None;
         }
-        let level = self.levels.iter().find(|l| l.value == x)?;
+        let level = &self.levels[self.level_of(x)?];
         let judged = |l: &Level| l.runs >= MIN_RUNS;
-        let continues = self.length > 0 && self.value == x;
+        if self.levels.iter().any(|l| judged(l) && l.longest <= 1) {
+            // A value that never lasts: spikes between rests, which are judged
+            // as measurements (how high and at what hour a spike comes says more
+            // than the rest's run between two).
+            return None;
+        }
+        let continues = self.length > 0 && self.value == level.value;
         let length = if continues { self.length.saturating_add(1) } else { 1 };
         let long = if judged(level) {
             f64::from(length) / ((1.0 + RUN_MARGIN) * f64::from(level.longest))
@@ -107,6 +130,7 @@ impl Runs {
         if self.continuous {
             return;
         }
+        let x = self.level_of(x).map_or(x, |i| self.levels[i].value);
         if self.length > 0 && x == self.value {
             self.length = self.length.saturating_add(1);
             self.clean &= learnt;
@@ -117,18 +141,24 @@ impl Runs {
             self.first = self.length == 0;
             (self.value, self.length, self.clean) = (x, 1, learnt);
         }
+        let known = self.levels.iter().any(|l| l.value == x);
+        let tolerance = self.tolerance();
+        if !known && !self.strangers.iter().any(|v| (v - x).abs() <= tolerance) {
+            // A feature that shows more values than a discrete one may have is a
+            // measurement, whether or not they were normal (a finely quantised
+            // sensor that wanders, spikes of every height).
+            if self.levels.len() + self.strangers.len() == MAX_LEVELS {
+                self.become_continuous();
+                return;
+            }
+            self.strangers.push(x);
+        }
         if !learnt {
             return;
         }
         self.learnt += 1;
-        if !self.levels.iter().any(|l| l.value == x) {
-            if self.levels.len() == MAX_LEVELS {
-                *self = Runs {
-                    continuous: true,
-                    ..Runs::default()
-                };
-                return;
-            }
+        if !known {
+            self.strangers.retain(|v| (v - x).abs() > tolerance);
             self.levels.push(Level {
                 value: x,
                 runs: 0,
@@ -136,6 +166,63 @@ impl Runs {
                 shortest: 0,
             });
         }
+        if self.learnt == MIN_LEARNT {
+            self.settle();
+        }
+    }
+
+    fn become_continuous(&mut self) {
+        *self = Runs {
+            continuous: true,
+            ..Runs::default()
+        };
+    }
+
+    /// Once discrete: values within `LEVEL_TOLERANCE` of each other become one,
+    /// whose runs are learnt afresh (the runs learnt so far were of each apart).
+    fn settle(&mut self) {
+        let tolerance = self.tolerance();
+        let mut merged: Vec<Level> = Vec::with_capacity(self.levels.len());
+        for l in &self.levels {
+            if !merged.iter().any(|m| (m.value - l.value).abs() <= tolerance) {
+                merged.push(*l);
+            }
+        }
+        if merged.len() == self.levels.len() {
+            return;
+        }
+        self.levels = (merged.into_iter())
+            .map(|l| Level {
+                runs: 0,
+                longest: 0,
+                shortest: 0,
+                ..l
+            })
+            .collect();
+        self.value = self.level_of(self.value).map_or(self.value, |i| self.levels[i].value);
+        self.first = true;
+    }
+
+    /// `LEVEL_TOLERANCE` of the span of the known values once the feature is
+    /// discrete; before, 0 (a continuous feature must show its distinct values).
+    fn tolerance(&self) -> f64 {
+        if self.learnt < MIN_LEARNT {
+            return 0.0;
+        }
+        let (lo, hi) = (self.levels.iter()).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), l| {
+            (lo.min(l.value), hi.max(l.value))
+        });
+        LEVEL_TOLERANCE * (hi - lo).max(0.0)
+    }
+
+    /// The known value `x` is (the nearest within the tolerance).
+    fn level_of(&self, x: f64) -> Option<usize> {
+        let tolerance = self.tolerance();
+        (self.levels.iter().enumerate())
+            .map(|(i, l)| (i, (l.value - x).abs()))
+            .filter(|&(_, d)| d <= tolerance)
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(i, _)| i)
     }
 
     /// Records the run in progress as ended normally. The first run began before
@@ -158,7 +245,10 @@ impl Runs {
 
     /// Whether a restored value is well formed.
     pub fn check(&self) -> Result<(), String> {
-        if self.levels.len() > MAX_LEVELS || self.levels.iter().any(|l| !l.value.is_finite()) {
+        if self.levels.len() + self.strangers.len() > MAX_LEVELS
+            || self.levels.iter().any(|l| !l.value.is_finite())
+            || self.strangers.iter().any(|v| !v.is_finite())
+        {
             return Err(format!("runs: {} levels", self.levels.len()));
         }
         Ok(())
@@ -240,6 +330,47 @@ mod tests {
         r.length = 0;
         assert!(r.judge(1.0).unwrap().is_finite());
         assert!(r.judge(0.0).unwrap().is_finite());
+    }
+
+    #[test]
+    fn a_value_read_a_hair_apart_is_the_same_value() {
+        let mut r = Runs::default();
+        // The high half of a square wave read as 1.0 or 0.991 in turn.
+        let high = |r: &mut Runs, n: usize| (0..n).for_each(|i| r.step(if i % 2 == 0 { 1.0 } else { 0.991 }, true));
+        for _ in 0..20 {
+            high(&mut r, 10);
+            (0..30).for_each(|_| r.step(-1.0, true));
+        }
+        // Held high twice as long: too long from the 14th reading on.
+        high(&mut r, 12);
+        assert!(r.judge(1.0).unwrap() <= 1.0);
+        high(&mut r, 8);
+        assert!(r.judge(1.0).unwrap() > 1.0, "{:?}", r.judge(1.0));
+    }
+
+    #[test]
+    fn spikes_between_rests_are_judged_as_measurements() {
+        let mut r = Runs::default();
+        for i in 0..300 {
+            r.step(if i % 7 == 0 { 20.0 } else { 0.0 }, true);
+        }
+        assert_eq!(
+            r.judge(20.0),
+            None,
+            "a spike's height and hour are a measurement's business"
+        );
+        assert_eq!(r.judge(0.0), None, "and so is the rest between two");
+    }
+
+    #[test]
+    fn values_seen_only_at_anomalous_readings_count_towards_the_levels() {
+        let mut r = Runs::default();
+        wave(&mut r, 10, 30, 10);
+        assert!(r.judge(1.0).is_some());
+        // Seven more values, none of them learnt: nine in all.
+        (2..9).for_each(|i| r.step(f64::from(i), false));
+        assert_eq!(r.judge(1.0), None, "a feature of nine values is a measurement");
+        assert!(r.check().is_ok());
     }
 
     #[test]
