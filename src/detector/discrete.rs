@@ -99,7 +99,7 @@ impl Runs {
         if self.continuous || self.learnt < MIN_LEARNT {
             return None;
         }
-        let level = &self.levels[self.level_of(x)?];
+        let level = &self.levels[self.level_of(x, self.tolerance())?];
         let judged = |l: &Level| l.runs >= MIN_RUNS;
         if self.levels.iter().any(|l| judged(l) && l.longest <= 1) {
             // A value that never lasts: spikes between rests, which are judged
@@ -130,7 +130,10 @@ impl Runs {
         if self.continuous {
             return;
         }
-        let x = self.level_of(x).map_or(x, |i| self.levels[i].value);
+        let tolerance = self.tolerance();
+        let level = self.level_of(x, tolerance);
+        let known = level.is_some();
+        let x = level.map_or(x, |i| self.levels[i].value);
         if self.length > 0 && x == self.value {
             self.length = self.length.saturating_add(1);
             self.clean &= learnt;
@@ -141,24 +144,25 @@ impl Runs {
             self.first = self.length == 0;
             (self.value, self.length, self.clean) = (x, 1, learnt);
         }
-        let known = self.levels.iter().any(|l| l.value == x);
-        let tolerance = self.tolerance();
-        if !known && !self.strangers.iter().any(|v| (v - x).abs() <= tolerance) {
-            // A feature that shows more values than a discrete one may have is a
-            // measurement, whether or not they were normal (a finely quantised
-            // sensor that wanders, spikes of every height).
-            if self.levels.len() + self.strangers.len() == MAX_LEVELS {
-                self.become_continuous();
-                return;
-            }
-            self.strangers.push(x);
+        let stranger = !known && self.strangers.iter().any(|v| (v - x).abs() <= tolerance);
+        // A feature that shows more values than a discrete one may have is a
+        // measurement, whether or not they were normal (a finely quantised
+        // sensor that wanders, spikes of every height).
+        if !known && !stranger && self.levels.len() + self.strangers.len() == MAX_LEVELS {
+            self.become_continuous();
+            return;
         }
         if !learnt {
+            if !known && !stranger {
+                self.strangers.push(x);
+            }
             return;
         }
         self.learnt += 1;
         if !known {
-            self.strangers.retain(|v| (v - x).abs() > tolerance);
+            if stranger {
+                self.strangers.retain(|v| (v - x).abs() > tolerance);
+            }
             self.levels.push(Level {
                 value: x,
                 runs: 0,
@@ -199,7 +203,7 @@ impl Runs {
                 ..l
             })
             .collect();
-        self.value = self.level_of(self.value).map_or(self.value, |i| self.levels[i].value);
+        self.value = (self.level_of(self.value, self.tolerance())).map_or(self.value, |i| self.levels[i].value);
         self.first = true;
     }
 
@@ -215,9 +219,8 @@ impl Runs {
         LEVEL_TOLERANCE * (hi - lo).max(0.0)
     }
 
-    /// The known value `x` is (the nearest within the tolerance).
-    fn level_of(&self, x: f64) -> Option<usize> {
-        let tolerance = self.tolerance();
+    /// The known value `x` is (the nearest within `tolerance`).
+    fn level_of(&self, x: f64, tolerance: f64) -> Option<usize> {
         (self.levels.iter().enumerate())
             .map(|(i, l)| (i, (l.value - x).abs()))
             .filter(|&(_, d)| d <= tolerance)
