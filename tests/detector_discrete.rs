@@ -123,3 +123,49 @@ fn the_runs_survive_a_snapshot_and_an_older_snapshot_learns_them_afresh() {
     let vs = feed(&mut older, &held);
     assert!(vs.iter().all(|v| v.cause.as_deref() != Some("run")));
 }
+
+/// A square wave between −1 and 1 beside a command flag (0/1, a command was sent
+/// every 20 to 60 readings). Both have shown two values, so both look like
+/// indicators; the flag is the one of 0s and 1s, so it is the context and the
+/// wave is judged. Before, neither was context: the flag's runs were judged, and
+/// a quiet spell of commands longer than any seen was an incident.
+#[test]
+fn beside_a_flag_a_square_wave_is_judged_and_the_flag_is_context() {
+    let mut rng = StdRng::seed_from_u64(8);
+    let mut det = detector();
+    let mut next_command = 0;
+    let mut reading = |t: usize, wave: f64, quiet: bool| {
+        let sent = !quiet && t == next_command;
+        if sent {
+            next_command = t + rng.random_range(20..=60);
+        }
+        vec![2.0 * wave - 1.0, if sent { 1.0 } else { 0.0 }]
+    };
+    let mut feed2 = |det: &mut Detector, waves: &[f64], quiet: bool| -> Vec<Verdict> {
+        let start = det.readings_seen() as usize;
+        (waves.iter().enumerate())
+            .map(|(i, &w)| {
+                let t = start + i;
+                det.update_sync(t as i64 * 60_000_000, &reading(t, w, quiet)).unwrap()
+            })
+            .collect()
+    };
+    let mut waves_rng = StdRng::seed_from_u64(9);
+    let calm = feed2(&mut det, &normal_pulses(&mut waves_rng, 60), false);
+    // Until the wave has shown −1, it looks like a flag too.
+    assert!(
+        calm[100..]
+            .iter()
+            .all(|v| v.contributions.get(1).is_none_or(|&c| c == 0.0))
+    );
+    // No command for 600 readings, ten times the longest quiet spell seen.
+    let quiet = feed2(&mut det, &normal_pulses(&mut waves_rng, 10), true);
+    assert_eq!(opened(&quiet), vec![], "a quiet spell of commands is no fault");
+    // The wave held high for 60 readings is still news, and the wave's alone.
+    let held: Vec<f64> = pulse(60, 50).collect();
+    let vs = feed2(&mut det, &held, false);
+    let incidents = opened(&vs);
+    assert_eq!(incidents.len(), 1, "{incidents:?}");
+    assert_eq!(incidents[0].1.as_deref(), Some("run"));
+    assert!(vs.iter().filter(|v| v.anomaly).all(|v| v.contributions[1] == 0.0));
+}

@@ -10,7 +10,11 @@
 //! is evidently an indicator: it has shown at most two distinct values, and either
 //! both (an on/off column) or a single 0 or 1 (a flag that has not flipped yet). A
 //! third distinct value makes it a measurement for good. If every feature would be
-//! context, only the listed ones are (a stream of indicators alone is judged).
+//! context, the flags among them are (columns of 0s and 1s: beside a flag, a
+//! two-valued sensor such as a square wave between −1 and 1 is the one judged;
+//! SMAP with its command flags: the flags' runs opened five false stretches on
+//! seed 0), and if every feature is a flag, only the listed ones are (a stream
+//! of indicators alone is judged).
 //!
 //! Context features are inputs of the model (it reconstructs the others given
 //! them) and are buffered and learnt like any feature, but no statistic of theirs
@@ -48,26 +52,37 @@ impl Levels {
             _ => false,
         }
     }
+
+    /// Whether every value the feature has shown is 0 or 1 (a flag).
+    pub fn is_flag(&self) -> bool {
+        let n = usize::from(self.n);
+        (1..=2).contains(&n) && self.seen[..n].iter().all(|&x| x == 0.0 || x == 1.0)
+    }
 }
 
 /// Which of `d` features are context: `listed` (indices; out-of-range ones are
-/// ignored) and, when `auto` and `d ≥ 2`, the indicators among `levels`. `None`
-/// when none is, or when every one would be and the list alone covers fewer.
+/// ignored) and, when `auto` and `d ≥ 2`, the indicators among `levels`, or the
+/// flags among them when every feature is an indicator. `None` when none is, or
+/// when every one would be and the list alone covers fewer.
 pub fn mask(d: usize, listed: &[usize], auto: bool, levels: &[Levels]) -> Option<Vec<bool>> {
     let mut listed_mask = vec![false; d];
     for &j in listed.iter().filter(|&&j| j < d) {
         listed_mask[j] = true;
     }
-    let mut mask = listed_mask.clone();
-    if auto && d >= 2 {
-        for (m, l) in mask.iter_mut().zip(levels) {
-            *m |= l.is_indicator();
-        }
+    let with = |is: fn(&Levels) -> bool| -> Vec<bool> {
+        (0..d)
+            .map(|j| listed_mask[j] || (auto && d >= 2 && levels.get(j).is_some_and(is)))
+            .collect()
+    };
+    let every = |m: &[bool]| m.iter().all(|&m| m);
+    let mut mask = with(Levels::is_indicator);
+    if every(&mask) {
+        mask = with(Levels::is_flag);
     }
-    if mask.iter().all(|&m| m) {
+    if every(&mask) {
         mask = listed_mask;
     }
-    (mask.iter().any(|&m| m) && !mask.iter().all(|&m| m)).then_some(mask)
+    (mask.iter().any(|&m| m) && !every(&mask)).then_some(mask)
 }
 
 #[cfg(test)]
@@ -102,7 +117,15 @@ mod tests {
         assert_eq!(mask(2, &[], true, &[sensor, flag]), Some(vec![false, true]));
         assert_eq!(mask(2, &[], false, &[sensor, flag]), None);
         assert_eq!(mask(3, &[0, 7], false, &[sensor; 3]), Some(vec![true, false, false]));
-        // Indicators alone are judged; a univariate stream is always judged.
+        // Among indicators alone the flags are context; flags alone are judged;
+        // a univariate stream is always judged.
+        let wave = levels(&[-1.0, 1.0, -1.0]);
+        assert_eq!(mask(2, &[], true, &[wave, flag]), Some(vec![false, true]));
+        assert_eq!(
+            mask(3, &[], true, &[wave, flag, levels(&[0.0])]),
+            Some(vec![false, true, true])
+        );
+        assert_eq!(mask(2, &[], true, &[levels(&[1.0]), flag]), None);
         assert_eq!(mask(2, &[], true, &[flag, flag]), None);
         assert_eq!(mask(2, &[1], true, &[flag, flag]), Some(vec![false, true]));
         assert_eq!(mask(1, &[], true, &[flag]), None);
