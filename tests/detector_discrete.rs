@@ -169,3 +169,22 @@ fn beside_a_flag_a_square_wave_is_judged_and_the_flag_is_context() {
     assert_eq!(incidents[0].1.as_deref(), Some("run"));
     assert!(vs.iter().filter(|v| v.anomaly).all(|v| v.contributions[1] == 0.0));
 }
+
+/// The run limit is itself the margin beyond the longest normal run, so a normal
+/// run that came near a limit does not raise the bar for the next one. Before,
+/// on a stream of one feature, low halves a little shorter than ever (ratio
+/// 0.96) counted as the stream's normal peaks, and a pulse held too long was
+/// flagged five readings late (on SMAP, three rows after E-1's labelled pulse).
+#[test]
+fn a_pulse_held_too_long_is_flagged_at_its_limit_after_near_misses() {
+    let mut rng = StdRng::seed_from_u64(10);
+    let mut det = detector();
+    let normal: Vec<f64> = (0..60).flat_map(|_| pulse(15, rng.random_range(30..=90))).collect();
+    feed(&mut det, &normal);
+    // Low halves of 24, near the shortest (30): not news, but near the limit.
+    let near: Vec<f64> = (0..3).flat_map(|_| pulse(15, 24)).collect();
+    assert_eq!(opened(&feed(&mut det, &near)), vec![]);
+    // Held for 40: 1.3 × 15 = 19.5, so the 20th reading is beyond the limit.
+    let vs = feed(&mut det, &pulse(40, 50).collect::<Vec<_>>());
+    assert_eq!(opened(&vs), vec![(19, Some("run".to_string()))]);
+}

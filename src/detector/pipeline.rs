@@ -293,7 +293,10 @@ impl Detector {
             .pruning
             .bar(excursion, held, window, a.prune_margin, sustained, judgement.strong);
         let anomalous = excursion && score_of_ratio(judgement.ratio) >= a.threshold;
-        self.pruning.note(raw, anomalous, held, window, one_feature);
+        // A run's limit is already a margin beyond the longest normal run: a run
+        // that came near it is no normal peak to raise the bar of the next one.
+        let near = one_feature && judgement.component != Some(state::RUN);
+        self.pruning.note(raw, anomalous, held, window, near);
         (excursion, anomalous)
     }
 
