@@ -296,7 +296,16 @@ impl Detector {
         // A run's limit is already a margin beyond the longest normal run: a run
         // that came near it is no normal peak to raise the bar of the next one.
         let near = one_feature && judgement.component != Some(state::RUN);
-        self.pruning.note(raw, anomalous, held, window, near);
+        // On one series a blip of the model's is as long as its echo; with many
+        // features, a fault that comes and goes returns in episodes that long,
+        // and a run or a baseline's residual does not echo (`pruning.rs`).
+        let echoes = judgement.component == Some(Component::Model as usize);
+        let blip = if one_feature && echoes {
+            sustained
+        } else {
+            SHORT_INCIDENT
+        };
+        self.pruning.note(raw, anomalous, held, window, near, blip);
         (excursion, anomalous)
     }
 
