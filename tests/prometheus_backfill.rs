@@ -175,7 +175,7 @@ async fn a_new_series_learns_its_past_from_prometheus_and_a_prometheus_down_is_r
     let c = reqwest::Client::new();
 
     // Prometheus scrapes host a every second and remote-writes it: its stream
-    // learns the stored past and has a model before its 10th live reading.
+    // learns the stored past and has a model long before its 384th live reading.
     let prom = start_prometheus(&dir, prom_port, Some((exporter, server.addr)));
     let started = Instant::now();
     let a = series("a", exporter);
@@ -194,7 +194,10 @@ async fn a_new_series_learns_its_past_from_prometheus_and_a_prometheus_down_is_r
         "host a: a model after {live} live readings, {:.1} s after Prometheus started",
         started.elapsed().as_secs_f64()
     );
-    assert!((1..10).contains(&live), "a model after {live} live readings: {i}");
+    // Without the past, the first model would come after `first_after` (384) live
+    // readings; with it, as soon as a job has trained, which on a loaded machine
+    // running a debug build takes more than the 10 s it usually does.
+    assert!((1..64).contains(&live), "a model after {live} live readings: {i}");
     assert_eq!(i["readings_needed"], 0, "judging already");
     let learnt = metric(&c, &base, "anomalyd_backfill_points_total").await;
     assert!(learnt >= PAST as f64 - 10.0, "{learnt} past readings learnt");
