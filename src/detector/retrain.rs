@@ -157,7 +157,7 @@ impl Detector {
                 .wrapping_mul(0x9E37_79B9_7F4A_7C15)
                 .wrapping_add(version),
             kind,
-            measured: self.measured_features(self.context_mask().as_deref()),
+            context: self.context_mask().unwrap_or_default(),
         }
     }
 

@@ -70,9 +70,19 @@ pub struct TrainJob {
     pub seed: u64,
     /// Why the job was asked for.
     pub kind: JobKind,
-    /// Features judged as measurements (not context) when the job was taken: the
-    /// change model, which compares them, is trained only for two or more.
-    pub measured: usize,
+    /// Per feature: whether it was context when the job was taken (empty: none
+    /// was). Context features enter the network scaled to their range
+    /// (`Normaliser::fit_with_context`); the change model, which compares the
+    /// measured ones, is trained only for two or more.
+    pub context: Vec<bool>,
+}
+
+impl TrainJob {
+    /// Features judged as measurements: all but the context ones.
+    pub fn measured(&self) -> usize {
+        let d = self.readings.first().map_or(0, Vec::len);
+        d - self.context.iter().filter(|&&c| c).count().min(d)
+    }
 }
 
 /// Why a training job was asked for, as `/metrics` counts them.
@@ -203,7 +213,7 @@ impl Windows {
         if normal_rows.len() < w {
             return None;
         }
-        let normaliser = Normaliser::fit(&normal_rows);
+        let normaliser = Normaliser::fit_with_context(&normal_rows, &job.context);
         let norm: Vec<f32> = job
             .readings
             .iter()
@@ -455,7 +465,7 @@ pub fn train(job: &TrainJob, should_stop: &dyn Fn() -> bool) -> TrainOutcome {
     let (errors, calibration) = calibrate(&win, cfg, &members);
     // The change model trains on the same normal readings, with its own seed, when
     // it has two measured features to compare.
-    let changes = (job.measured > 1)
+    let changes = (job.measured() > 1)
         .then(|| {
             super::changes::train(
                 &job.readings,
