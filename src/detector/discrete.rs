@@ -20,9 +20,19 @@
 //!            the shortest, once MIN_RUNS such runs have ended (before: runs
 //!            of v are not judged; the first run, begun before the stream was
 //!            seen, is a lower bound: it may raise longest_v, nothing else)
-//! ratio      max(length of the current run of v / ((1 + RUN_MARGIN) · longest_v),
-//!            on a switch from u: shortest_u / ((1 + RUN_MARGIN) · its length))
+//! reach_v    (longest_v − shortest_v) / (runs_v − 1): how far beyond its
+//!            extremes the value's runs may go (the unbiased estimate of a
+//!            uniform's ends from a sample's)
+//! ratio      max(length of the current run of v / ((1 + RUN_MARGIN) · (longest_v + reach_v)),
+//!            on a switch from u: (shortest_u − reach_u) / ((1 + RUN_MARGIN) · its length))
 //! ```
+//!
+//! Few runs of a wide spread leave the extremes far inside it: after two lows
+//! of a valve that rests 30 to 90 readings, the next is beyond both limits about
+//! one time in three, and new valves opened `run` incidents soon after they were
+//! found discrete. Five runs and the reach keep new streams within the false
+//! alarm budget; a value whose runs hardly vary (a pulse of 14 to 16 readings)
+//! keeps limits as tight as before.
 //!
 //! A known value is judged by its runs alone: a run `RUN_MARGIN` longer than any
 //! seen is anomalous (component `run`) for as long as it lasts, and so is the
@@ -48,7 +58,7 @@ pub const MAX_LEVELS: usize = 8;
 pub const MIN_LEARNT: u64 = 256;
 
 /// Runs of a value that must have ended normally before its run length is judged.
-pub const MIN_RUNS: u32 = 2;
+pub const MIN_RUNS: u32 = 5;
 
 /// How much longer than the longest normal run a run must be to be anomalous.
 pub const RUN_MARGIN: f64 = 0.3;
@@ -68,6 +78,23 @@ struct Level {
     longest: u32,
     #[serde(default)]
     shortest: u32,
+    /// The longest of the runs that ended (`longest` may be the first run's,
+    /// which began before the stream was seen).
+    #[serde(default)]
+    longest_ended: u32,
+}
+
+impl Level {
+    /// How far beyond its shortest and longest runs the value's runs may reach:
+    /// the spread of the `runs` that ended over `runs − 1` (the unbiased estimate of a
+    /// uniform's ends from a sample's extremes). Few runs of a wide spread
+    /// (lows of 30 to 90 readings) leave the extremes far inside it.
+    fn reach(&self) -> f64 {
+        if self.shortest == 0 || self.runs < 2 {
+            return 0.0;
+        }
+        f64::from(self.longest_ended.saturating_sub(self.shortest)) / f64::from(self.runs - 1)
+    }
 }
 
 /// A feature's values and runs (about 140 bytes while discrete, 40 after).
@@ -110,7 +137,7 @@ impl Runs {
         let continues = self.length > 0 && self.value == level.value;
         let length = if continues { self.length.saturating_add(1) } else { 1 };
         let long = if judged(level) {
-            f64::from(length) / ((1.0 + RUN_MARGIN) * f64::from(level.longest))
+            f64::from(length) / ((1.0 + RUN_MARGIN) * (f64::from(level.longest) + level.reach()))
         } else {
             0.0
         };
@@ -119,7 +146,7 @@ impl Runs {
         let ended = (self.levels.iter().find(|l| l.value == self.value))
             .filter(|l| !continues && self.length > 0 && !self.first && judged(l) && l.shortest > 0);
         let short = ended.map_or(0.0, |l| {
-            f64::from(l.shortest) / ((1.0 + RUN_MARGIN) * f64::from(self.length))
+            (f64::from(l.shortest) - l.reach()).max(0.0) / ((1.0 + RUN_MARGIN) * f64::from(self.length))
         });
         Some(long.max(short))
     }
@@ -168,6 +195,7 @@ impl Runs {
                 runs: 0,
                 longest: 0,
                 shortest: 0,
+                longest_ended: 0,
             });
         }
         if self.learnt == MIN_LEARNT {
@@ -200,6 +228,7 @@ impl Runs {
                 runs: 0,
                 longest: 0,
                 shortest: 0,
+                longest_ended: 0,
                 ..l
             })
             .collect();
@@ -242,6 +271,7 @@ impl Runs {
             } else {
                 l.shortest.min(self.length)
             };
+            l.longest_ended = l.longest_ended.max(self.length);
             l.runs = l.runs.saturating_add(1);
         }
     }
@@ -293,6 +323,35 @@ mod tests {
         assert!(r.judge(1.0).unwrap() > 1.0);
         // A value never learnt is a measurement's business.
         assert_eq!(r.judge(0.5), None);
+    }
+
+    #[test]
+    fn few_runs_of_a_wide_spread_reach_beyond_their_extremes() {
+        let mut r = Runs::default();
+        for low in [48, 84, 60, 70, 55].repeat(2) {
+            (0..15).for_each(|_| r.step(1.0, true));
+            (0..low).for_each(|_| r.step(0.0, true));
+        }
+        (0..15).for_each(|_| r.step(1.0, true));
+        // Ten lows of 48 to 84 reach 36 / 9 = 4 further: 44 and 88.
+        let mut lows = r.clone();
+        (0..34).for_each(|_| lows.step(0.0, true));
+        assert!(lows.judge(1.0).unwrap() < 1.0, "44 / (1.3 × 34) ends no low too soon");
+        let mut short = r.clone();
+        (0..33).for_each(|_| short.step(0.0, true));
+        assert!(short.judge(1.0).unwrap() > 1.0, "44 / (1.3 × 33) does");
+        // Judged as the next reading: the 114th is within 1.3 × 88 = 114.4.
+        (0..113).for_each(|_| r.step(0.0, true));
+        assert!(r.judge(0.0).unwrap() < 1.0);
+        r.step(0.0, true);
+        assert!(r.judge(0.0).unwrap() > 1.0);
+        // Highs that never vary keep their limit: 1.3 × 15.
+        let mut high = Runs::default();
+        wave(&mut high, 15, 60, 10);
+        (0..18).for_each(|_| high.step(1.0, true));
+        assert!(high.judge(1.0).unwrap() < 1.0);
+        high.step(1.0, true);
+        assert!(high.judge(1.0).unwrap() > 1.0);
     }
 
     #[test]
