@@ -23,9 +23,19 @@
 //! reach_v    (longest_v − shortest_v) / (runs_v − 1): how far beyond its
 //!            extremes the value's runs may go (the unbiased estimate of a
 //!            uniform's ends from a sample's)
-//! ratio      max(length of the current run of v / ((1 + RUN_MARGIN) · (longest_v + reach_v)),
-//!            on a switch from u: (shortest_u − reach_u) / ((1 + RUN_MARGIN) · its length))
+//! long_v     max((1 + RUN_MARGIN) · (longest_v + reach_v), longest_v + reach_v + 2):
+//!            the shortest run of v that is news for its length
+//! short_u    min((shortest_u − reach_u) / (1 + RUN_MARGIN), shortest_u − reach_u − 2):
+//!            the longest run of u that is news for ending so soon
+//! ratio      max(length of the current run of v / long_v,
+//!            on a switch from u: short_u / its length)
 //! ```
+//!
+//! A run's length is known to a reading (a value that lasts two readings may be
+//! read for three, or one, as the switches fall between readings), so a run one
+//! reading beyond the longest or shortest is never news, whatever the margin
+//! says: SMAP's G-4 rests at 0.98 for 2 to 26 readings, and one read for a
+//! single reading opened a false incident.
 //!
 //! Few runs of a wide spread leave the extremes far inside it: after two lows
 //! of a valve that rests 30 to 90 readings, the next is beyond both limits about
@@ -95,6 +105,20 @@ impl Level {
         }
         f64::from(self.longest_ended.saturating_sub(self.shortest)) / f64::from(self.runs - 1)
     }
+
+    /// The shortest run that is news for being long: `RUN_MARGIN` beyond the
+    /// reach, and two readings beyond it at least (a run's length is known to a
+    /// reading: a value that lasts two readings may be read for three).
+    fn longest_normal(&self) -> f64 {
+        let reach = f64::from(self.longest) + self.reach();
+        ((1.0 + RUN_MARGIN) * reach).max(reach + 2.0)
+    }
+
+    /// The longest run that is news for being short, likewise (0: none is).
+    fn shortest_normal(&self) -> f64 {
+        let reach = (f64::from(self.shortest) - self.reach()).max(0.0);
+        (reach / (1.0 + RUN_MARGIN)).min(reach - 2.0).max(0.0)
+    }
 }
 
 /// A feature's values and runs (about 140 bytes while discrete, 40 after).
@@ -137,7 +161,7 @@ impl Runs {
         let continues = self.length > 0 && self.value == level.value;
         let length = if continues { self.length.saturating_add(1) } else { 1 };
         let long = if judged(level) {
-            f64::from(length) / ((1.0 + RUN_MARGIN) * (f64::from(level.longest) + level.reach()))
+            f64::from(length) / level.longest_normal()
         } else {
             0.0
         };
@@ -145,9 +169,7 @@ impl Runs {
         // its value, it is news too (a pulse, or pulses coming faster).
         let ended = (self.levels.iter().find(|l| l.value == self.value))
             .filter(|l| !continues && self.length > 0 && !self.first && judged(l) && l.shortest > 0);
-        let short = ended.map_or(0.0, |l| {
-            (f64::from(l.shortest) - l.reach()).max(0.0) / ((1.0 + RUN_MARGIN) * f64::from(self.length))
-        });
+        let short = ended.map_or(0.0, |l| l.shortest_normal() / f64::from(self.length));
         Some(long.max(short))
     }
 
@@ -352,6 +374,33 @@ mod tests {
         assert!(high.judge(1.0).unwrap() < 1.0);
         high.step(1.0, true);
         assert!(high.judge(1.0).unwrap() > 1.0);
+    }
+
+    #[test]
+    fn a_run_a_reading_off_its_shortest_or_longest_is_not_news() {
+        // A toggle: pulses of 2 readings between rests of 4 to 9.
+        let mut r = Runs::default();
+        for rest in [4, 9, 6, 7].repeat(20) {
+            (0..2).for_each(|_| r.step(1.0, true));
+            (0..rest).for_each(|_| r.step(0.0, true));
+        }
+        // A pulse read for three readings, or for one, is a reading off.
+        let mut pulse = r.clone();
+        (0..2).for_each(|_| pulse.step(1.0, true));
+        assert!(pulse.judge(1.0).unwrap() < 1.0, "a third reading (1.3 × 2 = 2.6)");
+        pulse.step(1.0, true);
+        assert!(pulse.judge(1.0).unwrap() >= 1.0, "a fourth is news");
+        let mut one = r.clone();
+        one.step(1.0, true);
+        assert!(one.judge(0.0).unwrap() < 1.0, "a pulse of one reading (2 / 1.3 = 1.5)");
+        // A rest of 3 ends a reading short (4 / 1.3 = 3.1); one of 1 is news
+        // (2 short: the reach, 5 / 79 readings, keeps a rest of 2 in).
+        (0..2).for_each(|_| r.step(1.0, true));
+        let mut rest = r.clone();
+        (0..3).for_each(|_| rest.step(0.0, true));
+        assert!(rest.judge(1.0).unwrap() < 1.0);
+        r.step(0.0, true);
+        assert!(r.judge(1.0).unwrap() >= 1.0);
     }
 
     #[test]
