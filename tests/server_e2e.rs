@@ -803,6 +803,30 @@ async fn put_configures_streams_and_retrain_queues_a_job() {
         info["model"]["parameters"],
         3 * 8 * (1 + 8) + 2 * 24 + 3 * 8 * (8 + 8) + 2 * 24 + 8 + 1
     );
+    // A context that leaves nothing to judge, or names a feature the stream does
+    // not have, does not fit: at the PUT once the width is known, at the first
+    // reading before (nothing of the batch is taken in).
+    for context in [json!([0]), json!([1])] {
+        let r = c.put(&url).json(&json!({"context": context})).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{context}");
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["code"], "invalid_config");
+    }
+    let fresh = format!("{}/v1/streams/fresh", s.addr);
+    for (context, width) in [(json!([0, 1]), 2), (json!([3]), 2)] {
+        let r = c.put(&fresh).json(&json!({"context": context})).send().await.unwrap();
+        assert!(r.status().is_success());
+        let values: Vec<f64> = vec![1.0; width];
+        let batch = json!({"readings": [{"timestamp": 1_750_000_000, "values": values}]});
+        let (got, e) = post(&c, &format!("{fresh}/readings"), &batch).await;
+        assert_eq!(
+            (got, e["error"]["code"].as_str()),
+            (400, Some("invalid_reading")),
+            "{e}"
+        );
+        assert!(e["error"]["message"].as_str().unwrap().contains("context"), "{e}");
+        assert_eq!(get(&c, &fresh).await.1["readings_seen"], 0);
+    }
     // An empty body changes nothing; `null` puts one field back to its default.
     let r = c.put(&url).body("").send().await.unwrap();
     assert_eq!(r.status(), 200);

@@ -210,6 +210,36 @@ pub enum ReadingError {
         /// The stream's last timestamp (µs).
         last: Micros,
     },
+    /// The stream's `context` does not fit its first reading's width.
+    #[error("the stream's context {context:?} does not fit a reading of {got} values: {why}")]
+    ContextDoesNotFit {
+        /// The config's context positions.
+        context: Vec<usize>,
+        /// Values sent.
+        got: usize,
+        /// Why not.
+        why: &'static str,
+    },
+}
+
+/// Checks a config's `context` positions against a stream's first reading of
+/// `width` values: each names a value, and one value at least is judged.
+pub fn check_context(context: &[usize], width: usize) -> Result<(), ReadingError> {
+    let mut listed = context.to_vec();
+    listed.sort_unstable();
+    listed.dedup();
+    let why = if context.iter().any(|&j| j >= width) {
+        "it names a feature the reading does not have"
+    } else if listed.len() >= width {
+        "it names every feature, and at least one must be judged"
+    } else {
+        return Ok(());
+    };
+    Err(ReadingError::ContextDoesNotFit {
+        context: context.to_vec(),
+        got: width,
+        why,
+    })
 }
 
 /// Most values in one reading (the bound of `n_features`): per-feature state is
@@ -489,7 +519,11 @@ impl Detector {
 
     /// Checks a reading without changing anything.
     pub fn check(&self, timestamp: Micros, values: &[f64]) -> Result<(), ReadingError> {
-        check_reading(self.n_features, self.last_ts, timestamp, values)
+        check_reading(self.n_features, self.last_ts, timestamp, values)?;
+        if self.n_features.is_none() {
+            check_context(&self.config.context, values.len())?;
+        }
+        Ok(())
     }
 
     /// Scores one reading and, when it is normal, learns from it.

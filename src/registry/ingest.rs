@@ -228,7 +228,8 @@ impl Registry {
         let readings = batch.readings;
         batch.ids.iter().zip(guards).try_for_each(|(id, g)| {
             let (width, last) = (g.detector.n_features(), g.detector.last_timestamp());
-            self.validate_stream(readings, &batch.per_stream[id], id, width, last)
+            let context = &g.detector.config().context;
+            self.validate_stream(readings, &batch.per_stream[id], id, (width, context), last)
         })?;
         if batch.mode == Mode::Remote {
             // Only the readings kept (resends dropped), without copying them.
@@ -478,18 +479,26 @@ impl Registry {
         readings: &[Reading],
         indices: &[usize],
         id: &str,
-        mut width: Option<usize>,
+        (mut width, context): (Option<usize>, &[usize]),
         mut last: Option<Micros>,
     ) -> Result<(), RegistryError> {
         for &i in indices {
             let r = &readings[i];
-            if let Err(source) = crate::detector::check_reading(width, last, r.timestamp, &r.values) {
+            let checked = crate::detector::check_reading(width, last, r.timestamp, &r.values).and_then(|()| {
+                // A new stream's config meets its width at the first reading.
+                match width {
+                    None => crate::detector::check_context(context, r.values.len()),
+                    Some(_) => Ok(()),
+                }
+            });
+            if let Err(source) = checked {
                 let reason = match source {
                     ReadingError::WrongWidth { .. } | ReadingError::Empty | ReadingError::TooWide { .. } => {
                         "wrong_width"
                     }
                     ReadingError::NotFinite { .. } => "not_finite",
                     ReadingError::OutOfOrder { .. } => "out_of_order",
+                    ReadingError::ContextDoesNotFit { .. } => "context",
                 };
                 self.metrics
                     .readings_rejected
