@@ -467,7 +467,13 @@ impl DetectorConfig {
 
     /// The context features: known positions, never every feature.
     fn validate_context(&self) -> Result<(), ConfigError> {
-        let limit = self.n_features.unwrap_or(super::MAX_FEATURES);
+        self.context_fits(self.n_features)
+    }
+
+    /// Whether `context` fits a stream of `width` features (`None`: not known
+    /// yet, at most `MAX_FEATURES`): known positions, never every feature.
+    pub fn context_fits(&self, width: Option<usize>) -> Result<(), ConfigError> {
+        let limit = width.unwrap_or(super::MAX_FEATURES);
         if let Some(&j) = self.context.iter().find(|&&j| j >= limit) {
             return Err(ConfigError(format!(
                 "context names feature {j}, but features are numbered 0..{limit}"
@@ -476,7 +482,7 @@ impl DetectorConfig {
         let mut listed = self.context.clone();
         listed.sort_unstable();
         listed.dedup();
-        if self.n_features.is_some_and(|d| listed.len() >= d) {
+        if width.is_some_and(|d| listed.len() >= d) {
             return Err(ConfigError(
                 "context names every feature: at least one must be judged".into(),
             ));

@@ -211,35 +211,19 @@ pub enum ReadingError {
         last: Micros,
     },
     /// The stream's `context` does not fit its first reading's width.
-    #[error("the stream's context {context:?} does not fit a reading of {got} values: {why}")]
+    #[error("the stream's config does not fit a reading of {got} values: {why}")]
     ContextDoesNotFit {
-        /// The config's context positions.
-        context: Vec<usize>,
         /// Values sent.
         got: usize,
-        /// Why not.
-        why: &'static str,
+        /// Why not (the config's check).
+        why: String,
     },
 }
 
-/// Checks a config's `context` positions against a stream's first reading of
-/// `width` values: each names a value, and one value at least is judged.
-pub fn check_context(context: &[usize], width: usize) -> Result<(), ReadingError> {
-    let mut listed = context.to_vec();
-    listed.sort_unstable();
-    listed.dedup();
-    let why = if context.iter().any(|&j| j >= width) {
-        "it names a feature the reading does not have"
-    } else if listed.len() >= width {
-        "it names every feature, and at least one must be judged"
-    } else {
-        return Ok(());
-    };
-    Err(ReadingError::ContextDoesNotFit {
-        context: context.to_vec(),
-        got: width,
-        why,
-    })
+/// Checks a stream's `config` against its first reading of `width` values: its
+/// context names only values the reading has, and not all of them.
+pub fn check_context(config: &DetectorConfig, width: usize) -> Result<(), ReadingError> {
+    (config.context_fits(Some(width))).map_err(|e| ReadingError::ContextDoesNotFit { got: width, why: e.0 })
 }
 
 /// Most values in one reading (the bound of `n_features`): per-feature state is
@@ -521,7 +505,7 @@ impl Detector {
     pub fn check(&self, timestamp: Micros, values: &[f64]) -> Result<(), ReadingError> {
         check_reading(self.n_features, self.last_ts, timestamp, values)?;
         if self.n_features.is_none() {
-            check_context(&self.config.context, values.len())?;
+            check_context(&self.config, values.len())?;
         }
         Ok(())
     }

@@ -174,13 +174,9 @@ impl Detector {
     /// If the config is invalid.
     pub fn reconfigure(&self, config: DetectorConfig) -> Result<Detector, ConfigError> {
         config.validate()?;
-        // The stream's width is known: the context must fit it.
-        if config.n_features.is_none() && self.n_features.is_some() {
-            DetectorConfig {
-                n_features: self.n_features,
-                ..config.clone()
-            }
-            .validate()?;
+        // Once the stream's width is known, the context must fit it.
+        if config.n_features.is_none() {
+            config.context_fits(self.n_features)?;
         }
         let relearn = config.baseline != self.config.baseline || config.likelihood != self.config.likelihood;
         let mut next = if relearn { self.relearnt(&config)? } else { self.clone() };

@@ -228,8 +228,8 @@ impl Registry {
         let readings = batch.readings;
         batch.ids.iter().zip(guards).try_for_each(|(id, g)| {
             let (width, last) = (g.detector.n_features(), g.detector.last_timestamp());
-            let context = &g.detector.config().context;
-            self.validate_stream(readings, &batch.per_stream[id], id, (width, context), last)
+            let config = g.detector.config();
+            self.validate_stream(readings, &batch.per_stream[id], id, (width, config), last)
         })?;
         if batch.mode == Mode::Remote {
             // Only the readings kept (resends dropped), without copying them.
@@ -479,17 +479,14 @@ impl Registry {
         readings: &[Reading],
         indices: &[usize],
         id: &str,
-        (mut width, context): (Option<usize>, &[usize]),
+        (mut width, config): (Option<usize>, &crate::detector::DetectorConfig),
         mut last: Option<Micros>,
     ) -> Result<(), RegistryError> {
         for &i in indices {
             let r = &readings[i];
             let checked = crate::detector::check_reading(width, last, r.timestamp, &r.values).and_then(|()| {
                 // A new stream's config meets its width at the first reading.
-                match width {
-                    None => crate::detector::check_context(context, r.values.len()),
-                    Some(_) => Ok(()),
-                }
+                width.map_or_else(|| crate::detector::check_context(config, r.values.len()), |_| Ok(()))
             });
             if let Err(source) = checked {
                 let reason = match source {
