@@ -887,3 +887,49 @@ fn a_rare_or_unseen_command_does_not_throw_the_sensor_off() {
     assert!(flagged.is_empty(), "anomalous at {flagged:?}");
     assert_eq!(opened(&commands), 0);
 }
+
+/// A sensor read in steps of 0.5 over [19, 24]: a slow walk of one step every
+/// 150 to 400 readings.
+fn coarse_walk(rng: &mut StdRng, n: usize) -> Vec<f64> {
+    let mut x = 21.0;
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        out.extend(std::iter::repeat_n(x, rng.random_range(150..=400)));
+        let up = if x <= 19.0 {
+            true
+        } else if x >= 24.0 {
+            false
+        } else {
+            rng.random::<bool>()
+        };
+        x += if up { 0.5 } else { -0.5 };
+    }
+    out.truncate(n);
+    out
+}
+
+#[test]
+fn a_coarse_sensor_may_walk_a_step_at_a_time_but_not_jump() {
+    // As SMAP's D-4: a sensor read in coarse steps sits on one value for hundreds
+    // of readings, so its AR and its model see a spread of ~0; a one-step move is
+    // its rounding, not a fault. Its history is taught first (a constant's first
+    // move is news: `a_step_on_a_constant_series_is_flagged_and_stays_flagged`).
+    let mut det = Detector::new(config()).unwrap();
+    let mut rng = StdRng::seed_from_u64(12);
+    let walk = coarse_walk(&mut rng, 9000);
+    for (t, &x) in walk[..3000].iter().enumerate() {
+        det.update_history(t as i64 * 300_000_000, &[x]).unwrap();
+        det.train_if_due_sync();
+    }
+    det.request_retrain();
+    det.train_if_due_sync();
+    let vs = run(&mut det, 6000, &mut |t| vec![walk[t]]);
+    let opened_at: Vec<(usize, Option<String>)> = (vs.iter().enumerate())
+        .filter(|(_, v)| matches!(v.event, Some(IncidentEvent::Opened(_))))
+        .map(|(i, v)| (i, v.cause.clone()))
+        .collect();
+    assert_eq!(opened_at, vec![], "one step at a time");
+    // Five steps beyond the highest value it showed is news.
+    let jump = run(&mut det, 100, &mut |_| vec![26.5]);
+    assert!(opened(&jump) == 1 && held(&jump) >= 0.9, "{:?}", jump[0]);
+}

@@ -532,6 +532,20 @@ impl Detector {
         &self.recent
     }
 
+    /// The least residual scale feature `j`'s resolution allows over the range it
+    /// has shown ([`baseline::SensorResolution::floor`]).
+    fn resolution_floor(&self, j: usize) -> f64 {
+        let (lo, hi) = self.range.get(j).copied().unwrap_or((0.0, 0.0));
+        self.state_baselines.get(j).map_or(0.0, |b| b.resolution.floor(hi - lo))
+    }
+
+    /// [`Detector::resolution_floor`] of every feature.
+    fn resolution_floors(&self) -> Vec<f64> {
+        (0..self.state_baselines.len())
+            .map(|j| self.resolution_floor(j))
+            .collect()
+    }
+
     /// Asks for a training job at the next chance (after history was taught).
     pub fn request_retrain(&mut self) {
         self.retrain_requested = true;

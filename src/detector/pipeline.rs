@@ -447,7 +447,7 @@ impl Detector {
         };
         for j in 0..d {
             let (zg, _) = self.gaussians[j].update(values[j]);
-            self.state_baselines[j].stuck.observe(values[j]);
+            self.state_baselines[j].observe(values[j]);
             s.stuck[j] = self.state_baselines[j].stuck.ratio();
             let (za, _) = self.ars[j].update(values[j]);
             // The same phase in earlier periods (validate() bounds their number); the
@@ -469,7 +469,7 @@ impl Detector {
                 (n_normal > 0).then(|| baseline::median(&mut past[..n_normal]))
             };
             (s.state_level[j], s.state_ar[j], s.state_seasonal[j]) =
-                self.state_baselines[j].score(values[j], s.seasonal_expected[j], floor);
+                self.state_baselines[j].score(values[j], s.seasonal_expected[j], floor, self.resolution_floor(j));
             if !self.state_baselines[j].seasonal_explains() {
                 s.state_seasonal[j] = 0.0;
             }

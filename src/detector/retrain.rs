@@ -158,6 +158,7 @@ impl Detector {
                 .wrapping_add(version),
             kind,
             context: self.context_mask().unwrap_or_default(),
+            floors: self.resolution_floors(),
         }
     }
 

@@ -75,6 +75,9 @@ pub struct TrainJob {
     /// (`Normaliser::fit_with_context`); the change model, which compares the
     /// measured ones, is trained only for two or more.
     pub context: Vec<bool>,
+    /// Per feature: the least residual scale its resolution allows, in its own
+    /// units (`SensorResolution::floor`; empty or 0: none).
+    pub floors: Vec<f64>,
 }
 
 impl TrainJob {
@@ -180,6 +183,9 @@ struct Windows {
     /// What the model is asked for at the newest step.
     objective: Objective,
     normaliser: Normaliser,
+    /// Per feature, the least residual scale its step allows (normalised units;
+    /// 0 for a feature read finely): the job's `floors`.
+    resolution: Vec<f64>,
     /// Normalised readings, flattened `[n][d]`.
     norm: Vec<f32>,
     /// Starts of the training windows (before the held-out slice), newest last.
@@ -214,6 +220,9 @@ impl Windows {
             return None;
         }
         let normaliser = Normaliser::fit_with_context(&normal_rows, &job.context);
+        let resolution = (0..d)
+            .map(|j| job.floors.get(j).copied().unwrap_or(0.0) / normaliser.scale[j])
+            .collect();
         let norm: Vec<f32> = job
             .readings
             .iter()
@@ -259,6 +268,7 @@ impl Windows {
             d,
             objective: cfg.model.objective,
             normaliser,
+            resolution,
             norm,
             train,
             held_out,
@@ -509,6 +519,8 @@ fn calibrate(win: &Windows, cfg: &DetectorConfig, members: &[Autoencoder<f32>]) 
     let (_, resid) = ensemble_errors(win, cfg, members, &win.held_out);
     let feature_rms: Vec<f64> = (0..win.d)
         .map(|j| (resid.iter().map(|r| r[j] * r[j]).sum::<f64>() / resid.len() as f64).sqrt())
+        .zip(&win.resolution)
+        .map(|(rms, &floor)| rms.max(floor))
         .collect();
     let errors = ErrorStats {
         log_mean: mean,

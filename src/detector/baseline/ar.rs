@@ -115,6 +115,12 @@ impl OnlineAr {
     /// As [`OnlineAr::score`], with the residual's sign (above the prediction:
     /// positive).
     pub fn signed_score(&self, x: f64) -> (f64, f64) {
+        self.signed_score_floored(x, 0.0)
+    }
+
+    /// [`OnlineAr::signed_score`], the residual scale at least `floor` (in the
+    /// series' own units).
+    pub fn signed_score_floored(&self, x: f64, floor: f64) -> (f64, f64) {
         let Some((center, spread)) = self.scale else {
             return (0.0, x);
         };
@@ -122,7 +128,7 @@ impl OnlineAr {
         match self.predict() {
             Some(pr) => {
                 let r = xs - pr;
-                let sd = self.resid_var.sqrt().max(1e-3) * self.psi_sumsq.sqrt();
+                let sd = (self.resid_var.sqrt().max(1e-3) * self.psi_sumsq.sqrt()).max(floor / spread);
                 let z = if self.n_resid >= 8 { r / sd } else { 0.0 };
                 (z, pr * spread + center)
             }

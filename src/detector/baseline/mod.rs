@@ -4,15 +4,18 @@
 //!
 //! - `mod.rs`: windowed statistics, the windowed Gaussian, exponentially weighted
 //!   statistics; `ar.rs`: AR(p) by recursive least squares; `seasonal.rs`: the
-//!   period and the seasonal residual; `stuck.rs`: stuck features; `state.rs`: the
-//!   state's per-feature baselines, learnt from normal readings only.
+//!   period and the seasonal residual; `stuck.rs`: stuck features;
+//!   `resolution.rs`: the step a sensor is read in; `state.rs`: the state's
+//!   per-feature baselines, learnt from normal readings only.
 
 mod ar;
+mod resolution;
 mod seasonal;
 mod state;
 mod stuck;
 
 pub use ar::OnlineAr;
+pub use resolution::SensorResolution;
 pub use seasonal::{MAX_SEASONAL_PERIODS, Seasonal, find_period, longer_period, median};
 pub use state::{LONG_RUN, StateBaselines};
 pub use stuck::{MIN_STUCK_RUN, Stuck};

@@ -1,7 +1,7 @@
 //! The state's baselines of one feature: level, AR and seasonal residual learnt
 //! from normal readings only, and its stuck check.
 
-use super::{EwStats, OnlineAr, Stuck, std_floor};
+use super::{EwStats, OnlineAr, SensorResolution, Stuck, std_floor};
 
 /// One feature's baselines for the anomaly state: the level, an AR(p) and the
 /// seasonal residual, learnt from normal readings only (the event path keeps its
@@ -21,6 +21,9 @@ pub struct StateBaselines {
     /// slow drift that the level follows leaves it behind.
     #[serde(default)]
     pub long: EwStats,
+    /// The step the feature is read in.
+    #[serde(default)]
+    pub resolution: SensorResolution,
 }
 
 /// How many times longer than the level's window the long-run level remembers.
@@ -40,15 +43,25 @@ impl StateBaselines {
             seasonal: EwStats::default(),
             stuck: Stuck::default(),
             long: EwStats::default(),
+            resolution: SensorResolution::default(),
         }
+    }
+
+    /// Follows the sequence with the newest value (every reading, learnt or not).
+    pub fn observe(&mut self, x: f64) {
+        if let Some(last) = self.stuck.last() {
+            self.resolution.observe(x - last);
+        }
+        self.stuck.observe(x);
     }
 
     /// Signed `(level z, AR z, seasonal z)` of `x` (above what is expected:
     /// positive), given its seasonal expectation, if any. `floor` is the least
-    /// seasonal residual scale.
-    pub fn score(&self, x: f64, seasonal_expected: Option<f64>, floor: f64) -> (f64, f64, f64) {
+    /// seasonal residual scale, `step` the AR's (the feature's
+    /// [`SensorResolution::floor`]).
+    pub fn score(&self, x: f64, seasonal_expected: Option<f64>, floor: f64, step: f64) -> (f64, f64, f64) {
         let (zl, _) = self.level.signed_score(x);
-        let (za, _) = self.ar.signed_score(x);
+        let (za, _) = self.ar.signed_score_floored(x, step);
         let zs = match seasonal_expected {
             Some(e) if self.seasonal.len() >= 16 => {
                 let (_, m) = self.seasonal.score(x - e);

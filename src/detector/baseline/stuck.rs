@@ -52,6 +52,11 @@ impl Stuck {
         self.last = Some(x);
     }
 
+    /// The newest value.
+    pub fn last(&self) -> Option<f64> {
+        self.last
+    }
+
     /// The run's length that counts as stuck: twice the longest normal run, and
     /// at least as long as a run of independent readings that each repeat with
     /// the feature's own chance would reach once in 10,000 (the tail the other
