@@ -220,10 +220,24 @@ pub enum ReadingError {
     },
 }
 
-/// Checks a stream's `config` against its first reading of `width` values: its
-/// context names only values the reading has, and not all of them.
-pub fn check_context(config: &DetectorConfig, width: usize) -> Result<(), ReadingError> {
-    (config.context_fits(Some(width))).map_err(|e| ReadingError::ContextDoesNotFit { got: width, why: e.0 })
+/// [`check_reading`] for a stream of `config`, and on a new stream's first
+/// reading (`width` `None`) its context against the reading: it names only
+/// values the reading has, and not all of them.
+pub fn check_stream_reading(
+    config: &DetectorConfig,
+    width: Option<usize>,
+    last: Option<Micros>,
+    timestamp: Micros,
+    values: &[f64],
+) -> Result<(), ReadingError> {
+    check_reading(width, last, timestamp, values)?;
+    if width.is_none() {
+        let got = values.len();
+        config
+            .context_fits(Some(got))
+            .map_err(|e| ReadingError::ContextDoesNotFit { got, why: e.0 })?;
+    }
+    Ok(())
 }
 
 /// Most values in one reading (the bound of `n_features`): per-feature state is
@@ -503,11 +517,7 @@ impl Detector {
 
     /// Checks a reading without changing anything.
     pub fn check(&self, timestamp: Micros, values: &[f64]) -> Result<(), ReadingError> {
-        check_reading(self.n_features, self.last_ts, timestamp, values)?;
-        if self.n_features.is_none() {
-            check_context(&self.config, values.len())?;
-        }
-        Ok(())
+        check_stream_reading(&self.config, self.n_features, self.last_ts, timestamp, values)
     }
 
     /// Scores one reading and, when it is normal, learns from it.

@@ -484,11 +484,7 @@ impl Registry {
     ) -> Result<(), RegistryError> {
         for &i in indices {
             let r = &readings[i];
-            let checked = crate::detector::check_reading(width, last, r.timestamp, &r.values).and_then(|()| {
-                // A new stream's config meets its width at the first reading.
-                width.map_or_else(|| crate::detector::check_context(config, r.values.len()), |_| Ok(()))
-            });
-            if let Err(source) = checked {
+            if let Err(source) = crate::detector::check_stream_reading(config, width, last, r.timestamp, &r.values) {
                 let reason = match source {
                     ReadingError::WrongWidth { .. } | ReadingError::Empty | ReadingError::TooWide { .. } => {
                         "wrong_width"
