@@ -811,25 +811,36 @@ fn a_drift_that_retraining_does_not_cure_backs_off() {
     assert!((1..=8).contains(&jobs), "{jobs} retrains during the shift");
 }
 
-/// A feature the config names as context is never judged, however far it moves:
-/// a deploy marker that counts up, say. The others are judged as before.
+/// A feature the config names as context, by index or by name, is never judged,
+/// however far it moves: a deploy marker that counts up, say. The others are
+/// judged as before.
 #[test]
 fn a_feature_named_as_context_is_never_judged() {
-    let mut rng = StdRng::seed_from_u64(12);
-    let mut c = config();
-    c.context = vec![0];
-    let mut det = Detector::new(c).unwrap();
-    let calm = run(&mut det, 3000, &mut |t| vec![(t / 500) as f64, 5.0 + noise(&mut rng)]);
-    assert_eq!(opened(&calm[500..]), 0);
-    let jump = run(&mut det, 50, &mut |_| vec![1e6, 5.0 + noise(&mut rng)]);
-    assert_eq!(opened(&jump), 0, "the context feature jumped");
-    assert!(jump.iter().all(|v| !v.anomaly));
-    let fault = run(&mut det, 50, &mut |_| vec![1e6, 50.0 + noise(&mut rng)]);
-    assert_eq!(opened(&fault), 1);
+    let named = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    for (features, context) in [
+        (vec![], vec![0.into()]),
+        (named(&["deploy", "latency"]), vec!["deploy".into()]),
+    ] {
+        let mut rng = StdRng::seed_from_u64(12);
+        let mut c = config();
+        (c.features, c.context) = (features, context);
+        let mut det = Detector::new(c).unwrap();
+        let calm = run(&mut det, 3000, &mut |t| vec![(t / 500) as f64, 5.0 + noise(&mut rng)]);
+        assert_eq!(opened(&calm[500..]), 0);
+        let jump = run(&mut det, 50, &mut |_| vec![1e6, 5.0 + noise(&mut rng)]);
+        assert_eq!(opened(&jump), 0, "the context feature jumped");
+        assert!(jump.iter().all(|v| !v.anomaly));
+        let fault = run(&mut det, 50, &mut |_| vec![1e6, 50.0 + noise(&mut rng)]);
+        assert_eq!(opened(&fault), 1);
+    }
     let mut every = config();
     every.n_features = Some(2);
-    every.context = vec![1, 0];
+    every.context = vec![1.into(), 0.into()];
     assert!(Detector::new(every).is_err(), "one feature must be judged");
+    let mut unknown = config();
+    unknown.features = named(&["deploy", "latency"]);
+    unknown.context = vec!["version".into()];
+    assert!(Detector::new(unknown).is_err(), "a name not among the features");
 }
 
 /// Tennessee Eastman's normal test run (copied from `../shared/data/tep` to

@@ -827,6 +827,27 @@ async fn put_configures_streams_and_retrain_queues_a_job() {
         assert!(e["error"]["message"].as_str().unwrap().contains("context"), "{e}");
         assert_eq!(get(&c, &fresh).await.1["readings_seen"], 0);
     }
+    // The features may be named, and the context listed by those names; a name
+    // not among them, or names that do not fit the stream, are refused.
+    let named = format!("{}/v1/streams/named", s.addr);
+    let body = json!({"features": ["latency", "deploy"], "context": ["deploy"]});
+    let r = c.put(&named).json(&body).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let batch = json!({"readings": [{"timestamp": 1_750_000_000, "values": [5.0, 1.0]}]});
+    let (got, e) = post(&c, &format!("{named}/readings"), &batch).await;
+    assert_eq!(got, 200, "{e}");
+    assert_eq!(get(&c, &named).await.1["config"]["context"], json!(["deploy"]));
+    for (bad, field) in [
+        (json!({"context": ["version"]}), "version"),
+        (json!({"features": ["a", "b", "c"]}), "features"),
+        (json!({"features": ["a", "a"], "context": [1]}), "features"),
+    ] {
+        let r = c.put(&named).json(&bad).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["code"], "invalid_config");
+        assert!(e["error"]["message"].as_str().unwrap().contains(field), "{bad}: {e}");
+    }
     // An empty body changes nothing; `null` puts one field back to its default.
     let r = c.put(&url).body("").send().await.unwrap();
     assert_eq!(r.status(), 200);

@@ -124,6 +124,14 @@ pub(crate) fn kernels_shown() -> String {
 
 /// The detector config in `path` (TOML), or the defaults; checked.
 fn load_detector_config(path: Option<&Path>) -> Result<DetectorConfig> {
+    let config = parse_detector_config(path)?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// The detector config (TOML) at `path`, or the defaults, parsed but not yet
+/// validated (`replay` names the features from its columns first).
+fn parse_detector_config(path: Option<&Path>) -> Result<DetectorConfig> {
     let config: DetectorConfig = match path {
         Some(p) => {
             let text = std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
@@ -131,7 +139,6 @@ fn load_detector_config(path: Option<&Path>) -> Result<DetectorConfig> {
         }
         None => DetectorConfig::default(),
     };
-    config.validate()?;
     Ok(config)
 }
 

@@ -39,7 +39,8 @@ pub struct ReplayArgs {
 
 /// Runs `anomalyd replay`.
 pub fn run(a: &ReplayArgs) -> Result<()> {
-    let config = super::load_detector_config(a.config.as_deref())?;
+    // Validated by the detector, once the CSV's columns have named the features.
+    let config = super::parse_detector_config(a.config.as_deref())?;
     let (n, backwards) = replay::replay(
         &a.file,
         &a.timestamp_column,

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::MAX_FEATURES;
+use super::context::FeatureRef;
 use super::likelihood::LikelihoodConfig;
 use crate::nn::CellKind;
 
@@ -414,9 +415,12 @@ pub struct DetectorConfig {
     pub range_after: usize,
     /// Alerting.
     pub alert: AlertConfig,
-    /// Features (by index) the model reads but the state never judges: commands,
-    /// modes, deploy markers (`context.rs`).
-    pub context: Vec<usize>,
+    /// The features' names, in order (optional; at a stream's width once known):
+    /// `context` may list features by them.
+    pub features: Vec<String>,
+    /// Features (by index, or by name in `features`) the model reads but the
+    /// state never judges: commands, modes, deploy markers (`context.rs`).
+    pub context: Vec<FeatureRef>,
     /// Also treat evident indicators (at most two distinct values) as context, on
     /// streams of two or more features.
     pub context_auto: bool,
@@ -443,6 +447,7 @@ impl Default for DetectorConfig {
             range_tolerance: Some(0.05),
             range_after: 288,
             alert: AlertConfig::default(),
+            features: Vec::new(),
             context: Vec::new(),
             context_auto: true,
             discrete_runs: true,
@@ -474,12 +479,20 @@ impl DetectorConfig {
     /// yet, at most `MAX_FEATURES`): known positions, never every feature.
     pub fn context_fits(&self, width: Option<usize>) -> Result<(), ConfigError> {
         let limit = width.unwrap_or(super::MAX_FEATURES);
-        if let Some(&j) = self.context.iter().find(|&&j| j >= limit) {
+        super::context::check_names(&self.features, limit).map_err(ConfigError)?;
+        if let Some(d) = width.filter(|&d| !self.features.is_empty() && d != self.features.len()) {
+            return Err(ConfigError(format!(
+                "features names {} features, but the stream has {d}",
+                self.features.len()
+            )));
+        }
+        let context = self.context_indices().map_err(ConfigError)?;
+        if let Some(&j) = context.iter().find(|&&j| j >= limit) {
             return Err(ConfigError(format!(
                 "context names feature {j}, but features are numbered 0..{limit}"
             )));
         }
-        let mut listed = self.context.clone();
+        let mut listed = context;
         listed.sort_unstable();
         listed.dedup();
         if width.is_some_and(|d| listed.len() >= d) {
@@ -488,6 +501,11 @@ impl DetectorConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The context features' indices (names looked up in `features`).
+    pub fn context_indices(&self) -> Result<Vec<usize>, String> {
+        super::context::resolve(&self.context, &self.features)
     }
 
     /// The model, the window and the feature count.

@@ -5,7 +5,8 @@
 //! state. A flip of such a column is not a fault; judged like a sensor, each flip
 //! is an incident (SMAP with its command flags as features: 3,023 false stretches).
 //!
-//! A feature is context when the config lists its index (`context = [1, 2]`) or,
+//! A feature is context when the config lists it, by index or by the name the
+//! config's `features` gives it (`context = [1, "mode"]`), or,
 //! with `context_auto` (the default) on a stream of two or more features, when it
 //! is evidently an indicator: it has shown at most two distinct values, and either
 //! both (an on/off column) or a single 0 or 1 (a flag that has not flipped yet). A
@@ -22,6 +23,70 @@
 //! are never flagged and never named as a cause.
 
 use serde::{Deserialize, Serialize};
+
+/// A feature named in a config: by its index, or by its name in the config's
+/// `features` (JSON and TOML: `1` or `"mode"`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum FeatureRef {
+    /// Its position in a reading's values, from 0.
+    Index(usize),
+    /// Its name in `features`.
+    Name(String),
+}
+
+impl From<usize> for FeatureRef {
+    fn from(j: usize) -> Self {
+        FeatureRef::Index(j)
+    }
+}
+
+impl From<&str> for FeatureRef {
+    fn from(name: &str) -> Self {
+        FeatureRef::Name(name.to_string())
+    }
+}
+
+/// Longest feature name, in bytes.
+pub const MAX_NAME: usize = 256;
+
+/// The indices of `refs` among features named `names` (in order), or why one
+/// cannot be found.
+pub fn resolve(refs: &[FeatureRef], names: &[String]) -> Result<Vec<usize>, String> {
+    refs.iter()
+        .map(|r| match r {
+            FeatureRef::Index(j) => Ok(*j),
+            FeatureRef::Name(n) => names.iter().position(|m| m == n).ok_or_else(|| {
+                if names.is_empty() {
+                    format!("context names feature {n:?}, but `features` gives no names")
+                } else {
+                    format!("context names feature {n:?}, which is not one of `features` {names:?}")
+                }
+            }),
+        })
+        .collect()
+}
+
+/// Why the feature names `names` cannot be used, if they cannot: each 1 to
+/// [`MAX_NAME`] bytes, no two alike, at most `limit` of them.
+pub fn check_names(names: &[String], limit: usize) -> Result<(), String> {
+    if names.len() > limit {
+        return Err(format!("features names {} features, at most {limit}", names.len()));
+    }
+    if let Some(n) = names.iter().find(|n| n.is_empty() || n.len() > MAX_NAME) {
+        return Err(format!(
+            "features: a name must be 1 to {MAX_NAME} bytes, got {} bytes",
+            n.len()
+        ));
+    }
+    if let Some((i, n)) = names.iter().enumerate().find(|(i, n)| names[..*i].contains(n)) {
+        return Err(format!(
+            "features: {n:?} names features {} and {i}",
+            names.iter().position(|m| m == n).unwrap_or(0)
+        ));
+    }
+    Ok(())
+}
 
 /// The distinct values a feature has shown, up to two.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -130,5 +195,26 @@ mod tests {
         assert_eq!(mask(2, &[1], true, &[flag, flag]), Some(vec![false, true]));
         assert_eq!(mask(1, &[], true, &[flag]), None);
         assert_eq!(mask(2, &[0, 1], false, &[sensor; 2]), None);
+    }
+
+    #[test]
+    fn a_feature_is_named_by_its_index_or_by_its_name() {
+        let names: Vec<String> = ["cpu", "mode"].map(String::from).to_vec();
+        let refs: Vec<FeatureRef> = serde_json::from_str(r#"[0, "mode"]"#).unwrap();
+        assert_eq!(refs, vec![0.into(), "mode".into()]);
+        assert_eq!(resolve(&refs, &names), Ok(vec![0, 1]));
+        let unknown = resolve(&["deploy".into()], &names).unwrap_err();
+        assert!(unknown.contains("\"deploy\"") && unknown.contains("cpu"), "{unknown}");
+        let unnamed = resolve(&["mode".into()], &[]).unwrap_err();
+        assert!(unnamed.contains("gives no names"), "{unnamed}");
+        assert_eq!(check_names(&names, 2), Ok(()));
+        assert!(check_names(&names, 1).is_err());
+        let twice: Vec<String> = ["a", "b", "a"].map(String::from).to_vec();
+        assert_eq!(
+            check_names(&twice, 8),
+            Err("features: \"a\" names features 0 and 2".into())
+        );
+        assert!(check_names(&[String::new()], 8).is_err());
+        assert!(check_names(&["x".repeat(MAX_NAME + 1)], 8).is_err());
     }
 }

@@ -46,6 +46,7 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 pub use config::{ConfigError, DetectorConfig, DetectorKind, Objective};
+pub use context::FeatureRef;
 pub use train::{JobKind, TrainJob, TrainOutcome, TrainReport, TrainedModel};
 
 use baseline::{OnlineAr, Seasonal, StateBaselines, WindowedGaussian};

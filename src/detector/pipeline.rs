@@ -335,7 +335,8 @@ impl Detector {
             // The common case, on every reading: nothing to mask, nothing allocated.
             return None;
         }
-        context::mask(d, &self.config.context, self.config.context_auto, &self.levels)
+        let listed = self.config.context_indices().unwrap_or_default();
+        context::mask(d, &listed, self.config.context_auto, &self.levels)
     }
 
     /// Whether `values` (but the `context` ones) are out of range (the rule judges

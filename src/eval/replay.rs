@@ -5,8 +5,9 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use crate::chart;
+use crate::detector::context::check_names;
 use crate::detector::recent::{self, RecentPoint};
-use crate::detector::{Detector, DetectorConfig, IncidentEvent, Verdict};
+use crate::detector::{Detector, DetectorConfig, IncidentEvent, MAX_FEATURES, Verdict};
 use crate::eval::nab::{self, Profile, ProfileResult, ScoredFile, Windows};
 use crate::timestamp::{self, Micros};
 
@@ -101,7 +102,12 @@ pub fn run_series(
     train_rows: usize,
     progress: &dyn Fn(usize),
 ) -> Result<ScoredSeries, String> {
-    let mut det = Detector::new(config.clone()).map_err(|e| e.to_string())?;
+    let mut config = config.clone();
+    // The columns name the features, so `context` may list them by name.
+    if config.features.is_empty() && check_names(&series.columns, MAX_FEATURES).is_ok() {
+        config.features = series.columns.clone();
+    }
+    let mut det = Detector::new(config).map_err(|e| e.to_string())?;
     teach(&mut det, series, train_rows)?;
     score_rest(&mut det, series, train_rows, progress)
 }
