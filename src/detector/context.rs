@@ -35,6 +35,25 @@ pub enum FeatureRef {
     Name(String),
 }
 
+impl FeatureRef {
+    /// Its index among features named `names` (in order), if it has one.
+    pub fn index_in(&self, names: &[String]) -> Option<usize> {
+        match self {
+            FeatureRef::Index(j) => Some(*j),
+            FeatureRef::Name(n) => names.iter().position(|m| m == n),
+        }
+    }
+}
+
+impl std::fmt::Display for FeatureRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FeatureRef::Index(j) => write!(f, "{j}"),
+            FeatureRef::Name(n) => write!(f, "{n:?}"),
+        }
+    }
+}
+
 impl From<usize> for FeatureRef {
     fn from(j: usize) -> Self {
         FeatureRef::Index(j)
@@ -54,15 +73,11 @@ pub const MAX_NAME: usize = 256;
 /// cannot be found.
 pub fn resolve(refs: &[FeatureRef], names: &[String]) -> Result<Vec<usize>, String> {
     refs.iter()
-        .map(|r| match r {
-            FeatureRef::Index(j) => Ok(*j),
-            FeatureRef::Name(n) => names.iter().position(|m| m == n).ok_or_else(|| {
-                if names.is_empty() {
-                    format!("context names feature {n:?}, but `features` gives no names")
-                } else {
-                    format!("context names feature {n:?}, which is not one of `features` {names:?}")
-                }
-            }),
+        .map(|r| {
+            r.index_in(names).ok_or_else(|| match names {
+                [] => format!("context names feature {r}, but `features` gives no names"),
+                _ => format!("context names feature {r}, which is not one of `features` {names:?}"),
+            })
         })
         .collect()
 }
@@ -129,9 +144,9 @@ impl Levels {
 /// ignored) and, when `auto` and `d ≥ 2`, the indicators among `levels`, or the
 /// flags among them when every feature is an indicator. `None` when none is, or
 /// when every one would be and the list alone covers fewer.
-pub fn mask(d: usize, listed: &[usize], auto: bool, levels: &[Levels]) -> Option<Vec<bool>> {
+pub fn mask(d: usize, listed: impl IntoIterator<Item = usize>, auto: bool, levels: &[Levels]) -> Option<Vec<bool>> {
     let mut listed_mask = vec![false; d];
-    for &j in listed.iter().filter(|&&j| j < d) {
+    for j in listed.into_iter().filter(|&j| j < d) {
         listed_mask[j] = true;
     }
     let with = |is: fn(&Levels) -> bool| -> Vec<bool> {
@@ -179,22 +194,22 @@ mod tests {
     fn the_mask_takes_the_list_and_the_indicators_but_never_every_feature() {
         let flag = levels(&[0.0, 1.0]);
         let sensor = levels(&[0.1, 0.2, 0.3]);
-        assert_eq!(mask(2, &[], true, &[sensor, flag]), Some(vec![false, true]));
-        assert_eq!(mask(2, &[], false, &[sensor, flag]), None);
-        assert_eq!(mask(3, &[0, 7], false, &[sensor; 3]), Some(vec![true, false, false]));
+        assert_eq!(mask(2, [], true, &[sensor, flag]), Some(vec![false, true]));
+        assert_eq!(mask(2, [], false, &[sensor, flag]), None);
+        assert_eq!(mask(3, [0, 7], false, &[sensor; 3]), Some(vec![true, false, false]));
         // Among indicators alone the flags are context; flags alone are judged;
         // a univariate stream is always judged.
         let wave = levels(&[-1.0, 1.0, -1.0]);
-        assert_eq!(mask(2, &[], true, &[wave, flag]), Some(vec![false, true]));
+        assert_eq!(mask(2, [], true, &[wave, flag]), Some(vec![false, true]));
         assert_eq!(
-            mask(3, &[], true, &[wave, flag, levels(&[0.0])]),
+            mask(3, [], true, &[wave, flag, levels(&[0.0])]),
             Some(vec![false, true, true])
         );
-        assert_eq!(mask(2, &[], true, &[levels(&[1.0]), flag]), None);
-        assert_eq!(mask(2, &[], true, &[flag, flag]), None);
-        assert_eq!(mask(2, &[1], true, &[flag, flag]), Some(vec![false, true]));
-        assert_eq!(mask(1, &[], true, &[flag]), None);
-        assert_eq!(mask(2, &[0, 1], false, &[sensor; 2]), None);
+        assert_eq!(mask(2, [], true, &[levels(&[1.0]), flag]), None);
+        assert_eq!(mask(2, [], true, &[flag, flag]), None);
+        assert_eq!(mask(2, [1], true, &[flag, flag]), Some(vec![false, true]));
+        assert_eq!(mask(1, [], true, &[flag]), None);
+        assert_eq!(mask(2, [0, 1], false, &[sensor; 2]), None);
     }
 
     #[test]

@@ -335,8 +335,9 @@ impl Detector {
             // The common case, on every reading: nothing to mask, nothing allocated.
             return None;
         }
-        let listed = self.config.context_indices().unwrap_or_default();
-        context::mask(d, &listed, self.config.context_auto, &self.levels)
+        let c = &self.config;
+        let listed = c.context.iter().filter_map(|r| r.index_in(&c.features));
+        context::mask(d, listed, c.context_auto, &self.levels)
     }
 
     /// Whether `values` (but the `context` ones) are out of range (the rule judges
