@@ -205,6 +205,138 @@ unsafe fn block<const V: usize>(block: *const f32, k: usize, y: *mut f32, x: &[f
     }
 }
 
+/// `c = a · b` (or `c += a · b` when `accumulate`) where `b` and `c` are row-major
+/// with row strides `ldb`, `ldc` (their elements in a row are adjacent) and `a`'s
+/// element `[i, kk]` is at `a + i·lda.0 + kk·lda.1` (a transposed `a` is free): the
+/// small products of a training step (`[B, H] · [H, 4H]`, `[B, 4H] · [4H, H]`,
+/// `[4H, T·B] · [T·B, H]`), where `gemm`'s packing and dispatch cost more than
+/// the arithmetic. `c` is
+/// taken in panels 64 columns wide (the last narrower, masked), each panel a few
+/// rows at a time with every accumulator in a register; `b`'s panel rows are
+/// loaded once per row block.
+///
+/// # Safety
+/// `a` addresses `m × k` readable f32 by its strides, `b` `k` rows of `n`
+/// `ldb` apart, `c` at `m` rows of `n` writable ones `ldc` apart, not overlapping
+/// `a` or `b`.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn matmul_rows(
+    (m, k, n): (usize, usize, usize),
+    a: *const f32,
+    lda: (usize, usize),
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    let mut j0 = 0;
+    while j0 < n {
+        let w = (n - j0).min(64);
+        let last: __mmask16 = if w % 16 == 0 { 0xFFFF } else { (1u16 << (w % 16)) - 1 };
+        let p = Panel {
+            m,
+            k,
+            a,
+            lda,
+            b: b.wrapping_add(j0),
+            ldb,
+            c: c.wrapping_add(j0),
+            ldc,
+            last,
+            accumulate,
+        };
+        // SAFETY: the panel's columns `j0..j0 + w` lie within `n` (the caller's bounds).
+        unsafe {
+            match w.div_ceil(16) {
+                4 => p.rows::<4, 4>(),
+                3 => p.rows::<3, 4>(),
+                2 => p.rows::<2, 6>(),
+                _ => p.rows::<1, 8>(),
+            }
+        }
+        j0 += 64;
+    }
+}
+
+/// One panel of [`matmul_rows`]: its columns are `16 V` wide at most, the last
+/// vector masked by `last`.
+struct Panel {
+    m: usize,
+    k: usize,
+    a: *const f32,
+    lda: (usize, usize),
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    last: __mmask16,
+    accumulate: bool,
+}
+
+impl Panel {
+    /// The panel, `R` rows at a time, then one at a time.
+    ///
+    /// # Safety
+    /// As [`matmul_rows`], for the panel's columns.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn rows<const V: usize, const R: usize>(&self) {
+        let mut i = 0;
+        // SAFETY: rows `i..i + R` (or `i`) are below `m`.
+        unsafe {
+            while i + R <= self.m {
+                self.block::<V, R>(i);
+                i += R;
+            }
+            while i < self.m {
+                self.block::<V, 1>(i);
+                i += 1;
+            }
+        }
+    }
+
+    /// Rows `i..i + R` of the panel, every accumulator in a register.
+    ///
+    /// # Safety
+    /// As [`matmul_rows`]; `i + R <= m`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn block<const V: usize, const R: usize>(&self, i: usize) {
+        let mask = |v: usize| if v + 1 == V { self.last } else { 0xFFFF };
+        // SAFETY: every address is a row below `m` (or `k`) and a column within the
+        // panel, masked beyond `n` (the caller's bounds).
+        unsafe {
+            let c = |r: usize, v: usize| self.c.add((i + r) * self.ldc + 16 * v);
+            let mut acc: [[__m512; V]; R] = std::array::from_fn(|r| {
+                std::array::from_fn(|v| {
+                    if self.accumulate {
+                        _mm512_maskz_loadu_ps(mask(v), c(r, v))
+                    } else {
+                        _mm512_setzero_ps()
+                    }
+                })
+            });
+            for kk in 0..self.k {
+                let brow = self.b.add(kk * self.ldb);
+                let bv: [__m512; V] = std::array::from_fn(|v| _mm512_maskz_loadu_ps(mask(v), brow.add(16 * v)));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let x = _mm512_set1_ps(*self.a.add((i + r) * self.lda.0 + kk * self.lda.1));
+                    for v in 0..V {
+                        acc[v] = _mm512_fmadd_ps(x, bv[v], acc[v]);
+                    }
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                for (v, &x) in acc.iter().enumerate() {
+                    _mm512_mask_storeu_ps(c(r, v), mask(v), x);
+                }
+            }
+        }
+    }
+}
+
 /// One LSTM step: `ah` (`[4H]`) is the gates' scratch, `x_row` the step's input
 /// projection, `w_hh` the packed `W_hhᵀ` (`[H, 4H]`); `h` and `c` are updated.
 #[inline]
@@ -352,6 +484,67 @@ mod tests {
             }
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&want), "h = {h}");
+        }
+    }
+
+    #[test]
+    fn small_products_match_a_plain_sum_for_every_shape_and_layout() {
+        if !crate::nn::isa::Isa::Avx512.supported() {
+            return;
+        }
+        let val = |i: usize| ((i * 7919 % 211) as f32 - 105.0) / 37.0;
+        for (m, k, n) in [
+            (1, 1, 1),
+            (3, 5, 7),
+            (8, 16, 64),
+            (13, 64, 16),
+            (32, 16, 100),
+            (9, 130, 33),
+            (64, 3, 130),
+        ] {
+            for (transposed, accumulate) in [(false, false), (true, true), (false, true)] {
+                // `a` row-major with padded rows, or transposed; `b` and `c` padded.
+                let (lda, ldb, ldc) = (if transposed { (1, m + 2) } else { (k + 3, 1) }, n + 5, n + 4);
+                let a: Vec<f32> = (0..m.max(k) * (m.max(k) + 3)).map(val).collect();
+                let b: Vec<f32> = (0..k * ldb).map(|i| val(i + 5)).collect();
+                let c0: Vec<f32> = (0..m * ldc).map(|i| val(i + 11)).collect();
+                let mut c = c0.clone();
+                // SAFETY: the CPU has AVX-512; every index below is within its vector.
+                unsafe {
+                    matmul_rows(
+                        (m, k, n),
+                        a.as_ptr(),
+                        lda,
+                        b.as_ptr(),
+                        ldb,
+                        c.as_mut_ptr(),
+                        ldc,
+                        accumulate,
+                    )
+                };
+                for i in 0..m {
+                    for j in 0..ldc {
+                        let got = c[i * ldc + j];
+                        if j >= n {
+                            assert_eq!(got, c0[i * ldc + j], "padding at [{i}, {j}] was written");
+                            continue;
+                        }
+                        let dot: f64 = (0..k)
+                            .map(|kk| a[i * lda.0 + kk * lda.1] as f64 * b[kk * ldb + j] as f64)
+                            .sum();
+                        let want = dot + if accumulate { c0[i * ldc + j] as f64 } else { 0.0 };
+                        let tol = 1e-5
+                            * (1.0
+                                + (0..k)
+                                    .map(|kk| (a[i * lda.0 + kk * lda.1] * b[kk * ldb + j]).abs() as f64)
+                                    .sum::<f64>());
+                        assert!(
+                            (got as f64 - want).abs() <= tol,
+                            "({m}, {k}, {n}) [{i}, {j}]: {got} vs {want}"
+                        );
+                    }
+                }
+            }
         }
     }
 

@@ -6,8 +6,10 @@
 //! step is written in intrinsics besides (`avx512.rs`). The widest path this CPU
 //! supports is used unless a caller caps it: process-wide with [`limit`] (the
 //! binary does so from `ANOMALYD_ISA`), or on one thread with [`scoped`] (tests
-//! run every path side by side). The matrix products of training and batch
-//! scoring go through `gemm`, which dispatches by itself (to its AVX-512 kernels
+//! run every path side by side). A training step's small matrix products (a batch
+//! of at most 64 rows) take an AVX-512 kernel of ours on that path; the larger
+//! products of training and batch scoring, and the small ones on the narrower
+//! paths, go through `gemm`, which dispatches by itself (to its AVX-512 kernels
 //! too) and ignores the cap.
 
 use std::cell::Cell;

@@ -35,6 +35,8 @@ pub(super) fn direction_forward<T: Scalar>(
     let d_out = out.dim().2;
     let (xp, b_hn) = input_projections(kind, p, x);
     let xp = xp.as_slice().expect("contiguous");
+    // `W_hhᵀ` laid out by rows once, so every step's product reads it row by row.
+    let w_hh_t = p.w_hh.t().as_standard_layout().into_owned(); // [H, G*H]
 
     let mut hcur = h0.to_owned(); // [B, H]
     let mut ccur = c0.map(|c| c.to_owned()).unwrap_or_else(|| Array2::zeros((0, h)));
@@ -53,7 +55,7 @@ pub(super) fn direction_forward<T: Scalar>(
         }
         let tx = if repeated { 0 } else { t };
         let xp_t = &xp[tx * batch * gh..(tx + 1) * batch * gh];
-        hidden_projections(kind, p, &hcur, xp_t, &mut ah, &mut gates, &mut extra);
+        hidden_projections(kind, w_hh_t.view(), &hcur, xp_t, &mut ah, &mut gates, &mut extra);
         let ah_s = ah.as_slice().expect("contiguous");
         let hs = hcur.as_slice_mut().expect("contiguous");
         let cs = ccur.as_slice_mut().expect("contiguous");
@@ -105,7 +107,7 @@ fn input_projections<T: Scalar>(kind: CellKind, p: &CellParams<T>, x: ArrayView3
         .into_shape_with_order((x_len * batch, d_in))
         .expect("layer input is contiguous");
     let mut xp = Array2::<T>::zeros((x_len * batch, gh)); // [T*B, G*H]
-    matmul(xp.view_mut(), x2, p.w_ih.t(), false);
+    matmul(xp.view_mut(), x2, p.w_ih.t().as_standard_layout().view(), false);
     let mut bias = &p.b_ih + &p.b_hh;
     let is_gru = matches!(kind, CellKind::Gru | CellKind::GruResetBefore);
     if is_gru {
@@ -120,27 +122,28 @@ fn input_projections<T: Scalar>(kind: CellKind, p: &CellParams<T>, x: ArrayView3
     (xp, b_hn)
 }
 
-/// The hidden-side pre-activations of one step, `ah = h W_hhᵀ` (`[B, G*H]`). For
-/// GruResetBefore the n block is `(r ⊙ h) W_hnᵀ`: r and z are activated here first
-/// (into `gates`), and `r ⊙ h` kept in `extra`.
+/// The hidden-side pre-activations of one step, `ah = h W_hhᵀ` (`[B, G*H]`, from
+/// `w_hh_t` = `W_hhᵀ`, `[H, G*H]`). For GruResetBefore the n block is
+/// `(r ⊙ h) W_hnᵀ`: r and z are activated here first (into `gates`), and `r ⊙ h`
+/// kept in `extra`.
 fn hidden_projections<T: Scalar>(
     kind: CellKind,
-    p: &CellParams<T>,
+    w_hh_t: ArrayView2<T>,
     hcur: &Array2<T>,
     xp_t: &[T],
     ah: &mut Array2<T>,
     gates: &mut [T],
     extra: &mut [T],
 ) {
-    let h = p.d_hidden();
+    let h = hcur.ncols();
     let gh = kind.n_gates() * h;
     if kind != CellKind::GruResetBefore {
-        matmul(ah.view_mut(), hcur.view(), p.w_hh.t(), false);
+        matmul(ah.view_mut(), hcur.view(), w_hh_t, false);
         return;
     }
-    let w_hh_rz = p.w_hh.slice(s![..2 * h, ..]);
-    let w_hn = p.w_hh.slice(s![2 * h.., ..]);
-    matmul(ah.slice_mut(s![.., ..2 * h]), hcur.view(), w_hh_rz.t(), false);
+    let w_hh_rz_t = w_hh_t.slice(s![.., ..2 * h]);
+    let w_hn_t = w_hh_t.slice(s![.., 2 * h..]);
+    matmul(ah.slice_mut(s![.., ..2 * h]), hcur.view(), w_hh_rz_t, false);
     let ah_s = ah.as_slice().expect("contiguous");
     let hs = hcur.as_slice().expect("contiguous");
     // r and z for every row, then W_hn (r ⊙ h) as one product.
@@ -155,7 +158,7 @@ fn hidden_projections<T: Scalar>(
         mul_into(&mut extra[b * h..(b + 1) * h], &g[..h], &hs[b * h..(b + 1) * h]);
     }
     let rh = ndarray::ArrayView2::from_shape((hcur.nrows(), h), &extra[..]).expect("shape");
-    matmul(ah.slice_mut(s![.., 2 * h..]), rh, w_hn.t(), false);
+    matmul(ah.slice_mut(s![.., 2 * h..]), rh, w_hn_t, false);
 }
 
 /// One row's slices for one step: its gates (`[G*H]`), input and hidden-side
