@@ -208,3 +208,44 @@ fn new_valves_keep_the_false_alarm_budget_while_their_runs_are_few() {
     }
     assert!(incidents.len() <= 1, "(stream, reading, cause): {incidents:?}");
 }
+
+/// A gauge that walks among `lo..=hi` one step at a time (a pod count): it starts
+/// midway and steps up or down every 100 to 400 readings.
+fn walk(rng: &mut StdRng, n: usize, lo: i32, hi: i32) -> Vec<f64> {
+    let mut v = (lo + hi) / 2;
+    let mut next = rng.random_range(100..=400);
+    (0..n)
+        .map(|i| {
+            if i == next {
+                let step = if rng.random_bool(0.5) { 1 } else { -1 };
+                v = if (lo..=hi).contains(&(v + step)) {
+                    v + step
+                } else {
+                    v - step
+                };
+                next = i + rng.random_range(100..=400);
+            }
+            f64::from(v)
+        })
+        .collect()
+}
+
+#[test]
+fn a_gauge_that_walks_is_news_at_each_new_value_once_not_at_every_visit() {
+    for seed in 0..3 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let values = walk(&mut rng, 6000, 3, 8);
+        let mut det = detector();
+        let vs = feed(&mut det, &values);
+        let opened = opened(&vs);
+        // A value the stream held for a while before is no news when it comes back.
+        let revisits: Vec<_> = (opened.iter())
+            .filter(|&&(t, _)| values[..t].iter().filter(|&&v| v == values[t]).count() >= 32)
+            .collect();
+        assert!(
+            revisits.is_empty(),
+            "seed {seed}: incidents at values held before {revisits:?}"
+        );
+        assert!(opened.len() <= 5, "seed {seed}: {opened:?}");
+    }
+}

@@ -15,7 +15,9 @@
 //! the same   once discrete, a reading within LEVEL_TOLERANCE of the span of the
 //!            known values from one of them is that value (1.0 and 0.991 are
 //!            one switch position); values that close are merged then
-//! known      a value learnt before (a normal reading had it)
+//! known      a value learnt before (a normal reading had it), or one first
+//!            seen at anomalous readings that the stream held SETTLED_RUN
+//!            readings or more and then left (a level it dwells at)
 //! longest_v  the longest run of value v that ended while normal, shortest_v
 //!            the shortest, once MIN_RUNS such runs have ended (before: runs
 //!            of v are not judged; the first run, begun before the stream was
@@ -43,6 +45,15 @@
 //! found discrete. Five runs and the reach keep new streams within the false
 //! alarm budget; a value whose runs hardly vary (a pulse of 14 to 16 readings)
 //! keeps limits as tight as before.
+//!
+//! A gauge that walks one step at a time (a pod count among 3…8) shows each new
+//! value at anomalous readings: the first step is news, and the incident it
+//! opens sees the next values too. Were they never learnt, the stream would stay
+//! anomalous at each of them for good, and every later visit would open an
+//! incident (seven in 6,000 readings of such a walk). A value the stream held
+//! for a model window's length and then left is one of its values, its first
+//! run a lower bound on how long it may last; a brief visit (a spike to a new
+//! height) teaches nothing, and its value stays a measurement.
 //!
 //! A known value is judged by its runs alone: a run `RUN_MARGIN` longer than any
 //! seen is anomalous (component `run`) for as long as it lasts, and so is the
@@ -72,6 +83,11 @@ pub const MIN_RUNS: u32 = 5;
 
 /// How much longer than the longest normal run a run must be to be anomalous.
 pub const RUN_MARGIN: f64 = 0.3;
+
+/// A value first seen at anomalous readings that the stream then held this many
+/// readings (the default model window) before leaving it is one of its values
+/// from then on.
+pub const SETTLED_RUN: u32 = 32;
 
 /// How near a known value, as a share of the span of the known values, a
 /// reading must be to be that value: a switch position read as 0.991 one minute
@@ -189,6 +205,8 @@ impl Runs {
         } else {
             if self.length > 0 && self.clean {
                 self.finish();
+            } else if self.length >= SETTLED_RUN {
+                self.settle_stranger();
             }
             self.first = self.length == 0;
             (self.value, self.length, self.clean) = (x, 1, learnt);
@@ -223,6 +241,23 @@ impl Runs {
         if self.learnt == MIN_LEARNT {
             self.settle();
         }
+    }
+
+    /// The run that just ended was of a value seen only at anomalous readings,
+    /// held `SETTLED_RUN` readings or more: the value is known from now on.
+    fn settle_stranger(&mut self) {
+        let tolerance = self.tolerance();
+        let Some(i) = self.strangers.iter().position(|v| (v - self.value).abs() <= tolerance) else {
+            return;
+        };
+        let value = self.strangers.swap_remove(i);
+        self.levels.push(Level {
+            value,
+            runs: 0,
+            longest: self.length,
+            shortest: 0,
+            longest_ended: 0,
+        });
     }
 
     fn become_continuous(&mut self) {
@@ -320,6 +355,25 @@ mod tests {
             (0..high).for_each(|_| r.step(1.0, true));
             (0..low).for_each(|_| r.step(0.0, true));
         }
+    }
+
+    #[test]
+    fn a_new_value_held_long_at_anomalous_readings_becomes_known_and_a_brief_one_does_not() {
+        let mut r = Runs::default();
+        (0..300).for_each(|_| r.step(5.0, true));
+        // 9 for a few readings, 6 for a long stretch, both anomalous.
+        (0..SETTLED_RUN - 1).for_each(|_| r.step(9.0, false));
+        (0..300).for_each(|_| r.step(5.0, true));
+        (0..SETTLED_RUN).for_each(|_| r.step(6.0, false));
+        assert_eq!(r.judge(6.0), None, "not known while its first run lasts");
+        (0..100).for_each(|_| r.step(5.0, true));
+        assert_eq!(r.judge(9.0), None, "a brief visit teaches nothing");
+        assert_eq!(
+            r.judge(6.0),
+            Some(0.0),
+            "held long, then left: one of the stream's values"
+        );
+        assert_eq!(r.strangers, vec![9.0]);
     }
 
     #[test]
