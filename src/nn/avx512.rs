@@ -205,74 +205,70 @@ unsafe fn block<const V: usize>(block: *const f32, k: usize, y: *mut f32, x: &[f
     }
 }
 
-/// `c = a · b` (or `c += a · b` when `accumulate`) where `b` and `c` are row-major
-/// with row strides `ldb`, `ldc` (their elements in a row are adjacent) and `a`'s
-/// element `[i, kk]` is at `a + i·lda.0 + kk·lda.1` (a transposed `a` is free): the
-/// small products of a training step (`[B, H] · [H, 4H]`, `[B, 4H] · [4H, H]`,
-/// `[4H, T·B] · [T·B, H]`), where `gemm`'s packing and dispatch cost more than
-/// the arithmetic. `c` is
-/// taken in panels 64 columns wide (the last narrower, masked), each panel a few
-/// rows at a time with every accumulator in a register; `b`'s panel rows are
-/// loaded once per row block.
+/// A product `c = a · b` (or `c += a · b` when `accumulate`) for
+/// [`matmul_rows`]: `a` is `[m, k]`, its element `[i, kk]` at `a + i·lda.0 +
+/// kk·lda.1` (a transposed `a` is free); `b` (`[k, n]`) and `c` (`[m, n]`) are
+/// row-major with row strides `ldb` and `ldc` (their elements in a row adjacent).
+#[derive(Clone, Copy, Debug)]
+pub struct Product {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub a: *const f32,
+    pub lda: (usize, usize),
+    pub b: *const f32,
+    pub ldb: usize,
+    pub c: *mut f32,
+    pub ldc: usize,
+    pub accumulate: bool,
+}
+
+/// Computes `p`: the small products of a training step (`[B, H] · [H, 4H]`,
+/// `[B, 4H] · [4H, H]`, `[4H, T·B] · [T·B, H]`), where `gemm`'s packing and
+/// dispatch cost more than the arithmetic. `c` is taken in panels 64 columns
+/// wide (the last narrower, masked), each panel a few rows at a time with every
+/// accumulator in a register; `b`'s panel rows are loaded once per row block.
 ///
 /// # Safety
-/// `a` addresses `m × k` readable f32 by its strides, `b` `k` rows of `n`
-/// `ldb` apart, `c` at `m` rows of `n` writable ones `ldc` apart, not overlapping
+/// `p.a` addresses `m × k` readable f32 by its strides, `p.b` `k` rows of `n`
+/// `ldb` apart, `p.c` `m` rows of `n` writable ones `ldc` apart, not overlapping
 /// `a` or `b`.
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn matmul_rows(
-    (m, k, n): (usize, usize, usize),
-    a: *const f32,
-    lda: (usize, usize),
-    b: *const f32,
-    ldb: usize,
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-) {
+pub unsafe fn matmul_rows(p: Product) {
     let mut j0 = 0;
-    while j0 < n {
-        let w = (n - j0).min(64);
-        let last: __mmask16 = if w % 16 == 0 { 0xFFFF } else { (1u16 << (w % 16)) - 1 };
-        let p = Panel {
-            m,
-            k,
-            a,
-            lda,
-            b: b.wrapping_add(j0),
-            ldb,
-            c: c.wrapping_add(j0),
-            ldc,
+    while j0 < p.n {
+        let w = (p.n - j0).min(64);
+        let last: __mmask16 = if w.is_multiple_of(16) {
+            0xFFFF
+        } else {
+            (1u16 << (w % 16)) - 1
+        };
+        let panel = Panel {
+            p: Product {
+                b: p.b.wrapping_add(j0),
+                c: p.c.wrapping_add(j0),
+                ..p
+            },
             last,
-            accumulate,
         };
         // SAFETY: the panel's columns `j0..j0 + w` lie within `n` (the caller's bounds).
         unsafe {
             match w.div_ceil(16) {
-                4 => p.rows::<4, 4>(),
-                3 => p.rows::<3, 4>(),
-                2 => p.rows::<2, 6>(),
-                _ => p.rows::<1, 8>(),
+                4 => panel.rows::<4, 4>(),
+                3 => panel.rows::<3, 4>(),
+                2 => panel.rows::<2, 6>(),
+                _ => panel.rows::<1, 8>(),
             }
         }
         j0 += 64;
     }
 }
 
-/// One panel of [`matmul_rows`]: its columns are `16 V` wide at most, the last
-/// vector masked by `last`.
+/// One panel of [`matmul_rows`]: `p` from the panel's first column, which is
+/// `16 V` columns wide at most, the last vector masked by `last`.
 struct Panel {
-    m: usize,
-    k: usize,
-    a: *const f32,
-    lda: (usize, usize),
-    b: *const f32,
-    ldb: usize,
-    c: *mut f32,
-    ldc: usize,
+    p: Product,
     last: __mmask16,
-    accumulate: bool,
 }
 
 impl Panel {
@@ -286,11 +282,11 @@ impl Panel {
         let mut i = 0;
         // SAFETY: rows `i..i + R` (or `i`) are below `m`.
         unsafe {
-            while i + R <= self.m {
+            while i + R <= self.p.m {
                 self.block::<V, R>(i);
                 i += R;
             }
-            while i < self.m {
+            while i < self.p.m {
                 self.block::<V, 1>(i);
                 i += 1;
             }
@@ -308,21 +304,21 @@ impl Panel {
         // SAFETY: every address is a row below `m` (or `k`) and a column within the
         // panel, masked beyond `n` (the caller's bounds).
         unsafe {
-            let c = |r: usize, v: usize| self.c.add((i + r) * self.ldc + 16 * v);
+            let c = |r: usize, v: usize| self.p.c.add((i + r) * self.p.ldc + 16 * v);
             let mut acc: [[__m512; V]; R] = std::array::from_fn(|r| {
                 std::array::from_fn(|v| {
-                    if self.accumulate {
+                    if self.p.accumulate {
                         _mm512_maskz_loadu_ps(mask(v), c(r, v))
                     } else {
                         _mm512_setzero_ps()
                     }
                 })
             });
-            for kk in 0..self.k {
-                let brow = self.b.add(kk * self.ldb);
+            for kk in 0..self.p.k {
+                let brow = self.p.b.add(kk * self.p.ldb);
                 let bv: [__m512; V] = std::array::from_fn(|v| _mm512_maskz_loadu_ps(mask(v), brow.add(16 * v)));
                 for (r, acc) in acc.iter_mut().enumerate() {
-                    let x = _mm512_set1_ps(*self.a.add((i + r) * self.lda.0 + kk * self.lda.1));
+                    let x = _mm512_set1_ps(*self.p.a.add((i + r) * self.p.lda.0 + kk * self.p.lda.1));
                     for v in 0..V {
                         acc[v] = _mm512_fmadd_ps(x, bv[v], acc[v]);
                     }
@@ -509,19 +505,11 @@ mod tests {
                 let b: Vec<f32> = (0..k * ldb).map(|i| val(i + 5)).collect();
                 let c0: Vec<f32> = (0..m * ldc).map(|i| val(i + 11)).collect();
                 let mut c = c0.clone();
-                // SAFETY: the CPU has AVX-512; every index below is within its vector.
-                unsafe {
-                    matmul_rows(
-                        (m, k, n),
-                        a.as_ptr(),
-                        lda,
-                        b.as_ptr(),
-                        ldb,
-                        c.as_mut_ptr(),
-                        ldc,
-                        accumulate,
-                    )
-                };
+                let (ap, bp, cp) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+                #[rustfmt::skip]
+                let p = Product { m, k, n, a: ap, lda, b: bp, ldb, c: cp, ldc, accumulate };
+                // SAFETY: the CPU has AVX-512; every index is within its vector.
+                unsafe { matmul_rows(p) };
                 for i in 0..m {
                     for j in 0..ldc {
                         let got = c[i * ldc + j];

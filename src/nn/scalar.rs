@@ -120,30 +120,17 @@ impl Scalar for f32 {
     fn matmul_small(c: &mut ArrayViewMut2<f32>, a: &ArrayView2<f32>, b: &ArrayView2<f32>, accumulate: bool) -> bool {
         #[cfg(target_arch = "x86_64")]
         if isa::active().min(isa::widest()) == Isa::Avx512 && small_enough(a.dim(), b.dim().1) {
-            let Some(ldb) = row_stride(b) else {
+            let (Some(ldb), Some(lda), Some(ldc)) = (row_stride(b), forward_strides(a), row_stride(&c.view())) else {
                 return false;
             };
-            let Some(lda) = forward_strides(a) else {
-                return false;
-            };
-            let Some(ldc) = row_stride(&c.view()) else {
-                return false;
-            };
+            let ((m, k), n) = (a.dim(), b.ncols());
+            let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+            #[rustfmt::skip]
+            let product = super::avx512::Product { m, k, n, a, lda, b, ldb, c, ldc, accumulate };
             // SAFETY: the CPU supports AVX-512 (`widest`); the shapes were checked by
             // `matmul`, and each row stride describes its live view's rows, whose
             // elements are adjacent; `c` is a unique borrow, apart from `a` and `b`.
-            unsafe {
-                super::avx512::matmul_rows(
-                    (a.nrows(), a.ncols(), b.ncols()),
-                    a.as_ptr(),
-                    lda,
-                    b.as_ptr(),
-                    ldb,
-                    c.as_mut_ptr(),
-                    ldc,
-                    accumulate,
-                )
-            };
+            unsafe { super::avx512::matmul_rows(product) };
             return true;
         }
         false
