@@ -133,6 +133,8 @@ impl Scalar for f32 {
             unsafe { super::avx512::matmul_rows(product) };
             return true;
         }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (c, a, b, accumulate);
         false
     }
     #[inline(always)]
@@ -156,6 +158,7 @@ fn small_enough((m, k): (usize, usize), n: usize) -> bool {
 }
 
 /// A view's strides when neither is negative.
+#[cfg(target_arch = "x86_64")]
 fn forward_strides<T>(v: &ArrayView2<T>) -> Option<(usize, usize)> {
     let s = v.strides();
     Some((usize::try_from(s[0]).ok()?, usize::try_from(s[1]).ok()?))
@@ -163,6 +166,7 @@ fn forward_strides<T>(v: &ArrayView2<T>) -> Option<(usize, usize)> {
 
 /// The distance between a view's rows, when the elements within a row are
 /// adjacent and the rows lie forward in memory (one row: its length).
+#[cfg(target_arch = "x86_64")]
 fn row_stride<T>(v: &ArrayView2<T>) -> Option<usize> {
     let (rows, cols) = v.dim();
     let (rs, cs) = (v.strides()[0], v.strides()[1]);
