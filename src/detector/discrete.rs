@@ -111,6 +111,17 @@ struct Level {
 }
 
 impl Level {
+    /// A value with no runs learnt yet.
+    fn fresh(value: f64) -> Level {
+        Level {
+            value,
+            runs: 0,
+            longest: 0,
+            shortest: 0,
+            longest_ended: 0,
+        }
+    }
+
     /// How far beyond its shortest and longest runs the value's runs may reach:
     /// the spread of the `runs` that ended over `runs − 1` (the unbiased estimate of a
     /// uniform's ends from a sample's extremes). Few runs of a wide spread
@@ -230,13 +241,7 @@ impl Runs {
             if stranger {
                 self.strangers.retain(|v| (v - x).abs() > tolerance);
             }
-            self.levels.push(Level {
-                value: x,
-                runs: 0,
-                longest: 0,
-                shortest: 0,
-                longest_ended: 0,
-            });
+            self.levels.push(Level::fresh(x));
         }
         if self.learnt == MIN_LEARNT {
             self.settle();
@@ -251,12 +256,10 @@ impl Runs {
             return;
         };
         let value = self.strangers.swap_remove(i);
+        // Its first run is a lower bound on how long it may last.
         self.levels.push(Level {
-            value,
-            runs: 0,
             longest: self.length,
-            shortest: 0,
-            longest_ended: 0,
+            ..Level::fresh(value)
         });
     }
 
@@ -280,15 +283,7 @@ impl Runs {
         if merged.len() == self.levels.len() {
             return;
         }
-        self.levels = (merged.into_iter())
-            .map(|l| Level {
-                runs: 0,
-                longest: 0,
-                shortest: 0,
-                longest_ended: 0,
-                ..l
-            })
-            .collect();
+        self.levels = (merged.into_iter()).map(|l| Level::fresh(l.value)).collect();
         self.value = (self.level_of(self.value, self.tolerance())).map_or(self.value, |i| self.levels[i].value);
         self.first = true;
     }
