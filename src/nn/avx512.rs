@@ -413,22 +413,35 @@ pub fn lstm_steps_together(runs: &mut [Option<LstmRun<'_>>], steps: usize, const
     }
 }
 
-/// `dst[i] = src[i]`, widened exactly from half precision, sixteen at a time
-/// (`vcvtph2ps`; the tail one by one).
+/// `dst = src` widened from eight-bit blocks (`q · 2^e`, exact): thirty-two
+/// bytes a block, sixteen at a time (`vpmovsxbd`, `vcvtdq2ps`, one product by
+/// the block's scale); a short last block one by one.
 ///
 /// # Panics
-/// If the slices' lengths differ.
+/// If `dst` is not as long as `src`, or `exps` has not one exponent a block.
 #[target_feature(enable = "avx512f")]
-pub fn widen_halves(src: &[half::f16], dst: &mut [f32]) {
-    assert_eq!(src.len(), dst.len(), "as many halves as floats");
-    let mut s = src.chunks_exact(16);
-    let mut d = dst.chunks_exact_mut(16);
-    for (h, f) in (&mut s).zip(&mut d) {
-        // SAFETY: both chunks hold exactly 16 elements; `f16` is a transparent `u16`.
-        unsafe { _mm512_storeu_ps(f.as_mut_ptr(), _mm512_cvtph_ps(_mm256_loadu_si256(h.as_ptr().cast()))) };
-    }
-    for (h, f) in s.remainder().iter().zip(d.into_remainder()) {
-        *f = h.to_f32();
+pub fn widen_bytes(src: &[i8], exps: &[i8], dst: &mut [f32]) {
+    use crate::nn::scorer::{BLOCK, pow2};
+    assert_eq!(src.len(), dst.len(), "as many bytes as floats");
+    assert_eq!(exps.len(), src.len().div_ceil(BLOCK), "one exponent a block");
+    for ((q, d), &e) in src.chunks(BLOCK).zip(dst.chunks_mut(BLOCK)).zip(exps) {
+        let scale = pow2(e);
+        if q.len() < BLOCK {
+            for (d, &q) in d.iter_mut().zip(q) {
+                *d = f32::from(q) * scale;
+            }
+            continue;
+        }
+        let s = _mm512_set1_ps(scale);
+        for half in 0..2 {
+            // SAFETY: a whole block holds 32 bytes and 32 floats; each half reads
+            // 16 of them.
+            unsafe {
+                let b = _mm_loadu_si128(q.as_ptr().add(16 * half).cast());
+                let f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
+                _mm512_storeu_ps(d.as_mut_ptr().add(16 * half), _mm512_mul_ps(f, s));
+            }
+        }
     }
 }
 
@@ -533,24 +546,6 @@ mod tests {
                     }
                 }
             }
-        }
-    }
-
-    #[test]
-    fn every_half_widens_as_the_portable_conversion_does() {
-        if !crate::nn::isa::Isa::Avx512.supported() {
-            return;
-        }
-        // All 65,536 bit patterns, in a length that leaves a tail of 15.
-        let src: Vec<half::f16> = (0..=u16::MAX)
-            .map(half::f16::from_bits)
-            .chain([half::f16::ONE; 15])
-            .collect();
-        let mut wide = vec![0.0f32; src.len()];
-        // SAFETY: the CPU supports AVX-512 (checked above).
-        unsafe { widen_halves(&src, &mut wide) };
-        for (h, w) in src.iter().zip(&wide) {
-            assert_eq!(w.to_bits(), h.to_f32().to_bits(), "{:#06x}", h.to_bits());
         }
     }
 }

@@ -9,8 +9,9 @@ use ndarray::{Array3, ArrayView3};
 
 use super::{Autoencoder, AutoencoderConfig, CellKind, CellParams, Linear, Rnn, RnnConfig};
 
-mod half;
-pub use half::{HalfScorer, HalfWorkspace};
+mod bytes;
+pub(crate) use bytes::{BLOCK, pow2};
+pub use bytes::{ByteScorer, ByteWorkspace};
 
 /// One cell's weights rearranged for single-sequence inference: transposed so a
 /// matrix-vector product is a run of contiguous AXPYs, and biases folded.
