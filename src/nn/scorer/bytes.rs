@@ -26,8 +26,11 @@ const E_MIN: i32 = -126;
 const E_MAX: i32 = 120;
 
 /// An ensemble member's weights in eight bits.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct ByteScorer {
+    /// Which weights these are: set once when they are made, kept by clones (which
+    /// hold the same values), so a workspace that widened them last can skip it.
+    id: u64,
     config: AutoencoderConfig,
     /// Every array a [`Scorer`] stores, in [`Scorer::for_each_array_mut`]'s
     /// order, each cut into blocks of [`BLOCK`] (the last one of an array may be
@@ -37,12 +40,27 @@ pub struct ByteScorer {
     exps: Box<[i8]>,
 }
 
+impl PartialEq for ByteScorer {
+    /// The same shape and weights (whatever their ids).
+    fn eq(&self, other: &Self) -> bool {
+        self.config == other.config && self.values == other.values && self.exps == other.exps
+    }
+}
+
 /// Per-thread scratch of [`ByteScorer::reconstruct_each`]: the widened members
-/// and their workspaces, reused window after window.
+/// and their workspaces, reused window after window, and which members each
+/// widened scorer holds now (a stream's batch of readings widens them once).
 #[derive(Debug, Default)]
 pub struct ByteWorkspace {
     wide: Vec<Scorer>,
+    ids: Vec<u64>,
     wss: Vec<ScoreWorkspace>,
+}
+
+/// A new [`ByteScorer::id`].
+fn next_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The smallest exponent `e` with `max ≤ 127 · 2^e`, within `E_MIN..=E_MAX`.
@@ -133,6 +151,7 @@ impl Scorer {
             }
         });
         ByteScorer {
+            id: next_id(),
             config: self.config.clone(),
             values: values.into_boxed_slice(),
             exps: exps.into_boxed_slice(),
@@ -201,16 +220,23 @@ impl ByteScorer {
     }
 
     /// [`Scorer::reconstruct_each`] for members held in eight bits: each is
-    /// widened into `ws` (allocating only when a member's shape is new to it).
+    /// widened into `ws` unless `ws` holds it widened already (allocating only
+    /// when a member's shape is new to it).
     ///
     /// # Panics
     /// As [`Scorer::reconstruct`].
     pub fn reconstruct_each(members: &[ByteScorer], window: &[f32], ws: &mut ByteWorkspace, f: impl FnMut(&[f32])) {
+        ws.ids.resize(ws.wide.len(), 0);
         for (k, m) in members.iter().enumerate() {
             match ws.wide.get_mut(k) {
+                Some(_) if ws.ids[k] == m.id => {}
                 Some(s) => m.widen_into(s),
-                None => ws.wide.push(m.to_scorer()),
+                None => {
+                    ws.wide.push(m.to_scorer());
+                    ws.ids.push(0);
+                }
             }
+            ws.ids[k] = m.id;
         }
         Scorer::reconstruct_each(&ws.wide[..members.len()], window, &mut ws.wss, f);
     }
@@ -249,6 +275,32 @@ mod tests {
         assert_eq!(block_exponent(127.5), 1);
         assert_eq!(block_exponent(0.0), 0);
         assert_eq!(block_exponent(f32::NAN), 0);
+    }
+
+    #[test]
+    fn a_workspace_widens_each_member_once_and_never_scores_with_stale_weights() {
+        use crate::nn::CellKind;
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let config = AutoencoderConfig::new(CellKind::Lstm, 1, 4);
+        let make = |rng: &mut rand::rngs::StdRng| Autoencoder::<f32>::new(config.clone(), rng).compile().to_bytes();
+        let (a, b) = (vec![make(&mut rng)], vec![make(&mut rng)]);
+        let window = [0.3f32, -0.1, 0.8, 0.2];
+        let score = |m: &[ByteScorer], ws: &mut ByteWorkspace| {
+            let mut out = Vec::new();
+            ByteScorer::reconstruct_each(m, &window, ws, |y| out.extend_from_slice(y));
+            out
+        };
+        let fresh = |m: &[ByteScorer]| score(m, &mut ByteWorkspace::default());
+        let mut ws = ByteWorkspace::default();
+        assert_eq!(score(&a, &mut ws), fresh(&a));
+        assert_eq!(score(&a, &mut ws), fresh(&a), "again, from the widened weights");
+        // Another member of the same shape: widened anew, not scored with a's.
+        assert_ne!(fresh(&b), fresh(&a));
+        assert_eq!(score(&b, &mut ws), fresh(&b));
+        // A clone holds the same weights, so it is the same member.
+        assert_eq!(score(&b.clone(), &mut ws), fresh(&b));
+        assert_eq!(score(&a, &mut ws), fresh(&a));
     }
 
     #[test]
