@@ -476,9 +476,11 @@ impl DetectorConfig {
     }
 
     /// Whether `context` fits a stream of `width` features (`None`: not known
-    /// yet, at most `MAX_FEATURES`): known positions, never every feature.
+    /// yet; then as many as `features` names, or at most `MAX_FEATURES`): known
+    /// positions, never every feature.
     pub fn context_fits(&self, width: Option<usize>) -> Result<(), ConfigError> {
-        let limit = width.unwrap_or(super::MAX_FEATURES);
+        let named = (!self.features.is_empty()).then_some(self.features.len());
+        let limit = width.or(named).unwrap_or(super::MAX_FEATURES);
         super::context::check_names(&self.features, limit).map_err(ConfigError)?;
         if let Some(d) = width.filter(|&d| !self.features.is_empty() && d != self.features.len()) {
             return Err(ConfigError(format!(
@@ -495,7 +497,7 @@ impl DetectorConfig {
         let mut listed = context;
         listed.sort_unstable();
         listed.dedup();
-        if width.is_some_and(|d| listed.len() >= d) {
+        if width.or(named).is_some_and(|d| listed.len() >= d) {
             return Err(ConfigError(
                 "context names every feature: at least one must be judged".into(),
             ));

@@ -22,17 +22,44 @@
 //! enters the state, the range rule, the stuck check or the contributions, so they
 //! are never flagged and never named as a cause.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, de};
 
 /// A feature named in a config: by its index, or by its name in the config's
-/// `features` (JSON and TOML: `1` or `"mode"`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// `features` (JSON and TOML: `1` or `"mode"`; anything else is refused by
+/// saying so).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum FeatureRef {
     /// Its position in a reading's values, from 0.
     Index(usize),
     /// Its name in `features`.
     Name(String),
+}
+
+impl<'de> Deserialize<'de> for FeatureRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = FeatureRef;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a feature's index (0, 1, ...) or its name in `features`")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<FeatureRef, E> {
+                usize::try_from(v)
+                    .map(FeatureRef::Index)
+                    .map_err(|_| E::custom(format!("feature index {v} is out of range")))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<FeatureRef, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::custom(format!("a feature index is 0 or more, got {v}")))
+                    .and_then(|v| self.visit_u64(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<FeatureRef, E> {
+                Ok(FeatureRef::Name(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl FeatureRef {
@@ -213,10 +240,35 @@ mod tests {
     }
 
     #[test]
+    fn named_features_give_the_width_a_context_must_fit_before_any_reading() {
+        let config = |features: &[&str], context: Vec<FeatureRef>| crate::detector::DetectorConfig {
+            features: features.iter().map(|s| s.to_string()).collect(),
+            context,
+            ..Default::default()
+        };
+        let all = config(&["x"], vec!["x".into()]).validate().unwrap_err().0;
+        assert!(all.contains("every feature"), "{all}");
+        let beyond = config(&["a", "b"], vec![5.into()]).validate().unwrap_err().0;
+        assert!(beyond.contains("numbered 0..2"), "{beyond}");
+        config(&["a", "b"], vec!["b".into()]).validate().unwrap();
+        // Unnamed, the width is not known until a reading comes.
+        config(&[], vec![0.into()]).validate().unwrap();
+    }
+
+    #[test]
     fn a_feature_is_named_by_its_index_or_by_its_name() {
         let names: Vec<String> = ["cpu", "mode"].map(String::from).to_vec();
         let refs: Vec<FeatureRef> = serde_json::from_str(r#"[0, "mode"]"#).unwrap();
         assert_eq!(refs, vec![0.into(), "mode".into()]);
+        for (bad, says) in [
+            ("[true]", "a feature's index (0, 1, ...) or its name"),
+            ("[1.5]", "a feature's index (0, 1, ...) or its name"),
+            ("[[0]]", "a feature's index (0, 1, ...) or its name"),
+            ("[-1]", "a feature index is 0 or more, got -1"),
+        ] {
+            let err = serde_json::from_str::<Vec<FeatureRef>>(bad).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
         assert_eq!(resolve(&refs, &names), Ok(vec![0, 1]));
         let unknown = resolve(&["deploy".into()], &names).unwrap_err();
         assert!(unknown.contains("\"deploy\"") && unknown.contains("cpu"), "{unknown}");
