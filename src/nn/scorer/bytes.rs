@@ -80,7 +80,8 @@ fn block_exponent(max: f32) -> i32 {
     e
 }
 
-/// `block` rounded to the nearest multiples of its scale: `(q, e)` per value.
+/// Rounds `block` to the nearest multiples of its scale `2^e`: pushes each
+/// value's `q` onto `q` and returns the block's `e`.
 fn quantise(block: &[f32], q: &mut Vec<i8>) -> i8 {
     let max = block.iter().fold(0f32, |m, v| if v.abs() > m { v.abs() } else { m });
     let e = block_exponent(max);
