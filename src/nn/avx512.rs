@@ -421,18 +421,15 @@ pub fn lstm_steps_together(runs: &mut [Option<LstmRun<'_>>], steps: usize, const
 /// If `dst` is not as long as `src`, or `exps` has not one exponent a block.
 #[target_feature(enable = "avx512f")]
 pub fn widen_bytes(src: &[i8], exps: &[i8], dst: &mut [f32]) {
-    use crate::nn::scorer::{BLOCK, pow2};
+    use crate::nn::scorer::{BLOCK, pow2, widen_block};
     assert_eq!(src.len(), dst.len(), "as many bytes as floats");
     assert_eq!(exps.len(), src.len().div_ceil(BLOCK), "one exponent a block");
     for ((q, d), &e) in src.chunks(BLOCK).zip(dst.chunks_mut(BLOCK)).zip(exps) {
-        let scale = pow2(e);
         if q.len() < BLOCK {
-            for (d, &q) in d.iter_mut().zip(q) {
-                *d = f32::from(q) * scale;
-            }
+            widen_block(q, e, d);
             continue;
         }
-        let s = _mm512_set1_ps(scale);
+        let s = _mm512_set1_ps(pow2(e));
         for half in 0..2 {
             // SAFETY: a whole block holds 32 bytes and 32 floats; each half reads
             // 16 of them.

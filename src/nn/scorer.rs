@@ -10,7 +10,7 @@ use ndarray::{Array3, ArrayView3};
 use super::{Autoencoder, AutoencoderConfig, CellKind, CellParams, Linear, Rnn, RnnConfig};
 
 mod bytes;
-pub(crate) use bytes::{BLOCK, pow2};
+pub(crate) use bytes::{BLOCK, pow2, widen_block};
 pub use bytes::{ByteScorer, ByteWorkspace};
 
 /// One cell's weights rearranged for single-sequence inference: transposed so a

@@ -83,7 +83,7 @@ fn block_exponent(max: f32) -> i32 {
 /// Rounds `block` to the nearest multiples of its scale `2^e`: pushes each
 /// value's `q` onto `q` and returns the block's `e`.
 fn quantise(block: &[f32], q: &mut Vec<i8>) -> i8 {
-    let max = block.iter().fold(0f32, |m, v| if v.abs() > m { v.abs() } else { m });
+    let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
     let e = block_exponent(max);
     let scale = 2f64.powi(e);
     q.extend(block.iter().map(|&v| {
@@ -121,13 +121,19 @@ pub(crate) fn pow2(e: i8) -> f32 {
     f32::from_bits(((i32::from(e) + 127) as u32) << 23)
 }
 
+/// One block `q` at exponent `e` widened into `d`, value by value.
+#[inline(always)]
+pub(crate) fn widen_block(q: &[i8], e: i8, d: &mut [f32]) {
+    let scale = pow2(e);
+    for (d, &q) in d.iter_mut().zip(q) {
+        *d = f32::from(q) * scale;
+    }
+}
+
 #[inline(always)]
 fn widen_portable(src: &[i8], exps: &[i8], dst: &mut [f32]) {
     for ((q, d), &e) in src.chunks(BLOCK).zip(dst.chunks_mut(BLOCK)).zip(exps) {
-        let scale = pow2(e);
-        for (d, &q) in d.iter_mut().zip(q) {
-            *d = f32::from(q) * scale;
-        }
+        widen_block(q, e, d);
     }
 }
 
