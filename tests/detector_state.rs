@@ -535,6 +535,37 @@ fn huge_finite_values_keep_the_state_finite_and_are_flagged_not_learnt() {
     assert!(v.score.is_finite() && !v.anomaly);
 }
 
+/// A snapshot from before the reading buffer was anchored held the buffer as
+/// plain `f64`s (`history`): it restores, the buffer rounded as pushes round
+/// it, and the stream judges on as the one that wrote it does.
+#[test]
+fn a_snapshot_with_the_buffer_as_plain_values_restores_and_judges_on() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let values: Vec<f64> = (0..1300).map(|t| wave(t, 0.0) + 0.2 * noise(&mut rng)).collect();
+    let mut det = Detector::new(config()).unwrap();
+    run(&mut det, 1200, &mut |t| vec![values[t]]);
+    assert!(det.model().is_some());
+    let snap = det.snapshot();
+    let mut json = serde_json::to_value(&snap.state).unwrap();
+    let state = json.as_object_mut().unwrap();
+    assert!(state.remove("buffer").is_some(), "the anchored buffer is written");
+    let kept = det.config().training.buffer;
+    state.insert("history".into(), serde_json::json!(values[1200 - kept..1200]));
+    let mut old = Detector::restore(anomalyd::detector::DetectorSnapshot {
+        state: serde_json::from_value(json).unwrap(),
+        members: snap.members,
+    })
+    .unwrap();
+    let spike = |t: usize| values[t] + if t == 1250 { 30.0 } else { 0.0 };
+    let a = run(&mut det, 100, &mut |t| vec![spike(t)]);
+    let b = run(&mut old, 100, &mut |t| vec![spike(t)]);
+    assert!(a[50].anomaly, "the spike is flagged");
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.anomaly, y.anomaly);
+        assert!((x.score - y.score).abs() < 1e-4, "{} against {}", x.score, y.score);
+    }
+}
+
 #[test]
 fn a_reading_wider_than_any_stream_allocates_nothing() {
     let mut det = Detector::new(config()).unwrap();

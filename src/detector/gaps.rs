@@ -62,7 +62,7 @@ impl Detector {
         let n_rows = self.history.len() / d;
         (0..d)
             .map(|j| {
-                let last = self.history[(n_rows - 1) * d + j];
+                let last = self.history.get((n_rows - 1) * d + j);
                 let mut past = [0.0; baseline::MAX_SEASONAL_PERIODS];
                 let n = self.seasonal_past(j, n_rows, false, &mut past);
                 if n > 0 && self.state_baselines[j].seasonal_explains() {

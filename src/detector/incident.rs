@@ -258,7 +258,7 @@ impl Detector {
             for j in 0..d {
                 // The seasonal residual is not replayed: its expectation for an old
                 // row is not at hand.
-                self.state_baselines[j].learn(self.history[row * d + j], None, window);
+                self.state_baselines[j].learn(self.history.get(row * d + j), None, window);
             }
         }
         // Accepted (or a false alarm): what the stretch looked like is normal.

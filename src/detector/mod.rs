@@ -21,6 +21,7 @@
 //!         NAB rewards
 //! ```
 
+pub mod anchored;
 pub mod baseline;
 pub mod cadence;
 pub mod changes;
@@ -49,6 +50,7 @@ pub use config::{ConfigError, DetectorConfig, DetectorKind, Objective};
 pub use context::FeatureRef;
 pub use train::{JobKind, TrainJob, TrainOutcome, TrainReport, TrainedModel};
 
+use anchored::Anchored;
 use baseline::{OnlineAr, Seasonal, StateBaselines, WindowedGaussian};
 use cadence::Cadence;
 pub use incident::SHORT_INCIDENT;
@@ -319,7 +321,7 @@ pub struct Detector {
     last_ts: Option<Micros>,
     /// The most recent readings, flattened `[n][d]`, oldest first: the current window
     /// and the training buffer.
-    history: VecDeque<f64>,
+    history: Anchored,
     /// Buffered readings that were not learnt (reading numbers, ascending; empty
     /// while the stream is normal): training skips windows that hold one, and
     /// `accept` learns them.
@@ -413,7 +415,7 @@ impl Detector {
             config,
             seen: 0,
             last_ts: None,
-            history: VecDeque::new(),
+            history: Anchored::new(1),
             unlearnt: VecDeque::new(),
             filled: VecDeque::new(),
             gaussians: Vec::new(),

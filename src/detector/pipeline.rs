@@ -410,9 +410,9 @@ impl Detector {
         self.last_ts = Some(timestamp);
         let cap = self.config.training.buffer.max(self.config.window) * d;
         while self.history.len() + d > cap {
-            self.history.drain(..d);
+            self.history.pop_row();
         }
-        self.history.extend(values.iter().copied());
+        self.history.push_row(values);
         let oldest = self.seen + 1 - (self.history.len() / d) as u64;
         for rows in [&mut self.unlearnt, &mut self.filled] {
             while rows.front().is_some_and(|&n| n < oldest) {
@@ -527,7 +527,7 @@ impl Detector {
         // validate() bounds seasonal_periods by MAX_SEASONAL_PERIODS.
         for k in (1..).take_while(|k| k * p <= reach && (normal_only || *k <= wanted)) {
             if !normal_only || learnt(number - (k * p) as u64) {
-                past[n] = self.history[(row - k * p) * d + j];
+                past[n] = self.history.get((row - k * p) * d + j);
                 n += 1;
                 if n == wanted {
                     break;
@@ -632,8 +632,8 @@ impl Detector {
         if n < 2 * d {
             return None;
         }
-        let prev: Vec<f64> = self.history.range(n - 2 * d..n - d).copied().collect();
-        let cur: Vec<f64> = self.history.range(n - d..).copied().collect();
+        let prev: Vec<f64> = self.history.range(n - 2 * d..n - d).collect();
+        let cur: Vec<f64> = self.history.range(n - d..n).collect();
         Some(changes.residual(&prev, &cur))
     }
 
@@ -717,9 +717,9 @@ impl Detector {
         let start = self.history.len() - w * d;
         let window: Vec<f32> = self
             .history
-            .range(start..)
+            .range(start..self.history.len())
             .enumerate()
-            .map(|(i, &x)| model.normaliser.apply(i % d, x))
+            .map(|(i, x)| model.normaliser.apply(i % d, x))
             .collect();
         let steps = train::scored_steps(&self.config);
         let from = (w - steps) * d;
@@ -785,7 +785,7 @@ impl Detector {
         }
         let from = (n_rows - searched) * d;
         for j in 0..d {
-            let column: Vec<f64> = self.history.range(from..).skip(j).step_by(d).copied().collect();
+            let column: Vec<f64> = self.history.range(from + j..self.history.len()).step_by(d).collect();
             // The dominant cycle, or a longer one made of whole cycles of it (a
             // week of days) when the cycles differ in a way that repeats.
             let period = baseline::find_period(&column, 4, min_acf)

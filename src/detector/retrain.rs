@@ -117,8 +117,7 @@ impl Detector {
         let rows = rows.min(self.job_rows(completion).unwrap_or(rows));
         let readings: Vec<Vec<f64>> = self
             .history
-            .range(self.history.len() - rows * d..)
-            .copied()
+            .range(self.history.len() - rows * d..self.history.len())
             .collect::<Vec<_>>()
             .chunks(d)
             .map(<[f64]>::to_vec)

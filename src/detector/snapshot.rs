@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::anchored::Anchored;
 use super::baseline::{OnlineAr, Seasonal, StateBaselines, WindowedGaussian};
 use super::cadence::Cadence;
 use super::config::Objective;
@@ -36,7 +37,8 @@ impl Detector {
                 n_features: self.n_features,
                 seen: self.seen,
                 last_ts: self.last_ts,
-                history: self.history.iter().copied().collect(),
+                history: Vec::new(),
+                buffer: Some(self.history.clone()),
                 unlearnt: self.unlearnt.iter().copied().collect(),
                 filled: self.filled.iter().copied().collect(),
                 state: self.state.clone(),
@@ -102,6 +104,11 @@ impl Detector {
             .model
             .map(|meta| restore_model(meta, &snapshot.members, s.config.model.ensemble, d))
             .transpose()?;
+        // A snapshot from before the anchored buffer held its readings as f64s.
+        let history = match s.buffer {
+            Some(b) => b,
+            None => Anchored::from_values(d.max(1), &s.history),
+        };
         // A snapshot from before the seasonal baseline starts it afresh.
         let seasonals = if s.seasonals.len() == s.gaussians.len() {
             s.seasonals
@@ -124,7 +131,7 @@ impl Detector {
             n_features: s.n_features,
             seen: s.seen,
             last_ts: s.last_ts,
-            history: s.history.into(),
+            history,
             unlearnt: s.unlearnt.into(),
             filled: s.filled.into(),
             state: s.state,
@@ -184,7 +191,7 @@ impl Detector {
         if let Some(d) = next.n_features {
             let cap = next.config.training.buffer.max(next.config.window) * d;
             while next.history.len() > cap {
-                next.history.drain(..d);
+                next.history.pop_row();
             }
             let oldest = next.seen + 1 - (next.history.len() / d) as u64;
             next.unlearnt.retain(|&n| n >= oldest);
@@ -200,7 +207,7 @@ impl Detector {
         if let Some(d) = self.n_features {
             let rows = (self.history.len() / d) as u64;
             let first = self.seen + 1 - rows;
-            let flat: Vec<f64> = self.history.iter().copied().collect();
+            let flat: Vec<f64> = self.history.iter().collect();
             for (i, row) in flat.chunks_exact(d).enumerate() {
                 let n = first + i as u64;
                 if self.unlearnt.binary_search(&n).is_ok() || self.filled.binary_search(&n).is_ok() {
@@ -241,8 +248,13 @@ pub struct DetectorState {
     n_features: Option<usize>,
     seen: u64,
     last_ts: Option<Micros>,
-    #[serde(with = "packed")]
+    /// The buffered readings as snapshots before the anchored buffer wrote
+    /// them (`f64`s, rows of `n_features`); empty since.
+    #[serde(with = "packed", default, skip_serializing_if = "Vec::is_empty")]
     history: Vec<f64>,
+    /// The buffered readings (absent in snapshots from before it: `history`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    buffer: Option<Anchored>,
     /// Buffered readings not learnt (absent in snapshots from before the state
     /// existed: all were).
     #[serde(default)]
@@ -367,6 +379,12 @@ impl DetectorState {
         self.runs.iter().try_for_each(Runs::check)?;
         if d == 0 && !self.history.is_empty() || d > 0 && !self.history.len().is_multiple_of(d) {
             return Err(format!("history of {} values for {d} features", self.history.len()));
+        }
+        if let Some(b) = &self.buffer {
+            b.check()?;
+            if !b.is_empty() && b.width() != d || !self.history.is_empty() {
+                return Err(format!("a buffer of rows of {} for {d} features", b.width()));
+            }
         }
         self.gaussians.iter().try_for_each(WindowedGaussian::check)?;
         self.ars.iter().try_for_each(OnlineAr::check)?;

@@ -20,13 +20,15 @@ pub use seasonal::{MAX_SEASONAL_PERIODS, Seasonal, find_period, longer_period, m
 pub use state::{LONG_RUN, StateBaselines};
 pub use stuck::{MIN_STUCK_RUN, Stuck};
 
-use std::collections::VecDeque;
+use super::anchored::Anchored;
 
 /// Mean and standard deviation of the last `cap` values.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WindowStats {
-    #[serde(with = "super::packed")]
-    buf: VecDeque<f64>,
+    /// The values, about four bytes each (see [`Anchored`]); the sums are
+    /// those of the values as it holds them.
+    #[serde(with = "super::anchored::or_values")]
+    buf: Anchored,
     cap: usize,
     sum: f64,
     sumsq: f64,
@@ -37,7 +39,8 @@ pub struct WindowStats {
 impl WindowStats {
     /// Whether a deserialised window is one this code could have built.
     pub fn check(&self) -> Result<(), String> {
-        if self.cap == 0 || self.cap > 1_000_000 || self.buf.len() > self.cap {
+        self.buf.check()?;
+        if self.cap == 0 || self.cap > 1_000_000 || self.buf.len() > self.cap || self.buf.width() != 1 {
             return Err(format!(
                 "window of {} values in a capacity of {}",
                 self.buf.len(),
@@ -51,7 +54,7 @@ impl WindowStats {
     pub fn new(cap: usize) -> Self {
         WindowStats {
             // Grows as it fills: a seasonal window stays empty while there is no period.
-            buf: VecDeque::new(),
+            buf: Anchored::new(1),
             cap: cap.max(1),
             sum: 0.0,
             sumsq: 0.0,
@@ -62,16 +65,18 @@ impl WindowStats {
     /// Adds a value, dropping the oldest when full.
     pub fn push(&mut self, x: f64) {
         if self.buf.len() == self.cap
-            && let Some(old) = self.buf.pop_front()
+            && let Some(old) = self.buf.first()
         {
+            self.buf.pop_row();
             self.sum -= old;
             self.sumsq -= old * old;
         }
-        self.buf.push_back(x);
+        // Filling a block rounds its values: the sums are recomputed then.
+        let rounded = self.buf.push_row(&[x]);
         self.sum += x;
         self.sumsq += x * x;
         self.since_exact += 1;
-        if self.since_exact >= self.cap {
+        if self.since_exact >= self.cap || rounded {
             self.sum = self.buf.iter().sum();
             self.sumsq = self.buf.iter().map(|v| v * v).sum();
             self.since_exact = 0;
