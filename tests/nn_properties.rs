@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 
 use anomalyd::nn::isa::Isa;
 use anomalyd::nn::{
-    Autoencoder, AutoencoderConfig, ByteScorer, ByteWorkspace, CellKind, Rnn, RnnConfig, ScoreWorkspace, Scorer,
+    Autoencoder, AutoencoderConfig, CellKind, NibbleScorer, NibbleWorkspace, Rnn, RnnConfig, ScoreWorkspace, Scorer,
 };
 
 fn kind_strategy() -> impl Strategy<Value = CellKind> {
@@ -164,7 +164,7 @@ proptest! {
     }
 
     #[test]
-    fn an_eight_bit_scorer_scores_exactly_as_its_rounded_model(
+    fn a_four_bit_scorer_scores_exactly_as_its_rounded_model(
         kind in kind_strategy(), members in 1usize..5, d_in in 1usize..4, h in 1usize..40, layers in 1usize..3,
         bi in any::<bool>(), w in 1usize..12, seed in any::<u64>(),
     ) {
@@ -175,31 +175,31 @@ proptest! {
         let mut rounded_all = Vec::new();
         for model in &models {
             let mut rounded = model.clone();
-            rounded.round_to_bytes();
+            rounded.round_to_nibbles();
             // Rounding moves each weight by at most half its block's scale, which is
-            // at most 1/127 of the block's (so of the tensor's) largest magnitude.
+            // at most 1/7 of the block's (so of the tensor's) largest magnitude.
             for (a, b) in model.tensors().iter().zip(rounded.tensors()) {
                 let max = a.iter().fold(0f32, |m, v| m.max(v.abs()));
                 for (&x, &y) in a.iter().zip(b) {
-                    prop_assert!((x - y).abs() <= max / 127.0, "{} rounded to {} (largest {})", x, y, max);
+                    prop_assert!((x - y).abs() <= max / 7.0, "{} rounded to {} (largest {})", x, y, max);
                 }
             }
-            // Rounded once, a model goes through eight bits unchanged.
-            let bytes = rounded.compile().to_bytes();
+            // Rounded once, a model goes through four bits unchanged.
+            let bytes = rounded.compile().to_nibbles();
             prop_assert_eq!(&bytes.to_model(), &rounded);
             prop_assert_eq!(bytes.n_params(), rounded.n_params());
-            prop_assert_eq!(&model.compile().to_bytes(), &bytes, "the scorer rounds as the model does");
+            prop_assert_eq!(&model.compile().to_nibbles(), &bytes, "the scorer rounds as the model does");
             rounded_all.push(rounded);
         }
         // Widened window by window, the members score bit for bit as f32 scorers of
         // the rounded models, through a workspace that last held another shape.
-        let held: Vec<ByteScorer> = rounded_all.iter().map(|m| m.compile().to_bytes()).collect();
+        let held: Vec<NibbleScorer> = rounded_all.iter().map(|m| m.compile().to_nibbles()).collect();
         let f32s: Vec<Scorer> = rounded_all.iter().map(|m| m.compile()).collect();
-        let mut hws = ByteWorkspace::default();
-        let other = Autoencoder::<f32>::new(AutoencoderConfig::new(CellKind::Lstm, 2, 3), &mut rng).compile().to_bytes();
-        ByteScorer::reconstruct_each(std::slice::from_ref(&other), &[0.5; 6], &mut hws, |_| {});
+        let mut hws = NibbleWorkspace::default();
+        let other = Autoencoder::<f32>::new(AutoencoderConfig::new(CellKind::Lstm, 2, 3), &mut rng).compile().to_nibbles();
+        NibbleScorer::reconstruct_each(std::slice::from_ref(&other), &[0.5; 6], &mut hws, |_| {});
         let (mut from_bytes, mut from_f32) = (Vec::new(), Vec::new());
-        ByteScorer::reconstruct_each(&held, &window, &mut hws, |y| from_bytes.push(y.to_vec()));
+        NibbleScorer::reconstruct_each(&held, &window, &mut hws, |y| from_bytes.push(y.to_vec()));
         Scorer::reconstruct_each(&f32s, &window, &mut Vec::new(), |y| from_f32.push(y.to_vec()));
         prop_assert_eq!(from_bytes, from_f32);
     }

@@ -1,11 +1,11 @@
 //! The scorer allocates nothing once its workspace has grown: a counting global
 //! allocator (this test binary's own) sees no allocation in a second reconstruction
 //! of a window, for every cell kind, stacked and bidirectional, nor in an
-//! ensemble's members scored together, nor in members widened from eight bits.
+//! ensemble's members scored together, nor in members widened from four bits.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
-use anomalyd::nn::{Autoencoder, AutoencoderConfig, ByteScorer, ByteWorkspace, CellKind, ScoreWorkspace, Scorer};
+use anomalyd::nn::{Autoencoder, AutoencoderConfig, CellKind, NibbleScorer, NibbleWorkspace, ScoreWorkspace, Scorer};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -105,19 +105,19 @@ fn a_warm_ensemble_allocates_nothing() {
 }
 
 #[test]
-fn a_warm_eight_bit_ensemble_allocates_nothing() {
+fn a_warm_four_bit_ensemble_allocates_nothing() {
     let mut rng = StdRng::seed_from_u64(8);
     let config = AutoencoderConfig::new(CellKind::Lstm, 1, 16);
-    let members: Vec<ByteScorer> = (0..3)
-        .map(|_| Autoencoder::<f32>::new(config.clone(), &mut rng).compile().to_bytes())
+    let members: Vec<NibbleScorer> = (0..3)
+        .map(|_| Autoencoder::<f32>::new(config.clone(), &mut rng).compile().to_nibbles())
         .collect();
     let window: Vec<f32> = (0..32).map(|k| (k as f32 * 0.37).sin()).collect();
-    let mut ws = ByteWorkspace::default();
+    let mut ws = NibbleWorkspace::default();
     let mut sum = 0.0;
-    ByteScorer::reconstruct_each(&members, &window, &mut ws, |y| sum += y[0]);
+    NibbleScorer::reconstruct_each(&members, &window, &mut ws, |y| sum += y[0]);
     let before = allocations();
     let mut again = 0.0;
-    ByteScorer::reconstruct_each(&members, &window, &mut ws, |y| again += y[0]);
+    NibbleScorer::reconstruct_each(&members, &window, &mut ws, |y| again += y[0]);
     assert_eq!(allocations() - before, 0);
     assert_eq!(again, sum, "the same window, the same reconstructions");
 }

@@ -62,7 +62,7 @@ pub use state::{Incident, IncidentEvent, Resolution};
 use state::{Judgement, StateCalibration};
 use train::{ErrorStats, Normaliser};
 
-use crate::nn::ByteScorer;
+use crate::nn::NibbleScorer;
 use crate::timestamp::Micros;
 
 /// Which part of the detector produced a score.
@@ -291,9 +291,9 @@ pub fn check_reading(
 pub struct ActiveModel {
     /// Version (1 for the first model).
     pub version: u64,
-    /// Compiled ensemble members, their weights in eight bits (trained models
+    /// Compiled ensemble members, their weights in four bits (trained models
     /// are rounded before calibration, so these score exactly what was calibrated).
-    pub scorers: Vec<ByteScorer>,
+    pub scorers: Vec<NibbleScorer>,
     /// Normalisation the members were trained with.
     pub normaliser: Normaliser,
     /// Held-out error distribution.

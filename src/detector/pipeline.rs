@@ -13,13 +13,13 @@ use super::{
     Detector, DetectorKind, IncidentEvent, MAX_MAGNITUDE, PERIOD_SEARCH, Phase, ReadingError, SHORT_INCIDENT, Verdict,
     context, discrete,
 };
-use crate::nn::{ByteScorer, ByteWorkspace};
+use crate::nn::{NibbleScorer, NibbleWorkspace};
 use crate::timestamp::Micros;
 
 thread_local! {
     /// Scratch space of the scorers, one per thread rather than per stream (streams
     /// are many, scoring threads few).
-    static WORKSPACE: std::cell::RefCell<ByteWorkspace> = std::cell::RefCell::new(ByteWorkspace::default());
+    static WORKSPACE: std::cell::RefCell<NibbleWorkspace> = std::cell::RefCell::new(NibbleWorkspace::default());
 }
 
 /// A surprise (in standard deviations) as a raw score in [0, 1):
@@ -728,7 +728,7 @@ impl Detector {
         // A forecasting model sees the window as in training: the newest step hidden.
         let input = model.objective.input(&window, d);
         WORKSPACE.with_borrow_mut(|ws| {
-            ByteScorer::reconstruct_each(&model.scorers, &input, ws, |y| {
+            NibbleScorer::reconstruct_each(&model.scorers, &input, ws, |y| {
                 for (i, (&a, &b)) in y[from..].iter().zip(&window[from..]).enumerate() {
                     sq[i % d] += ((a - b) as f64).powi(2);
                 }

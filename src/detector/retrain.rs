@@ -241,7 +241,7 @@ impl Detector {
                 let (at, at_ts) = self.job_taken_at.unwrap_or((self.seen, self.last_ts.unwrap_or(0)));
                 self.model = Some(ActiveModel {
                     version: m.version,
-                    scorers: m.members.iter().map(|a| a.compile().to_bytes()).collect(),
+                    scorers: m.members.iter().map(|a| a.compile().to_nibbles()).collect(),
                     normaliser: m.normaliser,
                     errors: m.errors,
                     objective: m.objective,

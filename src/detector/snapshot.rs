@@ -435,7 +435,7 @@ fn restore_model(
         .map_err(|e| ConfigError(format!("inconsistent snapshot: {e}")))?;
     Ok(ActiveModel {
         version: meta.version,
-        scorers: members.iter().map(|m| m.compile().to_bytes()).collect(),
+        scorers: members.iter().map(|m| m.compile().to_nibbles()).collect(),
         normaliser: meta.normaliser,
         errors: meta.errors,
         objective: meta.objective,

@@ -463,9 +463,9 @@ pub fn train(job: &TrainJob, should_stop: &dyn Fn() -> bool) -> TrainOutcome {
         };
         report.train_loss += fitted.train_loss / n_members as f64;
         report.val_loss += fitted.val_loss / n_members as f64;
-        // Streams hold their members in eight bits: calibrate what will score.
+        // Streams hold their members in four bits: calibrate what will score.
         let mut model = fitted.model;
-        model.round_to_bytes();
+        model.round_to_nibbles();
         members.push(model);
         if report.budget_exhausted {
             break;

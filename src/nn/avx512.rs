@@ -413,31 +413,32 @@ pub fn lstm_steps_together(runs: &mut [Option<LstmRun<'_>>], steps: usize, const
     }
 }
 
-/// `dst = src` widened from eight-bit blocks (`q · 2^e`, exact): thirty-two
-/// bytes a block, sixteen at a time (`vpmovsxbd`, `vcvtdq2ps`, one product by
-/// the block's scale); a short last block one by one.
+/// `dst = src` widened from four-bit blocks (`q · 2^e`, exact): a block's
+/// sixteen bytes sign-extended at once (`vpmovsxbd`), its low halves (values
+/// 0..16) and high halves (16..32) split by shifts, converted (`vcvtdq2ps`) and
+/// multiplied by the block's scale; a short last block one by one.
 ///
 /// # Panics
-/// If `dst` is not as long as `src`, or `exps` has not one exponent a block.
+/// If `src` has not sixteen bytes and `exps` one exponent for each block of
+/// `dst`.
 #[target_feature(enable = "avx512f")]
-pub fn widen_bytes(src: &[i8], exps: &[i8], dst: &mut [f32]) {
-    use crate::nn::scorer::{BLOCK, pow2, widen_block};
-    assert_eq!(src.len(), dst.len(), "as many bytes as floats");
-    assert_eq!(exps.len(), src.len().div_ceil(BLOCK), "one exponent a block");
-    for ((q, d), &e) in src.chunks(BLOCK).zip(dst.chunks_mut(BLOCK)).zip(exps) {
-        if q.len() < BLOCK {
+pub fn widen_nibbles(src: &[u8], exps: &[i8], dst: &mut [f32]) {
+    use crate::nn::scorer::{BLOCK, BLOCK_BYTES, pow2, widen_block};
+    assert_eq!(exps.len(), dst.len().div_ceil(BLOCK), "one exponent a block");
+    assert_eq!(src.len(), exps.len() * BLOCK_BYTES, "sixteen bytes a block");
+    for ((q, d), &e) in src.chunks(BLOCK_BYTES).zip(dst.chunks_mut(BLOCK)).zip(exps) {
+        if d.len() < BLOCK {
             widen_block(q, e, d);
             continue;
         }
         let s = _mm512_set1_ps(pow2(e));
-        for half in 0..2 {
-            // SAFETY: a whole block holds 32 bytes and 32 floats; each half reads
-            // 16 of them.
-            unsafe {
-                let b = _mm_loadu_si128(q.as_ptr().add(16 * half).cast());
-                let f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
-                _mm512_storeu_ps(d.as_mut_ptr().add(16 * half), _mm512_mul_ps(f, s));
-            }
+        // SAFETY: a whole block holds 16 bytes and 32 floats.
+        unsafe {
+            let x = _mm512_cvtepi8_epi32(_mm_loadu_si128(q.as_ptr().cast()));
+            let low = _mm512_srai_epi32::<28>(_mm512_slli_epi32::<28>(x));
+            let high = _mm512_srai_epi32::<4>(x);
+            _mm512_storeu_ps(d.as_mut_ptr(), _mm512_mul_ps(_mm512_cvtepi32_ps(low), s));
+            _mm512_storeu_ps(d.as_mut_ptr().add(16), _mm512_mul_ps(_mm512_cvtepi32_ps(high), s));
         }
     }
 }

@@ -35,4 +35,4 @@ pub use loss::mse;
 pub use optim::{Adam, AdamParams, Optimizer, Sgd, clip_grad_norm};
 pub use rnn::{Rnn, RnnCache, RnnConfig, RnnGrads, RnnOutput};
 pub use scalar::{Scalar, exp_f32, matmul, sigmoid_f32, tanh_f32};
-pub use scorer::{ByteScorer, ByteWorkspace, ScoreWorkspace, Scorer};
+pub use scorer::{NibbleScorer, NibbleWorkspace, ScoreWorkspace, Scorer};

@@ -9,9 +9,9 @@ use ndarray::{Array3, ArrayView3};
 
 use super::{Autoencoder, AutoencoderConfig, CellKind, CellParams, Linear, Rnn, RnnConfig};
 
-mod bytes;
-pub(crate) use bytes::{BLOCK, pow2, widen_block};
-pub use bytes::{ByteScorer, ByteWorkspace};
+mod nibbles;
+pub(crate) use nibbles::{BLOCK, BLOCK_BYTES, pow2, widen_block};
+pub use nibbles::{NibbleScorer, NibbleWorkspace};
 
 /// One cell's weights rearranged for single-sequence inference: transposed so a
 /// matrix-vector product is a run of contiguous AXPYs, and biases folded.
