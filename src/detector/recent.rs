@@ -1,5 +1,6 @@
 //! What a stream judged lately: its newest readings with their verdicts, kept
-//! compact (values and expectations as `f32`, the score in 16 bits) and bounded
+//! compact (values and expectations as `f32` offsets from a per-feature `f64`
+//! anchor, so a counter at 10^12 shows its small steps; the score in 16 bits) and bounded
 //! per stream, for charts (`GET /v1/streams/{id}/recent`, the console, `replay
 //! --plot`). It travels with the detector's snapshot, so a restart keeps it.
 
@@ -32,10 +33,18 @@ pub struct Recent {
     times: VecDeque<Micros>,
     scores: VecDeque<u16>,
     flags: VecDeque<u8>,
-    /// `[n][d]`.
+    /// `[n][d]`, offsets from `anchors`.
     values: VecDeque<f32>,
-    /// `[n][d]`.
+    /// `[n][d]`, offsets from `anchors`.
     expected: VecDeque<f32>,
+    /// `[d]`: what each feature's offsets are from, moved to the newest reading
+    /// once a capacity's worth came since (absent in snapshots from before
+    /// them: the values are their own).
+    #[serde(default)]
+    anchors: Vec<f64>,
+    /// Readings pushed since the anchors last moved.
+    #[serde(default)]
+    since_anchored: usize,
 }
 
 /// One recent reading as the API shows it.
@@ -77,8 +86,8 @@ fn rfc3339<S: serde::Serializer>(t: &Micros, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&crate::timestamp::format_rfc3339(*t))
 }
 
-/// `x` as f32, beyond f32's range at its largest finite value (a snapshot holds
-/// finite numbers only).
+/// `x` (an offset) as f32, beyond f32's range at its largest finite value (a
+/// snapshot holds finite numbers only).
 fn narrow(x: f64) -> f32 {
     if x.is_nan() {
         0.0
@@ -118,6 +127,10 @@ impl Recent {
             self.values.drain(..d);
             self.expected.drain(..d);
         }
+        if self.anchors.len() != d || self.since_anchored >= capacity(d) {
+            self.move_anchors(values);
+        }
+        self.since_anchored += 1;
         self.times.push_back(v.timestamp);
         let score = v
             .judged_score()
@@ -127,8 +140,31 @@ impl Recent {
             | (if v.incident.is_some() { INCIDENT } else { 0 })
             | (if history { HISTORY } else { 0 });
         self.flags.push_back(flags);
-        self.values.extend(values.iter().map(|&x| narrow(x)));
-        self.expected.extend(v.expected.iter().map(|&x| narrow(x)));
+        let anchors = &self.anchors;
+        self.values
+            .extend(values.iter().zip(anchors).map(|(&x, a)| narrow(x - a)));
+        self.expected
+            .extend(v.expected.iter().zip(anchors).map(|(&x, a)| narrow(x - a)));
+    }
+
+    /// Feature `j`'s anchor (0 in a snapshot from before anchors).
+    fn anchor(&self, j: usize) -> f64 {
+        self.anchors.get(j).copied().unwrap_or(0.0)
+    }
+
+    /// Makes `to` the anchors (finite values as they are, others 0), the
+    /// offsets held re-expressed from them.
+    fn move_anchors(&mut self, to: &[f64]) {
+        let to: Vec<f64> = to.iter().map(|&x| if x.is_finite() { x } else { 0.0 }).collect();
+        let d = to.len();
+        let old: Vec<f64> = (0..d).map(|j| self.anchor(j)).collect();
+        for column in [&mut self.values, &mut self.expected] {
+            for (i, o) in column.iter_mut().enumerate() {
+                *o = narrow(old[i % d] + f64::from(*o) - to[i % d]);
+            }
+        }
+        self.anchors = to;
+        self.since_anchored = 0;
     }
 
     /// The oldest reading's timestamp.
@@ -147,7 +183,11 @@ impl Recent {
     pub fn points(&self, limit: usize) -> Vec<RecentPoint> {
         let n = self.times.len();
         let d = self.values.len().checked_div(n).unwrap_or(0);
-        let column = |c: &VecDeque<f32>, i: usize| c.range(i * d..(i + 1) * d).map(|&x| f64::from(x)).collect();
+        let column = |c: &VecDeque<f32>, i: usize| {
+            (c.range(i * d..(i + 1) * d).enumerate())
+                .map(|(j, &x)| self.anchor(j) + f64::from(x))
+                .collect()
+        };
         (n.saturating_sub(limit)..n)
             .map(|i| RecentPoint {
                 timestamp: self.times[i],
@@ -174,6 +214,8 @@ impl Recent {
             && self.flags.len() == n
             && self.values.len() == n * d
             && self.expected.len() == n * d
+            && (self.anchors.is_empty() || self.anchors.len() == d)
+            && self.anchors.iter().all(|a| a.is_finite())
             && n <= capacity(d.max(1));
         ok.then_some(())
             .ok_or_else(|| "recent readings' columns disagree".into())
@@ -226,6 +268,42 @@ mod tests {
         assert!(last.anomaly && last.score.unwrap() > 0.5, "{last:?}");
         assert!(points[..RECENT_READINGS - 1].iter().all(|p| !p.anomaly));
         assert_eq!(det.recent().points(3).len(), 3);
+    }
+
+    #[test]
+    fn a_counter_far_from_zero_shows_its_small_steps() {
+        // A plain f32 holds 10^12 in steps of 2^16: every reading of this
+        // counter showed as the same value.
+        let mut det = Detector::new(DetectorConfig::default()).unwrap();
+        let value = |t: i64| 1e12 + 0.25 * t as f64;
+        for t in 0..700i64 {
+            det.update(t * 60_000_000, &[value(t)]).unwrap();
+        }
+        let points = det.recent().points(usize::MAX);
+        for p in &points {
+            let t = p.timestamp / 60_000_000;
+            assert_eq!(p.values, vec![value(t)], "reading {t}");
+            assert!(
+                (p.expected[0] - value(t)).abs() < 1e3,
+                "reading {t}: expected {:?}",
+                p.expected
+            );
+        }
+        // An older snapshot's values are their own (no anchors): they read as
+        // they were, and the next push anchors them.
+        let mut old = Recent::default();
+        old.values.extend([1.5f32, 2.5]);
+        old.expected.extend([1.0f32, 2.0]);
+        old.times.extend([0, 1]);
+        old.scores.extend([0, 0]);
+        old.flags.extend([0, 0]);
+        old.check(1).unwrap();
+        assert_eq!(old.points(9)[1].values, vec![2.5]);
+        let mut small = Detector::new(DetectorConfig::default()).unwrap();
+        let v = small.update(2, &[3.25]).unwrap();
+        old.push(&v, &[3.25], false);
+        let points = old.points(9);
+        assert_eq!((points[0].values[0], points[2].values[0]), (1.5, 3.25));
     }
 
     #[test]
