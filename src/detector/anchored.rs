@@ -37,14 +37,14 @@ pub struct Anchored {
     open: Vec<f64>,
 }
 
-/// `x - anchor` as the nearest `f32`, beyond `f32`'s range at its largest
-/// finite value.
-fn offset(x: f64, anchor: f64) -> f32 {
-    let o = x - anchor;
-    if o.is_nan() {
+/// `x` as the nearest `f32`, beyond `f32`'s range at its largest finite value
+/// and NaN as 0 (a snapshot holds finite numbers only): an offset from an
+/// anchor, here and in `recent`.
+pub(super) fn narrow(x: f64) -> f32 {
+    if x.is_nan() {
         0.0
     } else {
-        o.clamp(-f64::from(f32::MAX), f64::from(f32::MAX)) as f32
+        x.clamp(-f64::from(f32::MAX), f64::from(f32::MAX)) as f32
     }
 }
 
@@ -121,7 +121,7 @@ impl Anchored {
         }
         let base = self.anchors.len() - w;
         for (i, &x) in self.open.iter().enumerate() {
-            self.offsets.push_back(offset(x, self.anchors[base + i % w]));
+            self.offsets.push_back(narrow(x - self.anchors[base + i % w]));
         }
         self.open.clear();
     }
@@ -272,7 +272,7 @@ mod tests {
 
     /// What a block holds for `x` once closed, given its anchor.
     fn rounded(x: f64, anchor: f64) -> f64 {
-        anchor + f64::from(offset(x, anchor))
+        anchor + f64::from(narrow(x - anchor))
     }
 
     /// The upper median of feature `j` over rows `from..from + BLOCK`.

@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use super::Verdict;
+use super::anchored::narrow;
 use crate::timestamp::Micros;
 
 /// Most readings kept per stream.
@@ -84,16 +85,6 @@ impl RecentPoint {
 
 fn rfc3339<S: serde::Serializer>(t: &Micros, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&crate::timestamp::format_rfc3339(*t))
-}
-
-/// `x` (an offset) as f32, beyond f32's range at its largest finite value (a
-/// snapshot holds finite numbers only).
-fn narrow(x: f64) -> f32 {
-    if x.is_nan() {
-        0.0
-    } else {
-        x.clamp(-f64::from(f32::MAX), f64::from(f32::MAX)) as f32
-    }
 }
 
 /// Readings kept for a stream of `d` features.

@@ -77,8 +77,8 @@ impl WindowStats {
         self.sumsq += x * x;
         self.since_exact += 1;
         if self.since_exact >= self.cap || rounded {
-            self.sum = self.buf.iter().sum();
-            self.sumsq = self.buf.iter().map(|v| v * v).sum();
+            // One pass; -0.0 as `Sum` starts, so the sums are what they were.
+            (self.sum, self.sumsq) = self.buf.iter().fold((-0.0, -0.0), |(s, q), v| (s + v, q + v * v));
             self.since_exact = 0;
         }
     }
