@@ -28,10 +28,10 @@ const INCIDENT: u8 = 2;
 const HISTORY: u8 = 4;
 
 /// A stream's newest readings and verdicts, oldest first (columns, so a
-/// univariate reading costs 19 bytes).
+/// univariate reading costs 15 bytes).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Recent {
-    times: VecDeque<Micros>,
+    times: Times,
     scores: VecDeque<u16>,
     flags: VecDeque<u8>,
     /// `[n][d]`, offsets from `anchors`.
@@ -46,6 +46,97 @@ pub struct Recent {
     /// Readings pushed since the anchors last moved.
     #[serde(default)]
     since_anchored: usize,
+}
+
+/// Timestamps, oldest first, in about four bytes each: the oldest and newest
+/// in full, the others as their steps from the one before (a step that does
+/// not fit 32 bits of microseconds, over 71 minutes or backwards, is kept in
+/// full beside them). Snapshots hold the timestamps themselves.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(from = "Vec<Micros>", into = "Vec<Micros>")]
+struct Times {
+    /// The oldest and the newest (`None`: empty).
+    ends: Option<(Micros, Micros)>,
+    /// Per timestamp after the oldest: its step from the one before, or `WIDE`.
+    steps: VecDeque<u32>,
+    /// The steps marked `WIDE`, oldest first.
+    wide: VecDeque<i64>,
+}
+
+/// A step kept in `Times::wide`.
+const WIDE: u32 = u32::MAX;
+
+impl Times {
+    fn len(&self) -> usize {
+        self.ends.map_or(0, |_| self.steps.len() + 1)
+    }
+
+    fn front(&self) -> Option<Micros> {
+        self.ends.map(|(first, _)| first)
+    }
+
+    fn push_back(&mut self, t: Micros) {
+        let Some((first, last)) = self.ends else {
+            self.ends = Some((t, t));
+            return;
+        };
+        let step = i128::from(t) - i128::from(last);
+        match u32::try_from(step) {
+            Ok(s) if s != WIDE => self.steps.push_back(s),
+            _ => {
+                self.steps.push_back(WIDE);
+                self.wide.push_back(t.wrapping_sub(last));
+            }
+        }
+        self.ends = Some((first, t));
+    }
+
+    /// The step into the next timestamp (one after the oldest), dropped.
+    fn pop_step(&mut self) -> Option<i64> {
+        let s = self.steps.pop_front()?;
+        Some(if s == WIDE {
+            self.wide.pop_front().unwrap_or(0)
+        } else {
+            i64::from(s)
+        })
+    }
+
+    fn pop_front(&mut self) {
+        self.ends = match (self.ends, self.pop_step()) {
+            (Some((first, last)), Some(step)) => Some((first.wrapping_add(step), last)),
+            _ => None,
+        };
+    }
+
+    fn iter(&self) -> impl Iterator<Item = Micros> + '_ {
+        let mut wide = self.wide.iter();
+        let first = self.front().into_iter();
+        first
+            .clone()
+            .chain(self.steps.iter().scan(self.front().unwrap_or(0), move |t, &s| {
+                let step = if s == WIDE {
+                    wide.next().copied().unwrap_or(0)
+                } else {
+                    i64::from(s)
+                };
+                *t = t.wrapping_add(step);
+                Some(*t)
+            }))
+    }
+}
+
+impl From<Vec<Micros>> for Times {
+    fn from(v: Vec<Micros>) -> Times {
+        let mut t = Times::default();
+        v.into_iter().for_each(|x| t.push_back(x));
+        t
+    }
+}
+
+impl From<Times> for Vec<Micros> {
+    fn from(t: Times) -> Vec<Micros> {
+        t.iter().collect()
+    }
 }
 
 /// One recent reading as the API shows it.
@@ -89,7 +180,7 @@ fn rfc3339<S: serde::Serializer>(t: &Micros, s: S) -> Result<S::Ok, S::Error> {
 
 /// Readings kept for a stream of `d` features.
 pub fn capacity(d: usize) -> usize {
-    let per_reading = 8 + 2 + 1 + 8 * d;
+    let per_reading = 4 + 2 + 1 + 8 * d;
     (RECENT_BYTES / per_reading).clamp(MIN_READINGS, RECENT_READINGS)
 }
 
@@ -101,7 +192,7 @@ impl Recent {
 
     /// Nothing held yet.
     pub fn is_empty(&self) -> bool {
-        self.times.is_empty()
+        self.times.ends.is_none()
     }
 
     /// Adds a verdict on `values` (dropping the oldest when full); `history`: the
@@ -160,7 +251,7 @@ impl Recent {
 
     /// The oldest reading's timestamp.
     pub fn first_timestamp(&self) -> Option<Micros> {
-        self.times.front().copied()
+        self.times.front()
     }
 
     /// The newest reading's score (`None`: not judged) and anomaly state.
@@ -174,6 +265,7 @@ impl Recent {
     pub fn points(&self, limit: usize) -> Vec<RecentPoint> {
         let n = self.times.len();
         let d = self.values.len().checked_div(n).unwrap_or(0);
+        let times: Vec<Micros> = self.times.iter().collect();
         let column = |c: &VecDeque<f32>, i: usize| {
             (c.range(i * d..(i + 1) * d).enumerate())
                 .map(|(j, &x)| self.anchor(j) + f64::from(x))
@@ -181,7 +273,7 @@ impl Recent {
         };
         (n.saturating_sub(limit)..n)
             .map(|i| RecentPoint {
-                timestamp: self.times[i],
+                timestamp: times[i],
                 score: (self.scores[i] != NOT_JUDGED).then(|| f64::from(self.scores[i]) / SCORE_STEPS),
                 anomaly: self.flags[i] & ANOMALY != 0,
                 incident: self.flags[i] & INCIDENT != 0,
@@ -285,7 +377,7 @@ mod tests {
         let mut old = Recent::default();
         old.values.extend([1.5f32, 2.5]);
         old.expected.extend([1.0f32, 2.0]);
-        old.times.extend([0, 1]);
+        old.times = vec![0, 1].into();
         old.scores.extend([0, 0]);
         old.flags.extend([0, 0]);
         old.check(1).unwrap();
@@ -318,5 +410,35 @@ mod tests {
             .collect();
         // The anomalous reading (19 away) is not part of what was usual.
         assert_eq!(band(&judged), vec![Some(18.0)]);
+    }
+
+    #[test]
+    fn timestamps_read_back_exactly_whatever_their_steps() {
+        // Regular steps, a step of days, one backwards, the extremes.
+        let ts: Vec<Micros> = vec![
+            5,
+            15_000_000,
+            30_000_000,
+            30_000_000 + 86_400_000_000 * 3,
+            29_000_000,
+            i64::MIN,
+            i64::MAX,
+            i64::MAX,
+            7,
+        ];
+        let mut times = Times::default();
+        for (i, &t) in ts.iter().enumerate() {
+            times.push_back(t);
+            assert_eq!(times.iter().collect::<Vec<_>>(), ts[..=i]);
+        }
+        let json = serde_json::to_string(&times).unwrap();
+        assert_eq!(json, serde_json::to_string(&ts).unwrap());
+        assert_eq!(serde_json::from_str::<Times>(&json).unwrap(), times);
+        for i in 1..=ts.len() {
+            times.pop_front();
+            assert_eq!(times.iter().collect::<Vec<_>>(), ts[i..]);
+            assert_eq!((times.len(), times.front()), (ts.len() - i, ts.get(i).copied()));
+        }
+        assert!(times.steps.is_empty() && times.wide.is_empty());
     }
 }
