@@ -40,6 +40,7 @@ pub mod recent;
 mod retrain;
 mod snapshot;
 pub mod state;
+mod tails;
 pub mod train;
 
 use std::collections::VecDeque;

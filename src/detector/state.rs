@@ -46,127 +46,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::baseline::LONG_RUN;
-use super::pruning::STRONG;
-
-/// Bins of a [`TailHistogram`]: four per octave from `LOW` up (0.05 … ~51; larger
-/// values share the top bin, smaller ones the first: limits are never under 2).
-const BINS: usize = 40;
-/// Lower edge of the second bin.
-const LOW: f64 = 0.05;
-/// A bin's largest count: when one bin reaches it, every count halves (older values
-/// decay away; thousands of normal values are kept, enough for a q99).
-const MAX_BIN: u16 = 4096;
-
-/// A decaying histogram of a non-negative statistic on normal readings, on a log
-/// scale, from which a tail limit is read. Allocated on its first value (streams
-/// never use some components).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct TailHistogram {
-    counts: Vec<u16>,
-    total: u32,
-}
-
-impl TailHistogram {
-    fn bin(x: f64) -> usize {
-        if x.is_nan() || x <= LOW {
-            return 0;
-        }
-        let b = (4.0 * (x / LOW).log2()).floor();
-        if b.is_finite() {
-            (b as usize).min(BINS - 1)
-        } else {
-            BINS - 1
-        }
-    }
-
-    /// Upper edge of bin `b`.
-    fn edge(b: usize) -> f64 {
-        LOW * 2f64.powf((b + 1) as f64 / 4.0)
-    }
-
-    /// Adds one normal value.
-    pub fn push(&mut self, x: f64) {
-        if self.counts.len() != BINS {
-            self.counts = vec![0; BINS];
-            self.total = 0;
-        }
-        let b = Self::bin(x);
-        if self.counts[b] == MAX_BIN {
-            self.total = 0;
-            for c in &mut self.counts {
-                *c /= 2;
-                self.total += u32::from(*c);
-            }
-        }
-        self.counts[b] += 1;
-        self.total += 1;
-    }
-
-    /// Values held.
-    pub fn len(&self) -> u32 {
-        self.total
-    }
-
-    /// Whether nothing is held.
-    pub fn is_empty(&self) -> bool {
-        self.total == 0
-    }
-
-    /// The `q` quantile (upper edge of its bin, interpolated geometrically).
-    pub fn quantile(&self, q: f64) -> f64 {
-        if self.total == 0 {
-            return 0.0;
-        }
-        let target = q * self.total as f64;
-        let mut acc = 0.0;
-        for (b, &c) in self.counts.iter().enumerate() {
-            let next = acc + f64::from(c);
-            if next >= target && c > 0 {
-                let lo = if b == 0 { 0.0 } else { Self::edge(b - 1) };
-                let hi = Self::edge(b);
-                let f = ((target - acc) / f64::from(c)).clamp(0.0, 1.0);
-                return lo + (hi - lo) * f;
-            }
-            acc = next;
-        }
-        Self::edge(BINS - 1)
-    }
-
-    /// A limit from the body of the distribution, `q50 + 3 (q90 − q50)` (about
-    /// 3.8σ for a Gaussian), never below `floor`: few values move it little, and a
-    /// slow rise must hold a tenth of them before it moves it at all.
-    pub fn robust_limit(&self, floor: f64) -> f64 {
-        let (q50, q90) = (self.quantile(0.5), self.quantile(0.9));
-        (q50 + 3.0 * (q90 - q50).max(0.0)).max(floor)
-    }
-
-    /// A limit from the median alone, `6 q50` (4σ for a Gaussian, by the median
-    /// absolute deviation), never below `floor`: a slow rise must hold half the
-    /// values before it moves it much.
-    pub fn median_limit(&self, floor: f64) -> f64 {
-        (6.0 * self.quantile(0.5)).max(floor)
-    }
-
-    /// The limit: an exponential tail through q90 and q99, read at p ≈ 1e-4,
-    /// never below `floor`.
-    pub fn limit(&self, floor: f64) -> f64 {
-        self.tail(3.0, floor)
-    }
-
-    /// The same tail read one decade further (p ≈ 1e-5), over [`Self::limit`]:
-    /// at most [`STRONG`] (4/3), and close to 1 when the floor holds the limit
-    /// far above the values seen.
-    pub fn decade_beyond(&self, floor: f64) -> f64 {
-        (self.tail(4.0, floor) / self.limit(floor)).clamp(1.0, STRONG)
-    }
-
-    /// `q90 + spreads (q99 − q90)`, never below `floor`: the exponential tail
-    /// through q90 and q99, read `spreads` decades past q90.
-    fn tail(&self, spreads: f64, floor: f64) -> f64 {
-        let (q90, q99) = (self.quantile(0.9), self.quantile(0.99));
-        (q90 + spreads * (q99 - q90).max(0.0)).max(floor)
-    }
-}
+pub use super::tails::TailHistogram;
 
 /// The components judged by their instant statistic alone (a bit per component):
 /// the model's residual (see the module docs). Their running averages are neither
@@ -250,11 +130,11 @@ pub fn component_name(c: usize) -> &'static str {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StateCalibration {
     /// Per component: EWMA of each feature's |z|.
-    #[serde(deserialize_with = "per_component_array")]
-    ewma: [Vec<f64>; N_COMPONENTS],
+    #[serde(with = "running")]
+    ewma: Running,
     /// Per component: EWMA of each feature's signed z.
-    #[serde(default, deserialize_with = "per_component_array")]
-    signed: [Vec<f64>; N_COMPONENTS],
+    #[serde(default, with = "running")]
+    signed: Running,
     /// Per component: histograms of the instant, smoothed and drift statistics.
     #[serde(deserialize_with = "per_component")]
     instant: Vec<TailHistogram>,
@@ -283,9 +163,67 @@ where
     Ok(v)
 }
 
-fn per_component_array<'de, D: serde::Deserializer<'de>>(d: D) -> Result<[Vec<f64>; N_COMPONENTS], D::Error> {
-    let v: Vec<Vec<f64>> = per_component(d)?;
-    Ok(v.try_into().expect("sized by per_component"))
+/// Per component, a running average per feature (or none), all in one
+/// allocation: a stream holds two of these, and eight vectors each took eight.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Running {
+    values: Vec<f64>,
+    /// Values each component holds, in component order.
+    lens: [u32; N_COMPONENTS],
+}
+
+impl Running {
+    fn span(&self, c: usize) -> std::ops::Range<usize> {
+        let start: usize = self.lens[..c].iter().map(|&n| n as usize).sum();
+        start..start + self.lens[c] as usize
+    }
+
+    /// Component `c`'s averages (empty: none yet).
+    fn get(&self, c: usize) -> &[f64] {
+        &self.values[self.span(c)]
+    }
+
+    /// Makes component `c`'s averages `new`.
+    fn set(&mut self, c: usize, new: &[f64]) {
+        let span = self.span(c);
+        self.values.splice(span, new.iter().copied());
+        self.lens[c] = new.len() as u32;
+    }
+
+    /// One EWMA step of component `c` towards `f(z)` per feature (started at
+    /// `f(z)` when its width changed).
+    fn update(&mut self, c: usize, z: &[f64], lambda: f64, f: impl Fn(f64) -> f64) {
+        let span = self.span(c);
+        if span.len() != z.len() {
+            self.set(c, &z.iter().map(|&v| f(v)).collect::<Vec<_>>());
+        } else {
+            for (e, &v) in self.values[span].iter_mut().zip(z) {
+                *e += lambda * (f(v) - *e);
+            }
+        }
+    }
+}
+
+/// Serde for [`Running`] as the list of lists earlier builds wrote (see
+/// [`per_component`]).
+mod running {
+    use serde::{Deserializer, Serialize, Serializer};
+
+    use super::{N_COMPONENTS, Running, per_component};
+
+    pub fn serialize<S: Serializer>(r: &Running, s: S) -> Result<S::Ok, S::Error> {
+        let lists: Vec<&[f64]> = (0..N_COMPONENTS).map(|c| r.get(c)).collect();
+        lists.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Running, D::Error> {
+        let lists: Vec<Vec<f64>> = per_component(d)?;
+        let mut r = Running::default();
+        for (c, l) in lists.iter().enumerate() {
+            r.set(c, l);
+        }
+        Ok(r)
+    }
 }
 
 impl Default for StateCalibration {
@@ -341,8 +279,8 @@ impl StateCalibration {
     /// Forgets a component's history (a new model replaces the old one's errors).
     pub fn reset(&mut self, c: Component) {
         let i = c as usize;
-        self.ewma[i].clear();
-        self.signed[i].clear();
+        self.ewma.set(i, &[]);
+        self.signed.set(i, &[]);
         self.instant[i] = TailHistogram::default();
         self.smoothed[i] = TailHistogram::default();
         self.drift[i] = TailHistogram::default();
@@ -351,9 +289,8 @@ impl StateCalibration {
     /// Restarts every smoothed statistic from the next reading (after a change was
     /// accepted, the old EWMAs describe the old normal).
     pub fn restart_smoothing(&mut self) {
-        for e in self.ewma.iter_mut().chain(self.signed.iter_mut()) {
-            e.clear();
-        }
+        self.ewma = Running::default();
+        self.signed = Running::default();
     }
 
     /// Updates the EWMAs with this reading's signed per-feature z of each component
@@ -401,12 +338,12 @@ impl StateCalibration {
             };
             let only_instant = (instant_only | INSTANT_ONLY) & (1 << c) != 0;
             if !only_instant {
-                ewma_update(&mut self.ewma[c], z, lambda, |v| v.abs().min(cap));
-                ewma_update(&mut self.signed[c], z, lambda, |v| v.clamp(-cap, cap));
+                self.ewma.update(c, z, lambda, |v| v.abs().min(cap));
+                self.signed.update(c, z, lambda, |v| v.clamp(-cap, cap));
             }
             let inst = z.iter().fold(0.0, |m: f64, v| m.max(v.abs()));
-            let smooth = self.ewma[c].iter().cloned().fold(0.0, f64::max);
-            let drift = self.signed[c].iter().fold(0.0, |m: f64, v| m.max(v.abs()));
+            let smooth = self.ewma.get(c).iter().cloned().fold(0.0, f64::max);
+            let drift = self.signed.get(c).iter().fold(0.0, |m: f64, v| m.max(v.abs()));
             j.stats[c] = (inst, smooth, drift);
             j.present[c] = true;
             if self.instant[c].len() >= min_normal {
@@ -494,7 +431,7 @@ impl StateCalibration {
     /// A component's running average of each feature's signed z (its drift
     /// statistic, per feature), as of the last judgement.
     pub fn running(&self, c: Component) -> &[f64] {
-        &self.signed[c as usize]
+        self.signed.get(c as usize)
     }
 
     /// Normal readings a component has learnt.
@@ -529,18 +466,6 @@ impl StateCalibration {
             self.smoothed[c].limit(FLOOR_SMOOTHED),
             self.drift.get(c).map_or(FLOOR_DRIFT, |h| h.limit(FLOOR_DRIFT)),
         )
-    }
-}
-
-/// One EWMA step of `ewma` towards `f(z)` per feature (started at `f(z)` when its
-/// width changed).
-fn ewma_update(ewma: &mut Vec<f64>, z: &[f64], lambda: f64, f: impl Fn(f64) -> f64) {
-    if ewma.len() != z.len() {
-        *ewma = z.iter().map(|&v| f(v)).collect();
-    } else {
-        for (e, &v) in ewma.iter_mut().zip(z) {
-            *e += lambda * (f(v) - *e);
-        }
     }
 }
 
