@@ -539,7 +539,7 @@ fn huge_finite_values_keep_the_state_finite_and_are_flagged_not_learnt() {
 /// plain `f64`s (`history`): it restores, the buffer rounded as pushes round
 /// it, and the stream judges on as the one that wrote it does.
 #[test]
-fn a_snapshot_with_the_buffer_as_plain_values_restores_and_judges_on() {
+fn a_snapshot_from_before_the_anchored_buffer_restores_and_judges_on() {
     let mut rng = StdRng::seed_from_u64(11);
     let values: Vec<f64> = (0..1300).map(|t| wave(t, 0.0) + 0.2 * noise(&mut rng)).collect();
     let mut det = Detector::new(config()).unwrap();
@@ -551,6 +551,14 @@ fn a_snapshot_with_the_buffer_as_plain_values_restores_and_judges_on() {
     assert!(state.remove("buffer").is_some(), "the anchored buffer is written");
     let kept = det.config().training.buffer;
     state.insert("history".into(), serde_json::json!(values[1200 - kept..1200]));
+    // The windowed Gaussian kept its window beside the buffer.
+    let window = det.config().baseline.gaussian_window;
+    let w = &values[1200 - window..1200];
+    let gaussian = serde_json::json!({"stats": {
+        "buf": w, "cap": window, "sum": w.iter().sum::<f64>(),
+        "sumsq": w.iter().map(|v| v * v).sum::<f64>(), "since_exact": 0,
+    }});
+    state.insert("gaussians".into(), serde_json::json!([gaussian]));
     let mut old = Detector::restore(anomalyd::detector::DetectorSnapshot {
         state: serde_json::from_value(json).unwrap(),
         members: snap.members,

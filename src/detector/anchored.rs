@@ -238,34 +238,6 @@ mod packed_f32 {
     }
 }
 
-/// Serde for a buffer that earlier builds wrote as plain `f64` values (packed
-/// or an array; one value a row): reads either form, writes the anchored one.
-pub mod or_values {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    use super::Anchored;
-
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Either {
-        Anchored(Anchored),
-        Values(#[serde(with = "super::super::packed")] Vec<f64>),
-    }
-
-    /// Writes the anchored form.
-    pub fn serialize<S: Serializer>(a: &Anchored, s: S) -> Result<S::Ok, S::Error> {
-        a.serialize(s)
-    }
-
-    /// Reads the anchored form, or `f64` values as one-value rows.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Anchored, D::Error> {
-        Ok(match Either::deserialize(d)? {
-            Either::Anchored(a) => a,
-            Either::Values(v) => Anchored::from_values(1, &v),
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,7 +314,7 @@ mod tests {
     }
 
     #[test]
-    fn a_snapshot_round_trips_bit_for_bit_and_old_values_still_read() {
+    fn a_snapshot_round_trips_bit_for_bit_and_a_damaged_one_is_refused() {
         let mut a = Anchored::new(1);
         for t in 0..70 {
             a.push_row(&[(t as f64).sqrt() * 1e-3]);
@@ -356,14 +328,6 @@ mod tests {
             back.iter().map(f64::to_bits).collect::<Vec<_>>(),
             a.iter().map(f64::to_bits).collect::<Vec<_>>()
         );
-
-        #[derive(Deserialize)]
-        struct Old {
-            #[serde(with = "or_values")]
-            buf: Anchored,
-        }
-        let old: Old = serde_json::from_str(r#"{"buf":[1.5,2.25,3]}"#).unwrap();
-        assert_eq!(old.buf.iter().collect::<Vec<_>>(), vec![1.5, 2.25, 3.0]);
         let mut bad = a.clone();
         bad.anchors.pop_back();
         assert!(bad.check().is_err());

@@ -23,6 +23,7 @@
 
 pub mod anchored;
 pub mod baseline;
+mod buffer;
 pub mod cadence;
 pub mod changes;
 pub mod config;
@@ -44,6 +45,7 @@ mod tails;
 pub mod train;
 
 use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
@@ -313,10 +315,31 @@ pub struct ActiveModel {
     pub changes: Option<Box<changes::ChangeModel>>,
 }
 
+/// Distinct configs [`shared`] keeps.
+const SHARED_CONFIGS: usize = 16;
+
+/// `config` as an `Arc` shared with every detector whose config equals it (of
+/// the last [`SHARED_CONFIGS`] distinct ones): most streams run the same
+/// config, and a copy each cost a stream 464 bytes.
+fn shared(config: DetectorConfig) -> Arc<DetectorConfig> {
+    static SHARED: Mutex<Vec<Arc<DetectorConfig>>> = Mutex::new(Vec::new());
+    let mut shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
+    let c = match shared.iter().position(|c| **c == config) {
+        Some(i) => shared.remove(i),
+        None => Arc::new(config),
+    };
+    if shared.len() == SHARED_CONFIGS {
+        shared.remove(0);
+    }
+    shared.push(c.clone());
+    c
+}
+
 /// One stream's detector state.
 #[derive(Clone, Debug)]
 pub struct Detector {
-    config: DetectorConfig,
+    /// Shared with the other streams of the same config ([`shared`]).
+    config: Arc<DetectorConfig>,
     n_features: Option<usize>,
     seen: u64,
     last_ts: Option<Micros>,
@@ -340,8 +363,9 @@ pub struct Detector {
     /// Per-feature (min, max) seen so far.
     range: Vec<(f64, f64)>,
     likelihood: Likelihood,
-    /// The model's own likelihood when `combine = "separate"`.
-    model_likelihood: Likelihood,
+    /// The model's own likelihood when `combine = "separate"` (boxed, and made
+    /// at its first use: most streams never have one).
+    model_likelihood: Option<Box<Likelihood>>,
     model: Option<ActiveModel>,
     /// Limits of the state's statistics, learnt from normal readings.
     state: StateCalibration,
@@ -412,8 +436,8 @@ impl Detector {
         Ok(Detector {
             n_features: config.n_features,
             likelihood: Likelihood::new(config.likelihood.clone()),
-            model_likelihood: Likelihood::new(config.likelihood.clone()),
-            config,
+            model_likelihood: None,
+            config: shared(config),
             seen: 0,
             last_ts: None,
             history: Anchored::new(1),
@@ -456,6 +480,13 @@ impl Detector {
     /// The config.
     pub fn config(&self) -> &DetectorConfig {
         &self.config
+    }
+
+    /// The model's own likelihood (`combine = "separate"`), made at its first use.
+    fn model_likelihood(&mut self) -> &mut Likelihood {
+        let config = &self.config.likelihood;
+        self.model_likelihood
+            .get_or_insert_with(|| Box::new(Likelihood::new(config.clone())))
     }
 
     /// Features per reading (once known).

@@ -408,11 +408,7 @@ impl Detector {
         }
         self.seen += 1;
         self.last_ts = Some(timestamp);
-        let cap = self.config.training.buffer.max(self.config.window) * d;
-        while self.history.len() + d > cap {
-            self.history.pop_row();
-        }
-        self.history.push_row(values);
+        self.buffer_row(values);
         let oldest = self.seen + 1 - (self.history.len() / d) as u64;
         for rows in [&mut self.unlearnt, &mut self.filled] {
             while rows.front().is_some_and(|&n| n < oldest) {
@@ -448,7 +444,7 @@ impl Detector {
             base_expected: zeros,
         };
         for j in 0..d {
-            let (zg, _) = self.gaussians[j].update(values[j]);
+            let (zg, _) = self.gaussians[j].score(values[j]);
             self.state_baselines[j].observe(values[j]);
             s.stuck[j] = self.state_baselines[j].stuck.ratio();
             let (za, _) = self.ars[j].update(values[j]);
@@ -577,7 +573,7 @@ impl Detector {
                 let (surprise, model_score) = match self.config.model.combine {
                     _ if model_blind => (base_max, 0.0),
                     // The model's own likelihood.
-                    Combine::Separate => (base_max, self.model_likelihood.update(raw_of(z)).0),
+                    Combine::Separate => (base_max, self.model_likelihood().update(raw_of(z)).0),
                     // Mean of the three raw scores, mapped back to a surprise.
                     Combine::Mean => {
                         let raw = (raw_of(z) + raw_of(zg_max) + raw_of(za_max)) / 3.0;

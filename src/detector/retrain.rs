@@ -114,7 +114,9 @@ impl Detector {
             _ => 0,
         };
         let rows = self.history.len() / d;
-        let rows = rows.min(self.job_rows(completion).unwrap_or(rows));
+        let rows = rows
+            .min(self.job_rows(completion).unwrap_or(rows))
+            .min(self.config.training.buffer.max(self.config.window));
         let readings: Vec<Vec<f64>> = self
             .history
             .range(self.history.len() - rows * d..self.history.len())
@@ -141,7 +143,7 @@ impl Detector {
         self.retrain_requested = false;
         self.drift = 0.0;
         TrainJob {
-            config: self.config.clone(),
+            config: DetectorConfig::clone(&self.config),
             readings,
             normal,
             warm_start: self

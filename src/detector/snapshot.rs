@@ -5,9 +5,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::anchored::Anchored;
-use super::baseline::{OnlineAr, Seasonal, StateBaselines, WindowedGaussian};
+use super::baseline::{OnlineAr, SavedGaussian, Seasonal, StateBaselines};
 use super::cadence::Cadence;
-use super::config::Objective;
+use super::config::{Combine, Objective};
 use super::context::Levels;
 use super::discrete::Runs;
 use super::incident::{MAX_STRETCHES, Recurring, Stretch};
@@ -33,7 +33,7 @@ impl Detector {
         let model = self.model.as_ref();
         DetectorSnapshot {
             state: DetectorState {
-                config: self.config.clone(),
+                config: DetectorConfig::clone(&self.config),
                 n_features: self.n_features,
                 seen: self.seen,
                 last_ts: self.last_ts,
@@ -58,13 +58,16 @@ impl Detector {
                 cadence: self.cadence,
                 imputed: self.imputed,
                 fresh_from: self.fresh_from,
-                gaussians: self.gaussians.clone(),
+                gaussians: self.gaussians.iter().cloned().map(SavedGaussian::Sums).collect(),
                 ars: self.ars.clone(),
                 seasonals: self.seasonals.clone(),
                 state_baselines: self.state_baselines.clone(),
                 range: self.range.clone(),
                 likelihood: self.likelihood.clone(),
-                model_likelihood: self.model_likelihood.clone(),
+                model_likelihood: match &self.model_likelihood {
+                    Some(l) => Likelihood::clone(l),
+                    None => Likelihood::new(self.config.likelihood.clone()),
+                },
                 last_job: self.last_job,
                 drift: self.drift,
                 drift_streak: self.drift_streak,
@@ -125,9 +128,15 @@ impl Detector {
                 .map(|_| StateBaselines::new(b.ar_order, b.ar_forgetting, b.gaussian_window))
                 .collect()
         };
-        Ok(Detector {
+        // A snapshot from before the Gaussians summed the buffer gives their
+        // windows' sizes only; sums that do not fit the buffer are taken again.
+        let rows = history.len() / d.max(1);
+        let (gaussians, resum): (Vec<_>, Vec<_>) = s.gaussians.into_iter().map(SavedGaussian::restore).unzip();
+        let resum = resum.into_iter().any(|r| r) || gaussians.iter().any(|g| g.len() >= rows.max(1));
+        let separate = s.config.model.combine == Combine::Separate;
+        let mut restored = Detector {
             state_baselines,
-            config: s.config,
+            config: super::shared(s.config),
             n_features: s.n_features,
             seen: s.seen,
             last_ts: s.last_ts,
@@ -149,12 +158,12 @@ impl Detector {
             cadence: s.cadence,
             imputed: s.imputed,
             fresh_from: s.fresh_from,
-            gaussians: s.gaussians,
+            gaussians,
             seasonals,
             ars: s.ars,
             range: s.range,
             likelihood: s.likelihood,
-            model_likelihood: s.model_likelihood,
+            model_likelihood: separate.then(|| Box::new(s.model_likelihood)),
             model,
             stretch: Vec::new(),
             last_job: s.last_job,
@@ -166,7 +175,11 @@ impl Detector {
             failed_jobs: s.failed_jobs,
             resid_var: s.resid_var,
             recent: s.recent,
-        })
+        };
+        if resum {
+            restored.resum_gaussians();
+        }
+        Ok(restored)
     }
 
     /// This detector under a new config of the same shape (see
@@ -187,12 +200,13 @@ impl Detector {
         }
         let relearn = config.baseline != self.config.baseline || config.likelihood != self.config.likelihood;
         let mut next = if relearn { self.relearnt(&config)? } else { self.clone() };
-        next.config = config;
+        next.config = super::shared(config);
         if let Some(d) = next.n_features {
-            let cap = next.config.training.buffer.max(next.config.window) * d;
+            let cap = next.config.buffer_rows() * d;
             while next.history.len() > cap {
                 next.history.pop_row();
             }
+            next.resum_gaussians();
             let oldest = next.seen + 1 - (next.history.len() / d) as u64;
             next.unlearnt.retain(|&n| n >= oldest);
             next.filled.retain(|&n| n >= oldest);
@@ -220,6 +234,7 @@ impl Detector {
         fresh.seen = self.seen;
         fresh.last_ts = self.last_ts;
         fresh.history = self.history.clone();
+        fresh.resum_gaussians();
         fresh.unlearnt = self.unlearnt.clone();
         fresh.filled = self.filled.clone();
         fresh.cadence = self.cadence;
@@ -292,7 +307,8 @@ pub struct DetectorState {
     imputed: u64,
     #[serde(default)]
     fresh_from: u64,
-    gaussians: Vec<WindowedGaussian>,
+    /// The windowed Gaussians' sums (their windows in snapshots from before).
+    gaussians: Vec<SavedGaussian>,
     ars: Vec<OnlineAr>,
     #[serde(default)]
     seasonals: Vec<Seasonal>,
@@ -386,7 +402,7 @@ impl DetectorState {
                 return Err(format!("a buffer of rows of {} for {d} features", b.width()));
             }
         }
-        self.gaussians.iter().try_for_each(WindowedGaussian::check)?;
+        self.gaussians.iter().try_for_each(SavedGaussian::check)?;
         self.ars.iter().try_for_each(OnlineAr::check)?;
         self.seasonals.iter().try_for_each(Seasonal::check)?;
         self.state_baselines.iter().try_for_each(StateBaselines::check)?;

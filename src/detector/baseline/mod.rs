@@ -2,7 +2,7 @@
 //! Gaussian, an autoregressive model fitted online by recursive least squares, and a
 //! seasonal residual once the stream shows a period.
 //!
-//! - `mod.rs`: windowed statistics, the windowed Gaussian, exponentially weighted
+//! - `mod.rs`: the windowed Gaussian (over the reading buffer), exponentially weighted
 //!   statistics; `ar.rs`: AR(p) by recursive least squares; `seasonal.rs`: the
 //!   period and the seasonal residual; `stuck.rs`: stuck features;
 //!   `resolution.rs`: the step a sensor is read in; `state.rs`: the state's
@@ -20,137 +20,88 @@ pub use seasonal::{MAX_SEASONAL_PERIODS, Seasonal, find_period, longer_period, m
 pub use state::{LONG_RUN, StateBaselines};
 pub use stuck::{MIN_STUCK_RUN, Stuck};
 
-use super::anchored::Anchored;
-
-/// Mean and standard deviation of the last `cap` values.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct WindowStats {
-    /// The values, about four bytes each (see [`Anchored`]); the sums are
-    /// those of the values as it holds them.
-    #[serde(with = "super::anchored::or_values")]
-    buf: Anchored,
-    cap: usize,
-    sum: f64,
-    sumsq: f64,
-    /// Pushes since the sums were last recomputed (bounds floating-point drift).
-    since_exact: usize,
-}
-
-impl WindowStats {
-    /// Whether a deserialised window is one this code could have built.
-    pub fn check(&self) -> Result<(), String> {
-        self.buf.check()?;
-        if self.cap == 0 || self.cap > 1_000_000 || self.buf.len() > self.cap || self.buf.width() != 1 {
-            return Err(format!(
-                "window of {} values in a capacity of {}",
-                self.buf.len(),
-                self.cap
-            ));
-        }
-        Ok(())
-    }
-
-    /// An empty window of `cap` values.
-    pub fn new(cap: usize) -> Self {
-        WindowStats {
-            // Grows as it fills: a seasonal window stays empty while there is no period.
-            buf: Anchored::new(1),
-            cap: cap.max(1),
-            sum: 0.0,
-            sumsq: 0.0,
-            since_exact: 0,
-        }
-    }
-
-    /// Adds a value, dropping the oldest when full.
-    pub fn push(&mut self, x: f64) {
-        if self.buf.len() == self.cap
-            && let Some(old) = self.buf.first()
-        {
-            self.buf.pop_row();
-            self.sum -= old;
-            self.sumsq -= old * old;
-        }
-        // Filling a block rounds its values: the sums are recomputed then.
-        let rounded = self.buf.push_row(&[x]);
-        self.sum += x;
-        self.sumsq += x * x;
-        self.since_exact += 1;
-        if self.since_exact >= self.cap || rounded {
-            // One pass; -0.0 as `Sum` starts, so the sums are what they were.
-            (self.sum, self.sumsq) = self.buf.iter().fold((-0.0, -0.0), |(s, q), v| (s + v, q + v * v));
-            self.since_exact = 0;
-        }
-    }
-
-    /// Values held.
-    pub fn len(&self) -> usize {
-        self.buf.len()
-    }
-
-    /// Whether no value is held.
-    pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
-    }
-
-    /// Mean of the values held (0 when empty).
-    pub fn mean(&self) -> f64 {
-        if self.buf.is_empty() {
-            0.0
-        } else {
-            self.sum / self.buf.len() as f64
-        }
-    }
-
-    /// Population standard deviation of the values held.
-    pub fn std(&self) -> f64 {
-        let n = self.buf.len() as f64;
-        if n < 2.0 {
-            return 0.0;
-        }
-        let m = self.sum / n;
-        (self.sumsq / n - m * m).max(0.0).sqrt()
-    }
-}
-
 /// The scale below which a standard deviation is treated as noise-free: relative to
 /// the values' magnitude, so flat series do not divide by zero.
 pub fn std_floor(mean: f64, std: f64) -> f64 {
     std.max(1e-3 * mean.abs()).max(1e-9)
 }
 
-/// Windowed Gaussian: how many standard deviations a value lies from the mean of the
-/// previous `window` values.
+/// Windowed Gaussian: how many standard deviations a value lies from the mean of
+/// the `window` values before it. The values are a column of the detector's
+/// reading buffer, which holds them anyway; this keeps only their sums, moved
+/// along as the buffer moves ([`WindowedGaussian::advance`]).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WindowedGaussian {
-    stats: WindowStats,
+    cap: usize,
+    /// Values summed: the newest `n` rows of the buffer before its newest.
+    n: usize,
+    sum: f64,
+    sumsq: f64,
+}
+
+/// A windowed Gaussian as a snapshot holds it: its sums, or (from builds that
+/// kept its values beside the buffer's) its window, summed again from the
+/// buffer on restore.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum SavedGaussian {
+    /// Its sums, as it holds them.
+    Sums(WindowedGaussian),
+    /// An earlier build's window: only its size is read.
+    Window {
+        /// The window, of which only the size is read.
+        stats: SavedWindow,
+    },
+}
+
+/// The size of an earlier build's window (its values and sums are not read).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SavedWindow {
+    cap: usize,
+}
+
+impl SavedGaussian {
+    /// The baseline, and whether its sums must be taken again from the buffer.
+    pub fn restore(self) -> (WindowedGaussian, bool) {
+        match self {
+            SavedGaussian::Sums(g) => (g, false),
+            SavedGaussian::Window { stats } => (WindowedGaussian::new(stats.cap), true),
+        }
+    }
+
+    /// Whether it is one this code could have built.
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            SavedGaussian::Sums(g) => g.check(),
+            SavedGaussian::Window { stats } => WindowedGaussian::new(stats.cap).check(),
+        }
+    }
 }
 
 impl WindowedGaussian {
     /// Whether a deserialised baseline is one this code could have built.
     pub fn check(&self) -> Result<(), String> {
-        self.stats.check()
+        if self.cap == 0 || self.cap > 1_000_000 || self.n > self.cap {
+            return Err(format!("window of {} values in a capacity of {}", self.n, self.cap));
+        }
+        Ok(())
     }
 
     /// A detector over the last `window` values.
     pub fn new(window: usize) -> Self {
         WindowedGaussian {
-            stats: WindowStats::new(window),
+            cap: window.max(1),
+            n: 0,
+            sum: 0.0,
+            sumsq: 0.0,
         }
     }
 
-    /// The z-score of `x` against the window (before `x` joins it), then adds `x`.
-    /// Returns `(z, mean)`; `z` is 0 until two values have been seen.
-    pub fn update(&mut self, x: f64) -> (f64, f64) {
-        let r = self.score(x);
-        self.learn(x);
-        r
-    }
-
-    /// The z-score of `x` against the window and the window's mean, learning nothing.
+    /// The z-score of `x` against the window and the window's mean, learning
+    /// nothing; `z` is 0 until two values are summed.
     pub fn score(&self, x: f64) -> (f64, f64) {
-        let (m, s) = (self.stats.mean(), self.stats.std());
-        let z = if self.stats.len() < 2 {
+        let (m, s) = (self.mean(), self.std());
+        let z = if self.n < 2 {
             0.0
         } else {
             (x - m).abs() / std_floor(m, s)
@@ -158,14 +109,65 @@ impl WindowedGaussian {
         (z, m)
     }
 
-    /// Adds `x` to the window.
-    pub fn learn(&mut self, x: f64) {
-        self.stats.push(x);
+    /// Moves the window along after the buffer took a row: `rows` are buffered
+    /// now, `value(i)` reads this feature's value in row `i` (oldest first).
+    /// The row before the newest joins and, once `window` are summed, the
+    /// oldest leaves. `rounded`: the push rounded a block of the buffer, so the
+    /// sums are taken again over what it holds now (as they are when the
+    /// buffer dropped a row the window still held).
+    pub fn advance(&mut self, rows: usize, value: impl Fn(usize) -> f64, rounded: bool) {
+        let Some(before) = rows.checked_sub(2) else {
+            return self.resum(rows, value);
+        };
+        if rounded || self.n > before {
+            return self.resum(rows, value);
+        }
+        let x = value(before);
+        self.sum += x;
+        self.sumsq += x * x;
+        self.n += 1;
+        if self.n > self.cap {
+            let old = value(before + 1 - self.n);
+            self.sum -= old;
+            self.sumsq -= old * old;
+            self.n -= 1;
+        }
     }
 
-    /// Forgets everything (a new normal starts).
-    pub fn clear(&mut self) {
-        self.stats = WindowStats::new(self.stats.cap);
+    /// Sums the window afresh: the newest `window` of `rows` buffered rows
+    /// before the newest (`value` as in [`WindowedGaussian::advance`]).
+    pub fn resum(&mut self, rows: usize, value: impl Fn(usize) -> f64) {
+        let end = rows.saturating_sub(1);
+        self.n = self.cap.min(end);
+        // One pass, from -0.0 as `Sum` starts.
+        (self.sum, self.sumsq) = (end - self.n..end)
+            .map(value)
+            .fold((-0.0, -0.0), |(s, q), v| (s + v, q + v * v));
+    }
+
+    /// Values summed.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// Whether no value is summed.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Mean of the window (0 when empty).
+    pub fn mean(&self) -> f64 {
+        if self.n == 0 { 0.0 } else { self.sum / self.n as f64 }
+    }
+
+    /// Population standard deviation of the window.
+    pub fn std(&self) -> f64 {
+        let n = self.n as f64;
+        if n < 2.0 {
+            return 0.0;
+        }
+        let m = self.sum / n;
+        (self.sumsq / n - m * m).max(0.0).sqrt()
     }
 }
 

@@ -1,35 +1,62 @@
 use super::stuck::STUCK_WARM;
 use super::*;
 
-#[test]
-fn window_stats_match_direct_computation() {
-    let mut w = WindowStats::new(5);
-    for i in 0..23 {
-        w.push((i as f64 * 0.7).sin() * 10.0 + 1e6);
+/// A column of buffered values and the Gaussian over it, moved along as the
+/// detector moves it: the buffer keeps `keep` rows.
+fn slide(g: &mut WindowedGaussian, buffer: &mut Vec<f64>, keep: usize, x: f64) {
+    if buffer.len() == keep {
+        buffer.remove(0);
     }
-    let vals: Vec<f64> = (18..23).map(|i| (i as f64 * 0.7).sin() * 10.0 + 1e6).collect();
-    let m = vals.iter().sum::<f64>() / 5.0;
-    let s = (vals.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / 5.0).sqrt();
-    assert!(
-        (w.mean() - m).abs() < 1e-6 && (w.std() - s).abs() < 1e-4,
-        "{} {}",
-        w.std(),
-        s
-    );
+    buffer.push(x);
+    let column = buffer.clone();
+    g.advance(column.len(), |i| column[i], false);
+}
+
+#[test]
+fn the_window_is_the_rows_before_the_newest_and_its_sums_hold_as_it_moves() {
+    let value = |i: usize| (i as f64 * 0.7).sin() * 10.0 + 1e6;
+    for keep in [7, 8, 40] {
+        let (mut g, mut buffer) = (WindowedGaussian::new(5), Vec::new());
+        for i in 0..23 {
+            slide(&mut g, &mut buffer, keep, value(i));
+        }
+        // Rows 17..22: the five before the newest (22).
+        let vals: Vec<f64> = (17..22).map(value).collect();
+        let m = vals.iter().sum::<f64>() / 5.0;
+        let s = (vals.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / 5.0).sqrt();
+        assert_eq!(g.len(), 5);
+        assert!(
+            (g.mean() - m).abs() < 1e-6 && (g.std() - s).abs() < 1e-4,
+            "{} {}",
+            g.std(),
+            s
+        );
+        let mut again = g.clone();
+        again.resum(buffer.len(), |i| buffer[i]);
+        assert!((again.mean() - g.mean()).abs() < 1e-6 && (again.std() - g.std()).abs() < 1e-4);
+    }
+    // A buffer shorter than the window: as many rows as it holds before the newest.
+    let (mut g, mut buffer) = (WindowedGaussian::new(50), Vec::new());
+    for i in 0..30 {
+        slide(&mut g, &mut buffer, 10, value(i));
+    }
+    assert_eq!(g.len(), 9);
 }
 
 #[test]
 fn gaussian_flags_a_spike_not_noise() {
-    let mut g = WindowedGaussian::new(100);
+    let (mut g, mut buffer) = (WindowedGaussian::new(100), Vec::new());
     let mut max_quiet: f64 = 0.0;
     for i in 0..300 {
-        let (z, _) = g.update(((i * 7919) % 13) as f64 / 13.0);
+        let x = ((i * 7919) % 13) as f64 / 13.0;
+        let (z, _) = g.score(x);
+        slide(&mut g, &mut buffer, 102, x);
         if i > 10 {
             max_quiet = max_quiet.max(z);
         }
     }
     assert!(max_quiet < 2.5, "{max_quiet}");
-    assert!(g.update(5.0).0 > 10.0);
+    assert!(g.score(5.0).0 > 10.0);
 }
 
 fn lcg_noise(state: &mut u64) -> f64 {
