@@ -52,8 +52,9 @@ fn heap_of<T>(make: impl FnOnce() -> T) -> usize {
 
 /// Today's limit on one univariate stream on its model (the defaults): its
 /// `Detector` value and its heap, bytes (the target, 16 KiB
-/// resident). Measured: 14.5 KiB after 1,200 readings and 15.7 after 10,000,
-/// when the likelihood's history is full; 16.4 and 17.6 with the reading
+/// resident). Measured: 14.5 KiB after 1,200 readings and 15.0 after 10,000,
+/// when the likelihood's history is full (15.7 with its blocks' sums in
+/// `f64`); 16.4 and 17.6 with the reading
 /// buffer's offsets in `f32` (and with the windowed Gaussian's own window, its
 /// own copy of the config and its running averages in sixteen vectors, 20.5
 /// after 1,200; the members in eight bits too, about 25.4; the buffers in
