@@ -39,11 +39,11 @@ pub struct Anchored {
     /// in units of, or [`WILD`]: they are in `wild`.
     scales: VecDeque<i16>,
     /// `[rows in blocks][width]`: each offset in half precision (its bits).
-    #[serde(with = "packed_u16")]
+    #[serde(with = "packed_le")]
     halves: VecDeque<u16>,
     /// The `f32` offsets of the [`WILD`] blocks' features, [`BLOCK`] each (a
     /// block's dropped rows too), in the order of `scales`.
-    #[serde(with = "packed_f32")]
+    #[serde(with = "packed_le")]
     wild: VecDeque<f32>,
     /// `[newest rows][width]`, fewer than `BLOCK` rows, exact.
     #[serde(with = "super::packed")]
@@ -321,11 +321,11 @@ struct Form {
     anchors: VecDeque<f64>,
     #[serde(default)]
     scales: VecDeque<i16>,
-    #[serde(default, with = "packed_u16")]
+    #[serde(default, with = "packed_le")]
     halves: VecDeque<u16>,
-    #[serde(default, with = "packed_f32")]
+    #[serde(default, with = "packed_le")]
     wild: VecDeque<f32>,
-    #[serde(default, with = "packed_f32")]
+    #[serde(default, with = "packed_le")]
     offsets: VecDeque<f32>,
     #[serde(with = "super::packed")]
     open: Vec<f64>,
@@ -389,63 +389,58 @@ impl Anchored {
     }
 }
 
-/// Serde for a `VecDeque<u16>` in snapshots: the little-endian bytes in base64.
-mod packed_u16 {
+/// Serde for a `VecDeque` of `f32`s or `u16`s in snapshots: their
+/// little-endian bytes in base64.
+mod packed_le {
     use std::collections::VecDeque;
 
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD;
     use serde::{Deserialize, Deserializer, Serializer, de};
 
-    pub fn serialize<S: Serializer>(values: &VecDeque<u16>, s: S) -> Result<S::Ok, S::Error> {
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    /// A number of `BYTES` little-endian bytes.
+    pub trait Le: Copy {
+        const BYTES: usize;
+        fn put(self, out: &mut Vec<u8>);
+        fn read(bytes: &[u8]) -> Self;
+    }
+
+    impl Le for f32 {
+        const BYTES: usize = 4;
+        fn put(self, out: &mut Vec<u8>) {
+            out.extend_from_slice(&self.to_le_bytes());
+        }
+        fn read(b: &[u8]) -> Self {
+            f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+        }
+    }
+
+    impl Le for u16 {
+        const BYTES: usize = 2;
+        fn put(self, out: &mut Vec<u8>) {
+            out.extend_from_slice(&self.to_le_bytes());
+        }
+        fn read(b: &[u8]) -> Self {
+            u16::from_le_bytes([b[0], b[1]])
+        }
+    }
+
+    pub fn serialize<T: Le, S: Serializer>(values: &VecDeque<T>, s: S) -> Result<S::Ok, S::Error> {
+        let mut bytes = Vec::with_capacity(values.len() * T::BYTES);
+        values.iter().for_each(|v| v.put(&mut bytes));
         s.serialize_str(&STANDARD.encode(bytes))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<VecDeque<u16>, D::Error> {
+    pub fn deserialize<'de, T: Le, D: Deserializer<'de>>(d: D) -> Result<VecDeque<T>, D::Error> {
         let bytes = STANDARD.decode(String::deserialize(d)?).map_err(de::Error::custom)?;
-        if !bytes.len().is_multiple_of(2) {
+        if !bytes.len().is_multiple_of(T::BYTES) {
             return Err(de::Error::custom(format!(
-                "{} bytes is not a whole number of u16s",
-                bytes.len()
+                "{} bytes is not a whole number of {}-byte values",
+                bytes.len(),
+                T::BYTES
             )));
         }
-        Ok(bytes
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-            .collect())
-    }
-}
-
-/// Serde for a `VecDeque<f32>` in snapshots: the little-endian bytes in base64.
-mod packed_f32 {
-    use std::collections::VecDeque;
-
-    use base64::Engine;
-    use base64::engine::general_purpose::STANDARD;
-    use serde::{Deserialize, Deserializer, Serializer, de};
-
-    pub fn serialize<S: Serializer>(values: &VecDeque<f32>, s: S) -> Result<S::Ok, S::Error> {
-        let mut bytes = Vec::with_capacity(values.len() * 4);
-        for v in values {
-            bytes.extend_from_slice(&v.to_le_bytes());
-        }
-        s.serialize_str(&STANDARD.encode(bytes))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<VecDeque<f32>, D::Error> {
-        let text = String::deserialize(d)?;
-        let bytes = STANDARD.decode(text).map_err(de::Error::custom)?;
-        if !bytes.len().is_multiple_of(4) {
-            return Err(de::Error::custom(format!(
-                "{} bytes is not a whole number of f32s",
-                bytes.len()
-            )));
-        }
-        Ok(bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect())
+        Ok(bytes.chunks_exact(T::BYTES).map(T::read).collect())
     }
 }
 
