@@ -110,9 +110,8 @@ impl Times {
 
     fn iter(&self) -> impl Iterator<Item = Micros> + '_ {
         let mut wide = self.wide.iter();
-        let first = self.front().into_iter();
-        first
-            .clone()
+        self.front()
+            .into_iter()
             .chain(self.steps.iter().scan(self.front().unwrap_or(0), move |t, &s| {
                 let step = if s == WIDE {
                     wide.next().copied().unwrap_or(0)

@@ -233,8 +233,8 @@ impl Detector {
         }
         fresh.seen = self.seen;
         fresh.last_ts = self.last_ts;
+        // `reconfigure` sums the Gaussians over the buffer once it is cut to size.
         fresh.history = self.history.clone();
-        fresh.resum_gaussians();
         fresh.unlearnt = self.unlearnt.clone();
         fresh.filled = self.filled.clone();
         fresh.cadence = self.cadence;
