@@ -16,6 +16,9 @@
 
 use std::arch::x86_64::*;
 
+mod rounds;
+use rounds::{REG_V, lstm_rounds};
+
 /// `1 / d`, from `vrcp14ps` and one Newton step.
 #[inline]
 #[target_feature(enable = "avx512f")]
@@ -361,22 +364,22 @@ pub fn lstm_steps(
     const_input: bool,
     reverse: bool,
     state: (&mut [f32], &mut [f32], &mut [f32]),
-    mut out: Option<(&mut [f32], usize, usize)>,
+    out: Option<(&mut [f32], usize, usize)>,
 ) {
     let (h, c, ah) = state;
-    let (hd, gh) = (h.len(), ah.len());
-    for step in 0..steps {
-        let t = if reverse { steps - 1 - step } else { step };
-        let row = if const_input { 0 } else { t };
-        lstm_step(w_hh, &xp[row * gh..(row + 1) * gh], h, c, ah);
-        if let Some((buf, stride, col)) = out.as_mut() {
-            buf[t * *stride + *col..t * *stride + *col + hd].copy_from_slice(h);
-        }
-    }
+    let run = LstmRun {
+        w_hh,
+        xp,
+        h,
+        c,
+        ah,
+        out,
+    };
+    lstm_steps_together(&mut [Some(run), None, None, None], steps, const_input, reverse);
 }
 
 /// One LSTM cell's run in [`lstm_steps_together`]: its weights, input
-/// projections and state, and where its outputs go (`[steps, H]`), if anywhere.
+/// projections and state, and where its outputs go, if anywhere.
 pub struct LstmRun<'a> {
     /// Packed `W_hhᵀ`.
     pub w_hh: &'a [f32],
@@ -388,26 +391,70 @@ pub struct LstmRun<'a> {
     pub c: &'a mut [f32],
     /// Gate scratch `[4H]`.
     pub ah: &'a mut [f32],
-    /// `h` after each step, `[steps, H]`.
-    pub out: Option<&'a mut [f32]>,
+    /// `(buffer, row_stride, column)`: step `t`'s `h` goes to
+    /// `buffer[t · row_stride + column..][..H]`.
+    pub out: Option<(&'a mut [f32], usize, usize)>,
 }
 
 /// Runs several independent LSTM cells (an ensemble's members on one window)
-/// forward over `steps` steps, one step of each in turn. A step is a chain of
-/// dependent operations (the product, then the gates, then `tanh(c)`), so one
-/// cell alone leaves the core waiting; consecutive steps of different cells are
-/// independent, and the core overlaps them.
+/// forward (or, with `reverse`, backward) over `steps` steps, one step of each
+/// in turn. A step is a chain of dependent operations (the product, then the
+/// gates, then `tanh(c)`), so one cell alone leaves the core waiting;
+/// consecutive steps of different cells are independent, and the core overlaps
+/// them. Cells of one hidden size `16 V` (`V ≤ 4`) keep a step in registers
+/// ([`lstm_rounds`]); others go a step at a time through memory.
 /// `runs` is a fixed array of slots, so a caller gathers them without allocating.
+///
+/// # Panics
+/// If a run's slices are shorter than its hidden size asks.
 #[target_feature(enable = "avx512f")]
-pub fn lstm_steps_together(runs: &mut [Option<LstmRun<'_>>], steps: usize, const_input: bool) {
-    for t in 0..steps {
+pub fn lstm_steps_together(runs: &mut [Option<LstmRun<'_>>; 4], steps: usize, const_input: bool, reverse: bool) {
+    let hd = runs.iter().flatten().next().map_or(0, |r| r.h.len());
+    let n = runs.iter().flatten().count();
+    let fits = |r: &LstmRun<'_>| {
+        let rows = if const_input { 1 } else { steps };
+        let out_fits = r
+            .out
+            .as_ref()
+            .is_none_or(|(buf, stride, col)| steps == 0 || (steps - 1) * stride + col + hd <= buf.len());
+        r.h.len() == hd
+            && r.c.len() == hd
+            && r.ah.len() == 4 * hd
+            && r.w_hh.len() == 4 * hd * hd
+            && r.xp.len() >= rows * 4 * hd
+            && out_fits
+    };
+    if hd.is_multiple_of(16) && (1..=REG_V).contains(&(hd / 16)) && runs.iter().flatten().all(fits) {
+        let mut it = runs.iter_mut().flatten();
+        macro_rules! rounds {
+            ($($n:literal $v:literal),*) => {
+                match (n, hd / 16) {
+                    $(($n, $v) => {
+                        let cells: [&mut LstmRun<'_>; $n] = std::array::from_fn(|_| it.next().expect("counted"));
+                        // SAFETY: every run's sizes were checked above (`fits`).
+                        return unsafe { lstm_rounds::<$n, $v, { 4 * $v }>(cells, steps, const_input, reverse) };
+                    })*
+                    _ => {}
+                }
+            };
+        }
+        rounds!(1 1, 1 2, 1 3, 1 4, 2 1, 2 2, 2 3, 2 4, 3 1, 3 2, 3 3, 3 4, 4 1, 4 2, 4 3, 4 4);
+    }
+    steps_through_memory(runs, steps, const_input, reverse);
+}
+
+/// [`lstm_steps_together`] a step at a time through memory (any hidden size).
+#[target_feature(enable = "avx512f")]
+fn steps_through_memory(runs: &mut [Option<LstmRun<'_>>; 4], steps: usize, const_input: bool, reverse: bool) {
+    for step in 0..steps {
+        let t = if reverse { steps - 1 - step } else { step };
         for r in runs.iter_mut().flatten() {
             let gh = r.ah.len();
             let row = if const_input { 0 } else { t };
             lstm_step(r.w_hh, &r.xp[row * gh..(row + 1) * gh], r.h, r.c, r.ah);
-            if let Some(out) = r.out.as_mut() {
+            if let Some((buf, stride, col)) = r.out.as_mut() {
                 let hd = r.h.len();
-                out[t * hd..(t + 1) * hd].copy_from_slice(r.h);
+                buf[t * *stride + *col..t * *stride + *col + hd].copy_from_slice(r.h);
             }
         }
     }

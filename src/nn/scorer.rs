@@ -435,7 +435,7 @@ fn together_avx512(scorers: &[Scorer], window: &[f32], wss: &mut [ScoreWorkspace
                 h: &mut ws.h,
                 c: &mut ws.c,
                 ah: &mut ws.ah,
-                out: keep.then_some(&mut ws.seq_a[..]),
+                out: keep.then_some((&mut ws.seq_a[..], s.config.d_hidden, 0)),
             });
         }
         slots
@@ -443,7 +443,7 @@ fn together_avx512(scorers: &[Scorer], window: &[f32], wss: &mut [ScoreWorkspace
     let groups = || scorers.chunks(4).zip(0..);
     for (group, g) in groups() {
         let wss = &mut wss[4 * g..4 * g + group.len()];
-        lstm_steps_together(&mut runs(group, |s| &s.enc[0], wss, false), w, false);
+        lstm_steps_together(&mut runs(group, |s| &s.enc[0], wss, false), w, false, false);
     }
     for (s, ws) in scorers.iter().zip(wss.iter_mut()) {
         resize(&mut ws.latent, h);
@@ -454,7 +454,7 @@ fn together_avx512(scorers: &[Scorer], window: &[f32], wss: &mut [ScoreWorkspace
     }
     for (group, g) in groups() {
         let wss = &mut wss[4 * g..4 * g + group.len()];
-        lstm_steps_together(&mut runs(group, |s| &s.dec[0], wss, true), w, true);
+        lstm_steps_together(&mut runs(group, |s| &s.dec[0], wss, true), w, true, false);
     }
     for (s, ws) in scorers.iter().zip(wss.iter_mut()) {
         s.head::<true>(&ws.seq_a, &mut ws.out);
