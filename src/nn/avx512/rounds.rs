@@ -121,47 +121,51 @@ fn stage<const N: usize, const M: usize>(g: &mut [[__m512; M]; N], len: usize, f
     }
 }
 
-/// [`super::exp`] of vectors `..len` of every row, one operation at a time
-/// across all of them.
-#[inline]
-#[target_feature(enable = "avx512f")]
-fn exp_stages<const N: usize, const M: usize>(x: &mut [[__m512; M]; N], len: usize) {
-    const ROUND: f32 = 12_582_912.0;
-    let round = _mm512_set1_ps(ROUND);
-    stage(x, len, |v, _| {
-        _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(-87.3)), _mm512_set1_ps(88.3))
-    });
-    let mut shifted = *x;
-    stage(&mut shifted, len, |v, _| {
-        _mm512_fmadd_ps(v, _mm512_set1_ps(std::f32::consts::LOG2_E), round)
-    });
-    let mut r = shifted;
-    stage(&mut r, len, |s, _| _mm512_sub_ps(s, round));
-    // r = x − n ln 2, ln 2 in two parts (`r` held n).
-    for (rr, xr) in r.iter_mut().zip(x.iter()) {
-        for (rv, xv) in rr[..len].iter_mut().zip(&xr[..len]) {
-            let n = *rv;
-            *rv = _mm512_fmadd_ps(n, _mm512_set1_ps(-0.693_359_4), *xv);
-            *rv = _mm512_fmadd_ps(n, _mm512_set1_ps(2.121_944_4e-4), *rv);
-        }
-    }
-    let mut p = [[_mm512_set1_ps(1.987_569_1e-4); M]; N];
-    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
-        for (pr, rr) in p.iter_mut().zip(r.iter()) {
-            for (pv, rv) in pr[..len].iter_mut().zip(&rr[..len]) {
-                *pv = _mm512_fmadd_ps(*pv, *rv, _mm512_set1_ps(c));
+/// [`super::exp`] of vectors `..len` of every row of `x` (`&mut [[__m512; M];
+/// N]`), one operation at a time across all of them. A macro, so it is inlined
+/// where it is used (the compiler declined a function this large).
+macro_rules! exp_stages {
+    ($x:expr, $len:expr) => {{
+        let (x, len) = (&mut *$x, $len);
+        const ROUND: f32 = 12_582_912.0;
+        let round = _mm512_set1_ps(ROUND);
+        stage(x, len, |v, _| {
+            _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(-87.3)), _mm512_set1_ps(88.3))
+        });
+        let mut shifted = *x;
+        stage(&mut shifted, len, |v, _| {
+            _mm512_fmadd_ps(v, _mm512_set1_ps(std::f32::consts::LOG2_E), round)
+        });
+        let mut r = shifted;
+        stage(&mut r, len, |s, _| _mm512_sub_ps(s, round));
+        // r = x − n ln 2, ln 2 in two parts (`r` held n).
+        for (rr, xr) in r.iter_mut().zip(x.iter()) {
+            for (rv, xv) in rr[..len].iter_mut().zip(&xr[..len]) {
+                let n = *rv;
+                *rv = _mm512_fmadd_ps(n, _mm512_set1_ps(-0.693_359_4), *xv);
+                *rv = _mm512_fmadd_ps(n, _mm512_set1_ps(2.121_944_4e-4), *rv);
             }
         }
-    }
-    for (k, xr) in x.iter_mut().enumerate() {
-        for (j, xv) in xr[..len].iter_mut().enumerate() {
-            let (pv, rv, sv) = (p[k][j], r[k][j], shifted[k][j]);
-            let er = _mm512_fmadd_ps(_mm512_mul_ps(pv, rv), rv, _mm512_add_ps(rv, _mm512_set1_ps(1.0)));
-            let n_int = _mm512_sub_epi32(_mm512_castps_si512(sv), _mm512_castps_si512(round));
-            let scale = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(n_int, _mm512_set1_epi32(127))));
-            *xv = _mm512_mul_ps(er, scale);
+        let mut p = r;
+        stage(&mut p, len, |_, _| _mm512_set1_ps(1.987_569_1e-4));
+        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
+            for (pr, rr) in p.iter_mut().zip(r.iter()) {
+                for (pv, rv) in pr[..len].iter_mut().zip(&rr[..len]) {
+                    *pv = _mm512_fmadd_ps(*pv, *rv, _mm512_set1_ps(c));
+                }
+            }
         }
-    }
+        for (k, xr) in x.iter_mut().enumerate() {
+            for (j, xv) in xr[..len].iter_mut().enumerate() {
+                let (pv, rv, sv) = (p[k][j], r[k][j], shifted[k][j]);
+                let er = _mm512_fmadd_ps(_mm512_mul_ps(pv, rv), rv, _mm512_add_ps(rv, _mm512_set1_ps(1.0)));
+                let n_int = _mm512_sub_epi32(_mm512_castps_si512(sv), _mm512_castps_si512(round));
+                let scale =
+                    _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(n_int, _mm512_set1_epi32(127))));
+                *xv = _mm512_mul_ps(er, scale);
+            }
+        }
+    }};
 }
 
 /// [`super::recip`] of vectors `..len` of every row, staged.
@@ -186,7 +190,7 @@ fn tanh_stages<const N: usize, const M: usize>(x: &mut [[__m512; M]; N], len: us
         let v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(-10.0)), _mm512_set1_ps(10.0));
         _mm512_add_ps(v, v)
     });
-    exp_stages(x, len);
+    exp_stages!(x, len);
     stage(x, len, |e, _| _mm512_add_ps(e, _mm512_set1_ps(1.0)));
     recip_stages(x, len);
     stage(x, len, |q, _| {
@@ -209,7 +213,7 @@ fn activate_gates<const N: usize, const V: usize, const G: usize>(g: &mut [[__m5
             _mm512_sub_ps(_mm512_setzero_ps(), x)
         }
     });
-    exp_stages(g, G);
+    exp_stages!(g, G);
     stage(g, G, |e, _| _mm512_add_ps(e, _mm512_set1_ps(1.0)));
     recip_stages(g, G);
     stage(g, G, |q, j| {
