@@ -5,11 +5,11 @@
 
 use super::aligned::AlignedVec;
 use super::isa::{self, Isa};
-use ndarray::{Array3, ArrayView3};
 
 use super::{Autoencoder, AutoencoderConfig, CellKind, CellParams, Linear, Rnn, RnnConfig};
 
 mod nibbles;
+mod together;
 pub(crate) use nibbles::{BLOCK, BLOCK_BYTES, pow2, widen_block};
 pub use nibbles::{NibbleScorer, NibbleWorkspace};
 
@@ -240,12 +240,6 @@ impl Scorer {
         &ws.out
     }
 
-    /// Reconstructs a batch of windows `[W, B, d_input]` through the batched
-    /// (matrix-matrix) path.
-    pub fn reconstruct_batch(&self, x: ArrayView3<f32>) -> Array3<f32> {
-        self.to_model().forward(x)
-    }
-
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
     unsafe fn reconstruct_avx512(&self, window: &[f32], ws: &mut ScoreWorkspace) {
@@ -342,122 +336,6 @@ impl Scorer {
                 *o = self.head_b[j] + dot::<FMA>(h_t, &self.head_w[j * h..(j + 1) * h]);
             }
         }
-    }
-
-    /// Reconstructs one window with each of `scorers` (an ensemble's members, one
-    /// workspace each in `wss`) and hands the reconstructions to `f` in order.
-    ///
-    /// On the AVX-512 path, members that are single-layer, one-way LSTMs of one
-    /// shape (the defaults) run their steps together, which the core overlaps
-    /// ([`super::avx512::lstm_steps_together`]); otherwise each runs alone, as
-    /// [`reconstruct`](Scorer::reconstruct). The results are the same either way.
-    ///
-    /// # Panics
-    /// As [`reconstruct`](Scorer::reconstruct).
-    pub fn reconstruct_each(
-        scorers: &[Scorer],
-        window: &[f32],
-        wss: &mut Vec<ScoreWorkspace>,
-        mut f: impl FnMut(&[f32]),
-    ) {
-        if wss.len() < scorers.len() {
-            wss.resize_with(scorers.len(), Default::default);
-        }
-        let isa = isa::active().min(isa::widest());
-        #[cfg(target_arch = "x86_64")]
-        if isa == Isa::Avx512 && steps_together(scorers) {
-            let d = scorers[0].config.d_input;
-            assert!(
-                !window.is_empty() && window.len().is_multiple_of(d),
-                "window of {} values for {d} features",
-                window.len()
-            );
-            // SAFETY: the CPU supports the path (`widest` detected it).
-            unsafe { together_avx512(scorers, window, wss) };
-            wss[..scorers.len()].iter().for_each(|ws| f(&ws.out));
-            return;
-        }
-        for (s, ws) in scorers.iter().zip(wss.iter_mut()) {
-            f(s.reconstruct_on(isa, window, ws));
-        }
-    }
-}
-
-/// Whether `scorers` can run their steps together: two or more single-layer,
-/// one-way LSTMs of one shape.
-fn steps_together(scorers: &[Scorer]) -> bool {
-    let c = &scorers.first().map(|s| &s.config);
-    scorers.len() >= 2
-        && scorers.iter().all(|s| {
-            let k = &s.config;
-            Some(k) == *c && k.kind == CellKind::Lstm && k.n_layers == 1 && !k.bidirectional
-        })
-}
-
-/// [`Scorer::reconstruct_each`] for members that [`steps_together`]: each
-/// member's encoder, then each decoder, step by step in turn.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-fn together_avx512(scorers: &[Scorer], window: &[f32], wss: &mut [ScoreWorkspace]) {
-    use super::avx512::{LstmRun, lstm_steps_together};
-    let cfg = &scorers[0].config;
-    let (d, h) = (cfg.d_input, cfg.d_hidden);
-    let w = window.len() / d;
-    let wss = &mut wss[..scorers.len()];
-    for (s, ws) in scorers.iter().zip(wss.iter_mut()) {
-        for (v, n) in [
-            (&mut ws.xp, w * 4 * h),
-            (&mut ws.ah, 4 * h),
-            (&mut ws.h, h),
-            (&mut ws.c, h),
-        ] {
-            resize(v, n);
-        }
-        resize(&mut ws.seq_a, w * h);
-        resize(&mut ws.out, w * d);
-        input_projection::<true>(&s.enc[0], window, w, &mut ws.xp);
-        ws.h.fill(0.0);
-        ws.c.fill(0.0);
-    }
-    // Four members at a time, gathered in a fixed array (scoring allocates nothing).
-    type Slots<'a> = [Option<LstmRun<'a>>; 4];
-    fn runs<'a>(
-        scorers: &'a [Scorer],
-        cell: fn(&Scorer) -> &FastCell,
-        wss: &'a mut [ScoreWorkspace],
-        keep: bool,
-    ) -> Slots<'a> {
-        let mut slots: Slots<'a> = [None, None, None, None];
-        for (slot, (s, ws)) in slots.iter_mut().zip(scorers.iter().zip(wss.iter_mut())) {
-            *slot = Some(LstmRun {
-                w_hh: &cell(s).w_hh_t.data,
-                xp: &ws.xp,
-                h: &mut ws.h,
-                c: &mut ws.c,
-                ah: &mut ws.ah,
-                out: keep.then_some((&mut ws.seq_a[..], s.config.d_hidden, 0)),
-            });
-        }
-        slots
-    }
-    let groups = || scorers.chunks(4).zip(0..);
-    for (group, g) in groups() {
-        let wss = &mut wss[4 * g..4 * g + group.len()];
-        lstm_steps_together(&mut runs(group, |s| &s.enc[0], wss, false), w, false, false);
-    }
-    for (s, ws) in scorers.iter().zip(wss.iter_mut()) {
-        resize(&mut ws.latent, h);
-        ws.latent.copy_from_slice(&ws.h);
-        input_projection::<true>(&s.dec[0], &ws.latent, 1, &mut ws.xp);
-        ws.h.fill(0.0);
-        ws.c.fill(0.0);
-    }
-    for (group, g) in groups() {
-        let wss = &mut wss[4 * g..4 * g + group.len()];
-        lstm_steps_together(&mut runs(group, |s| &s.dec[0], wss, true), w, true, false);
-    }
-    for (s, ws) in scorers.iter().zip(wss.iter_mut()) {
-        s.head::<true>(&ws.seq_a, &mut ws.out);
     }
 }
 

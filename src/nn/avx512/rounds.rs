@@ -47,8 +47,14 @@ pub(super) unsafe fn lstm_rounds<const N: usize, const V: usize, const G: usize>
             let t = if reverse { steps - 1 - step } else { step };
             let row = if const_input { 0 } else { t };
             let mut g = [[zero; G]; N];
-            for (gr, run) in g.iter_mut().zip(runs.iter()) {
-                product::<V, G>(run.w_hh.as_ptr(), run.xp.as_ptr().add(row * gh), run.h.as_ptr(), gr);
+            // Block by block, every cell in turn: a block's weights (16 KiB at
+            // H = 64) stay in L1 while cells that share them (a batch's
+            // windows) use them.
+            for b in 0..V {
+                for (gr, run) in g.iter_mut().zip(runs.iter()) {
+                    let (w, x) = (run.w_hh.as_ptr(), run.xp.as_ptr().add(row * gh));
+                    block_product::<V, G>(b, w, x, run.h.as_ptr(), gr);
+                }
             }
             activate_gates::<N, V, G>(&mut g);
             let mut tc = [[zero; V]; N];
@@ -78,33 +84,37 @@ pub(super) unsafe fn lstm_rounds<const N: usize, const V: usize, const G: usize>
     }
 }
 
-/// `g = x + h · W` for one cell of hidden size `16 V`, `W` packed in blocks
-/// 64 wide (`V` of them, each `16 V` rows of 64), summed as
-/// [`super::gemv_acc`] sums.
+/// Block `b` of `g = x + h · W` (`g[4 b..4 b + 4]`) for one cell of hidden
+/// size `16 V`, `W` packed in blocks 64 wide (`V` of them, each `16 V` rows of
+/// 64), summed as [`super::gemv_acc`] sums.
 ///
 /// # Safety
-/// `w` points at `16 V · 64 V` readable f32, `x` at `64 V`, `h` at `16 V`.
+/// `b < V`; `w` points at `16 V · 64 V` readable f32, `x` at `64 V`, `h` at `16 V`.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn product<const V: usize, const G: usize>(w: *const f32, x: *const f32, h: *const f32, g: &mut [__m512; G]) {
+unsafe fn block_product<const V: usize, const G: usize>(
+    b: usize,
+    w: *const f32,
+    x: *const f32,
+    h: *const f32,
+    g: &mut [__m512; G],
+) {
     let hd = 16 * V;
     // SAFETY: within the bounds the caller vouches for.
     unsafe {
-        for b in 0..V {
-            let w = w.add(b * 64 * hd);
-            let mut even: [__m512; 4] = std::array::from_fn(|v| _mm512_loadu_ps(x.add(64 * b + 16 * v)));
-            let mut odd = [_mm512_setzero_ps(); 4];
-            for kk in (0..hd).step_by(2) {
-                let (x0, x1) = (_mm512_set1_ps(*h.add(kk)), _mm512_set1_ps(*h.add(kk + 1)));
-                let (r0, r1) = (w.add(kk * 64), w.add((kk + 1) * 64));
-                for v in 0..4 {
-                    even[v] = _mm512_fmadd_ps(x0, _mm512_loadu_ps(r0.add(16 * v)), even[v]);
-                    odd[v] = _mm512_fmadd_ps(x1, _mm512_loadu_ps(r1.add(16 * v)), odd[v]);
-                }
-            }
+        let w = w.add(b * 64 * hd);
+        let mut even: [__m512; 4] = std::array::from_fn(|v| _mm512_loadu_ps(x.add(64 * b + 16 * v)));
+        let mut odd = [_mm512_setzero_ps(); 4];
+        for kk in (0..hd).step_by(2) {
+            let (x0, x1) = (_mm512_set1_ps(*h.add(kk)), _mm512_set1_ps(*h.add(kk + 1)));
+            let (r0, r1) = (w.add(kk * 64), w.add((kk + 1) * 64));
             for v in 0..4 {
-                g[4 * b + v] = _mm512_add_ps(even[v], odd[v]);
+                even[v] = _mm512_fmadd_ps(x0, _mm512_loadu_ps(r0.add(16 * v)), even[v]);
+                odd[v] = _mm512_fmadd_ps(x1, _mm512_loadu_ps(r1.add(16 * v)), odd[v]);
             }
+        }
+        for v in 0..4 {
+            g[4 * b + v] = _mm512_add_ps(even[v], odd[v]);
         }
     }
 }
