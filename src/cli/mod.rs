@@ -80,7 +80,7 @@ enum ShardsCommand {
 
 /// Parses the command line and runs the command.
 pub fn run() -> Result<()> {
-    serve::cap_malloc_arenas();
+    serve::tune_malloc();
     limit_kernels(std::env::var("ANOMALYD_ISA").ok().as_deref())?;
     match Cli::parse().command {
         Command::Serve(settings) => serve::run(*settings),

@@ -53,11 +53,21 @@ fn init_logging(format: &str) {
     }
 }
 
-/// Caps glibc's malloc arenas at one per core (glibc's default is eight per core):
-/// with many request threads, per-thread arenas let freed memory pile up in each,
-/// so resident memory grew by a fifth under a 10× overload; capped, it stays
-/// within a few percent (BENCHMARKS.md). Must run before threads start.
-pub fn cap_malloc_arenas() {
+/// Tunes glibc's malloc. Must run before threads start.
+/// - Arenas capped at one per core (glibc's default is eight per core): with
+///   many request threads, per-thread arenas let freed memory pile up in each,
+///   so resident memory grew by a fifth under a 10× overload; capped, it stays
+///   within a few percent (BENCHMARKS.md).
+/// - Fixed thresholds: blocks under 4 MiB come from the heap
+///   (`M_MMAP_THRESHOLD`), and an arena gives memory back once 8 MiB are free
+///   at its top (`M_TRIM_THRESHOLD`). glibc's own start at 128 KiB and rise
+///   only after a large block is freed, so a training step's activations (a
+///   few MiB for a model of 32–64 hidden units) were mapped, or trimmed, and
+///   faulted in again on every step until something large had been freed:
+///   the same training ran at 18k or 26k windows a second (`bench model`, S)
+///   by what the process had done before. At most 8 MiB an arena stays
+///   resident after a burst.
+pub fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get()).max(2);
@@ -65,6 +75,8 @@ pub fn cap_malloc_arenas() {
         // other thread exists.
         unsafe {
             libc::mallopt(libc::M_ARENA_MAX, cores as libc::c_int);
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 8 << 20);
         }
     }
 }
