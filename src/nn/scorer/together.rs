@@ -38,23 +38,21 @@ impl Scorer {
             && steps_together(&scorers[0])
             && scorers.iter().all(|s| s.config == scorers[0].config)
         {
-            {
-                let d = scorers[0].config.d_input;
-                assert!(
-                    !window.is_empty() && window.len().is_multiple_of(d),
-                    "window of {} values for {d} features",
-                    window.len()
-                );
-                for (group, wss) in scorers.chunks(4).zip(wss.chunks_mut(4)) {
-                    // A fixed array, so scoring allocates nothing.
-                    let pairs: [(&Scorer, &[f32]); 4] =
-                        std::array::from_fn(|k| (&group[k.min(group.len() - 1)], window));
-                    // SAFETY: the CPU supports the path (`widest` detected it).
-                    unsafe { together_avx512(&pairs[..group.len()], wss) };
-                    wss[..group.len()].iter().for_each(|ws| f(&ws.out));
-                }
-                return;
+            let d = scorers[0].config.d_input;
+            assert!(
+                !window.is_empty() && window.len().is_multiple_of(d),
+                "window of {} values for {d} features",
+                window.len()
+            );
+            // `wss` may hold more workspaces than there are members.
+            for (group, wss) in scorers.chunks(4).zip(wss[..scorers.len()].chunks_mut(4)) {
+                // A fixed array, so scoring allocates nothing.
+                let pairs: [(&Scorer, &[f32]); 4] = std::array::from_fn(|k| (&group[k.min(group.len() - 1)], window));
+                // SAFETY: the CPU supports the path (`widest` detected it).
+                unsafe { together_avx512(&pairs[..group.len()], wss) };
+                wss.iter().for_each(|ws| f(&ws.out));
             }
+            return;
         }
         for (s, ws) in scorers.iter().zip(wss.iter_mut()) {
             f(s.reconstruct_on(isa, window, ws));
@@ -171,5 +169,33 @@ fn together_avx512(pairs: &[(&Scorer, &[f32])], wss: &mut [ScoreWorkspace]) {
     lstm_steps_together(&mut runs(pairs, true, wss), w, true, false);
     for (&(s, _), ws) in pairs.iter().zip(wss.iter_mut()) {
         s.head::<true>(&ws.seq_a, &mut ws.out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::{Autoencoder, AutoencoderConfig};
+    use rand::SeedableRng;
+
+    #[test]
+    fn workspaces_left_by_a_larger_ensemble_score_a_smaller_one_as_fresh_ones() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let cfg = AutoencoderConfig::new(CellKind::Lstm, 1, 16);
+        let members: Vec<Scorer> = (0..5)
+            .map(|_| Autoencoder::<f32>::new(cfg.clone(), &mut rng).compile())
+            .collect();
+        let window: Vec<f32> = (0..32).map(|i| (i as f32 * 0.37).sin()).collect();
+        let score = |m: &[Scorer], wss: &mut Vec<ScoreWorkspace>| {
+            let mut out = Vec::new();
+            Scorer::reconstruct_each(m, &window, wss, |y| out.push(y.to_vec()));
+            out
+        };
+        let mut wss = Vec::new();
+        for n in [5, 3, 2, 4, 1] {
+            let fresh = score(&members[..n], &mut Vec::new());
+            assert_eq!(score(&members[..n], &mut wss), fresh, "{n} members after more");
+            assert_eq!(fresh.len(), n);
+        }
     }
 }
